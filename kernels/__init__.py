@@ -1,0 +1,1 @@
+"""Triton kernels of SGAN (installed as ``sgan.kernels``), one module per operator."""
