@@ -1,0 +1,203 @@
+"""Saliency-guided attention: every backend against a float64 definition, values and gradients."""
+import pytest
+import torch
+
+from sgan.ops import attention_column, saliency_attention
+from sgan.ops.attention import attention_weights_reference, resolve_options
+from tests.helpers import assert_within_reference_error, device_under_test, fused_backends, relative_error
+
+OPTIONS = [  # (shift, background): the two presets and the two other combinations
+    (True, "mean"), (False, "attend"), (True, "attend"), (False, "mean")]
+
+
+def definition(x, key, query, mask, gamma, shift, background, scale, eps=1e-5):
+    """DESIGN.md §2 written row by row in float64, independently of the package's reference."""
+    x, key, query, gamma = x.double(), key.double(), query.double(), float(gamma)
+    B, C, H, W = x.shape
+    xs, ks, qs, ms = x.reshape(B, C, -1), key.reshape(B, key.shape[1], -1), query.reshape(
+        B, key.shape[1], -1), mask.reshape(B, -1)
+    out = torch.empty_like(xs)
+    for b in range(B):
+        n_bg = float((~ms[b]).sum())
+        for i in range(xs.shape[2]):
+            if background == "mean" and not ms[b, i]:
+                row = (~ms[b]).double() / (n_bg + eps)
+            else:
+                same = (ms[b] == ms[b, i]).double()
+                z = scale * (ks[b, :, i:i + 1] * qs[b]).sum(0) * same
+                shifted = z - z.min() if shift else z
+                w = shifted * same
+                row = w / (w.sum() + eps)
+            out[b, :, i] = gamma * (xs[b] * row).sum(1) + xs[b, :, i]
+    return out.reshape(B, C, H, W)
+
+
+def make_mask(kind, B, H, W, generator):
+    if kind == "random":
+        return torch.rand(B, H, W, generator=generator) > 0.5
+    if kind == "all":
+        return torch.ones(B, H, W, dtype=torch.bool)
+    if kind == "none":
+        return torch.zeros(B, H, W, dtype=torch.bool)
+    if kind == "one":
+        mask = torch.zeros(B, H, W, dtype=torch.bool)
+        mask[:, H // 2, W // 3] = True
+        return mask
+    if kind == "mixed":  # one image each: all, none, random
+        assert B == 3
+        return torch.stack([torch.ones(H, W, dtype=torch.bool), torch.zeros(H, W, dtype=torch.bool),
+                            torch.rand(H, W, generator=generator) > 0.3])
+    raise ValueError(kind)
+
+
+def make_inputs(B, C, Ck, H, W, mask_kind, shift, seed, dtype=torch.float64, device="cpu"):
+    """Random inputs; without the shift, positive key/query keep the denominators away from 0."""
+    generator = torch.Generator().manual_seed(seed)
+    x = torch.randn(B, C, H, W, generator=generator)
+    if shift:
+        key, query = torch.randn(B, Ck, H, W, generator=generator), torch.randn(B, Ck, H, W, generator=generator)
+    else:
+        key = torch.rand(B, Ck, H, W, generator=generator) + 0.1
+        query = torch.rand(B, Ck, H, W, generator=generator) + 0.1
+    mask = make_mask(mask_kind, B, H, W, generator)
+    return [t.to(device=device, dtype=dtype) for t in (x, key, query)] + [mask.to(device)]
+
+
+def run_with_grads(backend, x, key, query, mask, gamma, grad_out, shift, background):
+    leaves = [t.detach().clone().requires_grad_(True) for t in (x, key, query)]
+    gamma_leaf = torch.tensor([gamma], dtype=torch.float64 if x.dtype == torch.float64 else torch.float32,
+                              device=x.device, requires_grad=True)
+    out = saliency_attention(*leaves, mask, gamma_leaf, shift=shift, background=background, backend=backend)
+    out.backward(grad_out)
+    return [out.detach()] + [t.grad for t in leaves] + [gamma_leaf.grad]
+
+
+def definition_with_grads(x, key, query, mask, gamma, grad_out, shift, background):
+    leaves = [t.detach().double().clone().requires_grad_(True) for t in (x, key, query)]
+    gamma_leaf = torch.tensor(gamma, dtype=torch.float64, requires_grad=True)
+    B, C, H, W = x.shape
+    from sgan.ops.attention import saliency_attention_reference
+    out = saliency_attention_reference(
+        leaves[0].reshape(B, C, -1), leaves[1].reshape(B, key.shape[1], -1),
+        leaves[2].reshape(B, key.shape[1], -1), mask.reshape(B, -1), gamma_leaf,
+        shift=shift, background=background, scale=key.shape[1] ** -0.5, eps=1e-5).reshape(x.shape)
+    out.backward(grad_out.double())
+    return [out.detach()] + [t.grad for t in leaves] + [gamma_leaf.grad]
+
+
+NAMES = ["out", "grad_x", "grad_key", "grad_query", "grad_gamma"]
+
+
+@pytest.mark.parametrize("shift,background", OPTIONS)
+@pytest.mark.parametrize("mask_kind", ["random", "all", "none", "one"])
+def test_reference_matches_definition(shift, background, mask_kind):
+    x, key, query, mask = make_inputs(2, 6, 4, 5, 7, mask_kind, shift, seed=1)
+    got = saliency_attention(x, key, query, mask, 0.8, shift=shift, background=background, backend="reference")
+    want = definition(x, key, query, mask, 0.8, shift, background, scale=4 ** -0.5)
+    assert relative_error(got, want) < 1e-12
+
+
+SIZES = [(2, 7, 5, "random"), (1, 13, 11, "random"), (1, 41, 41, "random"), (2, 7, 5, "all"),
+         (2, 7, 5, "none"), (2, 9, 6, "one"), (3, 7, 5, "mixed")]
+
+
+@pytest.mark.parametrize("backend", fused_backends())
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("shift,background", OPTIONS)
+@pytest.mark.parametrize("B,H,W,mask_kind", SIZES)
+def test_fused_matches_reference(backend, dtype, shift, background, B, H, W, mask_kind):
+    if backend == "triton" and device_under_test().type == "cpu" and H * W > 200 and dtype == torch.float64:
+        pytest.skip("the Triton interpreter is slow; 41x41 runs in float32 only on CPU")
+    device = device_under_test()
+    C, Ck = 12, 8
+    x, key, query, mask = make_inputs(B, C, Ck, H, W, mask_kind, shift, seed=B * 100 + H, dtype=dtype, device=device)
+    grad_out = torch.randn(x.shape, generator=torch.Generator().manual_seed(7)).to(device=device, dtype=dtype)
+    fused = run_with_grads(backend, x, key, query, mask, 0.7, grad_out, shift, background)
+    same_dtype = run_with_grads("reference", x, key, query, mask, 0.7, grad_out, shift, background)
+    exact = definition_with_grads(x, key, query, mask, 0.7, grad_out, shift, background)
+    for name, got, ref, ref64 in zip(NAMES, fused, same_dtype, exact):
+        assert got.dtype == ref.dtype and got.shape == ref.shape, name
+        assert torch.isfinite(got).all(), f"{name}: non-finite values"
+        assert_within_reference_error(name, got, ref, ref64.to(got.device), dtype)
+
+
+@pytest.mark.parametrize("backend", fused_backends())
+def test_fused_non_contiguous_inputs(backend):
+    device = device_under_test()
+    x, key, query, mask = make_inputs(2, 6, 4, 7, 9, "random", True, seed=3, device=device)
+    # transposed spatial axes and strided channels: none of these is contiguous
+    x_nc = x.transpose(2, 3).contiguous().transpose(2, 3)
+    key_nc = torch.cat([key, key], dim=1)[:, ::2]
+    query_nc = query.transpose(2, 3).contiguous().transpose(2, 3)
+    mask_nc = mask.transpose(1, 2).contiguous().transpose(1, 2)
+    assert not (x_nc.is_contiguous() or key_nc.is_contiguous() or query_nc.is_contiguous())
+    got = saliency_attention(x_nc, key_nc, query_nc, mask_nc, 0.5, backend=backend)
+    want = saliency_attention(x, key, query, mask, 0.5, backend="reference")
+    assert relative_error(got, want) < 1e-12
+
+
+@pytest.mark.parametrize("backend", fused_backends())
+def test_gamma_zero_still_trains_key_and_query_through_gamma(backend):
+    """With gamma = 0 (its initial value) the output is x and only gamma gets a gradient."""
+    device = device_under_test()
+    x, key, query, mask = make_inputs(1, 6, 4, 5, 5, "random", True, seed=4, device=device)
+    grad_out = torch.randn_like(x)
+    got = run_with_grads(backend, x, key, query, mask, 0.0, grad_out, True, "mean")
+    want = definition_with_grads(x, key, query, mask, 0.0, grad_out, True, "mean")
+    assert torch.equal(got[0], x)
+    assert torch.count_nonzero(got[2]) == 0 and torch.count_nonzero(got[3]) == 0
+    assert relative_error(got[4], want[4]) < 1e-10
+
+
+@pytest.mark.parametrize("backend", ["reference"] + fused_backends())
+@pytest.mark.parametrize("preset", ["official", "paper"])
+def test_attention_column(backend, preset):
+    device = device_under_test()
+    shift, background = resolve_options(preset)
+    x, key, query, mask = make_inputs(2, 6, 4, 6, 7, "random", shift, seed=5, device=device)
+    weights = attention_weights_reference(key.reshape(2, 4, -1), query.reshape(2, 4, -1), mask.reshape(2, -1),
+                                          shift=shift, background=background, scale=0.5, eps=1e-5)
+    for index in (0, 17, (5, 6)):
+        flat = index if isinstance(index, int) else index[0] * 7 + index[1]
+        got = attention_column(x, key, query, mask, index, preset=preset, backend=backend)
+        assert got.shape == (2, 6, 7)
+        assert relative_error(got, weights[:, :, flat].reshape(2, 6, 7)) < 1e-12
+
+
+@pytest.mark.parametrize("backend", ["reference"] + fused_backends())
+def test_gradcheck_float64(backend):
+    if backend == "triton" and device_under_test().type == "cpu":
+        pytest.skip("gradcheck through the Triton interpreter is too slow for CI")
+    device = device_under_test()
+    for shift, background in OPTIONS:
+        x, key, query, mask = make_inputs(1, 3, 2, 3, 4, "random", shift, seed=6, device=device)
+        gamma = torch.tensor([0.6], dtype=torch.float64, device=device)
+        inputs = [t.requires_grad_(True) for t in (x, key, query, gamma)]
+
+        def fn(x, key, query, gamma):
+            return saliency_attention(x, key, query, mask, gamma, shift=shift, background=background,
+                                      backend=backend)
+        assert torch.autograd.gradcheck(fn, inputs, eps=1e-6, atol=1e-7, rtol=1e-5)
+
+
+def test_reference_has_the_nan_pattern_fused_paths_must_match():
+    """The paper preset with a zero denominator row: reference gives inf/NaN there; fused the same."""
+    x = torch.randn(1, 3, 2, 2, dtype=torch.float64)
+    key = torch.zeros(1, 2, 2, 2, dtype=torch.float64)
+    query = torch.randn(1, 2, 2, 2, dtype=torch.float64)
+    mask = torch.ones(1, 2, 2, dtype=torch.bool)
+    reference = saliency_attention(x, key, query, mask, 1.0, preset="paper", eps=0.0, backend="reference")
+    assert not torch.isfinite(reference).all()
+    for backend in fused_backends():
+        got = saliency_attention(x.to(device_under_test()), key.to(device_under_test()), query.to(device_under_test()),
+                                 mask.to(device_under_test()), 1.0, preset="paper", eps=0.0, backend=backend)
+        assert torch.equal(torch.isfinite(got).cpu(), torch.isfinite(reference))
+
+
+@pytest.mark.parametrize("backend", ["reference"] + fused_backends())
+def test_nan_input_propagates(backend):
+    device = device_under_test()
+    x, key, query, mask = make_inputs(1, 4, 2, 4, 4, "random", True, seed=8, device=device)
+    x[0, 1, 2, 2] = float("nan")
+    got = saliency_attention(x, key, query, mask, 0.5, backend=backend)
+    assert torch.isnan(got).any()
