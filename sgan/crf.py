@@ -1,0 +1,189 @@
+"""Dense CRF (Krähenbühl & Koltun, via pydensecrf) on batches, in a process pool (DESIGN.md §3).
+
+Constants: unary -log p (p clipped at 1e-5); Gaussian term sxy = 3/s, compat 3; bilateral term
+sxy = 80/s, srgb = 13, compat 10; 10 mean-field iterations. s = 12 for the boundary loss at the
+41x41 training resolution (``TRAIN_SCALE``), s = 1 at test time on full-size images (``TEST_SCALE``).
+
+``dense_crf`` is the synchronous batch function; ``DenseCRFPool`` owns worker processes and returns
+futures, so training can submit the next batch's CRF and keep working while it runs. The module
+imports only numpy at the top, so that worker processes start quickly.
+"""
+import concurrent.futures
+import multiprocessing
+import os
+import threading
+
+import numpy as np
+
+TRAIN_SCALE = 12.0
+TEST_SCALE = 1.0
+ITERATIONS = 10
+UNARY_CLIP = 1e-5
+GAUSSIAN_SXY, GAUSSIAN_COMPAT = 3.0, 3.0
+BILATERAL_SXY, BILATERAL_SRGB, BILATERAL_COMPAT = 80.0, 13.0, 10.0
+PROB_SUM_TOLERANCE = 1e-3
+
+
+def default_processes():
+    """The number of CPU cores this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+def crf_single(image, probs, scale, iterations):
+    """One image: uint8 (H, W, 3) C-contiguous RGB, probs float (K, H, W) -> float32 (K, H, W)."""
+    import pydensecrf.densecrf as dcrf
+
+    num_labels, height, width = probs.shape
+    crf = dcrf.DenseCRF2D(width, height, num_labels)
+    unary = -np.log(np.clip(probs, UNARY_CLIP, 1.0)).reshape(num_labels, -1)
+    crf.setUnaryEnergy(np.ascontiguousarray(unary, dtype=np.float32))
+    crf.addPairwiseGaussian(sxy=GAUSSIAN_SXY / scale, compat=GAUSSIAN_COMPAT)
+    crf.addPairwiseBilateral(sxy=BILATERAL_SXY / scale, srgb=BILATERAL_SRGB, rgbim=image, compat=BILATERAL_COMPAT)
+    result = np.asarray(crf.inference(iterations), dtype=np.float32)
+    return result.reshape(num_labels, height, width)
+
+
+def _to_numpy(value, name):
+    if isinstance(value, np.ndarray):
+        return value, False
+    try:
+        import torch
+    except ImportError:  # pragma: no cover - torch is a dependency of the package
+        torch = None
+    if torch is not None and isinstance(value, torch.Tensor):
+        return value.detach().cpu().numpy(), True
+    raise TypeError(f"{name}: expected a numpy array or a torch tensor, got {type(value).__name__}")
+
+
+def check_crf_inputs(images, probs, scale, iterations):
+    """Validated (images uint8 (B, H, W, 3), probs float32 (B, K, H, W), probs_was_tensor)."""
+    images, _ = _to_numpy(images, "images")
+    probs, probs_was_tensor = _to_numpy(probs, "probs")
+    if images.dtype != np.uint8:
+        raise TypeError(f"images: expected uint8 RGB, got dtype {images.dtype}")
+    if images.ndim != 4 or images.shape[3] != 3:
+        raise ValueError(f"images: expected shape (B, H, W, 3) RGB, got {images.shape}")
+    if not images.flags["C_CONTIGUOUS"]:
+        raise ValueError("images: expected a C-contiguous array (pydensecrf reads the raw buffer); "
+                         "pass np.ascontiguousarray(images)")
+    if probs.ndim != 4:
+        raise ValueError(f"probs: expected shape (B, K, H, W), got {probs.shape}")
+    B, H, W = images.shape[:3]
+    if probs.shape[0] != B or probs.shape[2:] != (H, W):
+        raise ValueError(f"probs: expected shape (B={B}, K, H={H}, W={W}) to match images {images.shape}, "
+                         f"got {probs.shape}")
+    if probs.shape[1] < 2:
+        raise ValueError(f"probs: expected at least 2 labels, got K={probs.shape[1]}")
+    if not np.issubdtype(probs.dtype, np.floating):
+        raise TypeError(f"probs: expected floating probabilities, got dtype {probs.dtype}")
+    if not np.isfinite(probs).all() or (probs < 0).any():
+        raise ValueError("probs: expected finite, non-negative probabilities")
+    sums = probs.sum(axis=1, dtype=np.float64)
+    worst = float(np.abs(sums - 1.0).max())
+    if worst > PROB_SUM_TOLERANCE:
+        raise ValueError(f"probs: expected probabilities that sum to 1 over the label axis (1), "
+                         f"largest deviation {worst:.3g}")
+    if not isinstance(scale, (int, float)) or isinstance(scale, bool) or not scale > 0:
+        raise ValueError(f"scale: expected a positive number, got {scale!r}")
+    if not isinstance(iterations, int) or isinstance(iterations, bool) or iterations < 1:
+        raise ValueError(f"iterations: expected a positive int, got {iterations!r}")
+    return images, np.ascontiguousarray(probs, dtype=np.float32), probs_was_tensor
+
+
+def _as_output(result, as_tensor):
+    if as_tensor:
+        import torch
+        return torch.from_numpy(result)
+    return result
+
+
+class DenseCRFPool:
+    """Worker processes that run the dense CRF; ``submit`` returns a future, so the CRF of one batch
+    can run while the training loop does other work.
+
+        with DenseCRFPool(processes=4) as pool:
+            future = pool.submit(images, probs, scale=12)
+            ...
+            refined = future.result()           # (B, K, H, W), like dense_crf
+
+    Workers start with the "spawn" method (no fork of a multi-threaded parent); each image of a
+    batch is one task, so a batch spreads over all workers.
+    """
+
+    def __init__(self, processes=None):
+        if processes is None:
+            processes = default_processes()
+        if not isinstance(processes, int) or isinstance(processes, bool) or processes < 1:
+            raise ValueError(f"processes: expected a positive int or None, got {processes!r}")
+        self.processes = processes
+        self._executor = concurrent.futures.ProcessPoolExecutor(
+            max_workers=processes, mp_context=multiprocessing.get_context("spawn"))
+
+    def submit(self, images, probs, scale=TRAIN_SCALE, iterations=ITERATIONS):
+        """Future of the CRF output (B, K, H, W) float32 (a tensor if ``probs`` was a tensor)."""
+        images, probs, as_tensor = check_crf_inputs(images, probs, scale, iterations)
+        batch_future = concurrent.futures.Future()
+        results = [None] * images.shape[0]
+        remaining = [len(results)]
+        lock = threading.Lock()
+
+        def collect(index, image_future):
+            error = image_future.exception()
+            with lock:
+                if batch_future.done():
+                    return
+                if error is not None:
+                    batch_future.set_exception(error)
+                    return
+                results[index] = image_future.result()
+                remaining[0] -= 1
+                if remaining[0] == 0:
+                    batch_future.set_result(_as_output(np.stack(results), as_tensor))
+
+        for index in range(images.shape[0]):
+            image_future = self._executor.submit(crf_single, images[index], probs[index], float(scale), iterations)
+            image_future.add_done_callback(lambda f, i=index: collect(i, f))
+        return batch_future
+
+    def close(self):
+        self._executor.shutdown(wait=True)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info):
+        self.close()
+
+
+_shared_pools = {}
+_shared_pools_lock = threading.Lock()
+
+
+def _shared_pool(processes):
+    """A pool per worker count, created on first use and reused by later ``dense_crf`` calls."""
+    with _shared_pools_lock:
+        pool = _shared_pools.get(processes)
+        if pool is None:
+            pool = _shared_pools[processes] = DenseCRFPool(processes)
+        return pool
+
+
+def dense_crf(images, probs, scale=TRAIN_SCALE, iterations=ITERATIONS, processes=None):
+    """Dense CRF of a batch: images uint8 (B, H, W, 3) C-contiguous RGB, probs (B, K, H, W) that sum
+    to 1 over K (numpy or CPU tensors). Returns the CRF marginals (B, K, H, W) float32, a tensor if
+    ``probs`` was a tensor. ``scale`` s divides both spatial widths (12 for the training loss at
+    41x41, 1 at test time). ``processes``: None = all cores, 1 = serial in this process, n = a
+    shared pool of n workers (kept for later calls)."""
+    images, probs, as_tensor = check_crf_inputs(images, probs, scale, iterations)
+    if processes is None:
+        processes = default_processes()
+    if not isinstance(processes, int) or isinstance(processes, bool) or processes < 1:
+        raise ValueError(f"processes: expected a positive int or None, got {processes!r}")
+    if processes == 1 or images.shape[0] == 1:
+        result = np.stack([crf_single(images[b], probs[b], float(scale), iterations) for b in range(images.shape[0])])
+        return _as_output(result, as_tensor)
+    refined = _shared_pool(processes).submit(images, probs, scale, iterations).result()
+    return _as_output(refined, as_tensor)

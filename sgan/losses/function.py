@@ -1,0 +1,460 @@
+"""Public API of the SGAN losses (DESIGN.md §3): input checks, backend dispatch, autograd.
+
+Every loss reduces to per-image statistics; the backends compute only those (and their gradient),
+the small combination into the loss is plain PyTorch, so autograd hands the backends the gradient
+of the statistics. Backend contract (``cpp``/``cuda`` in ``torch.ops.sgan_ext``, ``triton`` in
+``sgan.kernels.losses``); tensors are contiguous and on one device, ``acc`` is float64 for float64
+logits, else float32, and Phi is the softmax over the C channels floored at ``floor`` and
+renormalised:
+
+``seed_nll_forward(logits, seeds, label_offset, floor) -> (sums, counts)``
+    logits (B, C, N) float; seeds (B, N) int64. A position with label y != 255 whose channel
+    c = y - label_offset lies in [0, C) counts in group g = 0 if y == 0 else 1:
+    sums[b, g] += -log Phi_c, counts[b, g] += 1. sums, counts: (B, 2) acc.
+``seed_nll_backward(grad_sums, logits, seeds, label_offset, floor) -> grad_logits``
+    grad_sums (B, 2) acc; grad_logits has the shape and dtype of logits: grad_sums[b, g] times the
+    gradient of -log Phi_c at counted positions, 0 elsewhere.
+``boundary_kl_forward(logits, target, floor, ratio_min, ratio_max) -> sums``
+    logits (B, C, N) float; target (B, C, N) acc, floored at ``floor`` and renormalised inside into
+    R; sums (B,) acc, sums[b] = sum over positions of sum_c R_c log clip(R_c / Phi_c, ratio_min,
+    ratio_max).
+``boundary_kl_backward(grad_sums, logits, target, floor, ratio_min, ratio_max) -> grad_logits``
+    grad_sums (B,) acc; the gradient with respect to the logits (R is a constant; clipped terms
+    have no gradient).
+"""
+import functools
+import os
+import warnings
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from sgan import _ext
+from sgan.losses.reference import (
+    IGNORE_LABEL,
+    KL_RATIO_MAX,
+    KL_RATIO_MIN,
+    PROB_FLOOR,
+    accumulate_dtype,
+    boundary_kl_sums_reference,
+    floored_softmax,
+    seed_nll_stats_reference,
+)
+
+BACKENDS = ("auto", "reference", "cpp", "cuda", "triton")
+NUM_CLASSES = 20  # PASCAL VOC foreground classes
+_FLOAT_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
+_BACKEND_DTYPES = {
+    "cpp": (torch.float32, torch.float64),
+    "cuda": _FLOAT_DTYPES,
+    "triton": _FLOAT_DTYPES,
+    "reference": _FLOAT_DTYPES,
+}
+_EXTENSION_OPS = ("seed_nll_forward", "seed_nll_backward", "boundary_kl_forward", "boundary_kl_backward")
+
+
+def _describe(t):
+    return f"shape {tuple(t.shape)}, dtype {t.dtype}, device {t.device}"
+
+
+# ---------------------------------------------------------------------------------------------
+# backend selection
+
+
+def _extension_has_losses(device_type):
+    if not _ext.available(device_type):
+        return False
+    return all(hasattr(torch.ops.sgan_ext, name) for name in _EXTENSION_OPS)
+
+
+def _triton_available(device_type):
+    if device_type != "cuda" and os.environ.get("TRITON_INTERPRET", "0") != "1":
+        return False
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+@functools.lru_cache(maxsize=None)
+def _warn_fallback(device_type):
+    warnings.warn(f"sgan.losses (backend='auto'): no fused loss backend for {device_type} tensors; using "
+                  f"the PyTorch reference. For the fused path {_ext.BUILD_HINT}", RuntimeWarning, stacklevel=4)
+
+
+def resolve_backend(backend, logits):
+    """The concrete backend for ``logits``: 'auto' picks cpp on CPU, cuda then triton on CUDA."""
+    device_type = logits.device.type
+    if backend not in BACKENDS:
+        raise ValueError(f"backend: expected one of {BACKENDS}, got {backend!r}")
+    if backend == "auto":
+        if device_type == "cpu" and _extension_has_losses("cpu"):
+            backend = "cpp"
+        elif device_type == "cuda" and _extension_has_losses("cuda"):
+            backend = "cuda"
+        elif device_type == "cuda" and _triton_available("cuda"):
+            backend = "triton"
+        else:
+            _warn_fallback(device_type)
+            backend = "reference"
+    if backend in ("cpp", "cuda"):
+        wanted = "cpu" if backend == "cpp" else "cuda"
+        if device_type != wanted:
+            raise ValueError(f"backend={backend!r} expects {wanted} tensors, got logits on {logits.device}")
+        _ext.require(backend, device_type)
+        if not _extension_has_losses(device_type):
+            raise RuntimeError(f"backend={backend!r}: the built sgan._C has no loss operators; rebuild it: "
+                               f"{_ext.BUILD_HINT}")
+    if backend == "triton" and not _triton_available(device_type):
+        raise RuntimeError("backend='triton' needs the triton package and CUDA tensors "
+                           "(or TRITON_INTERPRET=1 set before import, for CPU tensors)")
+    if logits.dtype not in _BACKEND_DTYPES[backend]:
+        raise TypeError(f"logits: backend {backend!r} supports dtypes "
+                        f"{[str(d) for d in _BACKEND_DTYPES[backend]]}, got {logits.dtype}")
+    return backend
+
+
+def _backend_module(backend):
+    if backend == "triton":
+        from sgan.kernels import losses as triton_losses
+        return triton_losses
+    return torch.ops.sgan_ext
+
+
+# ---------------------------------------------------------------------------------------------
+# custom ops (fused backends) with fake implementations and autograd
+
+
+@torch.library.custom_op("sgan::seed_nll_forward", mutates_args=())
+def _seed_nll_forward_op(logits: Tensor, seeds: Tensor, label_offset: int, floor: float, backend: str
+                         ) -> tuple[Tensor, Tensor]:
+    sums, counts = _backend_module(backend).seed_nll_forward(logits, seeds, label_offset, floor)
+    return sums, counts
+
+
+@_seed_nll_forward_op.register_fake
+def _seed_nll_forward_fake(logits, seeds, label_offset, floor, backend):
+    acc = accumulate_dtype(logits.dtype)
+    B = logits.shape[0]
+    return logits.new_empty((B, 2), dtype=acc), logits.new_empty((B, 2), dtype=acc)
+
+
+@torch.library.custom_op("sgan::seed_nll_backward", mutates_args=())
+def _seed_nll_backward_op(grad_sums: Tensor, logits: Tensor, seeds: Tensor, label_offset: int, floor: float,
+                          backend: str) -> Tensor:
+    return _backend_module(backend).seed_nll_backward(grad_sums, logits, seeds, label_offset, floor)
+
+
+@_seed_nll_backward_op.register_fake
+def _seed_nll_backward_fake(grad_sums, logits, seeds, label_offset, floor, backend):
+    return torch.empty_like(logits)
+
+
+def _seed_nll_setup_context(ctx, inputs, output):
+    logits, seeds, label_offset, floor, backend = inputs
+    ctx.mark_non_differentiable(output[1])
+    ctx.save_for_backward(logits, seeds)
+    ctx.options = (label_offset, floor, backend)
+
+
+def _seed_nll_backward(ctx, grad_sums, unused_grad_counts):
+    logits, seeds = ctx.saved_tensors
+    grad_logits = _seed_nll_backward_op(grad_sums.contiguous(), logits, seeds, *ctx.options)
+    return grad_logits, None, None, None, None
+
+
+_seed_nll_forward_op.register_autograd(_seed_nll_backward, setup_context=_seed_nll_setup_context)
+
+
+@torch.library.custom_op("sgan::boundary_kl_forward", mutates_args=())
+def _boundary_kl_forward_op(logits: Tensor, target: Tensor, floor: float, ratio_min: float, ratio_max: float,
+                            backend: str) -> Tensor:
+    return _backend_module(backend).boundary_kl_forward(logits, target, floor, ratio_min, ratio_max)
+
+
+@_boundary_kl_forward_op.register_fake
+def _boundary_kl_forward_fake(logits, target, floor, ratio_min, ratio_max, backend):
+    return logits.new_empty((logits.shape[0],), dtype=accumulate_dtype(logits.dtype))
+
+
+@torch.library.custom_op("sgan::boundary_kl_backward", mutates_args=())
+def _boundary_kl_backward_op(grad_sums: Tensor, logits: Tensor, target: Tensor, floor: float, ratio_min: float,
+                             ratio_max: float, backend: str) -> Tensor:
+    return _backend_module(backend).boundary_kl_backward(grad_sums, logits, target, floor, ratio_min, ratio_max)
+
+
+@_boundary_kl_backward_op.register_fake
+def _boundary_kl_backward_fake(grad_sums, logits, target, floor, ratio_min, ratio_max, backend):
+    return torch.empty_like(logits)
+
+
+def _boundary_kl_setup_context(ctx, inputs, output):
+    logits, target, floor, ratio_min, ratio_max, backend = inputs
+    ctx.save_for_backward(logits, target)
+    ctx.options = (floor, ratio_min, ratio_max, backend)
+
+
+def _boundary_kl_backward(ctx, grad_sums):
+    logits, target = ctx.saved_tensors
+    grad_logits = _boundary_kl_backward_op(grad_sums.contiguous(), logits, target, *ctx.options)
+    return grad_logits, None, None, None, None, None
+
+
+_boundary_kl_forward_op.register_autograd(_boundary_kl_backward, setup_context=_boundary_kl_setup_context)
+
+
+# ---------------------------------------------------------------------------------------------
+# input checks
+
+
+def _check_logits(logits, num_channels, name="logits"):
+    if not isinstance(logits, Tensor):
+        raise TypeError(f"{name}: expected a torch.Tensor, got {type(logits).__name__}")
+    if logits.dim() != 4 or logits.shape[1] != num_channels:
+        raise ValueError(f"{name}: expected shape (B, {num_channels}, h, w), got {_describe(logits)}")
+    if logits.shape[0] == 0 or logits.shape[2] * logits.shape[3] == 0:
+        raise ValueError(f"{name}: expected a non-empty batch and spatial size, got {_describe(logits)}")
+    if logits.dtype not in _FLOAT_DTYPES:
+        raise TypeError(f"{name}: expected a floating dtype in {[str(d) for d in _FLOAT_DTYPES]}, "
+                        f"got {logits.dtype}")
+
+
+def _check_seeds(seeds, logits, max_label):
+    """Seeds as contiguous int64 (B, h, w) on the logits' device, labels in 0..max_label or 255."""
+    if not isinstance(seeds, Tensor):
+        raise TypeError(f"seeds: expected a torch.Tensor, got {type(seeds).__name__}")
+    B, _, h, w = logits.shape
+    if seeds.shape != (B, h, w):
+        raise ValueError(f"seeds: expected shape (B={B}, h={h}, w={w}), the batch and spatial size of the "
+                         f"logits, got {_describe(seeds)}; resize seeds to the logits' size first with "
+                         f"sgan.losses.resize_seeds (nearest neighbour)")
+    if seeds.dtype.is_floating_point or seeds.dtype.is_complex or seeds.dtype == torch.bool:
+        raise TypeError(f"seeds: expected an integer tensor (labels 0..{max_label}, 255 unlabelled), "
+                        f"got {seeds.dtype}")
+    if seeds.device != logits.device:
+        raise ValueError(f"seeds: expected device {logits.device} (the device of the logits), got {seeds.device}")
+    seeds = seeds.to(torch.int64).contiguous()
+    bad = (seeds < 0) | ((seeds > max_label) & (seeds != IGNORE_LABEL))
+    if bool(bad.any()):
+        found = sorted(set(seeds[bad].unique().tolist()))[:10]
+        raise ValueError(f"seeds: expected labels in 0..{max_label} or {IGNORE_LABEL} (unlabelled), "
+                         f"found {found}")
+    return seeds
+
+
+def resize_seeds(seeds, size):
+    """Seeds (B, H, W) integer resized to ``size`` = (h, w) by nearest neighbour (torch's
+    ``F.interpolate(mode="nearest")``: source index floor(i * H / h)), the way the pipeline brings
+    image-resolution seeds to the logits' resolution. Returns int64."""
+    if not isinstance(seeds, Tensor) or seeds.dim() != 3:
+        raise ValueError(f"seeds: expected a (B, H, W) tensor, got "
+                         f"{_describe(seeds) if isinstance(seeds, Tensor) else type(seeds).__name__}")
+    if seeds.dtype.is_floating_point or seeds.dtype.is_complex or seeds.dtype == torch.bool:
+        raise TypeError(f"seeds: expected an integer tensor, got {seeds.dtype}")
+    size = tuple(int(s) for s in size)
+    if tuple(seeds.shape[1:]) == size:
+        return seeds.to(torch.int64)
+    resized = F.interpolate(seeds[:, None].to(torch.float32), size=size, mode="nearest")
+    return resized[:, 0].round().to(torch.int64)
+
+
+# ---------------------------------------------------------------------------------------------
+# seed losses (eq. 5 and eq. 8)
+
+
+def _seed_stats(logits, seeds, label_offset, backend):
+    """(sums, counts), (B, 2) each: group 0 background, group 1 foreground (see the contract)."""
+    if backend == "reference":
+        return seed_nll_stats_reference(logits, seeds, label_offset)
+    B, C, h, w = logits.shape
+    return _seed_nll_forward_op(logits.reshape(B, C, h * w).contiguous(), seeds.reshape(B, h * w),
+                                label_offset, PROB_FLOOR, backend)
+
+
+def _per_image_mean(sums, counts):
+    """Mean over the counted positions of each image, 0 for an image with none."""
+    return sums / counts.clamp_min(1)
+
+
+def seed_loss(logits, seeds, reduction="image", backend="auto"):
+    """Seed loss of stage 1 (eq. 5): -log Phi at the foreground seeds, Phi the floored softmax.
+
+    logits: (B, 20, h, w), the 20 foreground classes, no background channel.
+    seeds: (B, h, w) integer at the logits' size (see ``resize_seeds``); a label c in 1..20 selects
+    channel c - 1; background (0) and unlabelled (255) positions are ignored.
+    reduction: "image" normalises by each image's seed count then averages over the batch (the
+    equation); "batch" normalises by all seeds of the batch (the authors' cross-entropy). An image
+    without seeds contributes 0 (and a batch without seeds gives 0).
+    Returns a 0-dim tensor, float64 for float64 logits, else float32.
+    """
+    if reduction not in ("image", "batch"):
+        raise ValueError(f"reduction: expected 'image' or 'batch', got {reduction!r}")
+    _check_logits(logits, NUM_CLASSES)
+    seeds = _check_seeds(seeds, logits, NUM_CLASSES)
+    backend = resolve_backend(backend, logits)
+    sums, counts = _seed_stats(logits, seeds, 1, backend)
+    if reduction == "image":
+        return _per_image_mean(sums[:, 1], counts[:, 1]).mean()
+    return sums[:, 1].sum() / counts[:, 1].sum().clamp_min(1)
+
+
+def balanced_seed_loss(logits, seeds, backend="auto"):
+    """Balanced seed loss of stage 2 (eq. 8): foreground and background terms, each the mean of
+    -log Phi over that image's seeds of its kind, averaged over the batch, then summed.
+
+    logits: (B, 21, h, w), channel 0 background; seeds (B, h, w) integer at the logits' size,
+    0 background, 1..20 classes, 255 ignored. A term without seeds in an image contributes 0.
+    Returns a 0-dim tensor, float64 for float64 logits, else float32.
+    """
+    _check_logits(logits, NUM_CLASSES + 1)
+    seeds = _check_seeds(seeds, logits, NUM_CLASSES)
+    backend = resolve_backend(backend, logits)
+    sums, counts = _seed_stats(logits, seeds, 0, backend)
+    return _per_image_mean(sums, counts).mean(0).sum()
+
+
+# ---------------------------------------------------------------------------------------------
+# classification loss (eq. 6)
+
+
+def classification_loss(cam_logits, labels, backend="auto"):
+    """Multi-label sigmoid cross-entropy on the global average of the CAM logits (eq. 6), the same as
+    ``F.multilabel_soft_margin_loss``: mean over classes, then over the batch.
+
+    cam_logits: (B, 20, h, w) or already pooled (B, 20); labels: (B, 20) multi-hot (bool, integer
+    or float 0/1). The loss is tiny, so every backend computes it with the same PyTorch math;
+    ``backend`` is only validated. Returns a 0-dim tensor in the accumulation dtype.
+    """
+    if not isinstance(cam_logits, Tensor):
+        raise TypeError(f"cam_logits: expected a torch.Tensor, got {type(cam_logits).__name__}")
+    if cam_logits.dim() not in (2, 4) or cam_logits.shape[1] != NUM_CLASSES or cam_logits.shape[0] == 0:
+        raise ValueError(f"cam_logits: expected shape (B, {NUM_CLASSES}, h, w) or (B, {NUM_CLASSES}), "
+                         f"got {_describe(cam_logits)}")
+    if cam_logits.dtype not in _FLOAT_DTYPES:
+        raise TypeError(f"cam_logits: expected a floating dtype, got {cam_logits.dtype}")
+    if not isinstance(labels, Tensor):
+        raise TypeError(f"labels: expected a torch.Tensor, got {type(labels).__name__}")
+    if labels.shape != cam_logits.shape[:2]:
+        raise ValueError(f"labels: expected shape {tuple(cam_logits.shape[:2])}, got {_describe(labels)}")
+    if labels.device != cam_logits.device:
+        raise ValueError(f"labels: expected device {cam_logits.device}, got {labels.device}")
+    if not bool(((labels == 0) | (labels == 1)).all()):
+        raise ValueError("labels: expected multi-hot values 0 or 1")
+    resolve_backend(backend, cam_logits)
+    acc = accumulate_dtype(cam_logits.dtype)
+    pooled = cam_logits.to(acc)
+    if pooled.dim() == 4:
+        pooled = pooled.mean((2, 3))
+    return F.binary_cross_entropy_with_logits(pooled, labels.to(acc), reduction="mean")
+
+
+# ---------------------------------------------------------------------------------------------
+# boundary loss (eq. 9)
+
+
+def _as_uint8_images(images, batch=None, name="images"):
+    """A C-contiguous uint8 (B, H, W, 3) numpy array from a tensor or an array (B = ``batch`` if given)."""
+    if isinstance(images, Tensor):
+        if images.dtype != torch.uint8:
+            raise TypeError(f"{name}: expected uint8 RGB images (B, H, W, 3), got dtype {images.dtype}")
+        images = images.detach().cpu().numpy()
+    if not isinstance(images, np.ndarray):
+        raise TypeError(f"{name}: expected a uint8 tensor or numpy array (B, H, W, 3), got {type(images).__name__}")
+    if images.dtype != np.uint8:
+        raise TypeError(f"{name}: expected uint8 RGB images (B, H, W, 3), got dtype {images.dtype}")
+    if images.ndim != 4 or images.shape[3] != 3 or (batch is not None and images.shape[0] != batch):
+        raise ValueError(f"{name}: expected shape (B={batch if batch is not None else 'B'}, H, W, 3) RGB, "
+                         f"got {tuple(images.shape)}")
+    return np.ascontiguousarray(images)
+
+
+def resize_images(images, size):
+    """uint8 RGB images (B, H, W, 3) resized to ``size`` = (h, w) with antialiased bilinear
+    interpolation, rounded back to uint8: the image the CRF of the boundary loss sees."""
+    images = _as_uint8_images(images)
+    size = tuple(int(s) for s in size)
+    if images.shape[1:3] == size:
+        return images
+    pixels = torch.from_numpy(images).permute(0, 3, 1, 2).to(torch.float32)
+    resized = F.interpolate(pixels, size=size, mode="bilinear", align_corners=False, antialias=True)
+    return resized.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).contiguous().numpy()
+
+
+def crf_unary_probs(logits):
+    """The floored softmax of the logits, detached, as a float32 numpy array (B, C, h, w): what the
+    CRF of the boundary loss takes as its unary (-log p) term."""
+    with torch.no_grad():
+        return floored_softmax(logits.detach()).to(torch.float32).cpu().numpy()
+
+
+def boundary_crf_targets(logits, images, *, scale=12.0, iterations=10, processes=None, pool=None):
+    """The dense-CRF output R for the boundary loss, (B, C, h, w) float32 numpy.
+
+    images: uint8 RGB (B, H, W, 3), resized to the logits' size (h, w) with ``resize_images``;
+    the unary is ``crf_unary_probs(logits)``. With ``pool`` (a ``sgan.crf.DenseCRFPool``) the work
+    goes to that pool; else ``sgan.crf.dense_crf`` runs it with ``processes`` workers. To keep the
+    CRF ahead of the training loop, call ``pool.submit(resize_images(images, (h, w)),
+    crf_unary_probs(logits))`` yourself and pass the future's result as ``crf_probs``.
+    """
+    from sgan import crf
+
+    if not isinstance(logits, Tensor) or logits.dim() != 4:
+        raise ValueError(f"logits: expected a (B, C, h, w) tensor, got "
+                         f"{_describe(logits) if isinstance(logits, Tensor) else type(logits).__name__}")
+    small = resize_images(_as_uint8_images(images, logits.shape[0]), logits.shape[2:])
+    probs = crf_unary_probs(logits)
+    if pool is not None:
+        return pool.submit(small, probs, scale=scale, iterations=iterations).result()
+    return crf.dense_crf(small, probs, scale=scale, iterations=iterations, processes=processes)
+
+
+def boundary_loss(logits, images=None, *, crf_probs=None, crf_scale=12.0, crf_iterations=10, crf_processes=None,
+                  backend="auto"):
+    """Boundary-constraint loss (eq. 9): mean over all positions of sum_c R log clip(R / Phi, 0.05, 20).
+
+    logits: (B, 21, h, w). Give exactly one of
+      images: uint8 RGB (B, H, W, 3) tensor or array; the CRF (``boundary_crf_targets``, scale
+        ``crf_scale`` = 12 for 41x41 training outputs, ``crf_iterations``, ``crf_processes``
+        workers) then runs here, synchronously;
+      crf_probs: the CRF output R (B, 21, h, w), tensor or array, computed ahead of time (e.g. in a
+        ``sgan.crf.DenseCRFPool``).
+    R is floored at 1e-5, renormalised and treated as a constant (no gradient through the CRF).
+    Returns a 0-dim tensor, float64 for float64 logits, else float32.
+    """
+    if not isinstance(logits, Tensor):
+        raise TypeError(f"logits: expected a torch.Tensor, got {type(logits).__name__}")
+    _check_logits(logits, NUM_CLASSES + 1)
+    if (images is None) == (crf_probs is None):
+        raise ValueError("boundary_loss: give exactly one of images= (run the CRF here) and crf_probs= "
+                         "(the CRF output computed ahead of time)")
+    backend = resolve_backend(backend, logits)
+    if crf_probs is None:
+        crf_probs = boundary_crf_targets(logits, images, scale=crf_scale, iterations=crf_iterations,
+                                         processes=crf_processes)
+    target = _check_crf_probs(crf_probs, logits)
+    B, C, h, w = logits.shape
+    if backend == "reference":
+        sums = boundary_kl_sums_reference(logits, target)
+    else:
+        sums = _boundary_kl_forward_op(logits.reshape(B, C, h * w).contiguous(), target.reshape(B, C, h * w),
+                                       PROB_FLOOR, KL_RATIO_MIN, KL_RATIO_MAX, backend)
+    return sums.sum() / (B * h * w)
+
+
+def _check_crf_probs(crf_probs, logits):
+    """crf_probs as a contiguous tensor in the accumulation dtype on the logits' device."""
+    if isinstance(crf_probs, np.ndarray):
+        crf_probs = torch.from_numpy(crf_probs)
+    if not isinstance(crf_probs, Tensor):
+        raise TypeError(f"crf_probs: expected a tensor or numpy array, got {type(crf_probs).__name__}")
+    if crf_probs.shape != logits.shape:
+        raise ValueError(f"crf_probs: expected the shape of the logits {tuple(logits.shape)}, "
+                         f"got {_describe(crf_probs)}")
+    if not crf_probs.is_floating_point():
+        raise TypeError(f"crf_probs: expected floating probabilities, got {crf_probs.dtype}")
+    if not bool(((crf_probs >= 0) & torch.isfinite(crf_probs)).all()):
+        raise ValueError("crf_probs: expected finite, non-negative probabilities")
+    return crf_probs.detach().to(device=logits.device, dtype=accumulate_dtype(logits.dtype)).contiguous()
