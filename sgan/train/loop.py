@@ -106,8 +106,8 @@ def train(cfg, section, *, name, model, dataset, loss_fn, checkpoint_path, model
         set_learning_rate(optimizer, section.lr, factor)
         torch.manual_seed(derive_seed(cfg.seed, name, "step", iteration, rank))
         loss, terms = loss_fn(net, batch, device)
-        if not math.isfinite(float(loss)):
-            raise RuntimeError(f"{name}: the loss is {float(loss)} at iteration {iteration}; terms {terms}")
+        if not math.isfinite(loss.item()):
+            raise RuntimeError(f"{name}: the loss is {loss.item()} at iteration {iteration}; terms {terms}")
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
