@@ -34,11 +34,12 @@ import argparse
 import colorsys
 import json
 import os
-import tempfile
 from xml.sax.saxutils import escape
 
 import numpy as np
 from PIL import Image
+
+from sgan.utils.io import atomic_writer
 
 VOC_CLASSES = (
     "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
@@ -446,25 +447,15 @@ def _annotation_xml(image_id, height, width, instances):
 # Files
 # --------------------------------------------------------------------------------------------
 
-def _write_atomic(path, data):
-    """Write bytes to path through a temporary file in the same folder and a rename."""
-    folder = os.path.dirname(path)
-    handle, temp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=os.path.basename(path))
-    try:
-        with os.fdopen(handle, "wb") as stream:
-            stream.write(data)
-        os.replace(temp, path)
-    except BaseException:
-        if os.path.exists(temp):
-            os.remove(temp)
-        raise
+def _save_image(path, image, fmt, **options):
+    """Save a PIL image atomically (temporary file, then rename)."""
+    with atomic_writer(path, "wb") as stream:
+        image.save(stream, format=fmt, **options)
 
 
-def _encode(image, fmt, **options):
-    import io
-    buffer = io.BytesIO()
-    image.save(buffer, format=fmt, **options)
-    return buffer.getvalue()
+def _save_text(path, text):
+    with atomic_writer(path, "wb") as stream:
+        stream.write(text.encode())
 
 
 def layout(root):
@@ -525,25 +516,23 @@ def generate(root, num_train=64, num_val=32, image_size=(96, 96), seed=0, classe
         image, mask, instances, distractors = _draw_scene(rng, height, width, labels)
         saliency = _saliency(rng, instances, distractors, height, width)
         rgb = Image.fromarray(np.round(image * 255).astype(np.uint8), "RGB")
-        _write_atomic(os.path.join(paths["images"], image_id + ".jpg"),
-                      _encode(rgb, "JPEG", quality=jpeg_quality))
+        _save_image(os.path.join(paths["images"], image_id + ".jpg"), rgb, "JPEG", quality=jpeg_quality)
         with_void = np.where(_void_band(mask), IGNORE_INDEX, mask).astype(np.uint8)
         indexed = Image.fromarray(with_void, "L").convert("P")
         indexed.putpalette(palette)
-        _write_atomic(os.path.join(paths["segmentation_class"], image_id + ".png"), _encode(indexed, "PNG"))
-        _write_atomic(os.path.join(paths["segmentation_class_aug"], image_id + ".png"),
-                      _encode(Image.fromarray(mask, "L"), "PNG"))
-        _write_atomic(os.path.join(paths["saliency"], image_id + ".png"),
-                      _encode(Image.fromarray(saliency, "L"), "PNG"))
-        _write_atomic(os.path.join(paths["annotations"], image_id + ".xml"),
-                      _annotation_xml(image_id, height, width, instances).encode())
+        _save_image(os.path.join(paths["segmentation_class"], image_id + ".png"), indexed, "PNG")
+        _save_image(os.path.join(paths["segmentation_class_aug"], image_id + ".png"),
+                    Image.fromarray(mask, "L"), "PNG")
+        _save_image(os.path.join(paths["saliency"], image_id + ".png"), Image.fromarray(saliency, "L"), "PNG")
+        _save_text(os.path.join(paths["annotations"], image_id + ".xml"),
+                   _annotation_xml(image_id, height, width, instances))
     train_ids, val_ids = ids[:num_train], ids[num_train:]
     for split, split_ids in (("train", train_ids), ("train_aug", train_ids), ("val", val_ids)):
-        _write_atomic(os.path.join(paths["image_sets"], split + ".txt"), "".join(i + "\n" for i in split_ids).encode())
+        _save_text(os.path.join(paths["image_sets"], split + ".txt"), "".join(i + "\n" for i in split_ids))
     manifest = {"format_version": FORMAT_VERSION, "num_train": num_train, "num_val": num_val,
                 "image_size": [height, width], "seed": seed, "classes": list(names),
                 "jpeg_quality": jpeg_quality}
-    _write_atomic(paths["manifest"], (json.dumps(manifest, indent=1) + "\n").encode())
+    _save_text(paths["manifest"], json.dumps(manifest, indent=1) + "\n")
     return dict(paths, train_ids=train_ids, val_ids=val_ids, classes=list(names))
 
 
