@@ -16,7 +16,7 @@ from sgan.pipeline import finished, resolve_device, work_path
 from sgan.seeds import class_scores, make_seeds
 from sgan.models.sgan_net import network_from_info
 from sgan.train.loop import load_checkpoint
-from sgan.utils.io import save_png, write_done_marker
+from sgan.utils.io import remove_done_marker, save_png, write_done_marker
 from sgan.utils.logging import get_logger
 from sgan.utils.progress import progress
 
@@ -63,6 +63,7 @@ def write_seeds(cfg, section, what):
     device = resolve_device(cfg)
     network, model_info = load_network(cfg, work_path(cfg, section.checkpoint), device)
     os.makedirs(out_dir, exist_ok=True)
+    remove_done_marker(out_dir)
     use_seed_branch = bool(section.get("use_seed_branch", False))
 
     def finish(image_id, scores, saliency):

@@ -29,5 +29,6 @@ def run(cfg):
                                    backend=cfg.backend)
         return loss, {"cls": loss.item()}
 
-    train(cfg, section, name=STEP, model=network, dataset=dataset, loss_fn=loss_fn,
-          checkpoint_path=work_path(cfg, section.checkpoint), model_info=info, device=device)
+    train(cfg, "train_cam", name=STEP, model=network, dataset=dataset, loss_fn=loss_fn,
+          checkpoint_path=work_path(cfg, section.checkpoint), model_info=info, device=device,
+          depends_on=("model", "data"))

@@ -46,6 +46,7 @@ def run(cfg):
         terms["total"] = total.item()
         return total, terms
 
-    train(cfg, section, name=STEP, model=network, dataset=dataset, loss_fn=loss_fn,
-          checkpoint_path=work_path(cfg, section.checkpoint), model_info=info, device=device)
+    train(cfg, "train_sgan", name=STEP, model=network, dataset=dataset, loss_fn=loss_fn,
+          checkpoint_path=work_path(cfg, section.checkpoint), model_info=info, device=device,
+          depends_on=("model", "data"))
 

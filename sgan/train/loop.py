@@ -55,18 +55,31 @@ def load_checkpoint(path, map_location="cpu"):
     return state
 
 
-def train(cfg, section, *, name, model, dataset, loss_fn, checkpoint_path, model_info, device):
+def train(cfg, section, *, name, model, dataset, loss_fn, checkpoint_path, model_info, device,
+          depends_on=("data",)):
     """Train ``model`` and write ``checkpoint_path``; returns it (or skips when it exists).
 
-    section: the step's config section with the keys of sgan.train.optim.OPTIM_DEFAULTS.
+    section: the step's config section (its name or ``cfg.<name>``), with the keys of
+    sgan.train.optim.OPTIM_DEFAULTS. A finished checkpoint whose recorded config differs in this
+    section or in the sections named by ``depends_on`` is kept (skipped) with a warning naming
+    the differing keys.
     loss_fn(model, batch, device) -> (loss tensor, {term: float}); ``model`` there may be the DDP
     wrapper, ``batch`` is the collated dict of this rank's samples.
     model_info: JSON-able dict stored with the weights to rebuild the network later.
     """
     logger = get_logger("train")
+    section_name = section if isinstance(section, str) else next((k for k, v in cfg.items() if v is section), None)
+    if section_name not in cfg or not isinstance(cfg[section_name], dict):
+        raise ValueError(f"section: expected a section name or the section object cfg.<name>, got {section!r}")
+    section = cfg[section_name]
     rank, world = init_distributed(cfg)
     last_path = last_checkpoint_path(checkpoint_path)
     if os.path.isfile(checkpoint_path) and not cfg.overwrite:
+        recorded = load_checkpoint(checkpoint_path)["config"]
+        changed = _changed_keys(recorded, cfg.to_dict(), (section_name,) + tuple(depends_on))
+        if changed:
+            logger.warning("%s: %s was trained with different settings (%s); keeping it, pass "
+                           "overwrite=true to retrain", name, checkpoint_path, ", ".join(changed))
         logger.info("%s: %s exists, skipping (overwrite=true to retrain)", name, checkpoint_path)
         return checkpoint_path
     total = int(section.iterations)
@@ -75,6 +88,8 @@ def train(cfg, section, *, name, model, dataset, loss_fn, checkpoint_path, model
     model.to(device)
     optimizer = build_sgd(model, section.lr, section.momentum, section.weight_decay, section.lr_mult)
     start, history = 0, []
+    if os.path.isfile(last_path) and cfg.overwrite and rank == 0:
+        os.remove(last_path)  # a crash before the first new checkpoint must not resume the old run
     if os.path.isfile(last_path) and not cfg.overwrite:
         state = load_checkpoint(last_path)
         if not cfg.resume:
@@ -133,6 +148,15 @@ def train(cfg, section, *, name, model, dataset, loss_fn, checkpoint_path, model
         logger.info("%s: wrote %s", name, checkpoint_path)
     barrier()
     return checkpoint_path
+
+
+def _changed_keys(recorded, current, sections):
+    """Keys of ``sections`` whose values differ between two config dicts."""
+    changed = []
+    for section in sections:
+        old, new = recorded.get(section, {}), current.get(section, {})
+        changed += [f"{section}.{k}" for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
+    return changed
 
 
 def _checkpoint(name, model, model_info, iteration, history, cfg, optimizer=None):

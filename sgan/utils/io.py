@@ -70,6 +70,12 @@ def write_done_marker(folder, info):
     save_json(os.path.join(folder, DONE_NAME), info)
 
 
+def remove_done_marker(folder):
+    """Unmark ``folder`` before redoing it, so a crash half-way does not leave it marked complete."""
+    with contextlib.suppress(FileNotFoundError):
+        os.remove(os.path.join(folder, DONE_NAME))
+
+
 def read_done_marker(folder):
     """The info stored by write_done_marker, or None when the folder is not marked complete."""
     path = os.path.join(folder, DONE_NAME)
