@@ -26,6 +26,7 @@ VGG16_CONVS = ((("conv1_1", 64), ("conv1_2", 64)),
 # torchvision's vgg16().features indices of the same convolutions, in order.
 VGG16_TORCHVISION_INDICES = (0, 2, 5, 7, 10, 12, 14, 17, 19, 21, 24, 26, 28)
 NAMINGS = ("auto", "torchvision", "caffe", "native")
+ARCHS = ("vgg16", "resnet101")
 
 
 def _scaled(channels, width):
@@ -105,6 +106,10 @@ class _DeepLab(nn.Module):
             logits = logits + branch(features)
         return logits
 
+    def model_info(self):
+        """JSON-able constructor arguments: ``build_deeplab(**model.model_info())`` rebuilds the network."""
+        return dict(self._info)
+
     def classifier_parameters(self):
         """Parameters of the layers that predict the classes (trained at 10x/20x lr in DeepLab)."""
         return [p for module in self._classifier_layers() for p in module.parameters()]
@@ -119,6 +124,8 @@ class DeepLabVGG16(_DeepLab):
     def __init__(self, num_classes=21, width=1.0, rates=ASPP_RATES, fc_channels=1024, dropout=0.5):
         super().__init__()
         _check_common(num_classes, width, rates)
+        self._info = dict(arch=self.arch, num_classes=num_classes, width=width, rates=list(rates),
+                          fc_channels=fc_channels, dropout=dropout)
         self.backbone = VGG16Trunk(width)
         self.fc_channels = _scaled(fc_channels, width)
         self.aspp = nn.ModuleList(VGGASPPBranch(self.backbone.out_channels, self.fc_channels,
@@ -181,6 +188,8 @@ class DeepLabResNet101(_DeepLab):
                  stride_in_1x1=False):
         super().__init__()
         _check_common(num_classes, width, rates)
+        self._info = dict(arch=self.arch, num_classes=num_classes, width=width, rates=list(rates),
+                          blocks=list(blocks), stride_in_1x1=stride_in_1x1)
         self.backbone = DilatedResNet(blocks, width, stride_in_1x1)
         self.aspp = nn.ModuleList(
             nn.Conv2d(self.backbone.out_channels, num_classes, 3, padding=rate, dilation=rate)
@@ -211,6 +220,15 @@ class DeepLabResNet101(_DeepLab):
                 _take(converted, used, state, model_key, file_key)
             ignored = {k for k in state if k.startswith("fc1000.")}
         return converted, used, ignored
+
+
+def build_deeplab(arch, **options):
+    """The DeepLab network named ``arch`` ('vgg16' or 'resnet101') with its constructor ``options``."""
+    if arch == "vgg16":
+        return DeepLabVGG16(**options)
+    if arch == "resnet101":
+        return DeepLabResNet101(**options)
+    raise ValueError(f"arch: expected one of {ARCHS}, got {arch!r}")
 
 
 def _take(converted, used, state, model_key, file_key):
