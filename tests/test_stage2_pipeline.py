@@ -18,7 +18,7 @@ from sgan.pipeline import run_steps
 from sgan.pipeline import train_seg as train_seg_step
 from sgan.synthetic import generate
 from sgan.train import load_checkpoint
-from sgan.utils.seeding import seed_everything
+from sgan.utils.seeding import derive_seed, seed_everything
 from tests.test_metrics import mask_iou
 
 TRAIN, VAL = 4, 3
@@ -148,7 +148,7 @@ def test_ddp_two_processes_match_one_process(dataset, tmp_path):
                              capture_output=True, text=True, env=env, timeout=180)
     assert process.returncode == 0, process.stderr[-3000:]
     one, two = final_weights(tmp_path / "single"), final_weights(tmp_path / "ddp")
-    seed_everything(0)   # the initial weights: the step seeds with cfg.seed = 0, then builds the network
+    seed_everything(derive_seed(0, "train-seg", "init"))   # what the step does before building the network
     initial = build_deeplab("resnet101", num_classes=21, width=0.0625, blocks=[1, 1, 1, 1]).state_dict()
     trained = max(float((one[k] - initial[k]).abs().max()) for k in one)
     assert trained > 0

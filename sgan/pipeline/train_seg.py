@@ -41,7 +41,7 @@ from sgan.train import OPTIM_CHOICES, OPTIM_DEFAULTS, train
 from sgan.train.distributed import init_distributed
 from sgan.utils.io import save_json
 from sgan.utils.logging import get_logger
-from sgan.utils.seeding import seed_everything
+from sgan.utils.seeding import derive_seed, seed_everything
 
 STEP = "train-seg"
 DISTRIBUTED = True
@@ -135,8 +135,9 @@ def jitter_colours(image, rng, strength):
     return np.rint(pixels).astype(np.uint8)
 
 
-def build_model(section, normalisation_setting, logger):
-    """(DeepLab network with its ImageNet weights, the resolved input normalisation)."""
+def build_model(section, normalisation_setting, logger, load_weights=True):
+    """(DeepLab network with its ImageNet weights, the resolved input normalisation). Without
+    ``load_weights`` only the file's naming is read (the network and normalisation depend on it)."""
     naming, state = None, None
     if section.weights:
         state = read_state_dict(section.weights)
@@ -145,10 +146,10 @@ def build_model(section, normalisation_setting, logger):
     if section.arch == "resnet101":
         options.update(blocks=list(section.blocks), stride_in_1x1=naming == "caffe")
     model = build_deeplab(section.arch, **options)
-    if state is not None:
+    if state is not None and load_weights:
         report = load_pretrained(model, state, naming)
         logger.info("train-seg: %s", report.summary().replace("\n", "; "))
-    else:
+    elif state is None:
         logger.warning("train_seg.weights is not set: DeepLab (%s) starts from random weights", section.arch)
     return model, resolve_normalisation(normalisation_setting, naming)
 
@@ -213,17 +214,18 @@ def run(cfg):
     section = cfg.train_seg
     logger = get_logger("train_seg")
     checkpoint = work_path(cfg, section.checkpoint)
-    if os.path.isfile(checkpoint) and not cfg.overwrite:
-        logger.info("train-seg: %s exists, skipping (overwrite=true to retrain)", checkpoint)
-        return checkpoint
+    # a finished checkpoint: sgan.train.train skips (and warns about changed settings); nothing
+    # is read or started for it here
+    training = cfg.overwrite or not os.path.isfile(checkpoint)
     rank, world = init_distributed(cfg)
     paths = VOCPaths(cfg.data.root)
     ids = read_id_list(paths.resolve(cfg.data.train_list))
     seeds_dir = work_path(cfg, section.seeds_dir)
-    validate_samples(paths, ids, seeds_dir=seeds_dir)
+    if training:
+        validate_samples(paths, ids, seeds_dir=seeds_dir)
     device = resolve_device(cfg)
-    seed_everything(cfg.seed)
-    model, normalisation = build_model(section, cfg.data.normalisation, logger)
+    seed_everything(derive_seed(cfg.seed, STEP, "init"))
+    model, normalisation = build_model(section, cfg.data.normalisation, logger, load_weights=training)
     model.to(device)
     output_size = logits_size(model, section.crop, device)
     dataset = SegTrainSet(paths, ids, seeds_dir, resize_to=section.resize, crop=section.crop,
@@ -233,20 +235,22 @@ def run(cfg):
     processes = section.crf_processes
     if processes is None:
         processes = max(1, min(section.batch_size // world, default_processes() // world))
-    pool = DenseCRFPool(processes) if section.boundary_loss_weight > 0 else None
+    pool = DenseCRFPool(processes) if training and section.boundary_loss_weight > 0 else None
     loss_fn = StageTwoLoss(section, cfg.backend, pool)
     try:
         if pool is not None:  # start the workers now, so their start-up is not counted as waiting
             warm = np.zeros((processes, *output_size, 3), np.uint8)
             pool.submit(warm, np.full((processes, VOC_NUM_CLASSES, *output_size), 1.0 / VOC_NUM_CLASSES,
                                       np.float32)).result()
-        train(cfg, section, name="train_seg", model=model, dataset=dataset, loss_fn=loss_fn,
-              checkpoint_path=checkpoint, model_info=model_info, device=device)
+        train(cfg, "train_seg", name=STEP, model=model, dataset=dataset, loss_fn=loss_fn,
+              checkpoint_path=checkpoint, model_info=model_info, device=device, depends_on=("data",))
     finally:
         if pool is not None:
             pool.close()
     timing = loss_fn.timing()
-    if pool is not None and timing["crf_wait_fraction"] is not None:
+    if not training or timing["steps_measured"] == 0:
+        return checkpoint
+    if pool is not None:
         logger.info("train-seg: waited %.1f ms for the CRF per step of %.1f ms (%.1f%% of the step time, "
                     "%d CRF workers)", timing["mean_crf_wait_ms"], timing["mean_step_ms"],
                     100 * timing["crf_wait_fraction"], processes)
