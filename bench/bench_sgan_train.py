@@ -12,7 +12,6 @@ fits in GPU memory with each path. Writes bench/results/sgan_train_<device>.json
     python -m bench.bench_sgan_train --device cuda --batch 15 --find-max-size
 """
 import argparse
-import json
 import os
 import platform
 import statistics
