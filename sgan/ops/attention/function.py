@@ -123,6 +123,8 @@ def _triton_available(device_type):
         return False
     try:
         import triton  # noqa: F401
+
+        from sgan.kernels import attention  # noqa: F401
     except ImportError:
         return False
     return True
