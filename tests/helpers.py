@@ -1,9 +1,7 @@
 """Helpers shared by the operator tests: backends to test, input makers, the error criterion."""
-import os
-
 import torch
 
-from sgan import _ext
+from sgan.ops.attention import fused_backends as attention_backends
 
 
 def device_under_test():
@@ -12,19 +10,7 @@ def device_under_test():
 
 def fused_backends():
     """Fused attention backends usable on this machine for device_under_test() tensors."""
-    device = device_under_test().type
-    found = []
-    if device == "cpu" and _ext.available("cpu"):
-        found.append("cpp")
-    if device == "cuda" and _ext.available("cuda"):
-        found.append("cuda")
-    try:
-        import triton  # noqa: F401
-        if device == "cuda" or os.environ.get("TRITON_INTERPRET") == "1":
-            found.append("triton")
-    except ImportError:
-        pass
-    return found
+    return attention_backends(device_under_test().type)
 
 
 def relative_error(value, reference):

@@ -130,6 +130,16 @@ def _triton_available(device_type):
     return True
 
 
+def fused_backends(device_type):
+    """Fused attention backends usable for tensors on ``device_type`` ("cpu" or "cuda") here."""
+    found = []
+    if _ext.available(device_type):
+        found.append("cpp" if device_type == "cpu" else "cuda")
+    if _triton_available(device_type):
+        found.append("triton")
+    return found
+
+
 def _resolve_backend(backend, x):
     device_type = x.device.type
     if backend not in BACKENDS:
