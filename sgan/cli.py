@@ -1,0 +1,83 @@
+"""Command line: ``sgan run CONFIG.yaml [key=value ...]`` and ``sgan <step> CONFIG.yaml [key=value ...]``.
+
+The subcommands are generated from the step registry (sgan.pipeline.discover_steps), so a new step
+module appears here without editing this file. The config file may be left out for steps that
+define DEFAULT_CONFIG (e.g. ``sgan demo``) or when every needed key is given as an override.
+``--overwrite`` and ``--resume`` are shorthands for ``overwrite=true`` and ``resume=true``.
+``sgan config CONFIG.yaml [key=value ...]`` prints the resolved config; ``sgan steps`` lists steps.
+Errors in the config or the inputs print one message (exit status 2); SGAN_DEBUG=1 shows the trace.
+Multi-GPU: ``torchrun --nproc_per_node=N -m sgan.cli train-sgan CONFIG.yaml``.
+"""
+import argparse
+import os
+import sys
+
+import yaml
+
+
+def _split_config_and_overrides(items):
+    """[CONFIG] [key=value ...] -> (config path or None, overrides)."""
+    if items and "=" not in items[0]:
+        return items[0], list(items[1:])
+    bad = [item for item in items if "=" not in item]
+    if bad:
+        raise ValueError(f"expected CONFIG.yaml first, then key=value overrides; cannot read {bad}")
+    return None, list(items)
+
+
+def _first_doc_line(module):
+    return (module.__doc__ or "").strip().splitlines()[0] if module.__doc__ else ""
+
+
+def build_parser(steps):
+    parser = argparse.ArgumentParser(prog="sgan", description=__doc__.strip().splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def add(name, help_text):
+        command = sub.add_parser(name, help=help_text, description=help_text)
+        command.add_argument("items", nargs="*", metavar="[CONFIG.yaml] [key=value ...]",
+                             help="the experiment's YAML file, then overrides such as train_cam.lr=1e-3")
+        command.add_argument("--overwrite", action="store_true", help="redo finished work (overwrite=true)")
+        command.add_argument("--resume", action="store_true",
+                             help="continue interrupted training from its last checkpoint (resume=true)")
+        return command
+
+    add("run", "run the steps listed in the config's `steps` in order")
+    add("config", "print the resolved configuration (defaults <- file <- overrides) and exit")
+    sub.add_parser("steps", help="list the registered steps")
+    for name in sorted(steps):
+        add(name, _first_doc_line(steps[name]))
+    return parser
+
+
+def main(argv=None):
+    from sgan.config import load_config
+    from sgan.pipeline import discover_steps, run_steps
+
+    steps = discover_steps()
+    args = build_parser(steps).parse_args(argv)
+    if args.command == "steps":
+        for name in sorted(steps):
+            print(f"{name:16s} {_first_doc_line(steps[name])}")
+        return 0
+    try:
+        path, overrides = _split_config_and_overrides(args.items)
+        overrides += ["overwrite=true"] if args.overwrite else []
+        overrides += ["resume=true"] if args.resume else []
+        base = getattr(steps.get(args.command), "DEFAULT_CONFIG", None)
+        cfg = load_config(path, overrides, base=base)
+        if args.command == "config":
+            print(yaml.safe_dump(cfg.to_dict(), sort_keys=False, default_flow_style=None), end="")
+            return 0
+        run_steps(cfg, None if args.command == "run" else [args.command])
+    except ValueError as error:  # bad config or inputs: the message says what; SGAN_DEBUG=1 for the trace
+        if os.environ.get("SGAN_DEBUG", "0") == "1":
+            raise
+        print(f"sgan {args.command}: error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    sys.exit(main())

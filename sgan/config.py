@@ -1,0 +1,284 @@
+"""Experiment configuration: one YAML file per experiment, ``key.sub=value`` overrides, validation.
+
+Schema. A config is a mapping of *sections*; every section is declared, with its defaults, by the
+module that uses it, through :func:`register_section` at import time, so a new step adds its own
+section without editing this file::
+
+    from sgan.config import register_section
+    register_section("train_seg", {"iterations": 12000, "lr": 1e-3, "schedule": "step"},
+                     choices={"schedule": ("step", "poly")},
+                     doc="stage 2 training (DeepLab-ASPP on the seeds)")
+
+The root section (name ``""``, keys at the top level of the YAML) is declared here: ``work_dir``
+(every output goes below it), ``seed``, ``overwrite``, ``resume``, ``device``, ``backend`` (kernel
+backend of the attention and the losses), ``num_workers`` and ``steps`` (what ``sgan run`` chains).
+
+Loading (:func:`load_config`): registered defaults <- the YAML file <- ``key.sub=value`` overrides,
+each value parsed as YAML (safe loader; ``lr=1e-3`` is a float, ``scales=[1.0,0.75]`` a list,
+``weights=`` or ``weights=null`` is None). Validation collects every problem before raising one
+``ValueError``: unknown sections and keys are named (with the closest known name), a value whose
+type does not match its default's (int is accepted for a float; a default of None accepts
+anything; a dict default is a free-form mapping) and a value outside its declared choices.
+
+Access: ``cfg.train_cam.lr`` or ``cfg["train_cam"]["lr"]``; :class:`Config` is a read-only dict.
+:func:`save_resolved` writes ``config.resolved.yaml`` into the work dir with the git revision, the
+command line and the time in its header, so every output directory says what produced it.
+"""
+import copy
+import datetime
+import difflib
+import os
+import re
+import subprocess
+import sys
+
+import yaml
+
+ROOT = ""  # name of the root section: keys at the top level of the YAML file
+RESOLVED_NAME = "config.resolved.yaml"
+STAGE1_STEPS = ["labels", "train-cam", "initial-seeds", "train-sgan", "seeds", "eval-seeds"]
+STAGE2_STEPS = ["train-seg", "infer", "eval"]
+
+_SECTIONS = {}  # name -> {"defaults": dict, "choices": dict, "doc": str}
+
+
+class _Loader(yaml.SafeLoader):
+    """yaml.SafeLoader that also reads ``1e-3`` as a float (YAML 1.1 needs ``1.0e-3``)."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+                   |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+                   |\.[0-9_]+(?:[eE][-+][0-9]+)?
+                   |[-+]?\.(?:inf|Inf|INF)
+                   |\.(?:nan|NaN|NAN))$""", re.X),
+    list("-+0123456789."))
+
+
+def _yaml_load(text_or_stream):
+    return yaml.load(text_or_stream, Loader=_Loader)  # noqa: S506 (a SafeLoader subclass)
+
+
+def register_section(name, defaults, choices=None, doc=""):
+    """Declare a config section and its defaults (call once, at import of the owning module).
+
+    name: section name ("" for top-level keys, which only this module declares); defaults: mapping
+    key -> default value; choices: mapping key -> allowed values. Registering the same name again
+    with identical content is a no-op (modules may be imported twice under ``python -m``); a
+    different content is an error, so two modules cannot silently fight over a section.
+    """
+    if not isinstance(name, str):
+        raise TypeError(f"name: expected a str, got {type(name).__name__}")
+    if not isinstance(defaults, dict) or not all(isinstance(k, str) for k in defaults):
+        raise TypeError(f"defaults: expected a dict with str keys, got {defaults!r}")
+    choices = dict(choices or {})
+    unknown = sorted(set(choices) - set(defaults))
+    if unknown:
+        raise ValueError(f"choices: keys {unknown} of section {name!r} have no default")
+    for key, allowed in choices.items():
+        if defaults[key] not in allowed:
+            raise ValueError(f"defaults: {name}.{key}={defaults[key]!r} is not one of its choices {allowed}")
+    entry = {"defaults": copy.deepcopy(defaults), "choices": choices, "doc": doc}
+    if name in _SECTIONS and _SECTIONS[name] != entry:
+        raise ValueError(f"section {name!r} is already registered with different defaults")
+    _SECTIONS[name] = entry
+
+
+def sections():
+    """Registered sections: name -> {"defaults", "choices", "doc"} (a copy)."""
+    return copy.deepcopy(_SECTIONS)
+
+
+register_section(ROOT, {
+    "work_dir": None,
+    "seed": 0,
+    "overwrite": False,
+    "resume": False,
+    "device": "auto",
+    "backend": "auto",
+    "num_workers": 2,
+    "steps": STAGE1_STEPS + STAGE2_STEPS,
+}, choices={"backend": ("auto", "reference", "cpp", "cuda", "triton")},
+    doc="work_dir: output directory (required); seed: global seed; overwrite: redo finished work; "
+        "resume: continue an interrupted training from its last checkpoint; device: auto|cpu|cuda|cuda:N; "
+        "backend: kernels of the attention and the losses; steps: what `sgan run` chains")
+
+
+class Config(dict):
+    """Read-only nested mapping with attribute access (``cfg.section.key``)."""
+
+    def __init__(self, mapping=()):
+        super().__init__({k: Config(v) if isinstance(v, dict) else v for k, v in dict(mapping).items()})
+
+    def __getattr__(self, name):
+        try:
+            return self[name]
+        except KeyError:
+            raise AttributeError(f"config has no key {name!r}; known: {sorted(self)}") from None
+
+    def _read_only(self, *args, **kwargs):
+        raise TypeError("Config is read-only; build a new one with sgan.config.resolve(..., overrides)")
+
+    __setitem__ = __delitem__ = __setattr__ = update = pop = popitem = clear = setdefault = _read_only
+
+    def to_dict(self):
+        """Plain nested dicts (for YAML/JSON dumps and checkpoints)."""
+        return {k: v.to_dict() if isinstance(v, Config) else copy.deepcopy(v) for k, v in self.items()}
+
+    def __deepcopy__(self, memo):
+        return Config(self.to_dict())
+
+    def __reduce__(self):  # picklable for DataLoader workers and spawned processes
+        return (Config, (self.to_dict(),))
+
+
+def parse_override(text):
+    """``"a.b=value"`` -> (["a", "b"], parsed value). The value is parsed as YAML (safe loader)."""
+    if not isinstance(text, str) or "=" not in text:
+        raise ValueError(f"override: expected 'key=value' or 'section.key=value', got {text!r}")
+    dotted, raw = text.split("=", 1)
+    path = dotted.strip().split(".")
+    if not all(path):
+        raise ValueError(f"override: empty key in {text!r}")
+    try:
+        value = _yaml_load(raw) if raw.strip() else None
+    except yaml.YAMLError as error:
+        raise ValueError(f"override {text!r}: the value is not valid YAML ({error})") from None
+    return path, value
+
+
+def _closest(name, known):
+    match = difflib.get_close_matches(name, list(known), n=1)
+    return f" (did you mean {match[0]!r}?)" if match else ""
+
+
+def _type_problem(where, value, default):
+    """A message when ``value`` does not fit the type of ``default``, else None."""
+    if default is None or value is None:
+        return None
+    if isinstance(default, bool):
+        ok = isinstance(value, bool)
+    elif isinstance(default, int):
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif isinstance(default, float):
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    elif isinstance(default, (list, tuple)):
+        ok = isinstance(value, (list, tuple))
+    else:
+        ok = isinstance(value, type(default))
+    if ok:
+        return None
+    return f"{where}: expected {type(default).__name__} (like the default {default!r}), got {type(value).__name__} {value!r}"
+
+
+def resolve(data=None, overrides=(), source="<dict>"):
+    """Defaults <- ``data`` (a mapping, as read from YAML) <- ``overrides``; validated Config.
+
+    Raises ValueError listing every unknown section/key and every bad value.
+    """
+    data = {} if data is None else data
+    if not isinstance(data, dict):
+        raise ValueError(f"{source}: expected a mapping of sections at the top level, got {type(data).__name__}")
+    merged = {name: copy.deepcopy(entry["defaults"]) for name, entry in _SECTIONS.items() if name != ROOT}
+    merged.update(copy.deepcopy(_SECTIONS[ROOT]["defaults"]))
+    problems = []
+
+    def assign(path, value, origin):
+        head = path[0]
+        if head in _SECTIONS[ROOT]["defaults"]:
+            if len(path) != 1:
+                problems.append(f"{origin}: {'.'.join(path)}: {head!r} is a top-level key, not a section")
+                return
+            merged[head] = value
+            return
+        if head not in _SECTIONS or head == ROOT:
+            known = [n for n in _SECTIONS if n] + list(_SECTIONS[ROOT]["defaults"])
+            problems.append(f"{origin}: unknown section or key {head!r}{_closest(head, known)}")
+            return
+        if len(path) == 1:
+            if not isinstance(value, dict):
+                problems.append(f"{origin}: section {head!r}: expected a mapping, got {type(value).__name__}")
+                return
+            for key, sub in value.items():
+                assign([head, str(key)], sub, origin)
+            return
+        section = merged[head]
+        key = path[1]
+        if key not in section:
+            problems.append(f"{origin}: unknown key {head}.{key}{_closest(key, section)}")
+            return
+        if len(path) > 2:
+            if not isinstance(section[key], dict):
+                problems.append(f"{origin}: {'.'.join(path)}: {head}.{key} is not a mapping")
+                return
+            target = section[key]
+            for part in path[2:-1]:
+                target = target.setdefault(part, {})
+            target[path[-1]] = value
+            return
+        section[key] = value
+
+    for key, value in data.items():
+        assign([str(key)], value, source)
+    for text in overrides:
+        path, value = parse_override(text)
+        assign(path, value, f"override {text!r}")
+
+    for name, entry in _SECTIONS.items():
+        values = merged if name == ROOT else merged[name]
+        for key, default in entry["defaults"].items():
+            where = key if name == ROOT else f"{name}.{key}"
+            problem = _type_problem(where, values[key], default)
+            if problem:
+                problems.append(problem)
+            elif key in entry["choices"] and values[key] not in entry["choices"][key]:
+                problems.append(f"{where}: expected one of {list(entry['choices'][key])}, got {values[key]!r}")
+    if problems:
+        raise ValueError("invalid configuration:\n  " + "\n  ".join(problems))
+    return Config(merged)
+
+
+def load_config(path=None, overrides=(), base=None):
+    """Read the YAML file ``path`` (or use ``base``, a mapping, when path is None) and resolve it.
+
+    All step modules are imported first (sgan.pipeline.discover_steps), so every section they
+    declare is known.
+    """
+    from sgan.pipeline import discover_steps  # the pipeline's modules register their sections
+    discover_steps()
+    if path is None:
+        return resolve(copy.deepcopy(base) if base is not None else {}, overrides, source="<defaults>")
+    if not os.path.isfile(path):
+        raise ValueError(f"config: file {path!r} does not exist")
+    with open(path, encoding="utf-8") as handle:
+        try:
+            data = _yaml_load(handle)
+        except yaml.YAMLError as error:
+            raise ValueError(f"config {path!r}: not valid YAML ({error})") from None
+    return resolve(data if data is not None else {}, overrides, source=path)
+
+
+def git_revision():
+    """``<sha>`` (``<sha>-dirty`` with uncommitted changes) of the source tree, or "unknown"."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True,
+                             timeout=10, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
+                               capture_output=True, text=True, timeout=10, check=True).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return f"{sha}-dirty" if dirty else sha
+
+
+def save_resolved(cfg, name=RESOLVED_NAME):
+    """Write ``cfg`` to ``<work_dir>/<name>`` (atomically) with the git revision in the header."""
+    from sgan.utils.io import atomic_write_text
+    header = (f"# resolved by sgan at {datetime.datetime.now().isoformat(timespec='seconds')}\n"
+              f"# git revision: {git_revision()}\n"
+              f"# command: {' '.join(sys.argv)}\n")
+    body = yaml.safe_dump(cfg.to_dict(), sort_keys=False, default_flow_style=None)
+    path = os.path.join(cfg.work_dir, name)
+    atomic_write_text(path, header + body)
+    return path

@@ -1,0 +1,308 @@
+"""PASCAL VOC 2012 in its own layout (DESIGN.md §4): ids, image-level labels, validation, datasets.
+
+Layout under ``data.root`` (the ``VOC2012`` folder)::
+
+    JPEGImages/<id>.jpg   Annotations/<id>.xml   SegmentationClass/<id>.png (palette)
+    SegmentationClassAug/<id>.png (grayscale indices)   ImageSets/Segmentation/{train,train_aug,val}.txt
+
+List files hold one id per line; DeepLab-style lines ``/JPEGImages/<id>.jpg /Segmentation.../<id>.png``
+are accepted too (the id is taken from the first path). Saliency maps are ``<saliency_dir>/<id>.png``
+(8-bit grayscale, the image's size); seeds are ``<seeds_dir>/<id>.png`` (0 background, 1..20
+classes, 255 unlabelled, the image's size).
+
+Labels: class indices 1..20 (VOC order, 0 is background), from the XML ``<object><name>`` entries or
+from the ground-truth masks (read as palette indices with PIL: never convert to RGB). A label PNG
+in RGB, or one whose values are not classes (0..20, 255) because its palette was misread, is an
+error. :func:`validate_samples` checks every file a step will read before it starts and raises one
+ValueError naming all bad files.
+
+Normalisation: ``caffe_bgr`` (the authors': BGR 0..255 minus the mean (104.008, 116.669, 122.675),
+for Caffe-converted weights) or ``imagenet_rgb`` (RGB / 255, ImageNet mean and std, for torchvision
+weights); ``auto`` picks by the naming of ``model.weights`` (imagenet_rgb without weights).
+"""
+import os
+import random
+import xml.etree.ElementTree as ElementTree
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import Dataset
+
+from sgan.config import register_section
+from sgan.synthetic import VOC_CLASSES
+from sgan.utils.io import load_json
+
+NUM_CLASSES = len(VOC_CLASSES)  # foreground classes; label k in 1..20 is VOC_CLASSES[k - 1]
+IGNORE_INDEX = 255
+CAFFE_BGR_MEAN = (104.008, 116.669, 122.675)
+IMAGENET_RGB_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_RGB_STD = (0.229, 0.224, 0.225)
+NORMALISATIONS = ("auto", "caffe_bgr", "imagenet_rgb")
+LABEL_SOURCES = ("xml", "mask")
+
+register_section("data", {
+    "root": None,
+    "saliency_dir": None,
+    "train_list": "ImageSets/Segmentation/train_aug.txt",
+    "val_list": "ImageSets/Segmentation/val.txt",
+    "label_source": "xml",
+    "label_mask_dir": "SegmentationClassAug",
+    "labels_file": "labels.json",
+    "input_size": 321,
+    "normalisation": "auto",
+    "flip": True,
+}, choices={"label_source": LABEL_SOURCES, "normalisation": NORMALISATIONS},
+    doc="root: the VOC2012 folder; saliency_dir: folder of <id>.png saliency maps; lists and mask "
+        "dirs relative to root; labels_file relative to work_dir; input_size: training resize (square)")
+
+
+class VOCPaths:
+    """File paths of a VOC-layout dataset rooted at ``root`` (the VOC2012 folder)."""
+
+    def __init__(self, root):
+        if not root:
+            raise ValueError("data.root: required; set it to the VOC2012 folder (holding JPEGImages/)")
+        if not os.path.isdir(root):
+            raise ValueError(f"data.root: {root} is not a folder")
+        self.root = root
+
+    def resolve(self, path):
+        return path if os.path.isabs(path) else os.path.join(self.root, path)
+
+    def image(self, image_id):
+        return os.path.join(self.root, "JPEGImages", image_id + ".jpg")
+
+    def annotation(self, image_id):
+        return os.path.join(self.root, "Annotations", image_id + ".xml")
+
+    def mask(self, image_id, folder):
+        return os.path.join(self.resolve(folder), image_id + ".png")
+
+
+def read_id_list(path):
+    """Image ids of a list file (one per line, or DeepLab's 'image_path label_path' lines)."""
+    if not os.path.isfile(path):
+        raise ValueError(f"image list: {path} does not exist")
+    ids = []
+    with open(path, encoding="utf-8") as stream:
+        for line in stream:
+            token = line.split()[0] if line.split() else ""
+            if token:
+                ids.append(os.path.splitext(os.path.basename(token))[0])
+    if not ids:
+        raise ValueError(f"image list: {path} holds no image ids")
+    return ids
+
+
+def load_rgb(path):
+    """uint8 (H, W, 3) RGB array of an image file."""
+    with Image.open(path) as image:
+        return np.asarray(image.convert("RGB"))
+
+
+def read_gray(path):
+    """uint8 (H, W) array of a single-channel PNG (saliency map or seeds), mode L or P indices."""
+    with Image.open(path) as image:
+        if image.mode not in ("L", "P"):
+            raise ValueError(f"{path}: expected a single-channel PNG (mode L or P), got mode {image.mode}")
+        return np.asarray(image)
+
+
+def label_mask_problem(path, num_classes=NUM_CLASSES):
+    """None for a valid index PNG (mode P or L, values in 0..num_classes or 255), else the reason."""
+    with Image.open(path) as image:
+        mode = image.mode
+        if mode not in ("P", "L"):
+            return (f"{path}: mode {mode} — an RGB colour image, not class indices; use the palette PNG "
+                    "as VOC ships it (PIL reads its indices), never a colour conversion")
+        values = np.unique(np.asarray(image))
+    bad = [int(v) for v in values if v > num_classes and v != IGNORE_INDEX]
+    if bad:
+        return (f"{path}: values {bad[:10]} are not classes 0..{num_classes} or {IGNORE_INDEX} — the "
+                "palette was probably misread (colours saved as indices)")
+    return None
+
+
+def read_label_mask(path, num_classes=NUM_CLASSES):
+    """uint8 (H, W) class indices of a ground-truth PNG; ValueError on RGB / misread palettes."""
+    problem = label_mask_problem(path, num_classes)
+    if problem:
+        raise ValueError(problem)
+    with Image.open(path) as image:
+        return np.asarray(image)
+
+
+def labels_from_xml(path):
+    """Sorted class indices (1..20) of the ``<object><name>`` entries of a VOC annotation."""
+    root = ElementTree.parse(path).getroot()
+    names = [(obj.findtext("name") or "").strip() for obj in root.iter("object")]
+    unknown = sorted({n for n in names if n not in VOC_CLASSES})
+    if unknown:
+        raise ValueError(f"{path}: unknown class names {unknown}; expected names from {list(VOC_CLASSES)}")
+    return sorted({VOC_CLASSES.index(n) + 1 for n in names})
+
+
+def image_level_labels(paths, ids, source="xml", mask_dir="SegmentationClassAug"):
+    """{id: sorted class indices 1..20}; every unreadable or empty file is named in one ValueError."""
+    if source not in LABEL_SOURCES:
+        raise ValueError(f"data.label_source: expected one of {LABEL_SOURCES}, got {source!r}")
+    labels, problems = {}, []
+    for image_id in ids:
+        if source == "xml":
+            path = paths.annotation(image_id)
+            if not os.path.isfile(path):
+                problems.append(f"missing annotation: {path}")
+                continue
+            try:
+                classes = labels_from_xml(path)
+            except (ValueError, ElementTree.ParseError) as error:
+                problems.append(f"bad annotation: {error if isinstance(error, ValueError) else f'{path}: {error}'}")
+                continue
+        else:
+            path = paths.mask(image_id, mask_dir)
+            if not os.path.isfile(path):
+                problems.append(f"missing label mask: {path}")
+                continue
+            problem = label_mask_problem(path)
+            if problem:
+                problems.append(f"bad label mask: {problem}")
+                continue
+            values = np.unique(read_gray(path))
+            classes = sorted(int(v) for v in values if 1 <= v <= NUM_CLASSES)
+        if not classes:
+            problems.append(f"image with no labels: {image_id} ({path})")
+            continue
+        labels[image_id] = classes
+    raise_problems(problems, f"image-level labels from {source}")
+    return labels
+
+
+def raise_problems(problems, what):
+    """ValueError listing every problem (one per line) when there is any."""
+    if problems:
+        raise ValueError(f"{what}: {len(problems)} problem(s), fix them before training:\n  "
+                         + "\n  ".join(problems))
+
+
+def load_labels(path, ids):
+    """{id: classes} for ``ids`` from labels.json; names every id without labels."""
+    if not os.path.isfile(path):
+        raise ValueError(f"labels: {path} does not exist; run the `labels` step first")
+    table = load_json(path)["labels"]
+    raise_problems([f"image with no labels: {i} (not in {path}, or empty)" for i in ids if not table.get(i)],
+                   f"labels of {len(ids)} images")
+    return {i: table[i] for i in ids}
+
+
+def _size_of(path):
+    with Image.open(path) as image:
+        return image.size  # (W, H)
+
+
+def validate_samples(paths, ids, labels=None, saliency_dir=None, seeds_dir=None, gt_dir=None):
+    """Check every file a step will read; one ValueError naming all problems.
+
+    Checks: the image exists; with ``labels``, each id has at least one class; with
+    ``saliency_dir``/``seeds_dir``/``gt_dir``, the PNG exists, is single-channel and has the image's
+    size; seeds hold only 0..20 and 255; ground-truth masks pass :func:`label_mask_problem`.
+    """
+    problems = []
+    for image_id in ids:
+        image_path = paths.image(image_id)
+        size = None
+        if not os.path.isfile(image_path):
+            problems.append(f"missing image: {image_path}")
+        else:
+            size = _size_of(image_path)
+        if labels is not None and not labels.get(image_id):
+            problems.append(f"image with no labels: {image_id}")
+        for kind, folder in (("saliency map", saliency_dir), ("seed file", seeds_dir), ("ground truth", gt_dir)):
+            if folder is None:
+                continue
+            path = os.path.join(folder, image_id + ".png")
+            if not os.path.isfile(path):
+                problems.append(f"missing {kind}: {path}")
+                continue
+            with Image.open(path) as image:
+                mode, found = image.mode, image.size
+                values = np.unique(np.asarray(image)) if kind == "seed file" and mode in ("L", "P") else None
+            if kind == "ground truth":
+                problem = label_mask_problem(path)
+                if problem:
+                    problems.append(f"bad ground truth: {problem}")
+                    continue
+            elif mode not in ("L", "P"):
+                problems.append(f"{kind} not single-channel: {path} has mode {mode}, expected 8-bit grayscale (L)")
+                continue
+            if size is not None and found != size:
+                problems.append(f"size mismatch: {path} is {found[0]}x{found[1]}, its image {image_path} "
+                                f"is {size[0]}x{size[1]} (W x H)")
+            if values is not None:
+                bad = [int(v) for v in values if v > NUM_CLASSES and v != IGNORE_INDEX]
+                if bad:
+                    problems.append(f"bad seed values: {path} holds {bad[:10]}, expected 0..{NUM_CLASSES} or 255")
+    raise_problems(problems, f"input files of {len(ids)} images")
+
+
+def normalise(image, mode):
+    """uint8 RGB (H, W, 3) array -> float32 (3, H, W) network input in ``mode`` (not ``auto``)."""
+    pixels = torch.from_numpy(np.array(image, dtype=np.float32)).permute(2, 0, 1)
+    if mode == "caffe_bgr":
+        return pixels.flip(0) - torch.tensor(CAFFE_BGR_MEAN).view(3, 1, 1)
+    if mode == "imagenet_rgb":
+        return (pixels / 255.0 - torch.tensor(IMAGENET_RGB_MEAN).view(3, 1, 1)) / torch.tensor(
+            IMAGENET_RGB_STD).view(3, 1, 1)
+    raise ValueError(f"data.normalisation: expected 'caffe_bgr' or 'imagenet_rgb', got {mode!r}")
+
+
+def resize(array, size, nearest=False):
+    """Resize a uint8 (H, W[, 3]) array to ``size`` = (h, w) with PIL (bilinear, or nearest for labels)."""
+    h, w = size
+    if array.shape[:2] == (h, w):
+        return array
+    resample = Image.NEAREST if nearest else Image.BILINEAR
+    return np.asarray(Image.fromarray(array).resize((w, h), resample))
+
+
+class VOCTrainSet(Dataset):
+    """Training samples indexed by ``(index, sample_seed)`` (see sgan.train.order).
+
+    Returns {"image": float32 (3, S, S), "labels": float32 (20,) multi-hot, "index": int} plus
+    "saliency": uint8 (S, S) with ``saliency_dir`` and "seeds": int64 (S, S) with ``seeds_dir``.
+    The resize is to S x S (``size``); the horizontal flip (p = 0.5, drawn from the sample seed)
+    applies to every field alike.
+    """
+
+    def __init__(self, paths, ids, labels, size, normalisation, flip=True, saliency_dir=None, seeds_dir=None):
+        if not isinstance(size, int) or size <= 0:
+            raise ValueError(f"data.input_size: expected a positive int, got {size!r}")
+        self.paths, self.ids, self.labels = paths, list(ids), labels
+        self.size, self.normalisation, self.flip = size, normalisation, flip
+        self.saliency_dir, self.seeds_dir = saliency_dir, seeds_dir
+
+    def __len__(self):
+        return len(self.ids)
+
+    def __getitem__(self, item):
+        index, sample_seed = item
+        image_id = self.ids[index]
+        flip = self.flip and random.Random(sample_seed).random() < 0.5
+        size = (self.size, self.size)
+
+        def prepare(array, nearest=False):
+            array = resize(array, size, nearest)
+            return np.ascontiguousarray(array[:, ::-1]) if flip else array
+
+        multi_hot = torch.zeros(NUM_CLASSES)
+        multi_hot[[c - 1 for c in self.labels[image_id]]] = 1.0
+        sample = {"image": normalise(prepare(load_rgb(self.paths.image(image_id))), self.normalisation),
+                  "labels": multi_hot, "index": index}
+        if self.saliency_dir is not None:
+            saliency = read_gray(os.path.join(self.saliency_dir, image_id + ".png"))
+            sample["saliency"] = torch.from_numpy(prepare(saliency).copy())
+        if self.seeds_dir is not None:
+            seeds = read_gray(os.path.join(self.seeds_dir, image_id + ".png"))
+            sample["seeds"] = torch.from_numpy(prepare(seeds, nearest=True).astype(np.int64))
+        return sample
+

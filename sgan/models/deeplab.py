@@ -1,0 +1,356 @@
+"""DeepLab-v2 ASPP segmentation networks (VGG-16 and ResNet-101 backbones) and their weight loading.
+
+Both models map an image batch (B, 3, H, W) to logits (B, num_classes, h, w) at output stride 8
+(41 x 41 for a 321² crop). Parameters are split into ``backbone.*`` (initialised from ImageNet
+weights) and ``aspp.*`` (the ASPP head). :func:`load_pretrained` reads a local state-dict file in
+torchvision naming or in the Caffe-converted DeepLab-init naming and reports which keys were
+loaded, which head keys were left freshly initialised and which file keys were ignored; missing
+backbone keys, unknown file keys and shape mismatches raise one ``ValueError`` listing all of them.
+"""
+import math
+import os
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from sgan.models.resnet import RESNET101_BLOCKS, DilatedResNet, resnet_caffe_names
+
+ASPP_RATES = (6, 12, 18, 24)
+# (name, output channels) of the 13 VGG-16 convolutions, block by block.
+VGG16_CONVS = ((("conv1_1", 64), ("conv1_2", 64)),
+               (("conv2_1", 128), ("conv2_2", 128)),
+               (("conv3_1", 256), ("conv3_2", 256), ("conv3_3", 256)),
+               (("conv4_1", 512), ("conv4_2", 512), ("conv4_3", 512)),
+               (("conv5_1", 512), ("conv5_2", 512), ("conv5_3", 512)))
+# torchvision's vgg16().features indices of the same convolutions, in order.
+VGG16_TORCHVISION_INDICES = (0, 2, 5, 7, 10, 12, 14, 17, 19, 21, 24, 26, 28)
+NAMINGS = ("auto", "torchvision", "caffe", "native")
+ARCHS = ("vgg16", "resnet101")
+
+
+def _scaled(channels, width):
+    return max(1, int(round(channels * width)))
+
+
+def _check_common(num_classes, width, rates):
+    if not isinstance(num_classes, int) or num_classes < 2:
+        raise ValueError(f"num_classes: expected an int >= 2, got {num_classes!r}")
+    if not isinstance(width, (int, float)) or width <= 0:
+        raise ValueError(f"width: expected a positive number, got {width!r}")
+    if not rates or not all(isinstance(r, int) and r >= 1 for r in rates):
+        raise ValueError(f"rates: expected a non-empty list of positive ints, got {rates!r}")
+
+
+class VGG16Trunk(nn.Module):
+    """DeepLab-v2's VGG-16: 3x3 max pools, pool1-3 stride 2, pool4 and pool5 stride 1, conv5 dilation 2.
+
+    Input (B, 3, H, W), output (B, 512·width, h, w), h = 41 for H = 321.
+    """
+
+    def __init__(self, width=1.0):
+        super().__init__()
+        in_channels = 3
+        for block, convs in enumerate(VGG16_CONVS):
+            dilation = 2 if block == 4 else 1
+            for name, channels in convs:
+                out_channels = _scaled(channels, width)
+                self.add_module(name, nn.Conv2d(in_channels, out_channels, 3, padding=dilation,
+                                                dilation=dilation))
+                in_channels = out_channels
+            stride = 2 if block < 3 else 1
+            self.add_module(f"pool{block + 1}", nn.MaxPool2d(3, stride=stride, padding=1, ceil_mode=True))
+        self.out_channels = in_channels
+        for module in self.modules():
+            if isinstance(module, nn.Conv2d):
+                nn.init.kaiming_normal_(module.weight, nonlinearity="relu")
+                nn.init.zeros_(module.bias)
+
+    def forward(self, x):
+        for block, convs in enumerate(VGG16_CONVS):
+            for name, _ in convs:
+                x = torch.relu(getattr(self, name)(x))
+            x = getattr(self, f"pool{block + 1}")(x)
+        return x
+
+
+class VGGASPPBranch(nn.Module):
+    """One ASPP branch of DeepLab-v2 VGG: fc6 3x3 (dilation r) -> fc7 1x1 -> fc8 1x1, ReLU + dropout."""
+
+    def __init__(self, in_channels, fc_channels, num_classes, rate, dropout):
+        super().__init__()
+        self.fc6 = nn.Conv2d(in_channels, fc_channels, 3, padding=rate, dilation=rate)
+        self.fc7 = nn.Conv2d(fc_channels, fc_channels, 1)
+        self.fc8 = nn.Conv2d(fc_channels, num_classes, 1)
+        self.dropout = nn.Dropout2d(dropout) if dropout > 0 else nn.Identity()
+        for layer in (self.fc6, self.fc7):
+            nn.init.kaiming_normal_(layer.weight, nonlinearity="relu")
+            nn.init.zeros_(layer.bias)
+        nn.init.normal_(self.fc8.weight, std=0.01)
+        nn.init.zeros_(self.fc8.bias)
+
+    def forward(self, x):
+        x = self.dropout(torch.relu(self.fc6(x)))
+        x = self.dropout(torch.relu(self.fc7(x)))
+        return self.fc8(x)
+
+
+class _DeepLab(nn.Module):
+    """Shared forward: ASPP branches applied to the backbone features and summed."""
+
+    def forward(self, images):
+        """images (B, 3, H, W) -> logits (B, num_classes, h, w) at output stride 8."""
+        features = self.backbone(images)
+        logits = self.aspp[0](features)
+        for branch in self.aspp[1:]:
+            logits = logits + branch(features)
+        return logits
+
+    def model_info(self):
+        """JSON-able constructor arguments: ``build_deeplab(**model.model_info())`` rebuilds the network."""
+        return dict(self._info)
+
+    def classifier_parameters(self):
+        """Parameters of the layers that predict the classes (trained at 10x/20x lr in DeepLab)."""
+        return [p for module in self._classifier_layers() for p in module.parameters()]
+
+
+class DeepLabVGG16(_DeepLab):
+    """DeepLab-v2 ASPP-L with VGG-16: four branches (rates 6/12/18/24) of fc6 3x3 1024 -> fc7 1x1
+    1024 -> fc8 1x1 num_classes with dropout 0.5, summed. ``width`` scales every channel count."""
+
+    arch = "vgg16"
+
+    def __init__(self, num_classes=21, width=1.0, rates=ASPP_RATES, fc_channels=1024, dropout=0.5):
+        super().__init__()
+        _check_common(num_classes, width, rates)
+        self._info = dict(arch=self.arch, num_classes=num_classes, width=width, rates=list(rates),
+                          fc_channels=fc_channels, dropout=dropout)
+        self.backbone = VGG16Trunk(width)
+        self.fc_channels = _scaled(fc_channels, width)
+        self.aspp = nn.ModuleList(VGGASPPBranch(self.backbone.out_channels, self.fc_channels,
+                                                num_classes, rate, dropout) for rate in rates)
+
+    def _classifier_layers(self):
+        return [branch.fc8 for branch in self.aspp]
+
+    def convert_pretrained(self, state, naming):
+        """ImageNet state dict -> ({model key: tensor}, file keys used, file keys ignored on purpose).
+
+        torchvision: ``features.{i}`` convolutions, and fc6/fc7 of every branch decimated from
+        ``classifier.0``/``classifier.3`` (every k-th filter, every 3rd tap of fc6's 7x7, as
+        DeepLab built its init); ``classifier.6`` (the 1000-way layer) is ignored.
+        caffe: ``conv1_1`` ... ``conv5_3``, and ``fc6``/``fc7`` (shared by all branches, 7x7/4096
+        ones decimated as above) or per-branch ``fc6_{b}``/``fc7_{b}``; ``fc8*`` is ignored.
+        """
+        converted, used, ignored = {}, set(), set()
+        conv_names = [name for convs in VGG16_CONVS for name, _ in convs]
+        if naming == "torchvision":
+            for name, index in zip(conv_names, VGG16_TORCHVISION_INDICES):
+                for kind in ("weight", "bias"):
+                    _take(converted, used, state, f"backbone.{name}.{kind}", f"features.{index}.{kind}")
+            fc_sources = {b: ("classifier.0", "classifier.3") for b in range(len(self.aspp))}
+            ignored |= {k for k in state if k.startswith("classifier.6.")}
+        else:
+            for name in conv_names:
+                for kind in ("weight", "bias"):
+                    _take(converted, used, state, f"backbone.{name}.{kind}", f"{name}.{kind}")
+            fc_sources = {}
+            for b in range(len(self.aspp)):
+                if f"fc6_{b + 1}.weight" in state:
+                    fc_sources[b] = (f"fc6_{b + 1}", f"fc7_{b + 1}")
+                else:
+                    fc_sources[b] = ("fc6", "fc7")
+            ignored |= {k for k in state if k.startswith("fc8")}
+        for b, sources in fc_sources.items():
+            for name, source in zip(("fc6", "fc7"), sources):
+                if f"{source}.weight" in state:
+                    weight, bias = _decimate(state[f"{source}.weight"], state.get(f"{source}.bias"),
+                                             getattr(self.aspp[b], name), source)
+                    prefix = f"aspp.{b}.{name}"
+                    converted[f"{prefix}.weight"] = weight
+                    used.add(f"{source}.weight")
+                    if bias is not None:
+                        converted[f"{prefix}.bias"] = bias
+                        used.add(f"{source}.bias")
+        return converted, used, ignored
+
+
+class DeepLabResNet101(_DeepLab):
+    """DeepLab-v2 ASPP with ResNet-101 at output stride 8 (dilations 2 and 4, frozen BN): four 3x3
+    convolutions 2048 -> num_classes with rates 6/12/18/24, summed. ``width`` scales the channels,
+    ``blocks`` sets the bottleneck blocks per stage; ``stride_in_1x1`` selects the MSRA/Caffe
+    placement of the stride (use it with Caffe weights)."""
+
+    arch = "resnet101"
+
+    def __init__(self, num_classes=21, width=1.0, rates=ASPP_RATES, blocks=RESNET101_BLOCKS,
+                 stride_in_1x1=False):
+        super().__init__()
+        _check_common(num_classes, width, rates)
+        self._info = dict(arch=self.arch, num_classes=num_classes, width=width, rates=list(rates),
+                          blocks=list(blocks), stride_in_1x1=stride_in_1x1)
+        self.backbone = DilatedResNet(blocks, width, stride_in_1x1)
+        self.aspp = nn.ModuleList(
+            nn.Conv2d(self.backbone.out_channels, num_classes, 3, padding=rate, dilation=rate)
+            for rate in rates)
+        for conv in self.backbone.modules():
+            if isinstance(conv, nn.Conv2d):
+                nn.init.kaiming_normal_(conv.weight, mode="fan_out", nonlinearity="relu")
+        for conv in self.aspp:
+            nn.init.normal_(conv.weight, std=0.01)
+            nn.init.zeros_(conv.bias)
+
+    def _classifier_layers(self):
+        return list(self.aspp)
+
+    def convert_pretrained(self, state, naming):
+        """ImageNet state dict -> ({model key: tensor}, file keys used, file keys ignored on purpose).
+
+        torchvision: the trunk keys one-to-one; ``fc.*`` and ``*.num_batches_tracked`` ignored.
+        caffe: the Caffe layer names of :func:`resnet_caffe_names`; ``fc1000.*`` ignored.
+        """
+        converted, used = {}, set()
+        if naming == "torchvision":
+            for key in self.backbone.state_dict():
+                _take(converted, used, state, f"backbone.{key}", key)
+            ignored = {k for k in state if k.startswith("fc.") or k.endswith(".num_batches_tracked")}
+        else:
+            for model_key, file_key in resnet_caffe_names(self.backbone, "backbone.").items():
+                _take(converted, used, state, model_key, file_key)
+            ignored = {k for k in state if k.startswith("fc1000.")}
+        return converted, used, ignored
+
+
+def build_deeplab(arch, **options):
+    """The DeepLab network named ``arch`` ('vgg16' or 'resnet101') with its constructor ``options``."""
+    if arch == "vgg16":
+        return DeepLabVGG16(**options)
+    if arch == "resnet101":
+        return DeepLabResNet101(**options)
+    raise ValueError(f"arch: expected one of {ARCHS}, got {arch!r}")
+
+
+def _take(converted, used, state, model_key, file_key):
+    if file_key in state:
+        converted[model_key] = state[file_key]
+        used.add(file_key)
+
+
+def _decimate(weight, bias, layer, source):
+    """Reduce a fully connected ImageNet layer to ``layer``'s shape by regular subsampling.
+
+    weight: (out, in·k·k) of a fully connected layer or (out, in, k, k) of a convolution, with out
+    and in multiples of the layer's; a 7x7 kernel is subsampled every 3rd tap to 3x3. bias: (out,).
+    """
+    out_channels, in_channels, kernel, _ = layer.weight.shape
+    if weight.dim() == 2:
+        side = 1 if kernel == 1 else math.isqrt(weight.shape[1] // in_channels)
+        if weight.shape[1] % (side * side):
+            raise ValueError(f"{source}.weight: shape {tuple(weight.shape)} is not a flattened "
+                             f"{side}x{side} kernel")
+        weight = weight.reshape(weight.shape[0], -1, side, side)
+    if weight.dim() != 4 or weight.shape[2] != weight.shape[3]:
+        raise ValueError(f"{source}.weight: expected (out, in) or (out, in, k, k), got {tuple(weight.shape)}")
+    src_out, src_in, src_kernel, _ = weight.shape
+    if src_out % out_channels or src_in % in_channels:
+        raise ValueError(f"{source}.weight: shape {tuple(weight.shape)} cannot be decimated to "
+                         f"{tuple(layer.weight.shape)} (channel counts must be multiples)")
+    tap_step = {kernel: 1, 7: 3}.get(src_kernel) if kernel in (1, 3) else None
+    if tap_step is None or (src_kernel - 1) // tap_step + 1 != kernel:
+        raise ValueError(f"{source}.weight: a {src_kernel}x{src_kernel} kernel cannot be reduced "
+                         f"to {kernel}x{kernel}")
+    out_step, in_step = src_out // out_channels, src_in // in_channels
+    weight = weight[::out_step, ::in_step, ::tap_step, ::tap_step].contiguous()
+    if bias is not None:
+        bias = bias[::out_step].contiguous()
+    return weight, bias
+
+
+@dataclass
+class LoadReport:
+    """What :func:`load_pretrained` did: model keys loaded, model keys left at their fresh
+    initialisation (head only) and file keys ignored on purpose (ImageNet classifier)."""
+    naming: str
+    loaded: list = field(default_factory=list)
+    initialised: list = field(default_factory=list)
+    ignored: list = field(default_factory=list)
+
+    def summary(self):
+        lines = [f"pretrained weights ({self.naming} naming): {len(self.loaded)} tensors loaded"]
+        if self.initialised:
+            lines.append(f"  freshly initialised (not in the file): {', '.join(self.initialised)}")
+        if self.ignored:
+            lines.append(f"  ignored file keys: {', '.join(self.ignored)}")
+        return "\n".join(lines)
+
+
+def detect_naming(state):
+    """'torchvision', 'caffe' or 'native' (this project's own keys) from the keys of ``state``."""
+    keys = set(state)
+    if any(k.startswith(("backbone.", "aspp.")) for k in keys):
+        return "native"
+    if "features.0.weight" in keys or "layer1.0.conv1.weight" in keys:
+        return "torchvision"
+    if "conv1_1.weight" in keys or "res2a_branch2a.weight" in keys:
+        return "caffe"
+    sample = ", ".join(sorted(keys)[:5])
+    raise ValueError("weights: cannot tell the naming of the state dict; expected torchvision keys "
+                     "('features.0.weight' / 'layer1.0.conv1.weight'), Caffe keys ('conv1_1.weight' / "
+                     f"'res2a_branch2a.weight') or this project's ('backbone.*'); got keys like {sample}")
+
+
+def read_state_dict(source):
+    """A state dict from a path (torch.save file) or a dict; unwraps {'state_dict': ...} / {'model': ...}
+    and strips a DistributedDataParallel ``module.`` prefix."""
+    if isinstance(source, (str, os.PathLike)):
+        if not os.path.isfile(source):
+            raise ValueError(f"weights: file not found: {os.fspath(source)}")
+        source = torch.load(source, map_location="cpu", weights_only=True)
+    if not isinstance(source, dict):
+        raise TypeError(f"weights: expected a path or a state dict, got {type(source).__name__}")
+    for wrapper in ("state_dict", "model"):
+        if isinstance(source.get(wrapper), dict):
+            source = source[wrapper]
+    if not all(isinstance(v, torch.Tensor) for v in source.values()):
+        bad = [k for k, v in source.items() if not isinstance(v, torch.Tensor)][:5]
+        raise ValueError(f"weights: expected a state dict of tensors, found non-tensor entries {bad}")
+    return {k[len("module."):] if k.startswith("module.") else k: v for k, v in source.items()}
+
+
+def load_pretrained(model, source, naming="auto"):
+    """Load ImageNet (or this project's) weights into a DeepLab model; returns a :class:`LoadReport`.
+
+    source: path of a state-dict file or the dict itself. naming: 'auto', 'torchvision', 'caffe' or
+    'native'. Every backbone tensor must come from the file; head tensors absent from the file stay
+    freshly initialised and are listed in the report. Raises ValueError listing all missing
+    backbone keys, all unknown file keys and all shape mismatches at once.
+    """
+    if naming not in NAMINGS:
+        raise ValueError(f"naming: expected one of {NAMINGS}, got {naming!r}")
+    state = read_state_dict(source)
+    naming = detect_naming(state) if naming == "auto" else naming
+    own = model.state_dict()
+    if naming == "native":
+        converted = {k: v for k, v in state.items() if k in own}
+        used, ignored = set(converted), set()
+    else:
+        converted, used, ignored = model.convert_pretrained(state, naming)
+    missing = sorted(k for k in own if k.startswith("backbone.") and k not in converted)
+    unexpected = sorted(set(state) - used - ignored)
+    mismatched = sorted(f"{k}: file {tuple(v.shape)} vs model {tuple(own[k].shape)}"
+                        for k, v in converted.items() if k in own and v.shape != own[k].shape)
+    if missing or unexpected or mismatched:
+        parts = [f"weights: the {naming}-named state dict does not fit {type(model).__name__}"]
+        if missing:
+            parts.append(f"missing keys ({len(missing)}): {', '.join(missing)}")
+        if unexpected:
+            parts.append(f"unexpected keys ({len(unexpected)}): {', '.join(unexpected)}")
+        if mismatched:
+            parts.append(f"shape mismatches ({len(mismatched)}): {'; '.join(mismatched)}")
+        raise ValueError("\n  ".join(parts))
+    converted = {k: v.to(own[k].dtype) for k, v in converted.items()}
+    model.load_state_dict(converted, strict=False)
+    return LoadReport(naming=naming, loaded=sorted(converted),
+                      initialised=sorted(k for k in own if k not in converted),
+                      ignored=sorted(ignored & set(state)))

@@ -1,0 +1,186 @@
+"""Stage-0/1 networks: the baseline CAM network and SGAN with its ablation variants (Table II).
+
+Both take images (B, 3, S, S) and optionally saliency maps (B, S, S) uint8 and return a dict:
+``cam`` (B, 20, h, w), the class activation logits (classification = their global average);
+SGAN also ``seed`` (B, 20, h, w), the seed branch, when the variant has it.
+
+- ``CAMNet`` — "Baseline": modified VGG-16 + classification branch.
+- ``SGANNet`` — backbone -> saliency-guided self-attention -> enhanced features, read by the
+  classification branch and the seed branch. Variants (paper Table II):
+  ``sgan`` (everything), ``sgan-seed`` (no seed branch and no seed loss),
+  ``sgan-sal-seed`` (no seed branch and no saliency: the attention sees all positions as one
+  group, i.e. plain self-attention).
+
+Paper vs authors' choices (config section ``model``, DESIGN.md §5): ``classifier: paper`` is a
+1×1 conv C -> 20 without bias on the features (CAM + GAP); ``authors`` is 3×3 conv C -> 1024·width,
+ReLU, dropout, 1×1 conv -> 20 without bias. ``key_channels: half`` (authors, Ck = C/2) or ``full``
+(paper, Ck = C); ``attention_preset`` official/paper; the saliency mask is the map resized to the
+feature size, /255 > ``saliency_threshold``, with the 1-pixel border forced non-salient when
+``saliency_border`` (authors). The seed branch is one ``seed_branch_kernel``×``seed_branch_kernel``
+conv C -> 20 on the enhanced features.
+
+:func:`build_network` builds either from the config and loads ImageNet weights; the returned
+``model_info`` (stored in checkpoints) rebuilds it with :func:`network_from_info`.
+"""
+import torch
+from torch import nn
+
+from sgan.config import register_section
+from sgan.data.saliency import saliency_to_mask
+from sgan.data.voc import NUM_CLASSES
+from sgan.models.attention import SaliencyGuidedAttention
+from sgan.models.deeplab import load_pretrained, read_state_dict
+from sgan.models.vgg import VGG16_CONVS_PER_BLOCK, VGG16Stride8, convert_vgg16, scaled_channels
+from sgan.utils.logging import get_logger
+
+VARIANTS = ("sgan", "sgan-seed", "sgan-sal-seed")
+CLASSIFIERS = ("paper", "authors")
+
+register_section("model", {
+    "weights": None,
+    "weights_naming": "auto",
+    "width": 1.0,
+    "convs_per_block": list(VGG16_CONVS_PER_BLOCK),
+    "classifier": "paper",
+    "classifier_hidden": 1024,
+    "dropout": 0.5,
+    "attention_preset": "official",
+    "key_channels": "half",
+    "saliency_threshold": 0.06,
+    "saliency_border": True,
+    "seed_branch_kernel": 1,
+}, choices={"weights_naming": ("auto", "torchvision", "caffe", "native"), "classifier": CLASSIFIERS,
+            "attention_preset": ("official", "paper"), "key_channels": ("half", "full"),
+            "seed_branch_kernel": (1, 3)},
+    doc="stage-1 networks (baseline CAM and SGAN): weights is a local ImageNet VGG-16 file; width and "
+        "convs_per_block shrink the backbone (demo/tests); classifier_hidden is scaled by width")
+
+
+class ClassificationBranch(nn.Module):
+    """Features (B, C, h, w) -> CAM logits (B, 20, h, w); ``kind`` 'paper' or 'authors' (module doc)."""
+
+    def __init__(self, in_channels, kind="paper", hidden=1024, dropout=0.5):
+        super().__init__()
+        if kind not in CLASSIFIERS:
+            raise ValueError(f"classifier: expected one of {CLASSIFIERS}, got {kind!r}")
+        if kind == "paper":
+            self.layers = nn.Conv2d(in_channels, NUM_CLASSES, 1, bias=False)
+        else:
+            self.layers = nn.Sequential(nn.Conv2d(in_channels, hidden, 3, padding=1), nn.ReLU(inplace=True),
+                                        nn.Dropout2d(dropout), nn.Conv2d(hidden, NUM_CLASSES, 1, bias=False))
+        for module in self.modules():
+            if isinstance(module, nn.Conv2d):
+                nn.init.xavier_uniform_(module.weight)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+
+    def forward(self, features):
+        return self.layers(features)
+
+
+class _Stage1Net(nn.Module):
+    def _build_backbone_and_classifier(self, options):
+        self.backbone = VGG16Stride8(options["width"], options["convs_per_block"])
+        self.classifier = ClassificationBranch(self.backbone.out_channels, options["classifier"],
+                                               scaled_channels(options["classifier_hidden"], options["width"]),
+                                               options["dropout"])
+
+    def convert_pretrained(self, state, naming):
+        """For sgan.models.load_pretrained: ImageNet VGG-16 keys -> backbone keys."""
+        return convert_vgg16(self.backbone, state, naming)
+
+
+class CAMNet(_Stage1Net):
+    """Baseline (Table II): modified VGG-16 + classification branch. forward(images) -> {"cam"}."""
+
+    kind = "cam"
+
+    def __init__(self, options):
+        super().__init__()
+        self._build_backbone_and_classifier(options)
+
+    def forward(self, images, saliency=None):
+        return {"cam": self.classifier(self.backbone(images))}
+
+
+class SGANNet(_Stage1Net):
+    """SGAN and its variants; forward(images, saliency) -> {"cam", ["seed"]} (module doc)."""
+
+    kind = "sgan"
+
+    def __init__(self, options, variant="sgan", backend="auto"):
+        super().__init__()
+        if variant not in VARIANTS:
+            raise ValueError(f"variant: expected one of {VARIANTS}, got {variant!r}")
+        self.variant = variant
+        self.uses_saliency = variant != "sgan-sal-seed"
+        self.saliency_threshold = float(options["saliency_threshold"])
+        self.saliency_border = bool(options["saliency_border"])
+        self._build_backbone_and_classifier(options)
+        channels = self.backbone.out_channels
+        key_channels = max(1, channels // 2) if options["key_channels"] == "half" else channels
+        self.attention = SaliencyGuidedAttention(channels, key_channels, preset=options["attention_preset"],
+                                                 backend=backend)
+        self.seed_branch = None
+        if variant == "sgan":
+            kernel = int(options["seed_branch_kernel"])
+            self.seed_branch = nn.Conv2d(channels, NUM_CLASSES, kernel, padding=kernel // 2)
+            nn.init.xavier_uniform_(self.seed_branch.weight)
+            nn.init.zeros_(self.seed_branch.bias)
+
+    def saliency_mask(self, saliency, features):
+        """Bool (B, h, w) mask at the features' size; all True for the variant without saliency."""
+        B, _, h, w = features.shape
+        if not self.uses_saliency:
+            return torch.ones(B, h, w, dtype=torch.bool, device=features.device)
+        if saliency is None:
+            raise ValueError(f"saliency: the {self.variant} variant needs saliency maps (B, H, W), got None")
+        return saliency_to_mask(saliency, (h, w), self.saliency_threshold, self.saliency_border).to(features.device)
+
+    def attention_inputs(self, images, saliency=None):
+        """(features (B, C, h, w), key, query, mask): what the attention operator receives."""
+        features = self.backbone(images)
+        return features, self.attention.key(features), self.attention.query(features), \
+            self.saliency_mask(saliency, features)
+
+    def forward(self, images, saliency=None):
+        features = self.backbone(images)
+        enhanced = self.attention(features, self.saliency_mask(saliency, features))
+        out = {"cam": self.classifier(enhanced)}
+        if self.seed_branch is not None:
+            out["seed"] = self.seed_branch(enhanced)
+        return out
+
+
+def network_from_info(model_info, backend="auto"):
+    """Rebuild a network (random weights) from the ``model_info`` stored in a checkpoint."""
+    if model_info.get("kind") == "cam":
+        return CAMNet(model_info["options"])
+    if model_info.get("kind") == "sgan":
+        return SGANNet(model_info["options"], model_info["variant"], backend)
+    raise ValueError(f"model_info: expected kind 'cam' or 'sgan', got {model_info.get('kind')!r}")
+
+
+def resolve_normalisation(normalisation, weights_naming):
+    """``data.normalisation`` with ``auto`` resolved: caffe_bgr for Caffe weights, else imagenet_rgb."""
+    if normalisation != "auto":
+        return normalisation
+    return "caffe_bgr" if weights_naming == "caffe" else "imagenet_rgb"
+
+
+def build_network(cfg, kind, variant=None):
+    """(network with ImageNet weights loaded, model_info) from cfg.model and cfg.data.normalisation."""
+    options = {k: v for k, v in cfg.model.to_dict().items() if k not in ("weights", "weights_naming")}
+    info = {"kind": kind, "variant": variant, "options": options}
+    network = network_from_info(info, cfg.backend)
+    logger = get_logger("models")
+    naming = None
+    if cfg.model.weights:
+        state = read_state_dict(cfg.model.weights)
+        report = load_pretrained(network, state, cfg.model.weights_naming)
+        naming = report.naming
+        logger.info("%s", report.summary().replace("\n", "; "))
+    else:
+        logger.warning("model.weights is not set: the %s network starts from random weights", kind)
+    info["normalisation"] = resolve_normalisation(cfg.data.normalisation, naming)
+    return network, info

@@ -1,0 +1,83 @@
+"""The modified VGG-16 of SGAN: pool4 and pool5 removed, output stride 8, no dilation (DESIGN.md §5).
+
+Input (B, 3, H, W) -> conv5_3 features after ReLU (B, 512·width, ceil(H/8), ceil(W/8)): 41×41 for
+321², 65×65 for 513². pool1-3 are 3×3 max pools with stride 2 and padding 1 (the DeepLab/Caffe
+ones, hence ceil). ``width`` scales every channel count and ``convs_per_block`` keeps the first
+k convolutions of each of the five blocks (``[2, 2, 3, 3, 3]`` is VGG-16): a small, fast network
+with the same code path for the demo and the tests. Convolutions are named like Caffe's
+(``conv1_1`` ... ``conv5_3``), so ImageNet weights load with :func:`sgan.models.load_pretrained` in
+torchvision naming (``features.{i}.*``) or Caffe-converted naming (``conv1_1.weight`` ...); the
+networks built on this backbone implement ``convert_pretrained`` through :func:`convert_vgg16`.
+"""
+import torch
+from torch import nn
+
+from sgan.models.deeplab import VGG16_CONVS, VGG16_TORCHVISION_INDICES
+
+VGG16_CONVS_PER_BLOCK = tuple(len(block) for block in VGG16_CONVS)
+
+
+def scaled_channels(channels, width):
+    return max(1, int(round(channels * width)))
+
+
+class VGG16Stride8(nn.Module):
+    """VGG-16 conv1_1..conv5_3 with pool1-3 only (stride 8, no dilation); see the module doc."""
+
+    def __init__(self, width=1.0, convs_per_block=VGG16_CONVS_PER_BLOCK):
+        super().__init__()
+        if not isinstance(width, (int, float)) or isinstance(width, bool) or width <= 0:
+            raise ValueError(f"width: expected a positive number, got {width!r}")
+        convs_per_block = tuple(convs_per_block)
+        if len(convs_per_block) != 5 or not all(
+                isinstance(n, int) and 1 <= n <= full for n, full in zip(convs_per_block, VGG16_CONVS_PER_BLOCK)):
+            raise ValueError(f"convs_per_block: expected 5 ints, each between 1 and VGG-16's "
+                             f"{list(VGG16_CONVS_PER_BLOCK)}, got {list(convs_per_block)}")
+        self.conv_names, self._pool_before = [], []
+        in_channels = 3
+        for block, count in enumerate(convs_per_block):
+            for position, (name, channels) in enumerate(VGG16_CONVS[block][:count]):
+                out_channels = scaled_channels(channels, width)
+                self.add_module(name, nn.Conv2d(in_channels, out_channels, 3, padding=1))
+                self.conv_names.append(name)
+                self._pool_before.append(position == 0 and block in (1, 2, 3))  # pool1, pool2, pool3
+                in_channels = out_channels
+        self.pool = nn.MaxPool2d(3, stride=2, padding=1)
+        self.out_channels = in_channels
+        for module in self.modules():
+            if isinstance(module, nn.Conv2d):
+                nn.init.kaiming_normal_(module.weight, nonlinearity="relu")
+                nn.init.zeros_(module.bias)
+
+    def forward(self, images):
+        x = images
+        for name, pool_before in zip(self.conv_names, self._pool_before):
+            if pool_before:
+                x = self.pool(x)
+            x = torch.relu(getattr(self, name)(x))
+        return x
+
+
+def convert_vgg16(backbone, state, naming, prefix="backbone."):
+    """ImageNet VGG-16 state dict -> ({model key: tensor}, file keys used, file keys ignored).
+
+    naming: 'torchvision' (``features.{i}``; ``classifier.*`` ignored) or 'caffe' (``conv1_1`` ...;
+    ``fc6``/``fc7``/``fc8*`` ignored: this network has no fully connected layers). Only the
+    convolutions present in ``backbone`` are taken; the unused ones of a reduced network are not
+    reported as unexpected.
+    """
+    converted, used = {}, set()
+    all_names = [name for block in VGG16_CONVS for name, _ in block]
+    sources = dict(zip(all_names, (f"features.{i}" for i in VGG16_TORCHVISION_INDICES))) \
+        if naming == "torchvision" else {name: name for name in all_names}
+    for name in all_names:
+        for kind in ("weight", "bias"):
+            file_key = f"{sources[name]}.{kind}"
+            if name in backbone.conv_names and file_key in state:
+                converted[f"{prefix}{name}.{kind}"] = state[file_key]
+                used.add(file_key)
+    skipped_convs = {f"{sources[n]}.{kind}" for n in all_names if n not in backbone.conv_names
+                     for kind in ("weight", "bias")}
+    heads = ("classifier.",) if naming == "torchvision" else ("fc6", "fc7", "fc8")
+    ignored = {k for k in state if k.startswith(heads) or k in skipped_convs}
+    return converted, used, ignored

@@ -1,0 +1,88 @@
+"""Helpers shared by the stage-1 steps (not a step: the leading underscore keeps it out of discovery)."""
+import concurrent.futures
+import os
+
+from PIL import Image
+
+from sgan.data.voc import (
+    VOCPaths,
+    load_labels,
+    load_rgb,
+    read_gray,
+    read_id_list,
+    validate_samples,
+)
+from sgan.pipeline import finished, resolve_device, work_path
+from sgan.seeds import class_scores, make_seeds
+from sgan.models.sgan_net import network_from_info
+from sgan.train.loop import load_checkpoint
+from sgan.utils.io import remove_done_marker, save_png, write_done_marker
+from sgan.utils.logging import get_logger
+from sgan.utils.progress import progress
+
+
+def saliency_folder(cfg):
+    folder = cfg.data.saliency_dir
+    if not folder:
+        raise ValueError("data.saliency_dir: required; set it to the folder of <id>.png saliency maps")
+    if not os.path.isdir(folder):
+        raise ValueError(f"data.saliency_dir: {folder} is not a folder")
+    return folder
+
+
+def training_images(cfg):
+    """(VOCPaths, ids of data.train_list, labels {id: classes}) with labels.json checked."""
+    paths = VOCPaths(cfg.data.root)
+    ids = read_id_list(paths.resolve(cfg.data.train_list))
+    labels = load_labels(work_path(cfg, cfg.data.labels_file), ids)
+    return paths, ids, labels
+
+
+def load_network(cfg, checkpoint_path, device):
+    """(network in eval mode on ``device``, model_info) from a training checkpoint."""
+    state = load_checkpoint(checkpoint_path)
+    network = network_from_info(state["model_info"], cfg.backend)
+    network.load_state_dict(state["model"])
+    return network.to(device).eval(), state["model_info"]
+
+
+def write_seeds(cfg, section, what):
+    """Seeds of every training image from ``section.checkpoint`` into ``section.out_dir`` (PNG).
+
+    section keys: checkpoint, out_dir, alpha, beta, rule, scales, flip, use_seed_branch (optional).
+    Skips when the folder is marked done; the thresholding and PNG writing run in a thread pool
+    of cfg.num_workers threads while the network computes the next image.
+    """
+    out_dir = work_path(cfg, section.out_dir)
+    info = section.to_dict()
+    if finished(cfg, out_dir, info, what):
+        return out_dir
+    paths, ids, labels = training_images(cfg)
+    saliency_dir = saliency_folder(cfg)
+    validate_samples(paths, ids, labels, saliency_dir=saliency_dir)
+    device = resolve_device(cfg)
+    network, model_info = load_network(cfg, work_path(cfg, section.checkpoint), device)
+    os.makedirs(out_dir, exist_ok=True)
+    remove_done_marker(out_dir)
+    use_seed_branch = bool(section.get("use_seed_branch", False))
+
+    def finish(image_id, scores, saliency):
+        seeds = make_seeds(scores.numpy(), saliency, labels[image_id], section.alpha, section.beta, section.rule)
+        save_png(os.path.join(out_dir, image_id + ".png"), Image.fromarray(seeds, "L"))
+
+    with concurrent.futures.ThreadPoolExecutor(max(1, cfg.num_workers)) as pool:
+        pending = []
+        for image_id in progress(ids, desc=what, unit="img"):
+            image = load_rgb(paths.image(image_id))
+            saliency = read_gray(os.path.join(saliency_dir, image_id + ".png"))
+            scores = class_scores(network, image, saliency, labels[image_id], cfg.data.input_size,
+                                  model_info["normalisation"], section.scales, section.flip,
+                                  use_seed_branch, device)
+            pending.append(pool.submit(finish, image_id, scores, saliency))
+            if len(pending) > 4 * max(1, cfg.num_workers):
+                pending.pop(0).result()
+        for future in pending:
+            future.result()
+    write_done_marker(out_dir, info)
+    get_logger("seeds").info("%s: wrote %d seed maps to %s", what, len(ids), out_dir)
+    return out_dir

@@ -1,0 +1,65 @@
+"""Stage 1: per-class precision, recall, IoU and the confusion matrix of the seeds -> metrics/seeds.json."""
+import os
+
+import numpy as np
+
+from sgan.config import register_section
+from sgan.data.voc import VOCPaths, read_gray, read_id_list, validate_samples
+from sgan.metrics import VOC_SHORT_NAMES, ConfusionMatrix, format_class_table
+from sgan.pipeline import work_path
+from sgan.utils.io import save_json
+from sgan.utils.logging import get_logger
+from sgan.utils.progress import progress
+
+STEP = "eval-seeds"
+
+register_section("eval_seeds", {
+    "seeds_dir": "seeds", "list": "ImageSets/Segmentation/train.txt", "gt_dir": "SegmentationClass",
+    "out": "metrics/seeds.json",
+}, doc="seeds_dir and out relative to work_dir; list and gt_dir relative to data.root")
+
+
+def evaluate_seeds(paths, ids, seeds_dir, gt_dir):
+    """Scores of sgan.metrics.segmentation_scores over ``ids`` with unlabelled seeds as a column,
+    plus overall precision (correct / labelled seed pixels) and recall (correct / GT pixels)."""
+    validate_samples(paths, ids, seeds_dir=seeds_dir, gt_dir=gt_dir)
+    matrix = ConfusionMatrix(unlabelled_column=True)
+    for image_id in progress(ids, desc=STEP, unit="img"):
+        matrix.update(read_gray(os.path.join(seeds_dir, image_id + ".png")),
+                      read_gray(os.path.join(gt_dir, image_id + ".png")), name=image_id)
+    scores = matrix.scores(class_names=VOC_SHORT_NAMES)
+    counts = np.asarray(scores["confusion_matrix"])
+    correct = np.trace(counts[:, :-1])
+    labelled, total = counts[:, :-1].sum(), counts.sum()
+    scores["overall_precision"] = float(correct / labelled) if labelled else None
+    scores["overall_recall"] = float(correct / total) if total else None
+    for metric in ("precision", "recall"):
+        defined = [v for v in scores[metric] if v is not None]
+        scores[f"mean_{metric}"] = float(np.mean(defined)) if defined else None
+    scores["num_images"] = len(ids)
+    return scores
+
+
+def seed_table(scores):
+    """Per-class precision / recall / IoU rows (percent) in the paper's column layout."""
+    rows = [(name, {"values": scores[key], "mean": scores[mean]})
+            for name, key, mean in (("precision", "precision", "mean_precision"),
+                                    ("recall", "recall", "mean_recall"), ("IoU", "iou", "miou"))]
+    return format_class_table(rows, metric="values", summary="mean", summary_name="mean")
+
+
+def run(cfg):
+    section = cfg.eval_seeds
+    paths = VOCPaths(cfg.data.root)
+    ids = read_id_list(paths.resolve(section.list))
+    out = work_path(cfg, section.out)
+    seeds_dir = work_path(cfg, section.seeds_dir)
+    if os.path.isfile(out) and not cfg.overwrite:
+        get_logger("eval").info("eval-seeds: %s exists (overwrite=true to redo)", out)
+        return
+    scores = evaluate_seeds(paths, ids, seeds_dir, paths.resolve(section.gt_dir))
+    scores["seeds_dir"] = seeds_dir
+    save_json(out, scores)
+    get_logger("eval").info("seeds in %s on %d images: precision %.1f%%, recall %.1f%% -> %s\n%s",
+                            seeds_dir, len(ids), 100 * (scores["overall_precision"] or 0),
+                            100 * (scores["overall_recall"] or 0), out, seed_table(scores))

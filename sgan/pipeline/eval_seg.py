@@ -1,0 +1,74 @@
+"""Stage 2: evaluate the predictions against the ground truth -> metrics/seg.json + Table II row.
+
+The 21-class confusion matrix over every image of the list (ground truth 255 ignored), per-class
+IoU, precision and recall and the mIoU over all classes (sgan.metrics), printed as one row of the
+paper's per-class table. Ground truth: ``<data.root>/<gt_dir>/<id>.png`` read as palette indices
+(``SegmentationClass`` for VOC val). Every missing, misread or wrongly sized file is reported in one
+error before anything is written.
+"""
+import os
+
+from sgan.config import register_section
+from sgan.data.voc import VOCPaths, raise_problems, read_id_list, validate_samples
+from sgan.infer import read_label_png
+from sgan.metrics import VOC_NUM_CLASSES, VOC_SHORT_NAMES, ConfusionMatrix, format_class_table
+from sgan.pipeline import work_path
+from sgan.synthetic import VOC_CLASSES
+from sgan.utils.io import load_json, save_json
+from sgan.utils.logging import get_logger
+from sgan.utils.progress import progress
+
+STEP = "eval"
+CLASS_NAMES = ("background",) + tuple(VOC_CLASSES)
+
+register_section("eval", {
+    "predictions": "pred",
+    "list": None,
+    "gt_dir": "SegmentationClass",
+    "output": "metrics/seg.json",
+    "name": "DeepLab-ASPP",
+}, doc="stage-2 evaluation: predictions folder (relative to work_dir), list and gt_dir (relative to "
+       "data.root; list null = data.val_list), output JSON (relative to work_dir), name of the table row")
+
+
+def evaluate_folder(prediction_dir, gt_dir, ids, num_classes=VOC_NUM_CLASSES):
+    """ConfusionMatrix over ``ids``; one ValueError naming every missing or bad prediction."""
+    meter, problems = ConfusionMatrix(num_classes), []
+    for image_id in progress(ids, desc="eval", unit="img"):
+        path = os.path.join(prediction_dir, image_id + ".png")
+        if not os.path.isfile(path):
+            problems.append(f"missing prediction: {path}")
+            continue
+        try:
+            meter.update(read_label_png(path, "prediction"),
+                         read_label_png(os.path.join(gt_dir, image_id + ".png"), "ground truth"),
+                         name=image_id)
+        except ValueError as error:
+            problems.append(f"{path}: {error}")
+    raise_problems(problems, f"predictions of {len(ids)} images in {prediction_dir}")
+    return meter
+
+
+def run(cfg):
+    section = cfg.eval
+    logger = get_logger("eval")
+    output = work_path(cfg, section.output)
+    if os.path.isfile(output) and not cfg.overwrite:
+        result = load_json(output)
+        logger.info("eval: %s exists (overwrite=true to recompute)", output)
+    else:
+        paths = VOCPaths(cfg.data.root)
+        list_path = paths.resolve(section.list or cfg.data.val_list)
+        ids = read_id_list(list_path)
+        gt_dir = paths.resolve(section.gt_dir)
+        validate_samples(paths, ids, gt_dir=gt_dir)
+        prediction_dir = work_path(cfg, section.predictions)
+        scores = evaluate_folder(prediction_dir, gt_dir, ids).scores(CLASS_NAMES)
+        result = {"name": section.name, "num_images": len(ids), "list": list_path,
+                  "predictions": prediction_dir, "ground_truth": gt_dir, **scores}
+        save_json(output, result)
+    table = format_class_table([(result["name"], result)], VOC_SHORT_NAMES)
+    logger.info("eval: mIoU %.2f%% over %d images, per-class IoU in %s", 100 * result["miou"],
+                result["num_images"], output)
+    print(table, flush=True)
+    return output

@@ -1,0 +1,34 @@
+"""Stage 1: the baseline CAM network (Table II "Baseline") on image-level labels -> ckpt/cam.pt."""
+from sgan.config import register_section
+from sgan.data.voc import VOCTrainSet, validate_samples
+from sgan.losses import classification_loss
+from sgan.models.sgan_net import build_network
+from sgan.pipeline import resolve_device, work_path
+from sgan.pipeline._stage1 import training_images
+from sgan.train import OPTIM_CHOICES, OPTIM_DEFAULTS, train
+from sgan.utils.seeding import derive_seed, seed_everything
+
+STEP = "train-cam"
+DISTRIBUTED = True
+
+register_section("train_cam", {**OPTIM_DEFAULTS, "checkpoint": "ckpt/cam.pt"}, choices=OPTIM_CHOICES,
+                 doc="baseline CAM training: SGD schedule keys of sgan.train.optim; checkpoint path in work_dir")
+
+
+def run(cfg):
+    section = cfg.train_cam
+    paths, ids, labels = training_images(cfg)
+    validate_samples(paths, ids, labels)
+    device = resolve_device(cfg)
+    seed_everything(derive_seed(cfg.seed, STEP, "init"))
+    network, info = build_network(cfg, "cam")
+    dataset = VOCTrainSet(paths, ids, labels, cfg.data.input_size, info["normalisation"], cfg.data.flip)
+
+    def loss_fn(net, batch, device):
+        loss = classification_loss(net(batch["image"].to(device))["cam"], batch["labels"].to(device),
+                                   backend=cfg.backend)
+        return loss, {"cls": loss.item()}
+
+    train(cfg, "train_cam", name=STEP, model=network, dataset=dataset, loss_fn=loss_fn,
+          checkpoint_path=work_path(cfg, section.checkpoint), model_info=info, device=device,
+          depends_on=("model", "data"))

@@ -1,0 +1,261 @@
+"""Stage 2: train DeepLab-ASPP on the dense seeds (balanced seed loss + boundary loss) -> ckpt/deeplab.pt.
+
+Data (DESIGN.md §5): every image of ``data.train_list`` with its seeds ``<seeds_dir>/<id>.png``
+(0 background, 1..20 classes, 255 unlabelled), resized to ``resize``² (bilinear; seeds nearest),
+a random ``crop``² window, a horizontal flip (p = 0.5) and a colour jitter (brightness, contrast
+and saturation factors drawn uniformly in 1 ± ``color_jitter``), all drawn from the sample's seed,
+so a resumed run sees the same samples. The seeds are brought to the logits' size by nearest
+neighbour; the image the CRF sees is the jittered crop resized to the logits' size.
+
+Loss: ``seed_loss_weight`` · balanced seed loss (eq. 8) + ``boundary_loss_weight`` · boundary loss
+(eq. 9). The CRF of the boundary loss needs the current prediction as its unary, so it cannot be
+computed before the forward pass of its own batch; what can be done ahead is done ahead: the
+DataLoader workers prepare the small uint8 CRF images of the next batches, and right after the
+forward pass every image of the batch goes to its own worker of a ``sgan.crf.DenseCRFPool``
+(``crf_processes`` workers, default min(per-rank batch, cores per rank)) while the main process
+computes the seed loss. The time the step waits for the CRF is measured (``crf_wait_ms`` in the
+log and history) and its share of the step time is written to ``metrics/train_seg_timing.json``.
+
+Optimisation: SGD, momentum 0.9, weight decay 5e-4, batch 15, lr 1e-3 x 0.33 every 2000
+iterations, 12000 iterations; lr x1/x2 for the backbone's weights/biases and x10/x20 for the
+classifier layers (sgan.train.optim). Checkpoints, exact resume and DDP: sgan.train.loop.
+"""
+import os
+import random
+import time
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from sgan.config import register_section
+from sgan.crf import DenseCRFPool, default_processes
+from sgan.data.voc import VOCPaths, load_rgb, normalise, read_gray, read_id_list, resize, validate_samples
+from sgan.losses import balanced_seed_loss, boundary_loss, crf_unary_probs, resize_images, resize_seeds
+from sgan.metrics import VOC_NUM_CLASSES
+from sgan.models.deeplab import ARCHS, NAMINGS, build_deeplab, detect_naming, load_pretrained, read_state_dict
+from sgan.models.resnet import RESNET101_BLOCKS
+from sgan.models.sgan_net import resolve_normalisation
+from sgan.pipeline import resolve_device, work_path
+from sgan.train import OPTIM_CHOICES, OPTIM_DEFAULTS, train
+from sgan.train.distributed import init_distributed
+from sgan.utils.io import save_json
+from sgan.utils.logging import get_logger
+from sgan.utils.seeding import derive_seed, seed_everything
+
+STEP = "train-seg"
+DISTRIBUTED = True
+
+register_section("train_seg", {
+    **OPTIM_DEFAULTS,
+    "iterations": 12000,
+    "step_size": 2000,
+    "step_gamma": 0.33,
+    "arch": "vgg16",
+    "width": 1.0,
+    "blocks": list(RESNET101_BLOCKS),
+    "weights": None,
+    "weights_naming": "auto",
+    "seeds_dir": "seeds",
+    "resize": 353,
+    "crop": 321,
+    "flip": True,
+    "color_jitter": 0.3,
+    "seed_loss_weight": 1.0,
+    "boundary_loss_weight": 1.0,
+    "crf_scale": 12.0,
+    "crf_iterations": 10,
+    "crf_processes": None,
+    "checkpoint": "ckpt/deeplab.pt",
+    "timing_file": "metrics/train_seg_timing.json",
+}, choices={**OPTIM_CHOICES, "arch": ARCHS, "weights_naming": NAMINGS},
+    doc="stage 2: DeepLab-ASPP (arch vgg16|resnet101; width/blocks shrink it for tests) trained on "
+        "the seeds of seeds_dir (relative to work_dir); weights: local ImageNet file; crf_processes: "
+        "CRF workers per rank (null = min(batch per rank, cores per rank))")
+
+
+class SegTrainSet(Dataset):
+    """Stage-2 training samples, indexed by ``(index, sample_seed)`` pairs (sgan.train.order).
+
+    Returns {"image": float32 (3, crop, crop) normalised, "seeds": int64 (h, w) at the logits'
+    size ``output_size``, "crf_image": uint8 (h, w, 3) RGB for the CRF, "index": int}.
+    """
+
+    def __init__(self, paths, ids, seeds_dir, *, resize_to, crop, flip, color_jitter, normalisation,
+                 output_size):
+        if not isinstance(crop, int) or not isinstance(resize_to, int) or not 0 < crop <= resize_to:
+            raise ValueError(f"train_seg.crop: expected a positive int <= train_seg.resize ({resize_to!r}), "
+                             f"got {crop!r}")
+        if not 0 <= color_jitter < 1:
+            raise ValueError(f"train_seg.color_jitter: expected a number in [0, 1), got {color_jitter!r}")
+        self.paths, self.ids, self.seeds_dir = paths, list(ids), seeds_dir
+        self.resize_to, self.crop, self.flip, self.color_jitter = resize_to, crop, flip, color_jitter
+        self.normalisation, self.output_size = normalisation, tuple(output_size)
+
+    def __len__(self):
+        return len(self.ids)
+
+    def __getitem__(self, item):
+        index, sample_seed = item
+        rng = random.Random(sample_seed)
+        image_id = self.ids[index]
+        size = (self.resize_to, self.resize_to)
+        image = resize(load_rgb(self.paths.image(image_id)), size)
+        seeds = resize(read_gray(os.path.join(self.seeds_dir, image_id + ".png")), size, nearest=True)
+        top, left = rng.randint(0, self.resize_to - self.crop), rng.randint(0, self.resize_to - self.crop)
+        window = (slice(top, top + self.crop), slice(left, left + self.crop))
+        image, seeds = image[window], seeds[window]
+        if self.flip and rng.random() < 0.5:
+            image, seeds = image[:, ::-1], seeds[:, ::-1]
+        image = jitter_colours(np.array(image), rng, self.color_jitter)   # np.array: a writable copy
+        small_seeds = resize_seeds(torch.from_numpy(np.array(seeds))[None], self.output_size)[0]
+        return {"image": normalise(image, self.normalisation), "seeds": small_seeds,
+                "crf_image": torch.from_numpy(np.array(resize_images(image[None], self.output_size)[0])),
+                "index": index}
+
+
+def jitter_colours(image, rng, strength):
+    """Random brightness, contrast and saturation (factors uniform in 1 ± strength, in random order)
+    of a uint8 (H, W, 3) RGB image; returns uint8."""
+    if strength == 0:
+        return image
+    pixels = image.astype(np.float32)
+    operations = ["brightness", "contrast", "saturation"]
+    rng.shuffle(operations)
+    for operation in operations:
+        factor = rng.uniform(1 - strength, 1 + strength)
+        gray = pixels @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
+        if operation == "brightness":
+            pixels = pixels * factor
+        elif operation == "contrast":
+            pixels = (pixels - gray.mean()) * factor + gray.mean()
+        else:
+            pixels = (pixels - gray[..., None]) * factor + gray[..., None]
+        pixels = np.clip(pixels, 0, 255)
+    return np.rint(pixels).astype(np.uint8)
+
+
+def build_model(section, normalisation_setting, logger, load_weights=True):
+    """(DeepLab network with its ImageNet weights, the resolved input normalisation). Without
+    ``load_weights`` only the file's naming is read (the network and normalisation depend on it)."""
+    naming, state = None, None
+    if section.weights:
+        state = read_state_dict(section.weights)
+        naming = detect_naming(state) if section.weights_naming == "auto" else section.weights_naming
+    options = {"num_classes": VOC_NUM_CLASSES, "width": section.width}
+    if section.arch == "resnet101":
+        options.update(blocks=list(section.blocks), stride_in_1x1=naming == "caffe")
+    model = build_deeplab(section.arch, **options)
+    if state is not None and load_weights:
+        report = load_pretrained(model, state, naming)
+        logger.info("train-seg: %s", report.summary().replace("\n", "; "))
+    elif state is None:
+        logger.warning("train_seg.weights is not set: DeepLab (%s) starts from random weights", section.arch)
+    return model, resolve_normalisation(normalisation_setting, naming)
+
+
+@torch.no_grad()
+def logits_size(model, crop, device):
+    """(h, w) of the logits for a crop x crop input (one dummy forward)."""
+    was_training = model.training
+    model.eval()
+    size = tuple(model(torch.zeros(1, 3, crop, crop, device=device)).shape[2:])
+    model.train(was_training)
+    return size
+
+
+class StageTwoLoss:
+    """loss_fn of sgan.train.train for stage 2; measures the time spent waiting for the CRF."""
+
+    def __init__(self, section, backend, pool):
+        self.section, self.backend, self.pool = section, backend, pool
+        self.waits, self.steps = [], []
+        self._last_start = None
+
+    def __call__(self, net, batch, device):
+        start = time.perf_counter()
+        if self._last_start is not None:
+            self.steps.append(start - self._last_start)
+        self._last_start = start
+        images = batch["image"].to(device, non_blocking=True)
+        seeds = batch["seeds"].to(device, non_blocking=True)
+        logits = net(images)
+        section, terms = self.section, {}
+        future = None
+        if section.boundary_loss_weight > 0:
+            future = self.pool.submit(batch["crf_image"].numpy(), crf_unary_probs(logits),
+                                      scale=float(section.crf_scale), iterations=int(section.crf_iterations))
+        seed_term = balanced_seed_loss(logits, seeds, backend=self.backend)
+        loss = section.seed_loss_weight * seed_term
+        terms["seed"] = float(seed_term.detach())
+        if future is not None:
+            wait_start = time.perf_counter()
+            crf_probs = future.result()
+            wait = time.perf_counter() - wait_start
+            self.waits.append(wait)
+            boundary_term = boundary_loss(logits, crf_probs=crf_probs, backend=self.backend)
+            loss = loss + section.boundary_loss_weight * boundary_term
+            terms["boundary"] = float(boundary_term.detach())
+            terms["crf_wait_ms"] = 1000.0 * wait
+        return loss, terms
+
+    def timing(self):
+        """Mean step time, mean CRF wait and the wait's share of the step time. The first step
+        (start-up of the data workers) is left out; steps[i] runs from call i's start to call i+1's."""
+        steps, waits = self.steps[1:], self.waits[1:len(self.steps)]
+        total = sum(steps)
+        return {"steps_measured": len(steps),
+                "mean_step_ms": 1000.0 * total / len(steps) if steps else None,
+                "mean_crf_wait_ms": 1000.0 * sum(waits) / len(waits) if waits else None,
+                "crf_wait_fraction": sum(waits) / total if steps and waits else None}
+
+
+def run(cfg):
+    section = cfg.train_seg
+    logger = get_logger("train_seg")
+    checkpoint = work_path(cfg, section.checkpoint)
+    # a finished checkpoint: sgan.train.train skips (and warns about changed settings); nothing
+    # is read or started for it here
+    training = cfg.overwrite or not os.path.isfile(checkpoint)
+    rank, world = init_distributed(cfg)
+    paths = VOCPaths(cfg.data.root)
+    ids = read_id_list(paths.resolve(cfg.data.train_list))
+    seeds_dir = work_path(cfg, section.seeds_dir)
+    if training:
+        validate_samples(paths, ids, seeds_dir=seeds_dir)
+    device = resolve_device(cfg)
+    seed_everything(derive_seed(cfg.seed, STEP, "init"))
+    model, normalisation = build_model(section, cfg.data.normalisation, logger, load_weights=training)
+    model.to(device)
+    output_size = logits_size(model, section.crop, device)
+    dataset = SegTrainSet(paths, ids, seeds_dir, resize_to=section.resize, crop=section.crop,
+                          flip=section.flip, color_jitter=section.color_jitter,
+                          normalisation=normalisation, output_size=output_size)
+    model_info = {"network": model.model_info(), "normalisation": normalisation}
+    processes = section.crf_processes
+    if processes is None:
+        processes = max(1, min(section.batch_size // world, default_processes() // world))
+    pool = DenseCRFPool(processes) if training and section.boundary_loss_weight > 0 else None
+    loss_fn = StageTwoLoss(section, cfg.backend, pool)
+    try:
+        if pool is not None:  # start the workers now, so their start-up is not counted as waiting
+            warm = np.zeros((processes, *output_size, 3), np.uint8)
+            pool.submit(warm, np.full((processes, VOC_NUM_CLASSES, *output_size), 1.0 / VOC_NUM_CLASSES,
+                                      np.float32)).result()
+        train(cfg, "train_seg", name=STEP, model=model, dataset=dataset, loss_fn=loss_fn,
+              checkpoint_path=checkpoint, model_info=model_info, device=device, depends_on=("data",))
+    finally:
+        if pool is not None:
+            pool.close()
+    timing = loss_fn.timing()
+    if not training or timing["steps_measured"] == 0:
+        return checkpoint
+    if pool is not None:
+        logger.info("train-seg: waited %.1f ms for the CRF per step of %.1f ms (%.1f%% of the step time, "
+                    "%d CRF workers)", timing["mean_crf_wait_ms"], timing["mean_step_ms"],
+                    100 * timing["crf_wait_fraction"], processes)
+    if rank == 0:
+        save_json(work_path(cfg, section.timing_file),
+                  {**timing, "crf_processes": processes if pool is not None else 0, "world_size": world,
+                   "batch_size": section.batch_size, "device": str(device)})
+    return checkpoint

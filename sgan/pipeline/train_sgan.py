@@ -1,0 +1,52 @@
+"""Stage 1: SGAN (or a Table II variant) with L = L_cls + lambda L_seed on seeds0 -> ckpt/sgan.pt."""
+from sgan.config import register_section
+from sgan.data.voc import VOCTrainSet, validate_samples
+from sgan.losses import classification_loss, resize_seeds, seed_loss
+from sgan.models.sgan_net import VARIANTS, build_network
+from sgan.pipeline import resolve_device, work_path
+from sgan.pipeline._stage1 import saliency_folder, training_images
+from sgan.train import OPTIM_CHOICES, OPTIM_DEFAULTS, train
+from sgan.utils.seeding import derive_seed, seed_everything
+
+STEP = "train-sgan"
+DISTRIBUTED = True
+
+register_section("train_sgan", {
+    **OPTIM_DEFAULTS, "checkpoint": "ckpt/sgan.pt", "variant": "sgan", "seeds_dir": "seeds0",
+    "seed_loss_weight": 0.15, "seed_loss_reduction": "image",
+}, choices={**OPTIM_CHOICES, "variant": VARIANTS, "seed_loss_reduction": ("image", "batch")},
+    doc="SGAN training: variant sgan | sgan-seed | sgan-sal-seed; seeds_dir (work_dir-relative) holds "
+        "the initial seeds; seed_loss_reduction image (eq. 5) or batch (authors)")
+
+
+def run(cfg):
+    section = cfg.train_sgan
+    paths, ids, labels = training_images(cfg)
+    needs_seeds = section.variant == "sgan"
+    seeds_dir = work_path(cfg, section.seeds_dir) if needs_seeds else None
+    saliency_dir = saliency_folder(cfg) if section.variant != "sgan-sal-seed" else None
+    validate_samples(paths, ids, labels, saliency_dir=saliency_dir, seeds_dir=seeds_dir)
+    device = resolve_device(cfg)
+    seed_everything(derive_seed(cfg.seed, STEP, "init"))
+    network, info = build_network(cfg, "sgan", section.variant)
+    dataset = VOCTrainSet(paths, ids, labels, cfg.data.input_size, info["normalisation"], cfg.data.flip,
+                          saliency_dir=saliency_dir, seeds_dir=seeds_dir)
+
+    def loss_fn(net, batch, device):
+        saliency = batch["saliency"].to(device) if "saliency" in batch else None
+        out = net(batch["image"].to(device), saliency)
+        cls = classification_loss(out["cam"], batch["labels"].to(device), backend=cfg.backend)
+        terms = {"cls": cls.item()}
+        if "seed" not in out:
+            return cls, terms
+        seeds = resize_seeds(batch["seeds"].to(device), out["seed"].shape[-2:])
+        seed = seed_loss(out["seed"], seeds, reduction=section.seed_loss_reduction, backend=cfg.backend)
+        terms["seed"] = seed.item()
+        total = cls + section.seed_loss_weight * seed.to(cls.dtype)
+        terms["total"] = total.item()
+        return total, terms
+
+    train(cfg, "train_sgan", name=STEP, model=network, dataset=dataset, loss_fn=loss_fn,
+          checkpoint_path=work_path(cfg, section.checkpoint), model_info=info, device=device,
+          depends_on=("model", "data"))
+

@@ -1,0 +1,169 @@
+"""The training loop shared by every training step (train-cam, train-sgan, train-seg).
+
+:func:`train` runs SGD (parameter groups and schedule of sgan.train.optim) on a map-style dataset
+indexed by ``(index, sample_seed)`` pairs (sgan.train.order), with:
+
+- a fixed seed: the model is initialised by the caller under ``seed_everything``; before each
+  iteration torch's generator is seeded from (seed, step name, iteration, rank), so dropout and
+  any other draw are the same in a resumed run;
+- checkpoints written atomically: ``<ckpt>.last.pt`` every ``checkpoint_every`` iterations (model,
+  optimiser with momentum, iteration, history; the schedule and data order are functions of the
+  iteration) and the final ``<ckpt>`` (model, model_info, config, git revision, loss history), after
+  which ``.last.pt`` is removed. A finished checkpoint makes the step skip unless ``overwrite``;
+  a ``.last.pt`` is continued with ``resume=true`` and refused otherwise (no silent restart);
+- DDP when launched by torchrun: the model is wrapped in DistributedDataParallel, each rank takes
+  its contiguous share of the same global batch, gradients are averaged by DDP, so the result
+  matches one process on the whole batch when the loss is a mean over images;
+- a tqdm bar with the loss and the speed, log lines every ``log_every`` iterations.
+
+Checkpoint format (a dict): ``format``, ``step``, ``iteration``, ``model`` (state dict),
+``model_info`` (JSON-able description used to rebuild the network), ``history`` (list of
+{"iteration", "lr", <loss terms>}), ``config`` and ``git``; ``.last.pt`` adds ``optimizer``.
+"""
+import math
+import os
+import time
+
+import torch
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader
+
+from sgan.config import git_revision
+from sgan.train.distributed import average_across_ranks, barrier, init_distributed
+from sgan.train.optim import build_sgd, lr_factor, set_learning_rate
+from sgan.train.order import BatchOrder, IterationBatchSampler
+from sgan.utils.io import save_torch
+from sgan.utils.logging import get_logger
+from sgan.utils.progress import progress
+from sgan.utils.seeding import derive_seed
+
+CHECKPOINT_FORMAT = "sgan-checkpoint-1"
+
+
+def last_checkpoint_path(path):
+    root, ext = os.path.splitext(path)
+    return f"{root}.last{ext or '.pt'}"
+
+
+def load_checkpoint(path, map_location="cpu"):
+    """Read a checkpoint written by :func:`train`; clear errors for a missing or foreign file."""
+    if not os.path.isfile(path):
+        raise ValueError(f"checkpoint: {path} does not exist (run the training step first)")
+    state = torch.load(path, map_location=map_location, weights_only=False)
+    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+        raise ValueError(f"checkpoint: {path} is not an sgan checkpoint (expected format {CHECKPOINT_FORMAT})")
+    return state
+
+
+def train(cfg, section, *, name, model, dataset, loss_fn, checkpoint_path, model_info, device,
+          depends_on=("data",)):
+    """Train ``model`` and write ``checkpoint_path``; returns it (or skips when it exists).
+
+    section: the step's config section (its name or ``cfg.<name>``), with the keys of
+    sgan.train.optim.OPTIM_DEFAULTS. A finished checkpoint whose recorded config differs in this
+    section or in the sections named by ``depends_on`` is kept (skipped) with a warning naming
+    the differing keys.
+    loss_fn(model, batch, device) -> (loss tensor, {term: float}); ``model`` there may be the DDP
+    wrapper, ``batch`` is the collated dict of this rank's samples.
+    model_info: JSON-able dict stored with the weights to rebuild the network later.
+    """
+    logger = get_logger("train")
+    section_name = section if isinstance(section, str) else next((k for k, v in cfg.items() if v is section), None)
+    if section_name not in cfg or not isinstance(cfg[section_name], dict):
+        raise ValueError(f"section: expected a section name or the section object cfg.<name>, got {section!r}")
+    section = cfg[section_name]
+    rank, world = init_distributed(cfg)
+    last_path = last_checkpoint_path(checkpoint_path)
+    if os.path.isfile(checkpoint_path) and not cfg.overwrite:
+        recorded = load_checkpoint(checkpoint_path)["config"]
+        changed = _changed_keys(recorded, cfg.to_dict(), (section_name,) + tuple(depends_on))
+        if changed:
+            logger.warning("%s: %s was trained with different settings (%s); keeping it, pass "
+                           "overwrite=true to retrain", name, checkpoint_path, ", ".join(changed))
+        logger.info("%s: %s exists, skipping (overwrite=true to retrain)", name, checkpoint_path)
+        return checkpoint_path
+    total = int(section.iterations)
+    if total <= 0:
+        raise ValueError(f"{name}.iterations: expected a positive int, got {total}")
+    model.to(device)
+    optimizer = build_sgd(model, section.lr, section.momentum, section.weight_decay, section.lr_mult)
+    start, history = 0, []
+    if os.path.isfile(last_path) and cfg.overwrite and rank == 0:
+        os.remove(last_path)  # a crash before the first new checkpoint must not resume the old run
+    if os.path.isfile(last_path) and not cfg.overwrite:
+        state = load_checkpoint(last_path)
+        if not cfg.resume:
+            raise ValueError(f"{name}: an interrupted run was found at {last_path} (iteration "
+                             f"{state['iteration']} of {total}); pass --resume (resume=true) to continue "
+                             "it or --overwrite (overwrite=true) to start again")
+        if state["iteration"] > total:
+            raise ValueError(f"{name}: {last_path} is at iteration {state['iteration']}, beyond "
+                             f"{name}.iterations={total}")
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        start, history = state["iteration"], state["history"]
+        logger.info("%s: resuming from %s at iteration %d", name, last_path, start)
+
+    net = model
+    if world > 1:
+        net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    order = BatchOrder(len(dataset), int(section.batch_size), cfg.seed)
+    order.rank_batch(0, rank, world)  # raises early when the batch does not split over the ranks
+    loader = DataLoader(dataset, batch_sampler=IterationBatchSampler(order, start, total, rank, world),
+                        num_workers=cfg.num_workers, pin_memory=device.type == "cuda",
+                        persistent_workers=False)
+    net.train()
+    window, window_start = {}, time.time()
+    bar = progress(total=total, initial=start, desc=name, rank=rank)
+    for iteration, batch in zip(range(start, total), loader):
+        factor = lr_factor(iteration, total, section.schedule, section.step_size, section.step_gamma,
+                           section.poly_power)
+        set_learning_rate(optimizer, section.lr, factor)
+        torch.manual_seed(derive_seed(cfg.seed, name, "step", iteration, rank))
+        loss, terms = loss_fn(net, batch, device)
+        if not math.isfinite(loss.item()):
+            raise RuntimeError(f"{name}: the loss is {loss.item()} at iteration {iteration}; terms {terms}")
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        for key, value in terms.items():
+            window.setdefault(key, []).append(float(value))
+        done = iteration + 1
+        bar.update(1)
+        bar.set_postfix({k: f"{v[-1]:.4f}" for k, v in window.items()})
+        if done % section.log_every == 0 or done == total:
+            means = average_across_ranks({k: sum(v) / len(v) for k, v in window.items()}, device)
+            history.append({"iteration": done, "lr": section.lr * factor, **means})
+            speed = len(next(iter(window.values()), [])) / max(time.time() - window_start, 1e-9)
+            logger.info("%s: it %d/%d lr %.3g %s (%.2f it/s)", name, done, total, section.lr * factor,
+                        " ".join(f"{k} {v:.4f}" for k, v in means.items()), speed)
+            window, window_start = {}, time.time()
+        if done % section.checkpoint_every == 0 and done < total and rank == 0:
+            save_torch(last_path, _checkpoint(name, model, model_info, done, history, cfg, optimizer))
+    bar.close()
+    if rank == 0:
+        save_torch(checkpoint_path, _checkpoint(name, model, model_info, total, history, cfg))
+        if os.path.isfile(last_path):
+            os.remove(last_path)
+        logger.info("%s: wrote %s", name, checkpoint_path)
+    barrier()
+    return checkpoint_path
+
+
+def _changed_keys(recorded, current, sections):
+    """Keys of ``sections`` whose values differ between two config dicts."""
+    changed = []
+    for section in sections:
+        old, new = recorded.get(section, {}), current.get(section, {})
+        changed += [f"{section}.{k}" for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
+    return changed
+
+
+def _checkpoint(name, model, model_info, iteration, history, cfg, optimizer=None):
+    state = {"format": CHECKPOINT_FORMAT, "step": name, "iteration": iteration,
+             "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+             "model_info": model_info, "history": list(history), "config": cfg.to_dict(),
+             "git": git_revision()}
+    if optimizer is not None:
+        state["optimizer"] = optimizer.state_dict()
+    return state

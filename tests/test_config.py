@@ -1,0 +1,88 @@
+"""Config: registry of sections, YAML + overrides, validation naming every problem, resolved file."""
+import os
+
+import pytest
+import yaml
+
+from sgan import config as config_module
+from sgan.config import Config, load_config, parse_override, register_section, resolve, save_resolved
+
+register_section("test_section", {"lr": 1e-3, "iterations": 10, "flip": True, "name": "x",
+                                  "scales": [1.0], "weights": None, "extra": {}},
+                 choices={"name": ("x", "y")}, doc="used by tests/test_config.py only")
+
+
+def test_defaults_file_and_overrides_merge_in_order(tmp_path):
+    path = tmp_path / "exp.yaml"
+    path.write_text("work_dir: out\ntest_section:\n  lr: 0.01\n  iterations: 5\n")
+    cfg = load_config(str(path), ["test_section.iterations=7", "test_section.scales=[1.0, 0.5]",
+                                  "test_section.weights=/w.pth", "test_section.extra.a.b=3", "seed=4"])
+    assert cfg.work_dir == "out" and cfg.seed == 4
+    assert cfg.test_section.lr == 0.01            # from the file
+    assert cfg.test_section.iterations == 7        # override wins over the file
+    assert cfg.test_section.flip is True           # default
+    assert cfg.test_section.scales == [1.0, 0.5]
+    assert cfg.test_section.weights == "/w.pth"
+    assert cfg.test_section.extra == {"a": {"b": 3}}
+    assert cfg["test_section"]["lr"] == cfg.test_section.lr
+
+
+def test_parse_override_types():
+    assert parse_override("a.b=1e-3") == (["a", "b"], 1e-3)
+    assert parse_override("a=true") == (["a"], True)
+    assert parse_override("a=") == (["a"], None)
+    assert parse_override("a=[1, 2]") == (["a"], [1, 2])
+    assert parse_override("a=path/x.pt") == (["a"], "path/x.pt")
+    with pytest.raises(ValueError, match="key=value"):
+        parse_override("novalue")
+
+
+def test_every_problem_is_named_in_one_error():
+    with pytest.raises(ValueError) as info:
+        resolve({"test_section": {"lr": "fast", "iteratoins": 3, "name": "z"}, "sed": 1},
+                 ["test_section.flip=1", "nosection.key=2", "seed.sub=1"])
+    message = str(info.value)
+    for expected in ("test_section.lr: expected float", "unknown key test_section.iteratoins",
+                     "did you mean 'iterations'", "test_section.name: expected one of ['x', 'y']",
+                     "unknown section or key 'sed'", "did you mean 'seed'", "test_section.flip: expected bool",
+                     "unknown section or key 'nosection'", "'seed' is a top-level key"):
+        assert expected in message, (expected, message)
+
+
+def test_int_is_accepted_for_float_but_not_bool_for_int():
+    assert resolve({"test_section": {"lr": 1}}).test_section.lr == 1
+    with pytest.raises(ValueError, match="iterations: expected int"):
+        resolve({"test_section": {"iterations": True}})
+
+
+def test_config_is_read_only_and_picklable():
+    import pickle
+    cfg = resolve({"work_dir": "w"})
+    with pytest.raises(TypeError, match="read-only"):
+        cfg["seed"] = 1
+    with pytest.raises(TypeError, match="read-only"):
+        cfg.test_section.lr = 1
+    again = pickle.loads(pickle.dumps(cfg))
+    assert isinstance(again, Config) and again == cfg and again.test_section.lr == cfg.test_section.lr
+
+
+def test_register_section_conflicts_are_errors():
+    register_section("test_section", {"lr": 1e-3, "iterations": 10, "flip": True, "name": "x",
+                                      "scales": [1.0], "weights": None, "extra": {}},
+                     choices={"name": ("x", "y")}, doc="used by tests/test_config.py only")  # same: no-op
+    with pytest.raises(ValueError, match="already registered"):
+        register_section("test_section", {"lr": 1.0})
+    with pytest.raises(ValueError, match="not one of its choices"):
+        register_section("test_bad_choice", {"mode": "a"}, choices={"mode": ("b",)})
+    assert "test_bad_choice" not in config_module.sections()
+
+
+def test_save_resolved_writes_yaml_with_git_revision(tmp_path):
+    cfg = resolve({"work_dir": str(tmp_path / "w"), "test_section": {"lr": 0.5}})
+    path = save_resolved(cfg)
+    text = open(path).read()
+    assert os.path.basename(path) == "config.resolved.yaml"
+    assert "# git revision: " in text
+    reloaded = yaml.safe_load(text)
+    assert reloaded["test_section"]["lr"] == 0.5
+    assert resolve(reloaded) == cfg  # the saved file reproduces the config
