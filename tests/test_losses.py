@@ -1,0 +1,373 @@
+"""SGAN losses: every backend against float64 definitions written here, values and gradients."""
+import math
+import zlib
+
+import numpy as np
+import pytest
+import torch
+
+from sgan import losses
+from sgan.crf import dense_crf
+from tests.helpers import assert_within_reference_error, device_under_test, fused_backends, relative_error
+
+FLOOR = 1e-5
+DEVICE = device_under_test()
+BACKENDS = ["reference"] + fused_backends()
+FUSED = fused_backends()
+# The float32 reference's own error against the float64 definitions on these small inputs is ~1e-7;
+# 2e-6 leaves room for sums over a few hundred positions (DESIGN.md §7 floor for float32 is 1e-6).
+REFERENCE_FLOAT32_TOLERANCE = 2e-6
+
+
+# ---------------------------------------------------------------------------------------------
+# float64 definitions, position by position (independent of sgan.losses.reference)
+
+
+def phi_definition(logits):
+    """Floored (1e-5) and renormalised softmax over dim 1, float64."""
+    z = logits.double()
+    probs = torch.exp(z - torch.logsumexp(z, dim=1, keepdim=True))
+    floored = torch.where(probs > FLOOR, probs, torch.full_like(probs, FLOOR))
+    return floored / floored.sum(dim=1, keepdim=True)
+
+
+def mean_or_zero(terms):
+    return torch.stack(terms).mean() if terms else torch.zeros((), dtype=torch.float64)
+
+
+def seed_loss_definition(logits, seeds, reduction):
+    """Eq. 5: -log Phi at foreground seeds (label c -> channel c - 1)."""
+    phi = phi_definition(logits)
+    per_image, everything = [], []
+    for b in range(logits.shape[0]):
+        terms = [-torch.log(phi[b, int(y) - 1, i, j]) for (i, j), y in np.ndenumerate(seeds[b].cpu().numpy())
+                 if 1 <= y <= 20]
+        per_image.append(mean_or_zero(terms))
+        everything += terms
+    if reduction == "image":
+        return torch.stack(per_image).mean()
+    return mean_or_zero(everything)
+
+
+def balanced_seed_loss_definition(logits, seeds):
+    """Eq. 8: per-image foreground mean and background mean of -log Phi, batch means summed."""
+    phi = phi_definition(logits)
+    foreground, background = [], []
+    for b in range(logits.shape[0]):
+        fg, bg = [], []
+        for (i, j), y in np.ndenumerate(seeds[b].cpu().numpy()):
+            if y == 255:
+                continue
+            (bg if y == 0 else fg).append(-torch.log(phi[b, int(y), i, j]))
+        foreground.append(mean_or_zero(fg))
+        background.append(mean_or_zero(bg))
+    return torch.stack(foreground).mean() + torch.stack(background).mean()
+
+
+def boundary_loss_definition(logits, crf_probs):
+    """Eq. 9: mean over positions of sum_c R log clip(R / Phi, 0.05, 20), R floored and renormalised."""
+    phi = phi_definition(logits)
+    r = crf_probs.double()
+    r = torch.where(r > FLOOR, r, torch.full_like(r, FLOOR))
+    r = r / r.sum(dim=1, keepdim=True)
+    ratio = torch.minimum(torch.maximum(r / phi, torch.tensor(0.05, dtype=torch.float64)),
+                          torch.tensor(20.0, dtype=torch.float64))
+    return (r * torch.log(ratio)).sum(dim=1).mean()
+
+
+def classification_loss_definition(cam_logits, labels):
+    """Eq. 6: sigmoid cross-entropy of the global average, mean over classes and images."""
+    x = cam_logits.double()
+    if x.dim() == 4:
+        x = x.mean(dim=(2, 3))
+    y = labels.double()
+    log_p = -torch.log1p(torch.exp(-x))
+    log_not_p = -torch.log1p(torch.exp(x))
+    return -(y * log_p + (1 - y) * log_not_p).mean()
+
+
+# ---------------------------------------------------------------------------------------------
+# inputs
+
+
+def make_seeds(B, h, w, pattern, generator):
+    """int64 seeds: 0 background, 1..20 classes, 255 unlabelled; 'cases' holds one image each with
+    no seeds, no foreground seeds, no background seeds, and a random mix."""
+    labels = torch.randint(0, 21, (B, h, w), generator=generator)
+    unlabelled = torch.rand(B, h, w, generator=generator) < 0.4
+    seeds = torch.where(unlabelled, torch.full_like(labels, 255), labels)
+    if pattern == "cases":
+        assert B == 4
+        seeds[0] = 255
+        seeds[1] = torch.where(seeds[1] == 255, seeds[1], torch.zeros_like(seeds[1]))
+        seeds[2] = torch.where(seeds[2] == 0, torch.full_like(seeds[2], 7), seeds[2])
+    elif pattern == "none":
+        seeds[:] = 255
+    return seeds
+
+
+def make_logits(B, C, h, w, generator, scale=3.0):
+    return torch.randn(B, C, h, w, generator=generator, dtype=torch.float64) * scale
+
+
+def make_crf_probs(B, C, h, w, generator):
+    """Random probabilities with exact zeros and near one-hot rows, so the floor and the clip act."""
+    probs = torch.softmax(torch.randn(B, C, h, w, generator=generator, dtype=torch.float64) * 4, dim=1)
+    probs[:, :, 0, 0] = 0.0
+    probs[:, 3, 0, 0] = 1.0
+    return probs
+
+
+def value_and_grad(fn, logits, dtype, backend, upstream):
+    leaf = logits.detach().to(device=DEVICE, dtype=dtype).requires_grad_(True)
+    value = fn(leaf, backend)
+    (value * upstream).backward()
+    return value.detach().double().cpu(), leaf.grad.double().cpu()
+
+
+def definition_value_and_grad(definition, logits, upstream):
+    leaf = logits.detach().double().cpu().requires_grad_(True)
+    value = definition(leaf)
+    (value * upstream).backward()
+    return value.detach(), leaf.grad
+
+
+def check_against_definition(name, fn, definition, logits, dtype, backend, upstream=1.7):
+    """Value and gradient of ``backend`` within the reference's own error of the float64 definition."""
+    expected = definition_value_and_grad(definition, logits, upstream)
+    got = value_and_grad(fn, logits, dtype, backend, upstream)
+    for part, got_part, expected_part in zip(("value", "grad"), got, expected):
+        assert torch.isfinite(got_part).all(), f"{name} {part}: non-finite output"
+        if backend == "reference":
+            tolerance = 1e-12 if dtype == torch.float64 else REFERENCE_FLOAT32_TOLERANCE
+            error = relative_error(got_part, expected_part)
+            assert error <= tolerance, f"{name} {part}: reference error {error:.3e} > {tolerance:.0e}"
+        else:
+            reference = value_and_grad(fn, logits, dtype, "reference", upstream)[0 if part == "value" else 1]
+            assert_within_reference_error(f"{name} {part} [{backend}]", got_part, reference, expected_part, dtype)
+
+
+SEED_LOSSES = {
+    "seed-image": (20, lambda lg, s, be: losses.seed_loss(lg, s, reduction="image", backend=be),
+                   lambda lg, s: seed_loss_definition(lg, s, "image")),
+    "seed-batch": (20, lambda lg, s, be: losses.seed_loss(lg, s, reduction="batch", backend=be),
+                   lambda lg, s: seed_loss_definition(lg, s, "batch")),
+    "balanced": (21, lambda lg, s, be: losses.balanced_seed_loss(lg, s, backend=be), balanced_seed_loss_definition),
+}
+
+
+# ---------------------------------------------------------------------------------------------
+# values and gradients
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("loss", sorted(SEED_LOSSES))
+@pytest.mark.parametrize("pattern", ["random", "cases"])
+def test_seed_losses_match_definition(backend, dtype, loss, pattern):
+    generator = torch.Generator().manual_seed(zlib.crc32(f"{loss}/{pattern}".encode()))
+    C, loss_fn, definition = SEED_LOSSES[loss]
+    B, h, w = 4, 5, 7
+    logits = make_logits(B, C, h, w, generator)
+    seeds = make_seeds(B, h, w, pattern, generator)
+    seeds_device = seeds.to(DEVICE)
+    check_against_definition(f"{loss}/{pattern}", lambda lg, be: loss_fn(lg, seeds_device, be),
+                             lambda lg: definition(lg, seeds), logits, dtype, backend)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_boundary_loss_matches_definition(backend, dtype):
+    generator = torch.Generator().manual_seed(5)
+    B, C, h, w = 3, 21, 6, 5
+    logits = make_logits(B, C, h, w, generator)
+    crf_probs = make_crf_probs(B, C, h, w, generator)
+    ratio = (crf_probs.clamp_min(FLOOR) / phi_definition(logits))
+    assert bool((ratio < 0.05).any()) and bool((ratio > 20).any()), "inputs must exercise both clip bounds"
+    target = crf_probs.to(DEVICE)
+    check_against_definition("boundary", lambda lg, be: losses.boundary_loss(lg, crf_probs=target, backend=be),
+                             lambda lg: boundary_loss_definition(lg, crf_probs), logits, dtype, backend)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("loss", sorted(SEED_LOSSES) + ["boundary"])
+def test_extreme_logits_stay_finite_and_correct(backend, loss):
+    """Logits of +-1e4: the floor keeps -log Phi below log(1e5 * (1 + C * 1e-5)) and gradients finite."""
+    generator = torch.Generator().manual_seed(11)
+    B, h, w = 4, 4, 6
+    C = 21 if loss in ("balanced", "boundary") else 20
+    signs = torch.randint(0, 2, (B, C, h, w), generator=generator).double() * 2 - 1
+    logits = signs * 1e4
+    if loss == "boundary":
+        crf_probs = make_crf_probs(B, C, h, w, generator)
+        target = crf_probs.to(DEVICE)
+        fn = lambda lg, be: losses.boundary_loss(lg, crf_probs=target, backend=be)  # noqa: E731
+        definition = lambda lg: boundary_loss_definition(lg, crf_probs)  # noqa: E731
+    else:
+        _, loss_fn, seed_definition = SEED_LOSSES[loss]
+        seeds = make_seeds(B, h, w, "cases", generator)
+        seeds_device = seeds.to(DEVICE)
+        fn = lambda lg, be: loss_fn(lg, seeds_device, be)  # noqa: E731
+        definition = lambda lg: seed_definition(lg, seeds)  # noqa: E731
+    value, grad = value_and_grad(fn, logits, torch.float32, backend, 1.0)
+    assert torch.isfinite(value) and torch.isfinite(grad).all()
+    assert float(value) <= 2 * math.log(1 / FLOOR * (1 + C * FLOOR)) + 1e-3  # at most two terms in eq. 8
+    check_against_definition(f"{loss}/extreme", fn, definition, logits, torch.float32, backend)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_no_seeds_anywhere_gives_zero_loss_and_gradient(backend):
+    generator = torch.Generator().manual_seed(3)
+    seeds = make_seeds(2, 3, 4, "none", generator).to(DEVICE)
+    for loss, (C, loss_fn, _) in SEED_LOSSES.items():
+        logits = make_logits(2, C, 3, 4, generator).float().to(DEVICE).requires_grad_(True)
+        value = loss_fn(logits, seeds, backend)
+        value.backward()
+        assert float(value.detach()) == 0.0, loss
+        assert bool((logits.grad == 0).all()), loss
+
+
+@pytest.mark.parametrize("backend", FUSED)
+def test_fused_half_precision(backend):
+    """bf16/fp16 logits with float32 accumulation (CUDA backends; Triton also through the interpreter)."""
+    if backend == "cpp":
+        pytest.skip("the C++ CPU backend supports float32 and float64 only")
+    generator = torch.Generator().manual_seed(8)
+    logits = make_logits(3, 21, 5, 6, generator)
+    seeds = make_seeds(3, 5, 6, "random", generator)
+    seeds_device = seeds.to(DEVICE)
+    fn = lambda lg, be: losses.balanced_seed_loss(lg, seeds_device, backend=be)  # noqa: E731
+    for dtype in (torch.float16, torch.bfloat16):
+        rounded = logits.to(dtype).double()  # the definition sees the same rounded inputs
+        check_against_definition(f"balanced/{dtype}", fn, lambda lg: balanced_seed_loss_definition(lg, seeds),
+                                 rounded, dtype, backend)
+
+
+@pytest.mark.parametrize("backend", ["reference"] + [b for b in FUSED if b == "cpp"])
+def test_gradcheck_float64(backend):
+    generator = torch.Generator().manual_seed(4)
+    seeds = make_seeds(2, 3, 3, "random", generator)
+    crf_probs = make_crf_probs(2, 21, 3, 3, generator)
+    checks = [
+        (20, lambda lg: losses.seed_loss(lg, seeds, backend=backend)),
+        (21, lambda lg: losses.balanced_seed_loss(lg, seeds, backend=backend)),
+        (21, lambda lg: losses.boundary_loss(lg, crf_probs=crf_probs, backend=backend)),
+    ]
+    for C, fn in checks:
+        logits = make_logits(2, C, 3, 3, generator, scale=1.0).requires_grad_(True)
+        assert torch.autograd.gradcheck(fn, (logits,), eps=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("backend", FUSED)
+def test_fused_ops_pass_opcheck(backend):
+    """Fake (meta) implementations and autograd registration are consistent, so torch.compile can trace."""
+    from sgan.losses import function
+
+    generator = torch.Generator().manual_seed(6)
+    logits = make_logits(2, 21, 12, 12, generator)
+    logits = logits.float().reshape(2, 21, -1).to(DEVICE).requires_grad_(True)
+    seeds = make_seeds(2, 12, 12, "random", generator).reshape(2, -1).to(DEVICE)
+    target = make_crf_probs(2, 21, 12, 12, generator).float().reshape(2, 21, -1).to(DEVICE)
+    torch.library.opcheck(function._seed_nll_forward_op, (logits, seeds, 0, FLOOR, backend))
+    torch.library.opcheck(function._boundary_kl_forward_op, (logits, target, FLOOR, 0.05, 20.0, backend))
+
+
+def test_classification_loss():
+    generator = torch.Generator().manual_seed(9)
+    cams = torch.randn(3, 20, 4, 5, generator=generator, dtype=torch.float64)
+    labels = torch.rand(3, 20, generator=generator) > 0.7
+    for backend in BACKENDS:
+        for inputs in (cams, cams.mean(dim=(2, 3))):
+            leaf = inputs.clone().requires_grad_(True)
+            value = losses.classification_loss(leaf, labels, backend=backend)
+            value.backward()
+            expected = classification_loss_definition(inputs, labels)
+            assert abs(float(value.detach()) - float(expected)) <= 1e-12
+            torch.testing.assert_close(
+                value, torch.nn.functional.multilabel_soft_margin_loss(leaf.mean(dim=(2, 3)) if leaf.dim() == 4
+                                                                       else leaf, labels.double()))
+            assert leaf.grad is not None and torch.isfinite(leaf.grad).all()
+
+
+def test_boundary_loss_runs_the_crf_when_given_images():
+    generator = torch.Generator().manual_seed(12)
+    logits = make_logits(2, 21, 6, 8, generator).float().requires_grad_(True)
+    images = torch.randint(0, 256, (2, 24, 32, 3), generator=generator, dtype=torch.uint8)
+    value = losses.boundary_loss(logits, images, crf_processes=1, backend="reference")
+    small = losses.resize_images(images, (6, 8))
+    refined = dense_crf(small, losses.crf_unary_probs(logits), scale=12.0, processes=1)
+    expected = losses.boundary_loss(logits, crf_probs=refined, backend="reference")
+    assert float(value) == float(expected)
+    value.backward()
+    assert torch.isfinite(logits.grad).all()
+
+
+def test_resize_seeds_is_nearest():
+    seeds = torch.arange(12 * 10).reshape(1, 12, 10) % 256
+    resized = losses.resize_seeds(seeds, (4, 5))
+    rows, cols = torch.arange(4) * 12 // 4, torch.arange(5) * 10 // 5
+    assert torch.equal(resized[0], seeds[0][rows][:, cols])
+    assert resized.dtype == torch.int64
+
+
+def test_auto_backend():
+    logits = torch.zeros(1, 21, 2, 2)
+    expected = "cpp" if "cpp" in FUSED else "reference"
+    if expected == "reference":
+        with pytest.warns(RuntimeWarning, match="no fused loss backend"):
+            assert losses.resolve_backend("auto", logits) == expected
+    else:
+        assert losses.resolve_backend("auto", logits) == expected
+
+
+# ---------------------------------------------------------------------------------------------
+# bad inputs
+
+
+def _seeds(*shape, value=0, dtype=torch.int64):
+    return torch.full(shape, value, dtype=dtype)
+
+
+@pytest.mark.parametrize("call, error, words", [
+    (lambda: losses.seed_loss(torch.zeros(2, 21, 3, 3), _seeds(2, 3, 3)), ValueError, ["logits", "(B, 20, h, w)"]),
+    (lambda: losses.seed_loss(torch.zeros(2, 20, 3, 3), _seeds(2, 6, 6)), ValueError, ["seeds", "resize_seeds"]),
+    (lambda: losses.seed_loss(torch.zeros(2, 20, 3, 3), _seeds(2, 3, 3, dtype=torch.float32)), TypeError,
+     ["seeds", "integer"]),
+    (lambda: losses.seed_loss(torch.zeros(2, 20, 3, 3), _seeds(2, 3, 3, value=21)), ValueError,
+     ["seeds", "0..20", "21"]),
+    (lambda: losses.balanced_seed_loss(torch.zeros(2, 21, 3, 3), _seeds(2, 3, 3, value=-1)), ValueError,
+     ["seeds", "-1"]),
+    (lambda: losses.seed_loss(torch.zeros(2, 20, 3, 3), _seeds(2, 3, 3), reduction="mean"), ValueError,
+     ["reduction", "'image'"]),
+    (lambda: losses.seed_loss(torch.zeros(2, 20, 3, 3), _seeds(2, 3, 3), backend="fast"), ValueError,
+     ["backend", "'fast'"]),
+    (lambda: losses.seed_loss(torch.zeros(2, 20, 3, 3, dtype=torch.int32), _seeds(2, 3, 3)), TypeError,
+     ["logits", "floating"]),
+    (lambda: losses.seed_loss(torch.zeros(2, 20, 3, 3).numpy(), _seeds(2, 3, 3)), TypeError,
+     ["logits", "Tensor"]),
+    (lambda: losses.boundary_loss(torch.zeros(2, 21, 3, 3)), ValueError, ["exactly one", "images", "crf_probs"]),
+    (lambda: losses.boundary_loss(torch.zeros(2, 21, 3, 3), crf_probs=torch.ones(2, 21, 3, 4) / 21), ValueError,
+     ["crf_probs", "shape"]),
+    (lambda: losses.boundary_loss(torch.zeros(2, 21, 3, 3), crf_probs=-torch.ones(2, 21, 3, 3)), ValueError,
+     ["crf_probs", "non-negative"]),
+    (lambda: losses.boundary_loss(torch.zeros(2, 21, 3, 3), torch.zeros(2, 9, 9, 3, dtype=torch.float32)),
+     TypeError, ["images", "uint8"]),
+    (lambda: losses.boundary_loss(torch.zeros(2, 21, 3, 3), torch.zeros(2, 9, 9, dtype=torch.uint8)),
+     ValueError, ["images", "(B=2, H, W, 3)"]),
+    (lambda: losses.classification_loss(torch.zeros(2, 20), torch.full((2, 20), 2.0)), ValueError,
+     ["labels", "multi-hot"]),
+    (lambda: losses.classification_loss(torch.zeros(2, 20), torch.zeros(2, 21)), ValueError, ["labels", "shape"]),
+    (lambda: losses.classification_loss(torch.zeros(2, 19, 3, 3), torch.zeros(2, 19)), ValueError,
+     ["cam_logits", "(B, 20, h, w)"]),
+])
+def test_bad_inputs(call, error, words):
+    with pytest.raises(error) as info:
+        call()
+    for word in words:
+        assert word in str(info.value), (word, str(info.value))
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU-only error")
+def test_cuda_backend_on_cpu_tensors_is_refused():
+    with pytest.raises((ValueError, RuntimeError), match="cuda"):
+        losses.seed_loss(torch.zeros(1, 20, 2, 2), _seeds(1, 2, 2), backend="cuda")
