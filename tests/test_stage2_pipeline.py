@@ -11,7 +11,8 @@ import yaml
 from PIL import Image
 
 from sgan import cli
-from sgan.config import load_config
+from sgan.config import Config, load_config
+from sgan.crf import DenseCRFPool
 from sgan.infer import read_label_png
 from sgan.models.deeplab import build_deeplab
 from sgan.pipeline import run_steps
@@ -137,9 +138,11 @@ def test_resume_after_interruption_gives_the_same_weights(dataset, tmp_path, mon
 
 def test_ddp_two_processes_match_one_process(dataset, tmp_path):
     # ResNet: no dropout, so both runs draw no random numbers after initialisation
-    single = stage2_config(dataset, tmp_path / "single", "resnet101", train_seg={"iterations": 2})
+    # batch 4: two chunks of 2 images in one process, two chunks of 1 image on each of 2 ranks
+    settings = {"iterations": 2, "batch_size": 4}
+    single = stage2_config(dataset, tmp_path / "single", "resnet101", train_seg=settings)
     run_steps(load_config(base=single), ["train-seg"])
-    distributed = stage2_config(dataset, tmp_path / "ddp", "resnet101", train_seg={"iterations": 2})
+    distributed = stage2_config(dataset, tmp_path / "ddp", "resnet101", train_seg=settings)
     config_path = tmp_path / "ddp.yaml"
     config_path.write_text(yaml.safe_dump(distributed))
     env = dict(os.environ, SGAN_NO_PROGRESS="1", OMP_NUM_THREADS="1")
@@ -155,6 +158,32 @@ def test_ddp_two_processes_match_one_process(dataset, tmp_path):
     for key in one:
         # DDP averages the two ranks' gradients: the same float32 sums in another order, no more
         torch.testing.assert_close(two[key], one[key], rtol=1e-5, atol=1e-3 * trained)
+
+
+@pytest.mark.parametrize("chunks", [2, 3])
+def test_pipelined_chunks_give_the_full_batch_gradient(chunks):
+    """StageTwoLoss in the training loop's order (loss_fn, zero_grad, backward) gives the same
+    gradient with the batch split in chunks as in one piece; float32 sums in another order only."""
+    torch.manual_seed(0)
+    model = build_deeplab("resnet101", width=0.0625, blocks=[1, 1, 1, 1])
+    rng = np.random.default_rng(0)
+    batch = {"image": torch.randn(4, 3, 41, 41),
+             "seeds": torch.from_numpy(np.where(rng.random((4, 6, 6)) < 0.3, 255, rng.integers(0, 21, (4, 6, 6)))),
+             "crf_image": torch.from_numpy(rng.integers(0, 256, (4, 6, 6, 3)).astype(np.uint8))}
+    section = Config({"seed_loss_weight": 1.0, "boundary_loss_weight": 0.5, "crf_scale": 12.0, "crf_iterations": 10})
+    gradients, terms = {}, {}
+    with DenseCRFPool(1) as pool:
+        for count in (1, chunks):
+            model.zero_grad(set_to_none=True)
+            loss, terms[count] = train_seg_step.StageTwoLoss(section, "reference", pool, count)(
+                model, batch, torch.device("cpu"))
+            model.zero_grad(set_to_none=True)   # what sgan.train.train does between loss_fn and backward
+            loss.backward()
+            gradients[count] = [p.grad.clone() for p in model.parameters()]
+    assert terms[chunks]["seed"] == pytest.approx(terms[1]["seed"], rel=1e-5)
+    assert terms[chunks]["boundary"] == pytest.approx(terms[1]["boundary"], rel=1e-5)
+    for split, whole in zip(gradients[chunks], gradients[1]):
+        torch.testing.assert_close(split, whole, rtol=1e-4, atol=1e-5 * float(whole.abs().max()))
 
 
 def test_missing_and_bad_seeds_are_named_before_training(dataset, tmp_path):
