@@ -27,7 +27,7 @@ import triton.language as tl
 from sgan.kernels.attention_layout import group_range, load_tile, row_tile, store_tile
 from sgan.kernels.autotuning import clamp_blocks_to_sizes, configs
 
-GAMMA, SCALE, EPS = 0, 1, 2  # indices into the scalars tensor
+GAMMA, SCALE, EPS = tl.constexpr(0), tl.constexpr(1), tl.constexpr(2)  # indices into the scalars tensor
 
 
 @triton.autotune(
