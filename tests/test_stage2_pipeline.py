@@ -221,3 +221,14 @@ def test_eval_names_every_missing_wrong_size_or_bad_prediction(dataset, tmp_path
 def test_infer_without_checkpoint_says_to_train_first(dataset, tmp_path):
     with pytest.raises(ValueError, match="does not exist \\(run the training step first\\)"):
         run_steps(load_config(base=stage2_config(dataset, tmp_path)), ["infer"])
+
+
+def test_shipped_stage2_config_resolves_to_the_paper_settings():
+    config_path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs",
+                               "voc_deeplab.yaml")
+    cfg = load_config(config_path)
+    section = cfg.train_seg
+    assert (section.iterations, section.batch_size, section.lr, section.step_size, section.step_gamma) == \
+        (12000, 15, 1e-3, 2000, 0.33)
+    assert (section.resize, section.crop, section.crf_scale, cfg.infer.crf_scale) == (353, 321, 12.0, 1.0)
+    assert cfg.steps == ["train-seg", "infer", "eval"]
