@@ -15,6 +15,7 @@ from sgan.config import Config, load_config
 from sgan.crf import DenseCRFPool
 from sgan.infer import read_label_png
 from sgan.models.deeplab import build_deeplab
+from sgan.models.resnet import resnet_caffe_names
 from sgan.pipeline import run_steps
 from sgan.pipeline import train_seg as train_seg_step
 from sgan.synthetic import generate
@@ -96,11 +97,22 @@ def test_vgg16_steps_from_the_cli_with_crf_and_table(dataset, tmp_path, capsys):
     assert all(os.path.getmtime(p) == stamp for p, stamp in stamps.items())
 
 
-def test_resnet101_steps_with_multi_scale_flip_and_no_crf(dataset, tmp_path):
+def test_resnet101_steps_with_caffe_weights_multi_scale_flip_and_no_crf(dataset, tmp_path):
+    # ImageNet weights in the Caffe naming: the step must pick the MSRA stride placement and the
+    # Caffe (BGR, mean-subtracted) input, and record both for inference
+    layout = build_deeplab("resnet101", width=0.0625, blocks=[1, 1, 1, 1]).backbone
+    shapes = layout.state_dict()
+    generator = torch.Generator().manual_seed(0)
+    weights = {file_key: torch.rand(shapes[model_key].shape, generator=generator) * 0.1 + 0.5 * ("var" in file_key)
+               for model_key, file_key in resnet_caffe_names(layout).items()}
+    torch.save(weights, tmp_path / "resnet101_caffe.pth")
     config = stage2_config(dataset, tmp_path, "resnet101",
+                           train_seg={"weights": str(tmp_path / "resnet101_caffe.pth")},
                            infer={"scales": [1.0, 48], "flip": True, "crf": False})
     run_steps(load_config(base=config))
     check_outputs(dataset, str(tmp_path), "resnet101")
+    info = load_checkpoint(str(tmp_path / "ckpt" / "deeplab.pt"))["model_info"]
+    assert info["normalisation"] == "caffe_bgr" and info["network"]["stride_in_1x1"] is True
 
 
 def final_weights(work_dir):
