@@ -33,9 +33,9 @@ def _kernel_dtypes(dtype):
 def _scalars(gamma, scale, eps, acc):
     """(3,) tensor of acc dtype holding gamma, scale, eps (kernel arguments would round floats to float32)."""
     scalars = torch.empty(3, dtype=acc, device=gamma.device)
-    scalars[GAMMA] = gamma
-    scalars[SCALE] = scale
-    scalars[EPS] = eps
+    scalars[GAMMA.value] = gamma
+    scalars[SCALE.value] = scale
+    scalars[EPS.value] = eps
     return scalars
 
 
