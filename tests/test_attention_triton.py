@@ -5,6 +5,7 @@ import os
 import pytest
 import torch
 
+from sgan.ops import saliency_attention
 from tests.helpers import assert_within_reference_error, device_under_test, fused_backends
 from tests.test_attention import NAMES, OPTIONS, definition_with_grads, make_inputs, run_with_grads
 
@@ -82,3 +83,22 @@ def test_memory_stays_linear_in_positions():
     torch.cuda.synchronize()
     n_squared_bytes = (96 * 96) ** 2 * 4
     assert torch.cuda.max_memory_allocated() - before < n_squared_bytes / 16
+
+
+@pytest.mark.skipif(not ON_CUDA, reason="host synchronisation is a CUDA matter")
+def test_forward_and_backward_never_synchronise_with_the_host():
+    """A step that waits for the GPU stalls the training loop: no synchronising operation anywhere."""
+    x, key, query, mask = make_inputs(2, 32, 16, 9, 11, "random", True, seed=9, dtype=torch.float32, device="cuda")
+    leaves = [t.requires_grad_(True) for t in (x, key, query)]
+    gamma = torch.full((), 0.7, device="cuda", requires_grad=True)
+    grad_out = torch.randn_like(x)
+
+    def step():
+        saliency_attention(*leaves, mask, gamma, backend="triton").backward(grad_out)
+    step()  # compile and tune first
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        step()
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
