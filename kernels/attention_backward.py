@@ -102,7 +102,7 @@ def row_grads_kernel(grad_out_ptr, key_ptr, query_ptr, order_ptr, background_siz
     key_coef = tl.where(uses_weights, gamma * scale / den, 0.0)
     grad_den = tl.where(uses_weights, -gamma * centred_dot / den, 0.0)
     grad_min = -n_group * grad_den
-    x_coef = tl.where(attend, tl.where(weightless, 0.0, gamma * (1 - eps / den) / n_group), gamma / (n_group + eps))
+    x_coef = tl.where(attend, tl.where(weightless, 0.0, gamma * (1 - eps / den) / tl.maximum(n_group, 1.0)), gamma / (n_group + eps))
 
     query_at_min = load_tile(query_image, k, argmin, k_valid, has_min_column, N).to(ACC)  # Q_{a(i)} (CK_PAD, BLOCK_I)
     min_term = tl.where(has_min_column[None, :], grad_min[None, :] * query_at_min, 0.0)
