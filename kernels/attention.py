@@ -31,12 +31,14 @@ def _kernel_dtypes(dtype):
 
 
 def _scalars(gamma, scale, eps, acc):
-    """(3,) tensor of acc dtype holding gamma, scale, eps (kernel arguments would round floats to float32)."""
-    scalars = torch.empty(3, dtype=acc, device=gamma.device)
-    scalars[GAMMA.value] = gamma
-    scalars[SCALE.value] = scale
-    scalars[EPS.value] = eps
-    return scalars
+    """(3,) tensor of acc dtype holding gamma, scale, eps at GAMMA, SCALE, EPS: kernel arguments would round
+    floats to float32. Built with device-side fills (assigning a Python float into a CUDA tensor would
+    synchronise with the host)."""
+    values = [None] * 3
+    values[GAMMA.value] = gamma.reshape(()).to(acc)
+    values[SCALE.value] = torch.full((), scale, dtype=acc, device=gamma.device)
+    values[EPS.value] = torch.full((), eps, dtype=acc, device=gamma.device)
+    return torch.stack(values)
 
 
 def _on_device(tensor):

@@ -102,7 +102,7 @@ def row_grads_kernel(grad_out_ptr, key_ptr, query_ptr, order_ptr, background_siz
     key_coef = tl.where(uses_weights, gamma * scale / den, 0.0)
     grad_den = tl.where(uses_weights, -gamma * centred_dot / den, 0.0)
     grad_min = -n_group * grad_den
-    x_coef = tl.where(attend, tl.where(weightless, 0.0, gamma * (1 - eps / den) / n_group), gamma / (n_group + eps))
+    x_coef = tl.where(attend, tl.where(weightless, 0.0, gamma * (1 - eps / den) / tl.maximum(n_group, 1.0)), gamma / (n_group + eps))
 
     query_at_min = load_tile(query_image, k, argmin, k_valid, has_min_column, N).to(ACC)  # Q_{a(i)} (CK_PAD, BLOCK_I)
     min_term = tl.where(has_min_column[None, :], grad_min[None, :] * query_at_min, 0.0)
@@ -150,7 +150,7 @@ def group_grad_sums_kernel(grad_out_ptr, key_ptr, order_ptr, background_size_ptr
     image = b.to(tl.int64)
     grad_image, key_image, order_image = grad_out_ptr + image * C * N, key_ptr + image * Ck * N, order_ptr + image * N
 
-    grad_A = tl.zeros((BLOCK_CK, BLOCK_C), ACC)
+    grad_A_transposed = tl.zeros((BLOCK_C, BLOCK_CK), ACC)
     grad_q = tl.zeros((BLOCK_CK,), ACC)
     grad_x = tl.zeros((BLOCK_C,), ACC)
     rank_end = tl.where(attend | (tile_ck == 0), end, start)
@@ -164,14 +164,14 @@ def group_grad_sums_kernel(grad_out_ptr, key_ptr, order_ptr, background_size_ptr
         x_coef = tl.load(x_coef_ptr + row_offsets, mask=in_group, other=0)
         grads = load_tile(grad_image, c, positions, c_valid, in_group, N).to(ACC)  # (BLOCK_C, BLOCK_N)
         keys = load_tile(key_image, ck, positions, tl.where(attend, ck_valid, False), in_group, N).to(ACC)
-        grad_A += tl.dot(keys, tl.trans(grads * key_coef[None, :]), input_precision=STAT_PRECISION)
+        grad_A_transposed += tl.dot(grads * key_coef[None, :], tl.trans(keys), input_precision=STAT_PRECISION)
         grad_q += tl.sum(keys * grad_den[None, :], axis=1)
         grad_x += tl.sum(grads * x_coef[None, :], axis=1)
 
     stats = image * 2 + g
     scale = tl.load(scalars_ptr + SCALE)
-    A_offsets = stats * Ck * C + ck.to(tl.int64)[:, None] * C + c[None, :]
-    tl.store(grad_A_ptr + A_offsets, grad_A, mask=ck_valid[:, None] & c_valid[None, :])
+    A_offsets = stats * Ck * C + ck.to(tl.int64)[None, :] * C + c[:, None]
+    tl.store(grad_A_ptr + A_offsets, grad_A_transposed, mask=c_valid[:, None] & ck_valid[None, :])
     tl.store(grad_q_ptr + stats * Ck + ck, scale * grad_q, mask=tl.where(tile_c == 0, ck_valid, False))
     tl.store(grad_x_sum_ptr + stats * C + c, grad_x, mask=tl.where(tile_ck == 0, c_valid, False))
 

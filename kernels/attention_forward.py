@@ -27,7 +27,7 @@ import triton.language as tl
 from sgan.kernels.attention_layout import group_range, load_tile, row_tile, store_tile
 from sgan.kernels.autotuning import clamp_blocks_to_sizes, configs
 
-GAMMA, SCALE, EPS = tl.constexpr(0), tl.constexpr(1), tl.constexpr(2)  # indices into the scalars tensor
+GAMMA, SCALE, EPS = tl.constexpr(0), tl.constexpr(1), tl.constexpr(2)  # positions in the scalars tensor
 
 
 @triton.autotune(
@@ -84,7 +84,7 @@ def group_sums_kernel(x_ptr, query_ptr, order_ptr, background_size_ptr,
                      dict(BLOCK_I=128, BLOCK_J=64, BLOCK_K=32, num_warps=8, num_stages=3),
                      dict(BLOCK_I=64, BLOCK_J=128, BLOCK_K=32, num_warps=8, num_stages=3),
                      dict(BLOCK_I=128, BLOCK_J=128, BLOCK_K=64, num_warps=8, num_stages=2)],
-                    dict(BLOCK_I=32, BLOCK_J=32, BLOCK_K=16)),
+                    dict(BLOCK_I=64, BLOCK_J=64, BLOCK_K=16)),
     key=["Ck"],
     prune_configs_by={"early_config_prune": clamp_blocks_to_sizes({"BLOCK_K": "Ck"})})
 @triton.jit
