@@ -148,6 +148,7 @@ def main(argv=None):
               "device_type": device.type, "cpu_threads": torch.get_num_threads(), "torch": torch.__version__,
               "arch": args.arch, "width": width, "batch": batch_size, "crop": [args.crop, args.crop],
               "logits_size": list(output_size), "crf_processes": processes, "cpu_cores": default_processes(),
+              "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
               "training": [], "losses_only": []}
     with DenseCRFPool(processes) as pool:
         crf_probs = pool.submit(batch["crf_image"].numpy(),

@@ -48,7 +48,7 @@ def stage2_config(dataset, work_dir, arch="vgg16", **sections):
         "data": {"root": dataset["voc"]},
         "train_seg": {"arch": arch, "width": 0.0625, "blocks": [1, 1, 1, 1], "iterations": 4,
                       "batch_size": 2, "resize": 57, "crop": 49, "checkpoint_every": 2, "log_every": 2,
-                      "crf_processes": 1, "seeds_dir": dataset["seeds"]},
+                      "crf_processes": 1, "crf_chunks": 2, "seeds_dir": dataset["seeds"]},
         "infer": {"crf_processes": 1},
     }
     for name, values in sections.items():
@@ -107,7 +107,7 @@ def test_resnet101_steps_with_caffe_weights_multi_scale_flip_and_no_crf(dataset,
                for model_key, file_key in resnet_caffe_names(layout).items()}
     torch.save(weights, tmp_path / "resnet101_caffe.pth")
     config = stage2_config(dataset, tmp_path, "resnet101",
-                           train_seg={"weights": str(tmp_path / "resnet101_caffe.pth")},
+                           train_seg={"weights": str(tmp_path / "resnet101_caffe.pth"), "crf_chunks": 1},
                            infer={"scales": [1.0, 48], "flip": True, "crf": False})
     run_steps(load_config(base=config))
     check_outputs(dataset, str(tmp_path), "resnet101")

@@ -17,6 +17,11 @@ micro-batches, each image's CRF goes to its own worker of a ``sgan.crf.DenseCRFP
 forward pass is done, and runs while the next chunk's forward and the previous chunk's backward
 run. The time the step still waits for the CRF is measured (``crf_wait_ms`` in the log and
 history) and its share of the step time is written to ``metrics/train_seg_timing.json``.
+Measured on one H100 (bench/results/seg_train_cuda_*.json, B = 15, 15 CRF workers): with 1 chunk
+the step waits 15-17 ms for the CRF with VGG-16 (18-23% of a 77-83 ms step) and 18-25 ms with
+ResNet-101 (15-18% of 119-136 ms); 2 chunks cut the wait to 0-2.5% but split the GPU work: the
+step was faster only with OMP_NUM_THREADS=1 (VGG-16: 80 vs 83 ms) and slower otherwise (median
+104-165 ms, very variable), hence the default of 1.
 
 Optimisation: SGD, momentum 0.9, weight decay 5e-4, batch 15, lr 1e-3 x 0.33 every 2000
 iterations, 12000 iterations; lr x1/x2 for the backbone's weights/biases and x10/x20 for the
@@ -70,7 +75,7 @@ register_section("train_seg", {
     "crf_scale": 12.0,
     "crf_iterations": 10,
     "crf_processes": None,
-    "crf_chunks": 2,
+    "crf_chunks": 1,
     "checkpoint": "ckpt/deeplab.pt",
     "timing_file": "metrics/train_seg_timing.json",
 }, choices={**OPTIM_CHOICES, "arch": ARCHS, "weights_naming": NAMINGS},
