@@ -4,9 +4,10 @@ share of the step time spent waiting for the dense CRF of the boundary loss.
 
 The iteration is the one of ``sgan train-seg`` (its ``StageTwoLoss``: the batch split into
 ``--crf-chunks`` micro-batches, every image's CRF in a ``DenseCRFPool`` worker as soon as its
-chunk's forward is done, overlapping the other chunks' forward and backward passes). Inputs are synthetic: images made of flat colour blocks plus noise
-(so the CRF has edges to follow) and seeds on those blocks with 40% unlabelled. Also timed: the two
-losses alone (forward + backward on fixed logits and a fixed CRF output) for each backend.
+chunk's forward is done, overlapping the other chunks' forward and backward passes). Inputs are
+synthetic: images made of flat colour blocks plus noise (so the CRF has edges to follow) and seeds
+on those blocks with 40% unlabelled. Also timed: the two losses alone (forward + backward on fixed
+logits and a fixed CRF output) for each backend.
 Writes bench/results/seg_train_<device>.json.
 
     python -m bench.bench_seg_train                                  # CPU: width 0.25, B = 2
