@@ -57,10 +57,25 @@ C10_HOST_DEVICE inline bool weights_vanish(acc_t count, acc_t row_min) {
   return count == acc_t(1) && (row_min < acc_t(0) || row_min > acc_t(0));
 }
 
-// ctx_i[c] = xbar[c] + (s (Atilde_g^T K_i)[c] - eps xbar[c]) / den_i
+// ctx_i[c] = mean_coef_i xbar[c] + gemm_coef_i (Atilde_g^T K_i)[c], i.e.
+// xbar + (s Atilde^T K_i - eps xbar) / den_i with mean_coef = 1 - eps / den_i, gemm_coef = s / den_i.
 template <typename acc_t>
-C10_HOST_DEVICE inline acc_t attention_context(acc_t centred_gemm, acc_t x_mean, acc_t den, acc_t scale, acc_t eps) {
-  return x_mean + (scale * centred_gemm - eps * x_mean) / den;
+struct ContextCoefficients {
+  acc_t mean_coef, gemm_coef;
+};
+
+template <typename acc_t>
+C10_HOST_DEVICE inline ContextCoefficients<acc_t> context_coefficients(acc_t key_dot_qsum, acc_t row_min, acc_t count,
+                                                                       acc_t scale, acc_t eps) {
+  ContextCoefficients<acc_t> r;
+  if (weights_vanish(count, row_min)) {
+    r.mean_coef = r.gemm_coef = acc_t(0);
+    return r;
+  }
+  const acc_t den = attention_denominator(key_dot_qsum, row_min, count, scale, eps);
+  r.mean_coef = acc_t(1) - eps / den;
+  r.gemm_coef = scale / den;
+  return r;
 }
 
 // True when candidate (value, index) replaces the current (best, best_index) in the row-minimum
@@ -395,10 +410,10 @@ BackwardResult backward(const at::Tensor& grad_out, const at::Tensor& x, const a
         const at::Tensor grad_sum = sum_last(grad_g);                                     // (Bc, C)
         const at::Tensor inv_count = (count.narrow(0, begin, Bc).select(1, 0) + eps).reciprocal();  // (Bc)
         grad_gamma.add_(((grad_sum.to(at::kDouble) * x_sum_g).sum(1) * inv_count).sum());
-        const at::Tensor grad_x_part = (grad_sum * inv_count.unsqueeze(1) * gamma).unsqueeze(2).expand({Bc, C, L});
-        K::unpack(grad_x_part, chunk.src[g], grad_out_chunk, grad_x_chunk);
-        K::unpack(zero.expand({Bc, Ck, L}), chunk.src[g], at::Tensor(), grad_key_chunk);
-        K::unpack(zero.expand({Bc, Ck, L}), chunk.src[g], at::Tensor(), grad_query_chunk);
+        const at::Tensor grad_x_bias = grad_sum * inv_count.unsqueeze(1) * gamma;           // (Bc, C)
+        K::unpack(zero.expand({Bc, C, L}), chunk.src[g], grad_x_bias, grad_out_chunk, grad_x_chunk);
+        K::unpack(zero.expand({Bc, Ck, L}), chunk.src[g], at::Tensor(), at::Tensor(), grad_key_chunk);
+        K::unpack(zero.expand({Bc, Ck, L}), chunk.src[g], at::Tensor(), at::Tensor(), grad_query_chunk);
         continue;
       }
       const at::Tensor count_g = count.narrow(0, begin, Bc).select(1, g);              // (Bc)
@@ -417,25 +432,25 @@ BackwardResult backward(const at::Tensor& grad_out, const at::Tensor& x, const a
       grad_gamma.add_(dot.sum(at::kDouble));
       // dAtilde_g = sum_i key_coef_i K_i G_i^T; dq_g = s sum_i K_i dden_i; dxbar_g = sum_i mean_coef_i G_i
       const at::Tensor grad_A = at::bmm(key_g * key_coef.unsqueeze(1), grad_g.transpose(1, 2));  // (Bc, Ck, C)
-      const at::Tensor grad_qsum = at::bmm(key_g, dden.unsqueeze(2)).mul_(scale);                 // (Bc, Ck, 1)
+      const at::Tensor grad_qsum = at::bmm(key_g, dden.unsqueeze(2)).squeeze(2).mul_(scale);      // (Bc, Ck)
       const at::Tensor grad_xsum =
-          at::bmm(grad_g, mean_coef.unsqueeze(2)).div_(count_g.clamp_min(1).view({Bc, 1, 1}));   // dxbar_g / n_g
+          at::bmm(grad_g, mean_coef.unsqueeze(2)).squeeze(2).div_(count_g.clamp_min(1).unsqueeze(1));  // dxbar_g / n_g
       // dK_i = key_coef_i H_i + s q_g dden_i (in place in H)
       at::Tensor grad_key_g = h.mul_(key_coef.unsqueeze(1)).addcmul_(q_sum_g.unsqueeze(2), dden.unsqueeze(1), scale);
       // Through Atilde_g = sum_j Q_j (X_j - xbar_g)^T and xbar_g = x_g / n_g:
       //   dQ_j = dAtilde_g (X_j - xbar_g) + dq_g,  dX_j = G_j + dAtilde_g^T (Q_j - q_g / n_g) + dxbar_g / n_g
-      at::Tensor grad_query_g =
-          at::baddbmm(grad_qsum, grad_A, pack<K>(x, chunk, g).sub_(x_mean.unsqueeze(2))).contiguous();
+      // (the per-channel terms dq_g, dxbar_g / n_g and G_j are added when unpacking)
+      at::Tensor grad_query_g = at::bmm(grad_A, pack<K>(x, chunk, g).sub_(x_mean.unsqueeze(2)));  // + dq_g at unpack
       at::Tensor query_g = pack<K>(query, chunk, g);
       if (shift) {  // dK_i += s Q_a(i) dm_i, dQ_a(i) += s K_i dm_i
         K::argmin_scatter(key_g, query_g, dmin, argmin.narrow(0, begin, Bc), chunk.pos, chunk.src[g],
                           chunk.counts, g, scale, grad_key_g, grad_query_g);
       }
       query_g.sub_(group_mean(q_sum_g, count_g).unsqueeze(2));
-      const at::Tensor grad_x_g = at::baddbmm(grad_xsum, grad_A.transpose(1, 2), query_g);
-      K::unpack(grad_x_g, chunk.src[g], grad_out_chunk, grad_x_chunk);
-      K::unpack(grad_key_g, chunk.src[g], at::Tensor(), grad_key_chunk);
-      K::unpack(grad_query_g, chunk.src[g], at::Tensor(), grad_query_chunk);
+      const at::Tensor grad_x_g = at::bmm(grad_A.transpose(1, 2), query_g);  // + dxbar_g / n_g and G at unpack
+      K::unpack(grad_x_g, chunk.src[g], grad_xsum, grad_out_chunk, grad_x_chunk);
+      K::unpack(grad_key_g, chunk.src[g], at::Tensor(), at::Tensor(), grad_key_chunk);
+      K::unpack(grad_query_g, chunk.src[g], grad_qsum, at::Tensor(), grad_query_chunk);
     }
   }
   return BackwardResult(grad_x, grad_key, grad_query, grad_gamma.to(gamma.scalar_type()).reshape(gamma.sizes()));

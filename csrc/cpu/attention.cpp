@@ -105,9 +105,9 @@ struct CpuKernels {
     });
   }
 
-  // out = x + gamma ctx over the positions of group g. Attending rows: x_vec is xbar_g and ctx
-  // comes from the centred numerator (attention_context); mean rows (numerator undefined): x_vec
-  // is x_g and ctx = x_g / (n_g + eps).
+  // out = x + gamma ctx over the positions of group g. Attending rows: x_vec is xbar_g and
+  // ctx = mean_coef_i xbar + gemm_coef_i numerator_i (context_coefficients); mean rows (numerator
+  // undefined): x_vec is x_g and ctx = x_g / (n_g + eps).
   static void forward_epilogue(const at::Tensor& x, const at::Tensor& numerator, const at::Tensor& key_dot_qsum,
                                const at::Tensor& min_packed, const at::Tensor& x_vec, const at::Tensor& counts,
                                int g, const at::Tensor& src, const at::Tensor& gamma, double scale, double eps,
@@ -121,33 +121,41 @@ struct CpuKernels {
       const scalar_t* xp = x.data_ptr<scalar_t>();
       scalar_t* op = out.data_ptr<scalar_t>();
       const acc_t* xv = x_vec.data_ptr<acc_t>();
-      const acc_t* num = mean_rows ? nullptr : numerator.data_ptr<acc_t>();
-      const acc_t* kq = mean_rows ? nullptr : key_dot_qsum.data_ptr<acc_t>();
-      const acc_t* mp = mean_rows ? nullptr : min_packed.data_ptr<acc_t>();
       const acc_t gam = gamma.item<acc_t>(), sc = static_cast<acc_t>(scale), ep = static_cast<acc_t>(eps);
+      // per row: gamma mean_coef_i and gamma gemm_coef_i
+      std::vector<acc_t> mean_coef(Bc * L, acc_t(0)), gemm_coef(Bc * L, acc_t(0));
+      for (int64_t b = 0; b < Bc; ++b) {
+        const acc_t count = static_cast<acc_t>(n[b * 2 + g]);
+        for (int64_t p = 0; p < n[b * 2 + g]; ++p) {
+          if (mean_rows) {
+            mean_coef[b * L + p] = gam / (count + ep);
+            continue;
+          }
+          const ContextCoefficients<acc_t> r = context_coefficients(
+              key_dot_qsum.data_ptr<acc_t>()[b * L + p], min_packed.data_ptr<acc_t>()[b * L + p], count, sc, ep);
+          mean_coef[b * L + p] = gam * r.mean_coef;
+          gemm_coef[b * L + p] = gam * r.gemm_coef;
+        }
+      }
+      const acc_t* num = mean_rows ? nullptr : numerator.data_ptr<acc_t>();
       at::parallel_for(0, Bc * C, grain(L), [&](int64_t begin, int64_t end) {
+        std::vector<acc_t> update(L);
         for (int64_t bc = begin; bc < end; ++bc) {
-          const int64_t b = bc / C;
-          const int64_t size = n[b * 2 + g];
-          const acc_t count = static_cast<acc_t>(size), x_channel = xv[bc];
+          const int64_t b = bc / C, size = n[b * 2 + g];
+          const acc_t x_channel = xv[bc];
+          const acc_t* mc = mean_coef.data() + b * L;
+          const acc_t* gc = gemm_coef.data() + b * L;
+          if (mean_rows) {
+            for (int64_t p = 0; p < size; ++p) update[p] = mc[p] * x_channel;
+          } else {
+            const acc_t* nrow = num + bc * L;
+            for (int64_t p = 0; p < size; ++p) update[p] = mc[p] * x_channel + gc[p] * nrow[p];
+          }
           const int64_t* sb = s + b * L;
           const scalar_t* xrow = xp + bc * N;
           scalar_t* orow = op + bc * N;
-          if (mean_rows) {
-            const acc_t ctx = x_channel / (count + ep);
-            for (int64_t p = 0; p < size; ++p) {
-              orow[sb[p]] = static_cast<scalar_t>(static_cast<acc_t>(xrow[sb[p]]) + gam * ctx);
-            }
-            continue;
-          }
-          const acc_t* nrow = num + bc * L;
           for (int64_t p = 0; p < size; ++p) {
-            const acc_t m = mp[b * L + p];
-            const acc_t ctx = weights_vanish(count, m)
-                                  ? acc_t(0)
-                                  : attention_context(nrow[p], x_channel,
-                                                      attention_denominator(kq[b * L + p], m, count, sc, ep), sc, ep);
-            orow[sb[p]] = static_cast<scalar_t>(static_cast<acc_t>(xrow[sb[p]]) + gam * ctx);
+            orow[sb[p]] = static_cast<scalar_t>(static_cast<acc_t>(xrow[sb[p]]) + update[p]);
           }
         }
       });
@@ -249,13 +257,17 @@ struct CpuKernels {
     });
   }
 
-  static void unpack(const at::Tensor& part, const at::Tensor& src, const at::Tensor& addend, at::Tensor& out) {
+  // out[b, r, src[b, p]] = part[b, r, p] (+ bias[b, r]) (+ addend[b, r, src[b, p]]); part may be strided.
+  static void unpack(const at::Tensor& part, const at::Tensor& src, const at::Tensor& bias, const at::Tensor& addend,
+                     at::Tensor& out) {
+    TORCH_INTERNAL_ASSERT(!bias.defined() || bias.is_contiguous());
     const int64_t Bc = part.size(0), R = part.size(1), L = part.size(2), N = out.size(2);
     const int64_t sb = part.stride(0), sr = part.stride(1), sp = part.stride(2);
     const int64_t* s = src.data_ptr<int64_t>();
     AT_DISPATCH_FLOATING_TYPES(out.scalar_type(), "sgan_attention_unpack_cpu", [&] {
       using acc_t = at::opmath_type<scalar_t>;
       const acc_t* pp = part.data_ptr<acc_t>();
+      const acc_t* bp = bias.defined() ? bias.data_ptr<acc_t>() : nullptr;
       const scalar_t* ap = addend.defined() ? addend.data_ptr<scalar_t>() : nullptr;
       scalar_t* op = out.data_ptr<scalar_t>();
       at::parallel_for(0, Bc * R, grain(L), [&](int64_t begin, int64_t end) {
@@ -263,12 +275,13 @@ struct CpuKernels {
           const int64_t b = br / R, r = br % R;
           const int64_t* srow = s + b * L;
           const acc_t* prow = pp + b * sb + r * sr;
+          const acc_t shift = bp ? bp[br] : acc_t(0);
           scalar_t* orow = op + br * N;
           const scalar_t* arow = ap ? ap + br * N : nullptr;
           for (int64_t p = 0; p < L; ++p) {
             const int64_t j = srow[p];
             if (j < 0) continue;
-            const acc_t v = prow[p * sp] + (arow ? static_cast<acc_t>(arow[j]) : acc_t(0));
+            const acc_t v = prow[p * sp] + shift + (arow ? static_cast<acc_t>(arow[j]) : acc_t(0));
             orow[j] = static_cast<scalar_t>(v);
           }
         }

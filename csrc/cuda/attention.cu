@@ -95,7 +95,9 @@ __global__ void row_min_kernel(const acc_t* tile, int64_t T, int64_t L, int64_t 
   }
 }
 
-// out = x + gamma ctx over the positions of group g (see CpuKernels::forward_epilogue).
+// out = x + gamma ctx over the positions of group g. Attending rows: x_vec is xbar_g and
+// ctx = mean_coef_i xbar + gemm_coef_i numerator_i (context_coefficients); mean rows (numerator
+// null): x_vec is x_g and ctx = x_g / (n_g + eps).
 template <typename scalar_t, typename acc_t>
 __global__ void forward_epilogue_kernel(const scalar_t* x, const acc_t* numerator, const acc_t* key_dot_qsum,
                                         const acc_t* min_packed, const acc_t* x_vec, const int64_t* counts, int g,
@@ -111,11 +113,9 @@ __global__ void forward_epilogue_kernel(const scalar_t* x, const acc_t* numerato
   if (numerator == nullptr) {
     ctx = x_channel / (count + eps);
   } else {
-    const acc_t m = min_packed[b * L + p];
-    ctx = weights_vanish(count, m)
-              ? acc_t(0)
-              : attention_context(numerator[idx], x_channel,
-                                  attention_denominator(key_dot_qsum[b * L + p], m, count, scale, eps), scale, eps);
+    const ContextCoefficients<acc_t> r =
+        context_coefficients(key_dot_qsum[b * L + p], min_packed[b * L + p], count, scale, eps);
+    ctx = r.mean_coef * x_channel + r.gemm_coef * numerator[idx];
   }
   out[bc * N + j] = static_cast<scalar_t>(static_cast<acc_t>(x[bc * N + j]) + gamma[0] * ctx);
 }
@@ -170,16 +170,18 @@ __global__ void argmin_scatter_kernel(const acc_t* key, const acc_t* query, cons
   gpuAtomicAdd(grad_query + bk * L + target, d * key[idx]);
 }
 
+// out[b, r, src[b, p]] = part[b, r, p] (+ bias[b, r]) (+ addend[b, r, src[b, p]]); part may be strided.
 template <typename scalar_t, typename acc_t>
 __global__ void unpack_kernel(const acc_t* part, int64_t stride_b, int64_t stride_r, int64_t stride_p,
-                              const int64_t* src, const scalar_t* addend, int64_t items, int64_t R, int64_t N,
-                              int64_t L, scalar_t* out) {
+                              const int64_t* src, const acc_t* bias, const scalar_t* addend, int64_t items, int64_t R,
+                              int64_t N, int64_t L, scalar_t* out) {
   const int64_t idx = thread_index();
   if (idx >= items) return;
   const int64_t p = idx % L, br = idx / L, b = br / R, r = br % R;
   const int64_t j = src[b * L + p];
   if (j < 0) return;
   acc_t v = part[b * stride_b + r * stride_r + p * stride_p];
+  if (bias != nullptr) v += bias[br];
   if (addend != nullptr) v += static_cast<acc_t>(addend[br * N + j]);
   out[br * N + j] = static_cast<scalar_t>(v);
 }
@@ -284,14 +286,16 @@ struct CudaKernels {
     });
   }
 
-  static void unpack(const at::Tensor& part, const at::Tensor& src, const at::Tensor& addend, at::Tensor& out) {
+  static void unpack(const at::Tensor& part, const at::Tensor& src, const at::Tensor& bias, const at::Tensor& addend,
+                     at::Tensor& out) {
+    TORCH_INTERNAL_ASSERT(!bias.defined() || bias.is_contiguous());
     const int64_t items = part.numel();
     if (items == 0) return;
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, out.scalar_type(), "sgan_attention_unpack_cuda", [&] {
       using acc_t = at::opmath_type<scalar_t>;
       unpack_kernel<scalar_t, acc_t><<<blocks_for(items), kThreads, 0, stream()>>>(
           part.data_ptr<acc_t>(), part.stride(0), part.stride(1), part.stride(2), src.data_ptr<int64_t>(),
-          addend.defined() ? addend.data_ptr<scalar_t>() : nullptr, items, part.size(1), out.size(2),
+          bias.defined() ? bias.data_ptr<acc_t>() : nullptr, addend.defined() ? addend.data_ptr<scalar_t>() : nullptr, items, part.size(1), out.size(2),
           part.size(2), out.data_ptr<scalar_t>());
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     });
