@@ -1,12 +1,16 @@
 """Loss backends against the PyTorch reference, and the dense-CRF throughput.
 
-Losses: forward + backward of the seed loss (eq. 5, 20 channels), the balanced seed loss (eq. 8,
-21 channels) and the KL part of the boundary loss (eq. 9, 21 channels, the CRF output given), at
-B = 15 and 41x41 / 81x81 outputs. All backends of one case run on the same inputs, interleaved
-repeat by repeat (so load from other processes hits them alike); the median is reported with the
-ratio reference / backend; on CPU with 1 intra-op thread and with torch's default. CRF: images per second at 41x41 (training, s = 12) and at the full VOC
-size 500x375 (test, s = 1), 21 labels, with 1, 2 and all cores (1 = serial in this process, more =
-a DenseCRFPool). Writes bench/results/losses-<device>.json.
+Losses: forward + backward at B = 15 and 41x41 / 81x81 outputs of
+  - the seed loss (eq. 5, 20 channels), with seeds on a random 30% of the positions, and with seeds
+    shaped like stage-1 seeds (one class disc per image; the fused kernels skip empty tiles);
+  - the balanced seed loss (eq. 8, 21 channels, 80% of the positions seeded);
+  - the KL part of the boundary loss (eq. 9, 21 channels, the CRF output given).
+All backends of one case run on the same inputs, interleaved repeat by repeat (so load from other
+processes hits them alike); the median is reported with the ratio reference / backend, on CPU with
+1 intra-op thread and with torch's default.
+CRF: images per second at 41x41 (training, s = 12) and at the full VOC size 500x375 (test, s = 1),
+21 labels, with 1, 2 and all cores (1 = serial in this process, more = a DenseCRFPool).
+Writes bench/results/losses-<device>.json.
 
     python -m bench.bench_losses                 # CPU
     python -m bench.bench_losses --device cuda   # GPU backends; the CRF part always runs on CPU
@@ -43,6 +47,18 @@ def fused_backends(device):
     return found
 
 
+def object_disc_seeds(size, generator):
+    """Seeds shaped like stage-1 seeds: per image one disc (radius size/4, random centre) of one class,
+    background seeds on a random 40% of the rest, other positions unlabelled."""
+    ys, xs = torch.meshgrid(torch.arange(size), torch.arange(size), indexing="ij")
+    centres = torch.randint(size // 4, size - size // 4, (BATCH, 2), generator=generator)
+    classes = torch.randint(1, 21, (BATCH,), generator=generator)
+    inside = ((ys[None] - centres[:, 0, None, None]) ** 2 + (xs[None] - centres[:, 1, None, None]) ** 2
+              < (size / 4) ** 2)
+    background = torch.rand(BATCH, size, size, generator=generator) < 0.4
+    return torch.where(inside, classes[:, None, None], torch.where(background, 0, 255))
+
+
 def loss_cases(device, generator):
     """(name, channels, size, fn(logits, backend)) for every loss and size, inputs on ``device``."""
     cases = []
@@ -51,9 +67,11 @@ def loss_cases(device, generator):
         sparse = torch.where(torch.rand(BATCH, size, size, generator=generator) < 0.7, 255, labels)
         dense = torch.where(torch.rand(BATCH, size, size, generator=generator) < 0.2, 255, labels)
         sparse, dense = sparse.to(device), dense.to(device)
+        disc = object_disc_seeds(size, generator).to(device)
         crf_probs = torch.softmax(torch.randn(BATCH, 21, size, size, generator=generator) * 3, 1).to(device)
         cases += [
-            ("seed (eq. 5)", 20, size, lambda lg, be, s=sparse: seed_loss(lg, s, backend=be)),
+            ("seed (eq. 5), random", 20, size, lambda lg, be, s=sparse: seed_loss(lg, s, backend=be)),
+            ("seed (eq. 5), disc", 20, size, lambda lg, be, s=disc: seed_loss(lg, s, backend=be)),
             ("balanced seed (eq. 8)", 21, size, lambda lg, be, s=dense: balanced_seed_loss(lg, s, backend=be)),
             ("boundary KL (eq. 9)", 21, size, lambda lg, be, r=crf_probs: boundary_loss(lg, crf_probs=r, backend=be)),
         ]
@@ -138,10 +156,10 @@ def print_tables(report):
     print(f"device: {report['device']} ({report['device_type']}), torch {report['torch']}, "
           f"triton {report['triton']}, {report['cpu_cores']} cores")
     print(f"\nloss forward + backward, B = {BATCH}, median of {report['repeats']} (ratio = reference / backend)")
-    print(f"{'loss':24s} {'C':>3s} {'size':>7s} {'threads':>7s} {'backend':10s} {'median ms':>10s} {'ratio':>7s}")
+    print(f"{'loss':26s} {'C':>3s} {'size':>7s} {'threads':>7s} {'backend':10s} {'median ms':>10s} {'ratio':>7s}")
     for row in report["losses"]:
         size = f"{row['size'][0]}x{row['size'][1]}"
-        print(f"{row['loss']:24s} {row['channels']:3d} {size:>7s} {row['threads']:7d} {row['backend']:10s} "
+        print(f"{row['loss']:26s} {row['channels']:3d} {size:>7s} {row['threads']:7d} {row['backend']:10s} "
               f"{row['median_ms']:10.3f} {row['reference_over_backend']:7.2f}")
     if report["crf"]:
         print("\ndense CRF throughput (10 iterations, 21 labels)")
@@ -181,6 +199,13 @@ def main(argv=None):
     report["losses"] = [row for threads in thread_counts
                         for row in time_losses(device, backends, args.warmup, repeats, threads)]
     torch.set_num_threads(default_threads)
+    try:
+        import pydensecrf  # noqa: F401
+    except ImportError as exc:  # the loss part is still worth its JSON on a machine without it
+        if not args.skip_crf:
+            print(f"CRF part skipped: {exc}")
+            report["crf_skipped"] = str(exc)
+            args.skip_crf = True
     report["crf"] = [] if args.skip_crf else time_crf(
         sorted({1, 2, cores}),
         [("training (41x41, s = 12)", (41, 41), TRAIN_SCALE, args.train_crf_images),

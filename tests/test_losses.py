@@ -306,6 +306,7 @@ def test_classification_loss():
 
 
 def test_boundary_loss_runs_the_crf_when_given_images():
+    pytest.importorskip("pydensecrf", reason="the dense CRF needs the pydensecrf2 package")
     generator = torch.Generator().manual_seed(12)
     logits = make_logits(2, 21, 6, 8, generator).float().requires_grad_(True)
     images = torch.randint(0, 256, (2, 24, 32, 3), generator=generator, dtype=torch.uint8)
