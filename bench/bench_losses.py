@@ -154,7 +154,8 @@ def time_crf(processes_list, settings):
 
 def print_tables(report):
     print(f"device: {report['device']} ({report['device_type']}), torch {report['torch']}, "
-          f"triton {report['triton']}, {report['cpu_cores']} cores")
+          f"triton {report['triton']}, {report['cpu_cores']} cores, load average "
+          f"{report['load_average_at_start']:.1f} -> {report['load_average_at_end']:.1f}")
     print(f"\nloss forward + backward, B = {BATCH}, median of {report['repeats']} (ratio = reference / backend)")
     print(f"{'loss':26s} {'C':>3s} {'size':>7s} {'threads':>7s} {'backend':10s} {'median ms':>10s} {'ratio':>7s}")
     for row in report["losses"]:
@@ -193,7 +194,8 @@ def main(argv=None):
               "device": torch.cuda.get_device_name(device) if device.type == "cuda"
               else (platform.processor() or platform.machine()),
               "cpu_cores": cores, "torch": torch.__version__,
-              "triton": triton_version, "warmup": args.warmup, "repeats": repeats, "backends": backends}
+              "triton": triton_version, "warmup": args.warmup, "repeats": repeats, "backends": backends,
+              "load_average_at_start": os.getloadavg()[0]}
     default_threads = torch.get_num_threads()
     thread_counts = sorted({1, default_threads}) if device.type == "cpu" else [default_threads]
     report["losses"] = [row for threads in thread_counts
@@ -210,6 +212,7 @@ def main(argv=None):
         sorted({1, 2, cores}),
         [("training (41x41, s = 12)", (41, 41), TRAIN_SCALE, args.train_crf_images),
          ("test (full VOC size, s = 1)", VOC_SIZE, TEST_SCALE, args.test_crf_images)])
+    report["load_average_at_end"] = os.getloadavg()[0]
     print_tables(report)
     out = args.out or os.path.join(os.path.dirname(os.path.abspath(__file__)), "results",
                                    f"losses-{device.type}.json")
