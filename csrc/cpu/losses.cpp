@@ -4,9 +4,10 @@
 // tiles of kTile consecutive positions of one image, so every loop over a tile runs along contiguous
 // memory and vectorises. The forward reads a tile's logits once, keeps its softmax in a C x kTile
 // buffer (L1-resident), floors and renormalises it on the fly and writes only per-tile partial sums
-// and a few statistics per position (row maximum, 1 / sum of exponentials, floored sum, ...). The backward reads the logits
-// once more and, with those statistics, computes the gradient in a single pass. Partial sums
-// (double) are reduced in a fixed order, so results do not depend on the number of threads.
+// and a few statistics per position (row maximum, 1 / sum of exponentials, floored sum, ...). The
+// backward reads the logits once more and, with those statistics, computes the gradient in a single
+// pass. Partial sums (double) are reduced in a fixed order, so results do not depend on the number
+// of threads.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
@@ -276,7 +277,8 @@ SGAN_TILE_KERNEL double kl_tile_forward(const scalar_t* image, const acc_t* targ
   return total;
 }
 
-// Boundary KL, backward, one pass over the channels (p_c = exp(z_c - M) / E): d/dz_c sum_k w_k (-log Phi_k) = -w_c m_c + p_c U + W p_c (m_c - T) / S,
+// Boundary KL, backward, one pass over the channels (p_c = exp(z_c - M) / E):
+// d/dz_c sum_k w_k (-log Phi_k) = -w_c m_c + p_c U + W p_c (m_c - T) / S,
 // with w_c recomputed from R_c and Phi_c, and U, W, T, S from the forward.
 template <typename acc_t, typename scalar_t>
 SGAN_TILE_KERNEL void kl_tile_backward(const scalar_t* image, const acc_t* target_image, acc_t coefficient,
@@ -289,7 +291,8 @@ SGAN_TILE_KERNEL void kl_tile_backward(const scalar_t* image, const acc_t* targe
   acc_t base[kTile], floor_term[kTile];
   for (int64_t t = 0; t < len; ++t) {
     const acc_t scaled_weight_sum = stats[kWeightSum * N + start + t] / floored_sum[t];
-    base[t] = coefficient * (stats[kKeptWeightSum * N + start + t] - scaled_weight_sum * stats[kKeptSum * N + start + t]);
+    const acc_t kept_weight_sum = stats[kKeptWeightSum * N + start + t];
+    base[t] = coefficient * (kept_weight_sum - scaled_weight_sum * stats[kKeptSum * N + start + t]);
     floor_term[t] = coefficient * scaled_weight_sum;
   }
   for (int64_t c = 0; c < C; ++c) {

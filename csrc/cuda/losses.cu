@@ -247,7 +247,8 @@ void check_stats(const at::Tensor& stats, const at::Tensor& logits, int64_t rows
   check_inputs(logits, stats, "stats");
   TORCH_CHECK(stats.dim() == 3 && stats.size(0) == logits.size(0) && stats.size(1) == rows &&
                   stats.size(2) == logits.size(2) && stats.scalar_type() == accumulate_type(logits),
-              "sgan_ext losses (CUDA): stats must be (B, ", rows, ", N) in the accumulation dtype, got ", stats.sizes());
+              "sgan_ext losses (CUDA): stats must be (B, ", rows, ", N) in the accumulation dtype, got ",
+              stats.sizes());
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> seed_nll_forward_cuda(const at::Tensor& logits, const at::Tensor& seeds,

@@ -31,7 +31,6 @@ per-position statistics instead of recomputing the softmax reductions. Nothing o
 is materialised besides the gradient.
 """
 import functools
-import os
 import warnings
 
 import numpy as np
@@ -50,6 +49,7 @@ from sgan.losses.reference import (
     floored_softmax,
     seed_nll_stats_reference,
 )
+from sgan.ops.attention.function import _describe, _triton_available  # shared with the attention dispatch
 
 BACKENDS = ("auto", "reference", "cpp", "cuda", "triton")
 NUM_CLASSES = 20  # PASCAL VOC foreground classes
@@ -64,10 +64,6 @@ SEED_STATS, BOUNDARY_STATS = 4, 7  # per-position statistics rows of the fused f
 _EXTENSION_OPS = ("seed_nll_forward", "seed_nll_backward", "boundary_kl_forward", "boundary_kl_backward")
 
 
-def _describe(t):
-    return f"shape {tuple(t.shape)}, dtype {t.dtype}, device {t.device}"
-
-
 # ---------------------------------------------------------------------------------------------
 # backend selection
 
@@ -76,16 +72,6 @@ def _extension_has_losses(device_type):
     if not _ext.available(device_type):
         return False
     return all(hasattr(torch.ops.sgan_ext, name) for name in _EXTENSION_OPS)
-
-
-def _triton_available(device_type):
-    if device_type != "cuda" and os.environ.get("TRITON_INTERPRET", "0") != "1":
-        return False
-    try:
-        import triton  # noqa: F401
-    except ImportError:
-        return False
-    return True
 
 
 @functools.lru_cache(maxsize=None)
