@@ -1,9 +1,10 @@
 """Triton kernels of the seed losses and the boundary KL (installed as ``sgan.kernels.losses``).
 
 Launchers follow the backend contract in ``sgan/losses/function.py``. One program handles a block
-of BLOCK_N consecutive positions of one image and all C channels (padded to BLOCK_C): it reads the
-logits once, keeps the floored softmax in registers, and writes per-block partial sums (reduced by
-torch in a fixed order, so results are deterministic) or the gradient. Accumulation is float32, or
+of BLOCK_N consecutive positions of one image and all C channels (padded to BLOCK_C). The forward
+reads the logits once, keeps the floored softmax in registers and writes per-block partial sums
+(reduced by torch in a fixed order, so results are deterministic) and a few statistics per
+position; the backward reads the logits once more and writes the gradient. Accumulation is float32, or
 float64 for float64 logits.
 """
 import functools
@@ -17,22 +18,35 @@ _ELEMENTS_PER_PROGRAM = 4096  # BLOCK_C * BLOCK_N
 
 
 @triton.jit
-def _floored_softmax(logits_ptr, b, C, N, offs_c, offs_n, c_mask, n_mask, floor, IS_FP64: tl.constexpr):
-    """Softmax over the channels of a (BLOCK_C, BLOCK_N) tile: (p, S = sum max(p, floor),
-    T = sum of p over the channels with p >= floor, kept = p >= floor on real channels)."""
-    pointers = logits_ptr + b * C * N + offs_c[:, None] * N + offs_n[None, :]
-    z = tl.load(pointers, mask=c_mask[:, None] & n_mask[None, :], other=0.0)
+def _load_tile(pointer, b, C, N, offs_c, offs_n, c_mask, n_mask, other, IS_FP64: tl.constexpr):
+    """A (BLOCK_C, BLOCK_N) tile of a (B, C, N) tensor in the accumulation dtype; ``other`` where the
+    channel is padding, 0 where the position is."""
+    values = tl.load(pointer + b * C * N + offs_c[:, None] * N + offs_n[None, :],
+                     mask=c_mask[:, None] & n_mask[None, :], other=0.0)
     if IS_FP64:
-        z = z.to(tl.float64)
+        values = values.to(tl.float64)
     else:
-        z = z.to(tl.float32)
-    z = tl.where(c_mask[:, None], z, float("-inf"))
+        values = values.to(tl.float32)
+    return tl.where(c_mask[:, None], values, other)
+
+
+@triton.jit
+def _floor(values, floor):
+    """max(values, floor), NaN propagating."""
+    return tl.maximum(values, floor, propagate_nan=tl.PropagateNan.ALL)
+
+
+@triton.jit
+def _floored_softmax(z, c_mask, floor):
+    """Softmax over the channels of a tile of logits (padding channels -inf): (p, M = max_c z_c,
+    1 / E with E = sum_c exp(z_c - M), S = sum max(p, floor), T = sum of p over the channels with
+    p >= floor, kept = p >= floor). The backward recomputes p exactly as exp(z - M) * (1 / E)."""
     row_max = tl.max(z, axis=0)
-    e = tl.exp(z - row_max[None, :])
-    p = e / tl.sum(e, axis=0)[None, :]
-    floored = tl.where(c_mask[:, None], tl.maximum(p, floor), 0.0)
+    inverse_total = 1.0 / tl.sum(tl.exp(z - row_max[None, :]), axis=0)
+    p = tl.exp(z - row_max[None, :]) * inverse_total[None, :]
+    floored = tl.where(c_mask[:, None], _floor(p, floor), 0.0)
     kept = c_mask[:, None] & (p >= floor)
-    return p, tl.sum(floored, axis=0), tl.sum(tl.where(kept, p, 0.0), axis=0), kept
+    return (p, row_max, inverse_total, tl.sum(floored, axis=0), tl.sum(tl.where(kept, p, 0.0), axis=0), kept)
 
 
 @triton.jit
@@ -45,8 +59,8 @@ def _seed_labels(seeds_ptr, b, N, offs_n, n_mask, label_offset, C):
 
 
 @triton.jit
-def _seed_nll_forward_kernel(logits_ptr, seeds_ptr, sums_ptr, counts_ptr, params_ptr, C, N, num_blocks, label_offset,
-                             BLOCK_C: tl.constexpr, BLOCK_N: tl.constexpr, IS_FP64: tl.constexpr):
+def _seed_nll_forward_kernel(logits_ptr, seeds_ptr, sums_ptr, counts_ptr, stats_ptr, params_ptr, C, N, num_blocks,
+                             label_offset, BLOCK_C: tl.constexpr, BLOCK_N: tl.constexpr, IS_FP64: tl.constexpr):
     block = tl.program_id(0)
     b = tl.program_id(1)
     offs_n = block * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -54,11 +68,11 @@ def _seed_nll_forward_kernel(logits_ptr, seeds_ptr, sums_ptr, counts_ptr, params
     n_mask = offs_n < N
     c_mask = offs_c < C
     floor = tl.load(params_ptr)
-    p, floored_sum, kept_sum, kept = _floored_softmax(logits_ptr, b, C, N, offs_c, offs_n, c_mask, n_mask, floor,
-                                                      IS_FP64)
+    z = _load_tile(logits_ptr, b, C, N, offs_c, offs_n, c_mask, n_mask, float("-inf"), IS_FP64)
+    p, row_max, inverse_total, floored_sum, kept_sum, kept = _floored_softmax(z, c_mask, floor)
     labels, channel, counted = _seed_labels(seeds_ptr, b, N, offs_n, n_mask, label_offset, C)
     picked = tl.sum(tl.where(offs_c[:, None] == channel[None, :], p, 0.0), axis=0)
-    nll = tl.log(floored_sum) - tl.log(tl.maximum(picked, floor))
+    nll = tl.log(floored_sum) - tl.log(_floor(picked, floor))
     nll = tl.where(counted, nll, 0.0)
     background = labels == 0
     out = (b * num_blocks + block) * 2
@@ -67,11 +81,16 @@ def _seed_nll_forward_kernel(logits_ptr, seeds_ptr, sums_ptr, counts_ptr, params
     counted_float = tl.where(counted, 1.0, 0.0).to(nll.dtype)
     tl.store(counts_ptr + out, tl.sum(tl.where(background, counted_float, 0.0), axis=0))
     tl.store(counts_ptr + out + 1, tl.sum(tl.where(background, 0.0, counted_float), axis=0))
+    stats = stats_ptr + b * 4 * N + offs_n
+    tl.store(stats, row_max, mask=n_mask)
+    tl.store(stats + N, inverse_total, mask=n_mask)
+    tl.store(stats + 2 * N, floored_sum, mask=n_mask)
+    tl.store(stats + 3 * N, kept_sum, mask=n_mask)
 
 
 @triton.jit
-def _seed_nll_backward_kernel(grad_sums_ptr, logits_ptr, seeds_ptr, grad_ptr, params_ptr, C, N, label_offset,
-                              BLOCK_C: tl.constexpr, BLOCK_N: tl.constexpr, IS_FP64: tl.constexpr):
+def _seed_nll_backward_kernel(grad_sums_ptr, logits_ptr, seeds_ptr, stats_ptr, grad_ptr, params_ptr, C, N,
+                              label_offset, BLOCK_C: tl.constexpr, BLOCK_N: tl.constexpr, IS_FP64: tl.constexpr):
     block = tl.program_id(0)
     b = tl.program_id(1)
     offs_n = block * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -79,9 +98,16 @@ def _seed_nll_backward_kernel(grad_sums_ptr, logits_ptr, seeds_ptr, grad_ptr, pa
     n_mask = offs_n < N
     c_mask = offs_c < C
     floor = tl.load(params_ptr)
-    p, floored_sum, kept_sum, kept = _floored_softmax(logits_ptr, b, C, N, offs_c, offs_n, c_mask, n_mask, floor,
-                                                      IS_FP64)
     labels, channel, counted = _seed_labels(seeds_ptr, b, N, offs_n, n_mask, label_offset, C)
+    stats = stats_ptr + b * 4 * N + offs_n
+    row_max = tl.load(stats, mask=counted, other=0.0)
+    inverse_total = tl.load(stats + N, mask=counted, other=0.0)
+    floored_sum = tl.load(stats + 2 * N, mask=counted, other=1.0)
+    kept_sum = tl.load(stats + 3 * N, mask=counted, other=0.0)
+    z = _load_tile(logits_ptr, b, C, N, offs_c, offs_n, c_mask, n_mask, float("-inf"), IS_FP64)
+    # the statistics hold only at counted positions: p = 0 elsewhere
+    p = tl.exp(tl.where(counted[None, :], z - row_max[None, :], float("-inf"))) * inverse_total[None, :]
+    kept = c_mask[:, None] & (p >= floor)
     grad_background = tl.load(grad_sums_ptr + b * 2)
     grad_foreground = tl.load(grad_sums_ptr + b * 2 + 1)
     coefficient = tl.where(counted, tl.where(labels == 0, grad_background, grad_foreground), 0.0)
@@ -98,23 +124,7 @@ def _seed_nll_backward_kernel(grad_sums_ptr, logits_ptr, seeds_ptr, grad_ptr, pa
 
 
 @triton.jit
-def _reference_and_ratio(target_ptr, b, C, N, offs_c, offs_n, c_mask, n_mask, p, floored_sum, floor,
-                         IS_FP64: tl.constexpr):
-    """R (target floored and renormalised, 0 on padded channels) and the unclipped R / Phi."""
-    pointers = target_ptr + b * C * N + offs_c[:, None] * N + offs_n[None, :]
-    r = tl.load(pointers, mask=c_mask[:, None] & n_mask[None, :], other=0.0)
-    if IS_FP64:
-        r = r.to(tl.float64)
-    else:
-        r = r.to(tl.float32)
-    r = tl.where(c_mask[:, None], tl.maximum(r, floor), 0.0)
-    reference = r / tl.sum(r, axis=0)[None, :]
-    phi = tl.maximum(p, floor) / floored_sum[None, :]
-    return reference, reference / phi
-
-
-@triton.jit
-def _boundary_kl_forward_kernel(logits_ptr, target_ptr, sums_ptr, params_ptr, C, N, num_blocks,
+def _boundary_kl_forward_kernel(logits_ptr, target_ptr, sums_ptr, stats_ptr, params_ptr, C, N, num_blocks,
                                 BLOCK_C: tl.constexpr, BLOCK_N: tl.constexpr, IS_FP64: tl.constexpr):
     block = tl.program_id(0)
     b = tl.program_id(1)
@@ -123,19 +133,34 @@ def _boundary_kl_forward_kernel(logits_ptr, target_ptr, sums_ptr, params_ptr, C,
     n_mask = offs_n < N
     c_mask = offs_c < C
     floor = tl.load(params_ptr)
-    p, floored_sum, kept_sum, kept = _floored_softmax(logits_ptr, b, C, N, offs_c, offs_n, c_mask, n_mask, floor,
-                                                      IS_FP64)
     ratio_min = tl.load(params_ptr + 1)
     ratio_max = tl.load(params_ptr + 2)
-    reference, ratio = _reference_and_ratio(target_ptr, b, C, N, offs_c, offs_n, c_mask, n_mask, p, floored_sum,
-                                            floor, IS_FP64)
-    ratio = tl.minimum(tl.maximum(ratio, ratio_min), ratio_max)
-    terms = tl.where(c_mask[:, None] & n_mask[None, :], reference * tl.log(ratio), 0.0)
+    z = _load_tile(logits_ptr, b, C, N, offs_c, offs_n, c_mask, n_mask, float("-inf"), IS_FP64)
+    p, row_max, inverse_total, floored_sum, kept_sum, kept = _floored_softmax(z, c_mask, floor)
+    target = tl.where(c_mask[:, None], _floor(_load_tile(target_ptr, b, C, N, offs_c, offs_n, c_mask, n_mask, 0.0,
+                                                         IS_FP64), floor), 0.0)
+    reference_scale = 1.0 / tl.sum(target, axis=0)
+    reference = target * reference_scale[None, :]
+    ratio = reference * floored_sum[None, :] / _floor(p, floor)
+    inside = c_mask[:, None] & (ratio >= ratio_min) & (ratio <= ratio_max)
+    clipped = tl.minimum(tl.maximum(ratio, ratio_min, propagate_nan=tl.PropagateNan.ALL), ratio_max,
+                         propagate_nan=tl.PropagateNan.ALL)
+    terms = tl.where(c_mask[:, None] & n_mask[None, :], reference * tl.log(clipped), 0.0)
     tl.store(sums_ptr + b * num_blocks + block, tl.sum(tl.sum(terms, axis=0), axis=0))
+    # w_c = R_c inside the clip range (else the term is constant): W = sum_c w_c, U = sum_{c: p_c >= floor} w_c
+    weight = tl.where(inside, reference, 0.0)
+    stats = stats_ptr + b * 7 * N + offs_n
+    tl.store(stats, row_max, mask=n_mask)
+    tl.store(stats + N, inverse_total, mask=n_mask)
+    tl.store(stats + 2 * N, floored_sum, mask=n_mask)
+    tl.store(stats + 3 * N, kept_sum, mask=n_mask)
+    tl.store(stats + 4 * N, tl.sum(weight, axis=0), mask=n_mask)
+    tl.store(stats + 5 * N, tl.sum(tl.where(kept, weight, 0.0), axis=0), mask=n_mask)
+    tl.store(stats + 6 * N, reference_scale, mask=n_mask)
 
 
 @triton.jit
-def _boundary_kl_backward_kernel(grad_sums_ptr, logits_ptr, target_ptr, grad_ptr, params_ptr, C, N,
+def _boundary_kl_backward_kernel(grad_sums_ptr, logits_ptr, target_ptr, stats_ptr, grad_ptr, params_ptr, C, N,
                                  BLOCK_C: tl.constexpr, BLOCK_N: tl.constexpr, IS_FP64: tl.constexpr):
     block = tl.program_id(0)
     b = tl.program_id(1)
@@ -144,23 +169,30 @@ def _boundary_kl_backward_kernel(grad_sums_ptr, logits_ptr, target_ptr, grad_ptr
     n_mask = offs_n < N
     c_mask = offs_c < C
     floor = tl.load(params_ptr)
-    p, floored_sum, kept_sum, kept = _floored_softmax(logits_ptr, b, C, N, offs_c, offs_n, c_mask, n_mask, floor,
-                                                      IS_FP64)
     ratio_min = tl.load(params_ptr + 1)
     ratio_max = tl.load(params_ptr + 2)
-    reference, ratio = _reference_and_ratio(target_ptr, b, C, N, offs_c, offs_n, c_mask, n_mask, p, floored_sum,
-                                            floor, IS_FP64)
-    # w_c = R_c inside the clip range (else the term is constant); the gradient of sum_c w_c (-log Phi_c)
-    # is -w_c m_c + p_c sum_k w_k m_k + (sum_k w_k) p_c (m_c - T) / S
-    weight = tl.where(c_mask[:, None] & (ratio >= ratio_min) & (ratio <= ratio_max), reference, 0.0)
-    weight_sum = tl.sum(weight, axis=0)
-    kept_weight_sum = tl.sum(tl.where(kept, weight, 0.0), axis=0)
-    kept_float = tl.where(kept, 1.0, 0.0)
+    stats = stats_ptr + b * 7 * N + offs_n
+    row_max = tl.load(stats, mask=n_mask, other=0.0)
+    inverse_total = tl.load(stats + N, mask=n_mask, other=0.0)
+    floored_sum = tl.load(stats + 2 * N, mask=n_mask, other=1.0)
+    kept_sum = tl.load(stats + 3 * N, mask=n_mask, other=0.0)
+    weight_sum = tl.load(stats + 4 * N, mask=n_mask, other=0.0)
+    kept_weight_sum = tl.load(stats + 5 * N, mask=n_mask, other=0.0)
+    reference_scale = tl.load(stats + 6 * N, mask=n_mask, other=0.0)
+    z = _load_tile(logits_ptr, b, C, N, offs_c, offs_n, c_mask, n_mask, float("-inf"), IS_FP64)
+    p = tl.exp(z - row_max[None, :]) * inverse_total[None, :]
+    kept = c_mask[:, None] & (p >= floor)
+    target = _floor(_load_tile(target_ptr, b, C, N, offs_c, offs_n, c_mask, n_mask, 0.0, IS_FP64), floor)
+    reference = target * reference_scale[None, :]
+    ratio = reference * floored_sum[None, :] / _floor(p, floor)
+    weight = tl.where(kept & (ratio >= ratio_min) & (ratio <= ratio_max), reference, 0.0)
+    # the gradient of sum_c w_c (-log Phi_c) is -w_c m_c + p_c U + W p_c (m_c - T) / S
     coefficient = tl.load(grad_sums_ptr + b)
-    grad = p * (kept_weight_sum[None, :] + (weight_sum / floored_sum)[None, :] * (kept_float - kept_sum[None, :]))
-    grad = coefficient * (grad - weight * kept_float)
+    kept_float = tl.where(kept, 1.0, 0.0)
+    scaled_weight_sum = (weight_sum / floored_sum)[None, :]
+    grad = p * (kept_weight_sum[None, :] + scaled_weight_sum * (kept_float - kept_sum[None, :])) - weight
     pointers = grad_ptr + b * C * N + offs_c[:, None] * N + offs_n[None, :]
-    tl.store(pointers, grad.to(grad_ptr.dtype.element_ty), mask=c_mask[:, None] & n_mask[None, :])
+    tl.store(pointers, (coefficient * grad).to(grad_ptr.dtype.element_ty), mask=c_mask[:, None] & n_mask[None, :])
 
 
 def _blocks(logits):
@@ -187,46 +219,50 @@ def _params_for(logits, floor, ratio_min=0.0, ratio_max=0.0):
 
 
 def seed_nll_forward(logits, seeds, label_offset, floor):
-    """(sums, counts), (B, 2) each, group 0 background and 1 foreground; see the contract."""
+    """(sums, counts, stats): (B, 2), (B, 2) and (B, 4, N); see the contract."""
     B, C, N = logits.shape
     block_c, block_n, num_blocks, is_fp64 = _blocks(logits)
     acc = _accumulate_dtype(logits)
     sums = torch.empty((B, num_blocks, 2), dtype=acc, device=logits.device)
     counts = torch.empty((B, num_blocks, 2), dtype=acc, device=logits.device)
-    _seed_nll_forward_kernel[(num_blocks, B)](logits, seeds, sums, counts, _params_for(logits, floor), C, N, num_blocks,
-                                              int(label_offset), BLOCK_C=block_c, BLOCK_N=block_n, IS_FP64=is_fp64)
-    return sums.sum(1), counts.sum(1)
+    stats = torch.empty((B, 4, N), dtype=acc, device=logits.device)
+    _seed_nll_forward_kernel[(num_blocks, B)](logits, seeds, sums, counts, stats, _params_for(logits, floor), C, N,
+                                              num_blocks, int(label_offset), BLOCK_C=block_c, BLOCK_N=block_n,
+                                              IS_FP64=is_fp64)
+    return sums.sum(1), counts.sum(1), stats
 
 
-def seed_nll_backward(grad_sums, logits, seeds, label_offset, floor):
+def seed_nll_backward(grad_sums, logits, seeds, stats, label_offset, floor):
     """Gradient of the sums with respect to the logits, the logits' shape and dtype."""
     B, C, N = logits.shape
     block_c, block_n, num_blocks, is_fp64 = _blocks(logits)
     grad = torch.empty_like(logits)
     _seed_nll_backward_kernel[(num_blocks, B)](grad_sums.to(_accumulate_dtype(logits)).contiguous(), logits, seeds,
-                                               grad, _params_for(logits, floor), C, N, int(label_offset), BLOCK_C=block_c,
-                                               BLOCK_N=block_n, IS_FP64=is_fp64)
+                                               stats, grad, _params_for(logits, floor), C, N, int(label_offset),
+                                               BLOCK_C=block_c, BLOCK_N=block_n, IS_FP64=is_fp64)
     return grad
 
 
 def boundary_kl_forward(logits, target, floor, ratio_min, ratio_max):
-    """Per-image sums (B,) of sum_c R log clip(R / Phi); see the contract."""
+    """(sums (B,), stats (B, 7, N)): per-image sums of sum_c R log clip(R / Phi); see the contract."""
     B, C, N = logits.shape
     block_c, block_n, num_blocks, is_fp64 = _blocks(logits)
-    sums = torch.empty((B, num_blocks), dtype=_accumulate_dtype(logits), device=logits.device)
-    _boundary_kl_forward_kernel[(num_blocks, B)](logits, target, sums, _params_for(logits, floor, ratio_min, ratio_max),
-                                                 C, N, num_blocks, BLOCK_C=block_c,
-                                                 BLOCK_N=block_n, IS_FP64=is_fp64)
-    return sums.sum(1)
+    acc = _accumulate_dtype(logits)
+    sums = torch.empty((B, num_blocks), dtype=acc, device=logits.device)
+    stats = torch.empty((B, 7, N), dtype=acc, device=logits.device)
+    _boundary_kl_forward_kernel[(num_blocks, B)](logits, target, sums, stats,
+                                                 _params_for(logits, floor, ratio_min, ratio_max), C, N, num_blocks,
+                                                 BLOCK_C=block_c, BLOCK_N=block_n, IS_FP64=is_fp64)
+    return sums.sum(1), stats
 
 
-def boundary_kl_backward(grad_sums, logits, target, floor, ratio_min, ratio_max):
+def boundary_kl_backward(grad_sums, logits, target, stats, floor, ratio_min, ratio_max):
     """Gradient of the per-image KL sums with respect to the logits."""
     B, C, N = logits.shape
     block_c, block_n, num_blocks, is_fp64 = _blocks(logits)
     grad = torch.empty_like(logits)
     _boundary_kl_backward_kernel[(num_blocks, B)](grad_sums.to(_accumulate_dtype(logits)).contiguous(), logits,
-                                                  target, grad, _params_for(logits, floor, ratio_min, ratio_max),
-                                                  C, N, BLOCK_C=block_c, BLOCK_N=block_n,
-                                                  IS_FP64=is_fp64)
+                                                  target, stats, grad,
+                                                  _params_for(logits, floor, ratio_min, ratio_max), C, N,
+                                                  BLOCK_C=block_c, BLOCK_N=block_n, IS_FP64=is_fp64)
     return grad

@@ -3,7 +3,9 @@ import numpy as np
 import pytest
 import torch
 
-from sgan.crf import TEST_SCALE, TRAIN_SCALE, DenseCRFPool, dense_crf
+pytest.importorskip("pydensecrf", reason="the dense CRF needs the pydensecrf2 package")
+
+from sgan.crf import TEST_SCALE, TRAIN_SCALE, DenseCRFPool, dense_crf  # noqa: E402
 
 
 def two_region_scene(height, width, boundary, shift, blur, seed=0):

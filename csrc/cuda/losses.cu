@@ -3,6 +3,8 @@
 // Contract: see sgan/losses/function.py (schemas are defined in csrc/cpu/losses.cpp). One thread per
 // position: consecutive threads read consecutive positions of each channel (coalesced); the C channel
 // values of a position are re-read from L1 by the later passes instead of materialising the softmax.
+// The forward also writes a few statistics per position (row maximum, floored sum, ...), so the
+// backward is a single pass over the channels.
 // Half, bfloat16 and float accumulate in float, double in double. Per-block partial sums are written
 // to a (B, blocks, groups) buffer and reduced by torch in a fixed order (deterministic).
 #include <ATen/ATen.h>
@@ -18,15 +20,24 @@ namespace {
 constexpr int kThreads = 256;
 constexpr int64_t kIgnoreLabel = 255;
 
+// max(a, b) that propagates a NaN in a (the probability or the ratio).
 template <typename acc_t>
 __device__ __forceinline__ acc_t max_of(acc_t a, acc_t b) {
-  return a > b ? a : b;
+  return a < b ? b : a;
 }
 
-// Softmax statistics of one position: row maximum and 1 / sum of exp(z - max).
+// Per-position statistics written by the forward kernels (rows of the (B, K, N) `stats` tensor).
+// p_c = exp(z_c - M) * (1 / E), M the row maximum, E = sum_c exp(z_c - M): the backward recomputes
+// exactly the forward's p (a log-sum-exp would lose the low bits of p when |z| is large).
+constexpr int kRowMax = 0, kInverseTotal = 1, kFlooredSum = 2, kKeptSum = 3;   // seed and boundary
+constexpr int kWeightSum = 4, kKeptWeightSum = 5, kReferenceScale = 6;          // boundary only
+constexpr int kSeedStats = 4, kBoundaryStats = 7;
+
+// Softmax statistics of one position: M, 1 / E, S = sum_c max(p_c, floor) and T = sum of the p_c >= floor.
 template <typename scalar_t, typename acc_t>
-__device__ __forceinline__ void softmax_stats(const scalar_t* __restrict__ z, int64_t C, int64_t N, acc_t& row_max,
-                                              acc_t& inv_sum) {
+__device__ __forceinline__ void softmax_stats(const scalar_t* __restrict__ z, int64_t C, int64_t N, acc_t floor,
+                                              acc_t& row_max, acc_t& inverse_total, acc_t& floored_sum,
+                                              acc_t& kept_sum) {
   row_max = static_cast<acc_t>(z[0]);
   for (int64_t c = 1; c < C; ++c) {
     const acc_t v = static_cast<acc_t>(z[c * N]);
@@ -34,28 +45,14 @@ __device__ __forceinline__ void softmax_stats(const scalar_t* __restrict__ z, in
   }
   acc_t total = 0;
   for (int64_t c = 0; c < C; ++c) total += ::exp(static_cast<acc_t>(z[c * N]) - row_max);
-  inv_sum = acc_t(1) / total;
-}
-
-// S = sum_c max(p_c, floor) and T = sum of p_c over the channels with p_c >= floor.
-template <typename scalar_t, typename acc_t>
-__device__ __forceinline__ void floor_stats(const scalar_t* __restrict__ z, int64_t C, int64_t N, acc_t row_max,
-                                            acc_t inv_sum, acc_t floor, acc_t& floored_sum, acc_t& kept_sum) {
+  inverse_total = acc_t(1) / total;
   floored_sum = 0;
   kept_sum = 0;
   for (int64_t c = 0; c < C; ++c) {
-    const acc_t p = ::exp(static_cast<acc_t>(z[c * N]) - row_max) * inv_sum;
+    const acc_t p = ::exp(static_cast<acc_t>(z[c * N]) - row_max) * inverse_total;
     floored_sum += max_of(p, floor);
     kept_sum += p >= floor ? p : acc_t(0);
   }
-}
-
-// 1 / sum_c max(target_c, floor): R_c = max(target_c, floor) times it.
-template <typename acc_t>
-__device__ __forceinline__ acc_t reference_scale(const acc_t* __restrict__ r, int64_t C, int64_t N, acc_t floor) {
-  acc_t total = 0;
-  for (int64_t c = 0; c < C; ++c) total += max_of(r[c * N], floor);
-  return acc_t(1) / total;
 }
 
 // Sum of `value` over the block; the result is valid in thread 0.
@@ -75,8 +72,9 @@ __device__ __forceinline__ acc_t block_sum(acc_t value, acc_t* shared) {
 
 template <typename scalar_t, typename acc_t>
 __global__ void seed_nll_forward_kernel(const scalar_t* __restrict__ logits, const int64_t* __restrict__ seeds,
-                                        acc_t* __restrict__ sums, acc_t* __restrict__ counts, int64_t C, int64_t N,
-                                        int64_t label_offset, acc_t floor) {
+                                        acc_t* __restrict__ sums, acc_t* __restrict__ counts,
+                                        acc_t* __restrict__ stats, int64_t C, int64_t N, int64_t label_offset,
+                                        acc_t floor) {
   __shared__ acc_t shared[kThreads / 32];
   const int64_t b = blockIdx.y;
   const int64_t n = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x;
@@ -85,14 +83,18 @@ __global__ void seed_nll_forward_kernel(const scalar_t* __restrict__ logits, con
   if (n < N) {
     label = seeds[b * N + n];
     const int64_t channel = label - label_offset;
-    if (label != kIgnoreLabel && channel >= 0 && channel < C) {
+    if (label != kIgnoreLabel && channel >= 0 && channel < C) {  // statistics only where the backward reads them
       const scalar_t* z = logits + b * C * N + n;
-      acc_t row_max, inv_sum, floored_sum, kept_sum;
-      softmax_stats(z, C, N, row_max, inv_sum);
-      floor_stats(z, C, N, row_max, inv_sum, floor, floored_sum, kept_sum);
-      const acc_t p = ::exp(static_cast<acc_t>(z[channel * N]) - row_max) * inv_sum;
+      acc_t row_max, inverse_total, floored_sum, kept_sum;
+      softmax_stats(z, C, N, floor, row_max, inverse_total, floored_sum, kept_sum);
+      const acc_t p = ::exp(static_cast<acc_t>(z[channel * N]) - row_max) * inverse_total;
       nll = ::log(floored_sum) - ::log(max_of(p, floor));
       counted = 1;
+      acc_t* out = stats + b * kSeedStats * N + n;
+      out[kRowMax * N] = row_max;
+      out[kInverseTotal * N] = inverse_total;
+      out[kFlooredSum * N] = floored_sum;
+      out[kKeptSum * N] = kept_sum;
     }
   }
   const bool background = label == 0;
@@ -109,11 +111,13 @@ __global__ void seed_nll_forward_kernel(const scalar_t* __restrict__ logits, con
   }
 }
 
+// One pass with the forward's statistics: p_c = exp(z_c - M) / E and
 // d(-log Phi_y)/dz_c = p_c (m_y + (m_c - T) / S) - [c == y] m_y, with m_c = [p_c >= floor].
 template <typename scalar_t, typename acc_t>
 __global__ void seed_nll_backward_kernel(const acc_t* __restrict__ grad_sums, const scalar_t* __restrict__ logits,
-                                         const int64_t* __restrict__ seeds, scalar_t* __restrict__ grad, int64_t C,
-                                         int64_t N, int64_t label_offset, acc_t floor) {
+                                         const int64_t* __restrict__ seeds, const acc_t* __restrict__ stats,
+                                         scalar_t* __restrict__ grad, int64_t C, int64_t N, int64_t label_offset,
+                                         acc_t floor) {
   const int64_t b = blockIdx.y;
   const int64_t n = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x;
   if (n >= N) return;
@@ -125,25 +129,25 @@ __global__ void seed_nll_backward_kernel(const acc_t* __restrict__ grad_sums, co
     return;
   }
   const scalar_t* z = logits + b * C * N + n;
-  acc_t row_max, inv_sum, floored_sum, kept_sum;
-  softmax_stats(z, C, N, row_max, inv_sum);
-  floor_stats(z, C, N, row_max, inv_sum, floor, floored_sum, kept_sum);
+  const acc_t* position = stats + b * kSeedStats * N + n;
+  const acc_t row_max = position[kRowMax * N];
+  const acc_t inverse_total = position[kInverseTotal * N];
   const acc_t coefficient = grad_sums[b * 2 + (label == 0 ? 0 : 1)];
-  const acc_t label_p = ::exp(static_cast<acc_t>(z[channel * N]) - row_max) * inv_sum;
+  const acc_t label_p = ::exp(static_cast<acc_t>(z[channel * N]) - row_max) * inverse_total;
   const acc_t label_term = label_p >= floor ? coefficient : acc_t(0);
-  const acc_t floor_term = coefficient / floored_sum;
+  const acc_t floor_term = coefficient / position[kFlooredSum * N];
+  const acc_t base = label_term - floor_term * position[kKeptSum * N];
   for (int64_t c = 0; c < C; ++c) {
-    const acc_t p = ::exp(static_cast<acc_t>(z[c * N]) - row_max) * inv_sum;
-    const acc_t kept = p >= floor ? acc_t(1) : acc_t(0);
-    const acc_t value = p * (label_term + floor_term * (kept - kept_sum)) - (c == channel ? label_term : acc_t(0));
+    const acc_t p = ::exp(static_cast<acc_t>(z[c * N]) - row_max) * inverse_total;
+    const acc_t value = p * (base + (p >= floor ? floor_term : acc_t(0))) - (c == channel ? label_term : acc_t(0));
     g[c * N] = static_cast<scalar_t>(value);
   }
 }
 
 template <typename scalar_t, typename acc_t>
 __global__ void boundary_kl_forward_kernel(const scalar_t* __restrict__ logits, const acc_t* __restrict__ target,
-                                           acc_t* __restrict__ sums, int64_t C, int64_t N, acc_t floor, acc_t low,
-                                           acc_t high) {
+                                           acc_t* __restrict__ sums, acc_t* __restrict__ stats, int64_t C, int64_t N,
+                                           acc_t floor, acc_t low, acc_t high) {
   __shared__ acc_t shared[kThreads / 32];
   const int64_t b = blockIdx.y;
   const int64_t n = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x;
@@ -151,56 +155,65 @@ __global__ void boundary_kl_forward_kernel(const scalar_t* __restrict__ logits, 
   if (n < N) {
     const scalar_t* z = logits + b * C * N + n;
     const acc_t* r = target + b * C * N + n;
-    acc_t row_max, inv_sum, floored_sum, kept_sum;
-    softmax_stats(z, C, N, row_max, inv_sum);
-    floor_stats(z, C, N, row_max, inv_sum, floor, floored_sum, kept_sum);
-    const acc_t r_scale = reference_scale(r, C, N, floor);
+    acc_t row_max, inverse_total, floored_sum, kept_sum;
+    softmax_stats(z, C, N, floor, row_max, inverse_total, floored_sum, kept_sum);
+    acc_t reference_total = 0;
+    for (int64_t c = 0; c < C; ++c) reference_total += max_of(r[c * N], floor);
+    const acc_t reference_scale = acc_t(1) / reference_total;
+    // w_c = R_c inside the clip range (else the term is constant): W = sum_c w_c, U = sum_{c: p_c >= floor} w_c
+    acc_t weight_sum = 0, kept_weight_sum = 0;
     for (int64_t c = 0; c < C; ++c) {
-      const acc_t p = ::exp(static_cast<acc_t>(z[c * N]) - row_max) * inv_sum;
-      const acc_t reference = max_of(r[c * N], floor) * r_scale;
-      acc_t ratio = reference / (max_of(p, floor) / floored_sum);
-      ratio = ratio < low ? low : (ratio > high ? high : ratio);
-      kl += reference * ::log(ratio);
+      const acc_t p = ::exp(static_cast<acc_t>(z[c * N]) - row_max) * inverse_total;
+      const acc_t reference = max_of(r[c * N], floor) * reference_scale;
+      const acc_t ratio = reference * floored_sum / max_of(p, floor);
+      const bool inside = ratio >= low && ratio <= high;
+      kl += reference * ::log(ratio < low ? low : (ratio > high ? high : ratio));
+      const acc_t weight = inside ? reference : acc_t(0);
+      weight_sum += weight;
+      kept_weight_sum += p >= floor ? weight : acc_t(0);
     }
+    acc_t* out = stats + b * kBoundaryStats * N + n;
+    out[kRowMax * N] = row_max;
+    out[kInverseTotal * N] = inverse_total;
+    out[kFlooredSum * N] = floored_sum;
+    out[kKeptSum * N] = kept_sum;
+    out[kWeightSum * N] = weight_sum;
+    out[kKeptWeightSum * N] = kept_weight_sum;
+    out[kReferenceScale * N] = reference_scale;
   }
   const acc_t total = block_sum<acc_t>(kl, shared);
   if (threadIdx.x == 0) sums[b * gridDim.x + blockIdx.x] = total;
 }
 
-// w_c = R_c inside the clip range (else the term is constant); the gradient of sum_c w_c (-log Phi_c)
-// is -w_c m_c + p_c sum_k w_k m_k + (sum_k w_k) p_c (m_c - T) / S.
+// One pass with the forward's statistics: the gradient of sum_c w_c (-log Phi_c) is
+// -w_c m_c + p_c U + W p_c (m_c - T) / S, w_c recomputed from R_c and Phi_c.
 template <typename scalar_t, typename acc_t>
 __global__ void boundary_kl_backward_kernel(const acc_t* __restrict__ grad_sums, const scalar_t* __restrict__ logits,
-                                            const acc_t* __restrict__ target, scalar_t* __restrict__ grad, int64_t C,
-                                            int64_t N, acc_t floor, acc_t low, acc_t high) {
+                                            const acc_t* __restrict__ target, const acc_t* __restrict__ stats,
+                                            scalar_t* __restrict__ grad, int64_t C, int64_t N, acc_t floor, acc_t low,
+                                            acc_t high) {
   const int64_t b = blockIdx.y;
   const int64_t n = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x;
   if (n >= N) return;
   const scalar_t* z = logits + b * C * N + n;
   const acc_t* r = target + b * C * N + n;
-  acc_t row_max, inv_sum, floored_sum, kept_sum;
-  softmax_stats(z, C, N, row_max, inv_sum);
-  floor_stats(z, C, N, row_max, inv_sum, floor, floored_sum, kept_sum);
-  const acc_t r_scale = reference_scale(r, C, N, floor);
-  acc_t weight_sum = 0, kept_weight_sum = 0;
-  for (int64_t c = 0; c < C; ++c) {
-    const acc_t p = ::exp(static_cast<acc_t>(z[c * N]) - row_max) * inv_sum;
-    const acc_t reference = max_of(r[c * N], floor) * r_scale;
-    const acc_t ratio = reference / (max_of(p, floor) / floored_sum);
-    const acc_t weight = ratio >= low && ratio <= high ? reference : acc_t(0);
-    weight_sum += weight;
-    kept_weight_sum += p >= floor ? weight : acc_t(0);
-  }
+  const acc_t* position = stats + b * kBoundaryStats * N + n;
+  const acc_t row_max = position[kRowMax * N];
+  const acc_t inverse_total = position[kInverseTotal * N];
+  const acc_t floored_sum = position[kFlooredSum * N];
+  const acc_t reference_scale = position[kReferenceScale * N];
   const acc_t coefficient = grad_sums[b];
+  const acc_t scaled_weight_sum = position[kWeightSum * N] / floored_sum;
+  const acc_t base = coefficient * (position[kKeptWeightSum * N] - scaled_weight_sum * position[kKeptSum * N]);
+  const acc_t floor_term = coefficient * scaled_weight_sum;
   scalar_t* g = grad + b * C * N + n;
   for (int64_t c = 0; c < C; ++c) {
-    const acc_t p = ::exp(static_cast<acc_t>(z[c * N]) - row_max) * inv_sum;
-    const acc_t reference = max_of(r[c * N], floor) * r_scale;
-    const acc_t ratio = reference / (max_of(p, floor) / floored_sum);
-    const acc_t weight = ratio >= low && ratio <= high ? reference : acc_t(0);
-    const acc_t kept = p >= floor ? acc_t(1) : acc_t(0);
-    const acc_t value = -weight * kept + p * kept_weight_sum + weight_sum * p * (kept - kept_sum) / floored_sum;
-    g[c * N] = static_cast<scalar_t>(coefficient * value);
+    const acc_t p = ::exp(static_cast<acc_t>(z[c * N]) - row_max) * inverse_total;
+    const bool kept = p >= floor;
+    const acc_t reference = max_of(r[c * N], floor) * reference_scale;
+    const acc_t ratio = reference * floored_sum / max_of(p, floor);
+    const acc_t weight = kept && ratio >= low && ratio <= high ? coefficient * reference : acc_t(0);
+    g[c * N] = static_cast<scalar_t>(p * (base + (kept ? floor_term : acc_t(0))) - weight);
   }
 }
 
@@ -230,8 +243,16 @@ void check_target(const at::Tensor& target, const at::Tensor& logits) {
               "sgan_ext losses (CUDA): target must have the logits' shape and the accumulation dtype");
 }
 
-std::tuple<at::Tensor, at::Tensor> seed_nll_forward_cuda(const at::Tensor& logits, const at::Tensor& seeds,
-                                                        int64_t label_offset, double floor) {
+void check_stats(const at::Tensor& stats, const at::Tensor& logits, int64_t rows) {
+  check_inputs(logits, stats, "stats");
+  TORCH_CHECK(stats.dim() == 3 && stats.size(0) == logits.size(0) && stats.size(1) == rows &&
+                  stats.size(2) == logits.size(2) && stats.scalar_type() == accumulate_type(logits),
+              "sgan_ext losses (CUDA): stats must be (B, ", rows, ", N) in the accumulation dtype, got ",
+              stats.sizes());
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> seed_nll_forward_cuda(const at::Tensor& logits, const at::Tensor& seeds,
+                                                                    int64_t label_offset, double floor) {
   check_seeds(seeds, logits);
   const c10::cuda::CUDAGuard device_guard(logits.device());
   const int64_t B = logits.size(0), C = logits.size(1), N = logits.size(2);
@@ -239,20 +260,22 @@ std::tuple<at::Tensor, at::Tensor> seed_nll_forward_cuda(const at::Tensor& logit
   const auto options = logits.options().dtype(accumulate_type(logits));
   at::Tensor sums = at::empty({B, static_cast<int64_t>(grid.x), 2}, options);
   at::Tensor counts = at::empty({B, static_cast<int64_t>(grid.x), 2}, options);
+  at::Tensor stats = at::empty({B, kSeedStats, N}, options);
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, logits.scalar_type(), "seed_nll_forward_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     seed_nll_forward_kernel<scalar_t, acc_t><<<grid, kThreads, 0, stream>>>(
-        logits.data_ptr<scalar_t>(), seeds.data_ptr<int64_t>(), sums.data_ptr<acc_t>(), counts.data_ptr<acc_t>(), C,
-        N, label_offset, static_cast<acc_t>(floor));
+        logits.data_ptr<scalar_t>(), seeds.data_ptr<int64_t>(), sums.data_ptr<acc_t>(), counts.data_ptr<acc_t>(),
+        stats.data_ptr<acc_t>(), C, N, label_offset, static_cast<acc_t>(floor));
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
-  return {sums.sum(1), counts.sum(1)};
+  return {sums.sum(1), counts.sum(1), stats};
 }
 
 at::Tensor seed_nll_backward_cuda(const at::Tensor& grad_sums, const at::Tensor& logits, const at::Tensor& seeds,
-                                  int64_t label_offset, double floor) {
+                                  const at::Tensor& stats, int64_t label_offset, double floor) {
   check_seeds(seeds, logits);
+  check_stats(stats, logits, kSeedStats);
   const c10::cuda::CUDAGuard device_guard(logits.device());
   const int64_t B = logits.size(0), C = logits.size(1), N = logits.size(2);
   const at::Tensor coefficients = grad_sums.to(accumulate_type(logits)).contiguous();
@@ -264,33 +287,36 @@ at::Tensor seed_nll_backward_cuda(const at::Tensor& grad_sums, const at::Tensor&
     using acc_t = at::opmath_type<scalar_t>;
     seed_nll_backward_kernel<scalar_t, acc_t><<<grid, kThreads, 0, stream>>>(
         coefficients.data_ptr<acc_t>(), logits.data_ptr<scalar_t>(), seeds.data_ptr<int64_t>(),
-        grad.data_ptr<scalar_t>(), C, N, label_offset, static_cast<acc_t>(floor));
+        stats.data_ptr<acc_t>(), grad.data_ptr<scalar_t>(), C, N, label_offset, static_cast<acc_t>(floor));
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   return grad;
 }
 
-at::Tensor boundary_kl_forward_cuda(const at::Tensor& logits, const at::Tensor& target, double floor, double ratio_min,
-                                    double ratio_max) {
+std::tuple<at::Tensor, at::Tensor> boundary_kl_forward_cuda(const at::Tensor& logits, const at::Tensor& target,
+                                                           double floor, double ratio_min, double ratio_max) {
   check_target(target, logits);
   const c10::cuda::CUDAGuard device_guard(logits.device());
   const int64_t B = logits.size(0), C = logits.size(1), N = logits.size(2);
   const dim3 grid((N + kThreads - 1) / kThreads, B);
-  at::Tensor sums = at::empty({B, static_cast<int64_t>(grid.x)}, logits.options().dtype(accumulate_type(logits)));
+  const auto options = logits.options().dtype(accumulate_type(logits));
+  at::Tensor sums = at::empty({B, static_cast<int64_t>(grid.x)}, options);
+  at::Tensor stats = at::empty({B, kBoundaryStats, N}, options);
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, logits.scalar_type(), "boundary_kl_forward_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     boundary_kl_forward_kernel<scalar_t, acc_t><<<grid, kThreads, 0, stream>>>(
-        logits.data_ptr<scalar_t>(), target.data_ptr<acc_t>(), sums.data_ptr<acc_t>(), C, N,
-        static_cast<acc_t>(floor), static_cast<acc_t>(ratio_min), static_cast<acc_t>(ratio_max));
+        logits.data_ptr<scalar_t>(), target.data_ptr<acc_t>(), sums.data_ptr<acc_t>(), stats.data_ptr<acc_t>(), C,
+        N, static_cast<acc_t>(floor), static_cast<acc_t>(ratio_min), static_cast<acc_t>(ratio_max));
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
-  return sums.sum(1);
+  return {sums.sum(1), stats};
 }
 
 at::Tensor boundary_kl_backward_cuda(const at::Tensor& grad_sums, const at::Tensor& logits, const at::Tensor& target,
-                                     double floor, double ratio_min, double ratio_max) {
+                                     const at::Tensor& stats, double floor, double ratio_min, double ratio_max) {
   check_target(target, logits);
+  check_stats(stats, logits, kBoundaryStats);
   const c10::cuda::CUDAGuard device_guard(logits.device());
   const int64_t B = logits.size(0), C = logits.size(1), N = logits.size(2);
   const at::Tensor coefficients = grad_sums.to(accumulate_type(logits)).contiguous();
@@ -301,7 +327,7 @@ at::Tensor boundary_kl_backward_cuda(const at::Tensor& grad_sums, const at::Tens
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, logits.scalar_type(), "boundary_kl_backward_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     boundary_kl_backward_kernel<scalar_t, acc_t><<<grid, kThreads, 0, stream>>>(
-        coefficients.data_ptr<acc_t>(), logits.data_ptr<scalar_t>(), target.data_ptr<acc_t>(),
+        coefficients.data_ptr<acc_t>(), logits.data_ptr<scalar_t>(), target.data_ptr<acc_t>(), stats.data_ptr<acc_t>(),
         grad.data_ptr<scalar_t>(), C, N, static_cast<acc_t>(floor), static_cast<acc_t>(ratio_min),
         static_cast<acc_t>(ratio_max));
     C10_CUDA_KERNEL_LAUNCH_CHECK();

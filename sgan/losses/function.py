@@ -7,23 +7,30 @@ of the statistics. Backend contract (``cpp``/``cuda`` in ``torch.ops.sgan_ext``,
 logits, else float32, and Phi is the softmax over the C channels floored at ``floor`` and
 renormalised:
 
-``seed_nll_forward(logits, seeds, label_offset, floor) -> (sums, counts)``
+``seed_nll_forward(logits, seeds, label_offset, floor) -> (sums, counts, stats)``
     logits (B, C, N) float; seeds (B, N) int64. A position with label y != 255 whose channel
     c = y - label_offset lies in [0, C) counts in group g = 0 if y == 0 else 1:
-    sums[b, g] += -log Phi_c, counts[b, g] += 1. sums, counts: (B, 2) acc.
-``seed_nll_backward(grad_sums, logits, seeds, label_offset, floor) -> grad_logits``
+    sums[b, g] += -log Phi_c, counts[b, g] += 1. sums, counts: (B, 2) acc. stats (B, 4, N) acc holds,
+    per position, M = max_c z_c, 1 / E with E = sum_c exp(z_c - M) (so p_c = exp(z_c - M) / E),
+    S = sum_c max(p_c, floor) and T = sum of the p_c >= floor; it must be valid at counted positions
+    and is passed back to the backward.
+``seed_nll_backward(grad_sums, logits, seeds, stats, label_offset, floor) -> grad_logits``
     grad_sums (B, 2) acc; grad_logits has the shape and dtype of logits: grad_sums[b, g] times the
     gradient of -log Phi_c at counted positions, 0 elsewhere.
-``boundary_kl_forward(logits, target, floor, ratio_min, ratio_max) -> sums``
+``boundary_kl_forward(logits, target, floor, ratio_min, ratio_max) -> (sums, stats)``
     logits (B, C, N) float; target (B, C, N) acc, floored at ``floor`` and renormalised inside into
     R; sums (B,) acc, sums[b] = sum over positions of sum_c R_c log clip(R_c / Phi_c, ratio_min,
-    ratio_max).
-``boundary_kl_backward(grad_sums, logits, target, floor, ratio_min, ratio_max) -> grad_logits``
+    ratio_max). stats (B, 7, N) acc: M, 1 / E, S, T, W = sum_c w_c, U = sum_{c: p_c >= floor} w_c
+    (w_c = R_c where R_c / Phi_c lies inside the clip range, else 0) and 1 / sum_c max(target_c, floor).
+``boundary_kl_backward(grad_sums, logits, target, stats, floor, ratio_min, ratio_max) -> grad_logits``
     grad_sums (B,) acc; the gradient with respect to the logits (R is a constant; clipped terms
     have no gradient).
+
+The forward passes read the logits once; the backward passes read them once more and use the
+per-position statistics instead of recomputing the softmax reductions. Nothing of size B x C x N
+is materialised besides the gradient.
 """
 import functools
-import os
 import warnings
 
 import numpy as np
@@ -42,6 +49,7 @@ from sgan.losses.reference import (
     floored_softmax,
     seed_nll_stats_reference,
 )
+from sgan.ops.attention.function import _describe, _triton_available  # shared with the attention dispatch
 
 BACKENDS = ("auto", "reference", "cpp", "cuda", "triton")
 NUM_CLASSES = 20  # PASCAL VOC foreground classes
@@ -52,11 +60,8 @@ _BACKEND_DTYPES = {
     "triton": _FLOAT_DTYPES,
     "reference": _FLOAT_DTYPES,
 }
+SEED_STATS, BOUNDARY_STATS = 4, 7  # per-position statistics rows of the fused forwards (see the contract)
 _EXTENSION_OPS = ("seed_nll_forward", "seed_nll_backward", "boundary_kl_forward", "boundary_kl_backward")
-
-
-def _describe(t):
-    return f"shape {tuple(t.shape)}, dtype {t.dtype}, device {t.device}"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -67,16 +72,6 @@ def _extension_has_losses(device_type):
     if not _ext.available(device_type):
         return False
     return all(hasattr(torch.ops.sgan_ext, name) for name in _EXTENSION_OPS)
-
-
-def _triton_available(device_type):
-    if device_type != "cuda" and os.environ.get("TRITON_INTERPRET", "0") != "1":
-        return False
-    try:
-        import triton  # noqa: F401
-    except ImportError:
-        return False
-    return True
 
 
 @functools.lru_cache(maxsize=None)
@@ -130,39 +125,40 @@ def _backend_module(backend):
 
 @torch.library.custom_op("sgan::seed_nll_forward", mutates_args=())
 def _seed_nll_forward_op(logits: Tensor, seeds: Tensor, label_offset: int, floor: float, backend: str
-                         ) -> tuple[Tensor, Tensor]:
-    sums, counts = _backend_module(backend).seed_nll_forward(logits, seeds, label_offset, floor)
-    return sums, counts
+                         ) -> tuple[Tensor, Tensor, Tensor]:
+    sums, counts, stats = _backend_module(backend).seed_nll_forward(logits, seeds, label_offset, floor)
+    return sums, counts, stats
 
 
 @_seed_nll_forward_op.register_fake
 def _seed_nll_forward_fake(logits, seeds, label_offset, floor, backend):
     acc = accumulate_dtype(logits.dtype)
-    B = logits.shape[0]
-    return logits.new_empty((B, 2), dtype=acc), logits.new_empty((B, 2), dtype=acc)
+    B, _, N = logits.shape
+    return (logits.new_empty((B, 2), dtype=acc), logits.new_empty((B, 2), dtype=acc),
+            logits.new_empty((B, SEED_STATS, N), dtype=acc))
 
 
 @torch.library.custom_op("sgan::seed_nll_backward", mutates_args=())
-def _seed_nll_backward_op(grad_sums: Tensor, logits: Tensor, seeds: Tensor, label_offset: int, floor: float,
-                          backend: str) -> Tensor:
-    return _backend_module(backend).seed_nll_backward(grad_sums, logits, seeds, label_offset, floor)
+def _seed_nll_backward_op(grad_sums: Tensor, logits: Tensor, seeds: Tensor, stats: Tensor, label_offset: int,
+                          floor: float, backend: str) -> Tensor:
+    return _backend_module(backend).seed_nll_backward(grad_sums, logits, seeds, stats, label_offset, floor)
 
 
 @_seed_nll_backward_op.register_fake
-def _seed_nll_backward_fake(grad_sums, logits, seeds, label_offset, floor, backend):
+def _seed_nll_backward_fake(grad_sums, logits, seeds, stats, label_offset, floor, backend):
     return torch.empty_like(logits)
 
 
 def _seed_nll_setup_context(ctx, inputs, output):
     logits, seeds, label_offset, floor, backend = inputs
-    ctx.mark_non_differentiable(output[1])
-    ctx.save_for_backward(logits, seeds)
+    ctx.mark_non_differentiable(output[1], output[2])
+    ctx.save_for_backward(logits, seeds, output[2])
     ctx.options = (label_offset, floor, backend)
 
 
-def _seed_nll_backward(ctx, grad_sums, unused_grad_counts):
-    logits, seeds = ctx.saved_tensors
-    grad_logits = _seed_nll_backward_op(grad_sums.contiguous(), logits, seeds, *ctx.options)
+def _seed_nll_backward(ctx, grad_sums, unused_grad_counts, unused_grad_stats):
+    logits, seeds, stats = ctx.saved_tensors
+    grad_logits = _seed_nll_backward_op(grad_sums.contiguous(), logits, seeds, stats, *ctx.options)
     return grad_logits, None, None, None, None
 
 
@@ -171,35 +167,40 @@ _seed_nll_forward_op.register_autograd(_seed_nll_backward, setup_context=_seed_n
 
 @torch.library.custom_op("sgan::boundary_kl_forward", mutates_args=())
 def _boundary_kl_forward_op(logits: Tensor, target: Tensor, floor: float, ratio_min: float, ratio_max: float,
-                            backend: str) -> Tensor:
-    return _backend_module(backend).boundary_kl_forward(logits, target, floor, ratio_min, ratio_max)
+                            backend: str) -> tuple[Tensor, Tensor]:
+    sums, stats = _backend_module(backend).boundary_kl_forward(logits, target, floor, ratio_min, ratio_max)
+    return sums, stats
 
 
 @_boundary_kl_forward_op.register_fake
 def _boundary_kl_forward_fake(logits, target, floor, ratio_min, ratio_max, backend):
-    return logits.new_empty((logits.shape[0],), dtype=accumulate_dtype(logits.dtype))
+    acc = accumulate_dtype(logits.dtype)
+    B, _, N = logits.shape
+    return logits.new_empty((B,), dtype=acc), logits.new_empty((B, BOUNDARY_STATS, N), dtype=acc)
 
 
 @torch.library.custom_op("sgan::boundary_kl_backward", mutates_args=())
-def _boundary_kl_backward_op(grad_sums: Tensor, logits: Tensor, target: Tensor, floor: float, ratio_min: float,
-                             ratio_max: float, backend: str) -> Tensor:
-    return _backend_module(backend).boundary_kl_backward(grad_sums, logits, target, floor, ratio_min, ratio_max)
+def _boundary_kl_backward_op(grad_sums: Tensor, logits: Tensor, target: Tensor, stats: Tensor, floor: float,
+                             ratio_min: float, ratio_max: float, backend: str) -> Tensor:
+    return _backend_module(backend).boundary_kl_backward(grad_sums, logits, target, stats, floor, ratio_min,
+                                                         ratio_max)
 
 
 @_boundary_kl_backward_op.register_fake
-def _boundary_kl_backward_fake(grad_sums, logits, target, floor, ratio_min, ratio_max, backend):
+def _boundary_kl_backward_fake(grad_sums, logits, target, stats, floor, ratio_min, ratio_max, backend):
     return torch.empty_like(logits)
 
 
 def _boundary_kl_setup_context(ctx, inputs, output):
     logits, target, floor, ratio_min, ratio_max, backend = inputs
-    ctx.save_for_backward(logits, target)
+    ctx.mark_non_differentiable(output[1])
+    ctx.save_for_backward(logits, target, output[1])
     ctx.options = (floor, ratio_min, ratio_max, backend)
 
 
-def _boundary_kl_backward(ctx, grad_sums):
-    logits, target = ctx.saved_tensors
-    grad_logits = _boundary_kl_backward_op(grad_sums.contiguous(), logits, target, *ctx.options)
+def _boundary_kl_backward(ctx, grad_sums, unused_grad_stats):
+    logits, target, stats = ctx.saved_tensors
+    grad_logits = _boundary_kl_backward_op(grad_sums.contiguous(), logits, target, stats, *ctx.options)
     return grad_logits, None, None, None, None, None
 
 
@@ -270,8 +271,9 @@ def _seed_stats(logits, seeds, label_offset, backend):
     if backend == "reference":
         return seed_nll_stats_reference(logits, seeds, label_offset)
     B, C, h, w = logits.shape
-    return _seed_nll_forward_op(logits.reshape(B, C, h * w).contiguous(), seeds.reshape(B, h * w),
-                                label_offset, PROB_FLOOR, backend)
+    sums, counts, _ = _seed_nll_forward_op(logits.reshape(B, C, h * w).contiguous(), seeds.reshape(B, h * w),
+                                           label_offset, PROB_FLOOR, backend)
+    return sums, counts
 
 
 def _per_image_mean(sums, counts):
@@ -439,8 +441,8 @@ def boundary_loss(logits, images=None, *, crf_probs=None, crf_scale=12.0, crf_it
     if backend == "reference":
         sums = boundary_kl_sums_reference(logits, target)
     else:
-        sums = _boundary_kl_forward_op(logits.reshape(B, C, h * w).contiguous(), target.reshape(B, C, h * w),
-                                       PROB_FLOOR, KL_RATIO_MIN, KL_RATIO_MAX, backend)
+        sums, _ = _boundary_kl_forward_op(logits.reshape(B, C, h * w).contiguous(), target.reshape(B, C, h * w),
+                                          PROB_FLOOR, KL_RATIO_MIN, KL_RATIO_MAX, backend)
     return sums.sum() / (B * h * w)
 
 
