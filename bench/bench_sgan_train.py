@@ -12,7 +12,6 @@ fits in GPU memory with each path. Writes bench/results/sgan_train_<device>.json
     python -m bench.bench_sgan_train --device cuda --batch 15 --find-max-size
 """
 import argparse
-import json
 import os
 import platform
 import statistics
@@ -20,9 +19,9 @@ import time
 
 import torch
 
-from sgan import _ext
 from sgan.losses import classification_loss, resize_seeds, seed_loss
 from sgan.models.sgan_net import SGANNet
+from sgan.ops import saliency_attention
 from sgan.train.optim import build_sgd
 from sgan.utils.io import save_json
 
@@ -31,17 +30,22 @@ OPTIONS = {"width": 1.0, "convs_per_block": [2, 2, 3, 3, 3], "classifier": "pape
            "saliency_border": True, "seed_branch_kernel": 1}
 
 
-def fused_backend(device):
-    """The fused attention backend for ``device``, or None when none is built/usable."""
-    if device.type == "cpu":
-        return "cpp" if _ext.available("cpu") else None
-    if _ext.available("cuda"):
-        return "cuda"
-    try:
-        import triton  # noqa: F401
-        return "triton"
-    except ImportError:
-        return None
+def fused_backend(device, wanted=None):
+    """The fused attention backend usable for ``device`` (probed with a tiny call), or None.
+
+    wanted: a backend name to use instead of the first usable of cuda/triton (GPU) or cpp (CPU).
+    """
+    candidates = [wanted] if wanted else (["cpp"] if device.type == "cpu" else ["cuda", "triton"])
+    x = torch.randn(1, 4, 3, 3, device=device)
+    mask = torch.zeros(1, 3, 3, dtype=torch.bool, device=device)
+    mask[0, 1, 1] = True
+    for backend in candidates:
+        try:
+            saliency_attention(x, x[:, :2], x[:, 2:], mask, 0.5, backend=backend)
+            return backend
+        except (RuntimeError, ValueError, ImportError, NotImplementedError) as error:
+            print(f"attention backend {backend!r} is not usable on {device.type}: {str(error).splitlines()[0]}")
+    return None
 
 
 def make_batch(batch, size, device, seed=0):
@@ -145,6 +149,7 @@ def main(argv=None):
     parser.add_argument("--warmup", type=int, default=None, help="default 3 on CUDA, 1 on CPU")
     parser.add_argument("--repeats", type=int, default=None, help="default 10 on CUDA, 3 on CPU")
     parser.add_argument("--loss-backend", default="auto")
+    parser.add_argument("--fused", default=None, help="fused attention backend (default: the first usable)")
     parser.add_argument("--find-max-size", action="store_true", help="CUDA only: largest input that fits")
     parser.add_argument("--out", default=None, help="JSON path (default bench/results/sgan_train_<device>.json)")
     args = parser.parse_args(argv)
@@ -153,7 +158,9 @@ def main(argv=None):
     batch = args.batch or (15 if on_gpu else 2)
     warmup = args.warmup if args.warmup is not None else (3 if on_gpu else 1)
     repeats = args.repeats or (10 if on_gpu else 3)
-    fused = fused_backend(device)
+    if on_gpu:
+        torch.backends.cudnn.benchmark = True  # the same for both paths: only the attention differs
+    fused = fused_backend(device, args.fused)
     backends = ["reference"] + ([fused] if fused else [])
     if not fused:
         print(f"no fused attention backend is available on {device.type}: only the reference is measured")

@@ -1,6 +1,8 @@
 """Loads the compiled extension ``sgan._C`` (registers ``torch.ops.sgan_ext.*``) on demand."""
 import functools
 
+import torch  # noqa: F401  (loads libtorch, which sgan._C links against)
+
 BUILD_HINT = (
     "build it from the repository root with `pip install --no-build-isolation -e .` "
     "(a C++ compiler is needed; for the CUDA part also a CUDA toolkit and a CUDA build of torch, "

@@ -1,6 +1,5 @@
 """Stage 1 end to end on a tiny synthetic VOC-layout dataset, on CPU, through the CLI and the runner."""
 import json
-import os
 
 import numpy as np
 import pytest

@@ -11,9 +11,11 @@ import yaml
 from PIL import Image
 
 from sgan import cli
-from sgan.config import load_config
+from sgan.config import Config, load_config
+from sgan.crf import DenseCRFPool
 from sgan.infer import read_label_png
 from sgan.models.deeplab import build_deeplab
+from sgan.models.resnet import resnet_caffe_names
 from sgan.pipeline import run_steps
 from sgan.pipeline import train_seg as train_seg_step
 from sgan.synthetic import generate
@@ -46,7 +48,7 @@ def stage2_config(dataset, work_dir, arch="vgg16", **sections):
         "data": {"root": dataset["voc"]},
         "train_seg": {"arch": arch, "width": 0.0625, "blocks": [1, 1, 1, 1], "iterations": 4,
                       "batch_size": 2, "resize": 57, "crop": 49, "checkpoint_every": 2, "log_every": 2,
-                      "crf_processes": 1, "seeds_dir": dataset["seeds"]},
+                      "crf_processes": 1, "crf_chunks": 2, "seeds_dir": dataset["seeds"]},
         "infer": {"crf_processes": 1},
     }
     for name, values in sections.items():
@@ -95,11 +97,22 @@ def test_vgg16_steps_from_the_cli_with_crf_and_table(dataset, tmp_path, capsys):
     assert all(os.path.getmtime(p) == stamp for p, stamp in stamps.items())
 
 
-def test_resnet101_steps_with_multi_scale_flip_and_no_crf(dataset, tmp_path):
+def test_resnet101_steps_with_caffe_weights_multi_scale_flip_and_no_crf(dataset, tmp_path):
+    # ImageNet weights in the Caffe naming: the step must pick the MSRA stride placement and the
+    # Caffe (BGR, mean-subtracted) input, and record both for inference
+    layout = build_deeplab("resnet101", width=0.0625, blocks=[1, 1, 1, 1]).backbone
+    shapes = layout.state_dict()
+    generator = torch.Generator().manual_seed(0)
+    weights = {file_key: torch.rand(shapes[model_key].shape, generator=generator) * 0.1 + 0.5 * ("var" in file_key)
+               for model_key, file_key in resnet_caffe_names(layout).items()}
+    torch.save(weights, tmp_path / "resnet101_caffe.pth")
     config = stage2_config(dataset, tmp_path, "resnet101",
+                           train_seg={"weights": str(tmp_path / "resnet101_caffe.pth"), "crf_chunks": 1},
                            infer={"scales": [1.0, 48], "flip": True, "crf": False})
     run_steps(load_config(base=config))
     check_outputs(dataset, str(tmp_path), "resnet101")
+    info = load_checkpoint(str(tmp_path / "ckpt" / "deeplab.pt"))["model_info"]
+    assert info["normalisation"] == "caffe_bgr" and info["network"]["stride_in_1x1"] is True
 
 
 def final_weights(work_dir):
@@ -137,9 +150,11 @@ def test_resume_after_interruption_gives_the_same_weights(dataset, tmp_path, mon
 
 def test_ddp_two_processes_match_one_process(dataset, tmp_path):
     # ResNet: no dropout, so both runs draw no random numbers after initialisation
-    single = stage2_config(dataset, tmp_path / "single", "resnet101", train_seg={"iterations": 2})
+    # batch 4: two chunks of 2 images in one process, two chunks of 1 image on each of 2 ranks
+    settings = {"iterations": 2, "batch_size": 4}
+    single = stage2_config(dataset, tmp_path / "single", "resnet101", train_seg=settings)
     run_steps(load_config(base=single), ["train-seg"])
-    distributed = stage2_config(dataset, tmp_path / "ddp", "resnet101", train_seg={"iterations": 2})
+    distributed = stage2_config(dataset, tmp_path / "ddp", "resnet101", train_seg=settings)
     config_path = tmp_path / "ddp.yaml"
     config_path.write_text(yaml.safe_dump(distributed))
     env = dict(os.environ, SGAN_NO_PROGRESS="1", OMP_NUM_THREADS="1")
@@ -155,6 +170,32 @@ def test_ddp_two_processes_match_one_process(dataset, tmp_path):
     for key in one:
         # DDP averages the two ranks' gradients: the same float32 sums in another order, no more
         torch.testing.assert_close(two[key], one[key], rtol=1e-5, atol=1e-3 * trained)
+
+
+@pytest.mark.parametrize("chunks", [2, 3])
+def test_pipelined_chunks_give_the_full_batch_gradient(chunks):
+    """StageTwoLoss in the training loop's order (loss_fn, zero_grad, backward) gives the same
+    gradient with the batch split in chunks as in one piece; float32 sums in another order only."""
+    torch.manual_seed(0)
+    model = build_deeplab("resnet101", width=0.0625, blocks=[1, 1, 1, 1])
+    rng = np.random.default_rng(0)
+    batch = {"image": torch.randn(4, 3, 41, 41),
+             "seeds": torch.from_numpy(np.where(rng.random((4, 6, 6)) < 0.3, 255, rng.integers(0, 21, (4, 6, 6)))),
+             "crf_image": torch.from_numpy(rng.integers(0, 256, (4, 6, 6, 3)).astype(np.uint8))}
+    section = Config({"seed_loss_weight": 1.0, "boundary_loss_weight": 0.5, "crf_scale": 12.0, "crf_iterations": 10})
+    gradients, terms = {}, {}
+    with DenseCRFPool(1) as pool:
+        for count in (1, chunks):
+            model.zero_grad(set_to_none=True)
+            loss, terms[count] = train_seg_step.StageTwoLoss(section, "reference", pool, count)(
+                model, batch, torch.device("cpu"))
+            model.zero_grad(set_to_none=True)   # what sgan.train.train does between loss_fn and backward
+            loss.backward()
+            gradients[count] = [p.grad.clone() for p in model.parameters()]
+    assert terms[chunks]["seed"] == pytest.approx(terms[1]["seed"], rel=1e-5)
+    assert terms[chunks]["boundary"] == pytest.approx(terms[1]["boundary"], rel=1e-5)
+    for split, whole in zip(gradients[chunks], gradients[1]):
+        torch.testing.assert_close(split, whole, rtol=1e-4, atol=1e-5 * float(whole.abs().max()))
 
 
 def test_missing_and_bad_seeds_are_named_before_training(dataset, tmp_path):
@@ -192,3 +233,14 @@ def test_eval_names_every_missing_wrong_size_or_bad_prediction(dataset, tmp_path
 def test_infer_without_checkpoint_says_to_train_first(dataset, tmp_path):
     with pytest.raises(ValueError, match="does not exist \\(run the training step first\\)"):
         run_steps(load_config(base=stage2_config(dataset, tmp_path)), ["infer"])
+
+
+def test_shipped_stage2_config_resolves_to_the_paper_settings():
+    config_path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs",
+                               "voc_deeplab.yaml")
+    cfg = load_config(config_path)
+    section = cfg.train_seg
+    assert (section.iterations, section.batch_size, section.lr, section.step_size, section.step_gamma) == \
+        (12000, 15, 1e-3, 2000, 0.33)
+    assert (section.resize, section.crop, section.crf_scale, cfg.infer.crf_scale) == (353, 321, 12.0, 1.0)
+    assert cfg.steps == ["train-seg", "infer", "eval"]

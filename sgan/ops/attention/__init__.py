@@ -2,6 +2,7 @@
 from sgan.ops.attention.function import (
     PRESETS,
     attention_column,
+    fused_backends,
     resolve_options,
     saliency_attention,
 )
@@ -11,6 +12,7 @@ __all__ = [
     "PRESETS",
     "attention_column",
     "attention_weights_reference",
+    "fused_backends",
     "resolve_options",
     "saliency_attention",
     "saliency_attention_reference",

@@ -123,9 +123,21 @@ def _triton_available(device_type):
         return False
     try:
         import triton  # noqa: F401
+
+        from sgan.kernels import attention  # noqa: F401
     except ImportError:
         return False
     return True
+
+
+def fused_backends(device_type):
+    """Fused attention backends usable for tensors on ``device_type`` ("cpu" or "cuda") here."""
+    found = []
+    if _ext.available(device_type):
+        found.append("cpp" if device_type == "cpu" else "cuda")
+    if _triton_available(device_type):
+        found.append("triton")
+    return found
 
 
 def _resolve_backend(backend, x):

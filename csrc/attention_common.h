@@ -1,0 +1,460 @@
+// Saliency-guided attention, factorised algorithm of DESIGN.md §2.1: the device-independent driver.
+//
+// The driver is written once with ATen GEMMs (MKL / cuBLAS) and calls a kernel policy `K`
+// (CpuKernels in cpu/attention.cpp, CudaKernels in cuda/attention.cu) for everything that is not
+// a GEMM or a plain reduction: building the group layout, packing, the row-minimum reduction, the
+// epilogues and the argmin scatter-add. Nothing of size N x N is allocated: the only quadratic
+// work, the row minimum, runs over tiles of at most `max_tile_rows` rows x N_g columns.
+//
+// Group layout. Per image, group g = 0 holds the non-salient positions and g = 1 the salient ones,
+// in their original order. Images are processed in chunks of Bc images; in a chunk group g is
+// packed into (Bc, R, L_g) tensors, L_g = the largest group size in the chunk, zero-padded:
+//   pos (Bc, N)      index of position j inside its group
+//   src_g (Bc, L_g)  original position of packed column p, -1 for padding
+// Padded columns are zero, so they add nothing to the sums and GEMMs; kernels skip p >= n_{b,g}.
+#pragma once
+
+#include <ATen/ATen.h>
+#include <ATen/NumericUtils.h>
+#include <ATen/OpMathType.h>
+#include <c10/macros/Macros.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <tuple>
+#include <vector>
+
+namespace sgan {
+namespace attention {
+
+using ForwardResult = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
+using BackwardResult = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
+
+// ---------------------------------------------------------------------------------------------
+// Per-element math shared by the CPU loops and the CUDA kernels.
+
+// The context is computed around the group mean xbar_g = x_g / n_g, with the centred
+// Atilde_g = A_g - q_g xbar_g^T = sum_{j in g} Q_j (X_j - xbar_g)^T. Since x_g = n_g xbar_g,
+//   num_i = s A_g^T K_i - m_i x_g = s Atilde_g^T K_i + (den_i - eps) xbar_g,  so
+//   ctx_i = xbar_g + (s Atilde_g^T K_i - eps xbar_g) / den_i.
+// Exact like the plain form, but it keeps the small differences ctx_i - xbar_g (and the small
+// gradients of nearly saturated rows) free of cancellation: with a group of one position,
+// Atilde_g is exactly 0.
+
+// den_i = s K_i . q_g - m_i n_g + eps
+template <typename acc_t>
+C10_HOST_DEVICE inline acc_t attention_denominator(acc_t key_dot_qsum, acc_t row_min, acc_t count, acc_t scale,
+                                                   acc_t eps) {
+  return scale * key_dot_qsum - row_min * count + eps;
+}
+
+// A row whose group is its own position alone, with the shift taking that entry as the minimum
+// (m_i = P_ii != 0): its weight P_ii - m_i is identically 0, so ctx_i = 0 and the row passes no
+// gradient to K, Q (the reference's P - min cancels exactly; the factorised sums would leave a
+// rounding residue divided by eps).
+template <typename acc_t>
+C10_HOST_DEVICE inline bool weights_vanish(acc_t count, acc_t row_min) {
+  return count == acc_t(1) && (row_min < acc_t(0) || row_min > acc_t(0));
+}
+
+// ctx_i[c] = mean_coef_i xbar[c] + gemm_coef_i (Atilde_g^T K_i)[c], i.e.
+// xbar + (s Atilde^T K_i - eps xbar) / den_i with mean_coef = 1 - eps / den_i, gemm_coef = s / den_i.
+template <typename acc_t>
+struct ContextCoefficients {
+  acc_t mean_coef, gemm_coef;
+};
+
+template <typename acc_t>
+C10_HOST_DEVICE inline ContextCoefficients<acc_t> context_coefficients(acc_t key_dot_qsum, acc_t row_min, acc_t count,
+                                                                       acc_t scale, acc_t eps) {
+  ContextCoefficients<acc_t> r;
+  if (weights_vanish(count, row_min)) {
+    r.mean_coef = r.gemm_coef = acc_t(0);
+    return r;
+  }
+  const acc_t den = attention_denominator(key_dot_qsum, row_min, count, scale, eps);
+  r.mean_coef = acc_t(1) - eps / den;
+  r.gemm_coef = scale / den;
+  return r;
+}
+
+// True when candidate (value, index) replaces the current (best, best_index) in the row-minimum
+// reduction: NaN wins (as torch.min propagates it), then the smaller value, then the lower index.
+// best_index < 0 means "nothing yet".
+template <typename acc_t>
+C10_HOST_DEVICE inline bool min_candidate_wins(acc_t value, int64_t index, acc_t best, int64_t best_index) {
+  if (index < 0) return false;
+  if (best_index < 0) return true;
+  const bool value_nan = at::_isnan(value), best_nan = at::_isnan(best);
+  if (best_nan) return value_nan && index < best_index;
+  if (value_nan) return true;
+  return value < best || (value == best && index < best_index);
+}
+
+// The masked zeros of the other group take part in the row minimum: when that group is not empty,
+// m_i = min(0, min_{j in g} P_ij), and argmin = -1 when the 0 wins (its gradient is 0).
+template <typename acc_t>
+C10_HOST_DEVICE inline void apply_masked_zero(bool other_group_nonempty, acc_t& best, int64_t& best_index) {
+  if (other_group_nonempty && !at::_isnan(best) && !(best < acc_t(0))) {
+    best = acc_t(0);
+    best_index = -1;
+  }
+}
+
+// Per-row scalars of the backward (DESIGN.md §2.1 in the centred form above), with
+// H_i = Atilde_g G_i and t_i = G_i . (ctx_i - xbar_g) = (s K_i . H_i - eps G_i . xbar_g) / den_i:
+//   dot_i = G_i . ctx_i = G_i . xbar_g + t_i                          (dgamma contribution)
+//   dden_i = -gamma t_i / den_i,  dm_i = -n_g dden_i
+//   key_coef_i = gamma s / den_i       dK_i = key_coef_i H_i + s q_g dden_i,
+//                                      dAtilde_g = sum_i key_coef_i K_i G_i^T
+//   mean_coef_i = gamma (1 - eps / den_i)   dxbar_g (direct) = sum_i mean_coef_i G_i
+template <typename acc_t>
+struct BackwardRow {
+  acc_t dot, dden, dmin, key_coef, mean_coef;
+};
+
+template <typename acc_t>
+C10_HOST_DEVICE inline BackwardRow<acc_t> backward_row(acc_t key_dot_h, acc_t key_dot_qsum, acc_t grad_dot_xmean,
+                                                       acc_t row_min, acc_t count, acc_t gamma, acc_t scale,
+                                                       acc_t eps) {
+  BackwardRow<acc_t> r;
+  if (weights_vanish(count, row_min)) {
+    r.dot = r.dden = r.dmin = r.key_coef = r.mean_coef = acc_t(0);
+    return r;
+  }
+  const acc_t den = attention_denominator(key_dot_qsum, row_min, count, scale, eps);
+  const acc_t t = (scale * key_dot_h - eps * grad_dot_xmean) / den;
+  r.dot = grad_dot_xmean + t;
+  r.dden = -gamma * t / den;
+  r.dmin = -count * r.dden;
+  r.key_coef = gamma * scale / den;
+  r.mean_coef = gamma * (acc_t(1) - eps / den);
+  return r;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Input checks (TORCH_CHECK: RuntimeError with the argument name, what was expected and got).
+
+inline void check_tensor(const at::Tensor& t, const char* name, const at::Device& device, int64_t dim) {
+  TORCH_CHECK(t.defined(), "sgan_ext attention: ", name, " is undefined");
+  TORCH_CHECK(t.device() == device, "sgan_ext attention: ", name, " expected on device ", device, ", got ",
+              t.device());
+  TORCH_CHECK(t.dim() == dim, "sgan_ext attention: ", name, " expected ", dim, " dimensions, got shape ",
+              t.sizes());
+  TORCH_CHECK(t.is_contiguous(), "sgan_ext attention: ", name, " expected a contiguous tensor (shape ",
+              t.sizes(), ", strides ", t.strides(), ")");
+}
+
+inline void check_shape(const at::Tensor& t, const char* name, at::IntArrayRef expected) {
+  TORCH_CHECK(t.sizes() == expected, "sgan_ext attention: ", name, " expected shape ", expected, ", got ",
+              t.sizes());
+}
+
+inline void check_dtype(const at::Tensor& t, const char* name, at::ScalarType expected) {
+  TORCH_CHECK(t.scalar_type() == expected, "sgan_ext attention: ", name, " expected dtype ", expected, ", got ",
+              t.scalar_type());
+}
+
+inline at::ScalarType accumulate_type(at::ScalarType dtype) {
+  return dtype == at::kDouble ? at::kDouble : at::kFloat;
+}
+
+// Checks x, key, query, saliency_mask, gamma; `allowed` lists the dtypes the device supports.
+inline void check_inputs(const at::Tensor& x, const at::Tensor& key, const at::Tensor& query,
+                         const at::Tensor& saliency_mask, const at::Tensor& gamma,
+                         const std::vector<at::ScalarType>& allowed, const char* device_name) {
+  TORCH_CHECK(x.defined() && x.dim() == 3, "sgan_ext attention: x expected 3 dimensions (B, C, N), got shape ",
+              x.defined() ? x.sizes() : at::IntArrayRef{});
+  const at::Device device = x.device();
+  TORCH_CHECK(std::find(allowed.begin(), allowed.end(), x.scalar_type()) != allowed.end(),
+              "sgan_ext attention (", device_name, "): x has unsupported dtype ", x.scalar_type());
+  check_tensor(x, "x", device, 3);
+  const int64_t B = x.size(0), C = x.size(1), N = x.size(2);
+  TORCH_CHECK(B > 0 && C > 0 && N > 0, "sgan_ext attention: x expected non-empty (B, C, N), got shape ", x.sizes());
+  check_tensor(key, "key", device, 3);
+  const int64_t Ck = key.size(1);
+  TORCH_CHECK(Ck > 0, "sgan_ext attention: key expected Ck > 0, got shape ", key.sizes());
+  check_shape(key, "key", {B, Ck, N});
+  check_tensor(query, "query", device, 3);
+  check_shape(query, "query", {B, Ck, N});
+  check_dtype(key, "key", x.scalar_type());
+  check_dtype(query, "query", x.scalar_type());
+  check_tensor(saliency_mask, "saliency_mask", device, 2);
+  check_shape(saliency_mask, "saliency_mask", {B, N});
+  check_dtype(saliency_mask, "saliency_mask", at::kBool);
+  check_tensor(gamma, "gamma", device, 0);
+  check_dtype(gamma, "gamma", accumulate_type(x.scalar_type()));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Group layout.
+
+struct Layout {
+  at::Tensor cumulative;   // (B, N) int64: salient positions up to and including j
+  at::Tensor counts;       // (B, 2) int64 on the device: n_0, n_1
+  at::Tensor counts_host;  // the same on the CPU
+};
+
+inline Layout make_layout(const at::Tensor& saliency_mask) {
+  Layout layout;
+  const int64_t N = saliency_mask.size(1);
+  layout.cumulative = saliency_mask.to(at::kLong).cumsum(1);
+  at::Tensor n_salient = layout.cumulative.select(1, N - 1);
+  layout.counts = at::stack({at::full_like(n_salient, N) - n_salient, n_salient}, 1).contiguous();
+  layout.counts_host = layout.counts.to(at::kCPU);
+  return layout;
+}
+
+struct Chunk {
+  int64_t begin, size;     // images [begin, begin + size)
+  int64_t length[2];       // L_0, L_1
+  at::Tensor counts;       // (Bc, 2) int64
+  at::Tensor pos;          // (Bc, N) int64
+  at::Tensor src[2];       // (Bc, L_g) int64
+};
+
+// Images per chunk: all of them when the packed buffers of the whole batch fit `budget` elements,
+// else as few chunks as needed, balanced.
+inline int64_t chunk_images(int64_t B, int64_t N, int64_t C, int64_t Ck, int64_t budget, bool one_image) {
+  if (one_image) return 1;
+  const int64_t per_image = std::max<int64_t>(1, N * (3 * C + 5 * Ck));
+  const int64_t max_images = std::max<int64_t>(1, std::min<int64_t>(B, budget / per_image));
+  const int64_t chunks = (B + max_images - 1) / max_images;
+  return (B + chunks - 1) / chunks;
+}
+
+template <class K>
+Chunk make_chunk(const Layout& layout, const at::Tensor& saliency_mask, int64_t begin, int64_t size) {
+  Chunk chunk;
+  chunk.begin = begin;
+  chunk.size = size;
+  const int64_t N = saliency_mask.size(1);
+  auto host = layout.counts_host.accessor<int64_t, 2>();
+  for (int g = 0; g < 2; ++g) {
+    int64_t longest = 0;
+    for (int64_t b = begin; b < begin + size; ++b) longest = std::max(longest, host[b][g]);
+    chunk.length[g] = longest;
+  }
+  const auto index_options = saliency_mask.options().dtype(at::kLong);
+  chunk.counts = layout.counts.narrow(0, begin, size);
+  chunk.pos = at::empty({size, N}, index_options);
+  for (int g = 0; g < 2; ++g) chunk.src[g] = at::full({size, chunk.length[g]}, -1, index_options);
+  K::build_layout(saliency_mask.narrow(0, begin, size), layout.cumulative.narrow(0, begin, size), chunk.pos,
+                  chunk.src[0], chunk.src[1]);
+  return chunk;
+}
+
+// Columns of group g of a (B, R, N) tensor, for the images of `chunk`: (Bc, R, L_g) in the
+// accumulation dtype, zero-padded.
+template <class K>
+at::Tensor pack(const at::Tensor& input, const Chunk& chunk, int g) {
+  const at::Tensor part = input.narrow(0, chunk.begin, chunk.size);
+  at::Tensor out = at::empty({chunk.size, input.size(1), chunk.length[g]},
+                             input.options().dtype(accumulate_type(input.scalar_type())));
+  K::pack(part, chunk.src[g], out);
+  return out;
+}
+
+// Sum over the last dimension, accumulated in float64 and rounded once to t's dtype: these sums
+// (x_g, q_g, sum of G) feed dgamma, whose reference is itself a long sum.
+inline at::Tensor sum_last(const at::Tensor& t) {
+  return t.sum(-1, false, at::kDouble).to(t.scalar_type());
+}
+
+// xbar_g = x_g / n_g per image (Bc, R); images where the group is empty get 0.
+inline at::Tensor group_mean(const at::Tensor& group_sum, const at::Tensor& group_count) {
+  return group_sum / group_count.clamp_min(1).unsqueeze(1);
+}
+
+// Atilde_g = A_g - q_g xbar_g^T, (Bc, Ck, C).
+inline at::Tensor centred_products(const at::Tensor& A_g, const at::Tensor& q_sum_g, const at::Tensor& x_mean) {
+  return A_g - q_sum_g.unsqueeze(2) * x_mean.unsqueeze(1);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Forward.
+
+template <class K>
+void row_minimum(const at::Tensor& key_g, const at::Tensor& query_g, const Chunk& chunk, int g, double scale,
+                 at::Tensor& row_min, at::Tensor& argmin, at::Tensor& min_packed) {
+  const int64_t L = chunk.length[g];
+  const int64_t rows = std::min<int64_t>(
+      L, std::max<int64_t>(K::kMinTileRows,
+                           std::min<int64_t>(K::kMaxTileRows, K::kTileBudget / std::max<int64_t>(1, chunk.size * L))));
+  for (int64_t first = 0; first < L; first += rows) {
+    const int64_t count = std::min(rows, L - first);
+    // P tile (Bc, rows, L_g) = K_rows^T Q, unscaled; the kernel scales, as the reference does
+    const at::Tensor tile = at::bmm(key_g.narrow(2, first, count).transpose(1, 2), query_g);
+    K::row_min_tile(tile, first, g, chunk.counts, chunk.src[g], scale, row_min, argmin, min_packed);
+  }
+}
+
+template <class K>
+ForwardResult forward(const at::Tensor& x, const at::Tensor& key, const at::Tensor& query,
+                      const at::Tensor& saliency_mask, const at::Tensor& gamma, double scale, double eps, bool shift,
+                      bool bg_mean) {
+  const int64_t B = x.size(0), C = x.size(1), N = x.size(2), Ck = key.size(1);
+  const auto acc_options = x.options().dtype(accumulate_type(x.scalar_type()));
+  at::Tensor out = at::empty_like(x);
+  at::Tensor A = at::empty({B, 2, Ck, C}, acc_options);
+  at::Tensor q_sum = at::empty({B, 2, Ck}, acc_options);
+  at::Tensor x_sum = at::empty({B, 2, C}, acc_options);
+  at::Tensor row_min = at::zeros({B, N}, acc_options);
+  at::Tensor argmin = at::full({B, N}, -1, x.options().dtype(at::kLong));
+  const Layout layout = make_layout(saliency_mask);
+  const at::Tensor count = layout.counts.to(acc_options.dtype());
+
+  const int64_t images = chunk_images(B, N, C, Ck, K::kChunkBudget, K::kOneImagePerChunk);
+  for (int64_t begin = 0; begin < B; begin += images) {
+    const Chunk chunk = make_chunk<K>(layout, saliency_mask, begin, std::min(images, B - begin));
+    at::Tensor out_chunk = out.narrow(0, begin, chunk.size);
+    const at::Tensor x_chunk = x.narrow(0, begin, chunk.size);
+    at::Tensor row_min_chunk = row_min.narrow(0, begin, chunk.size);
+    at::Tensor argmin_chunk = argmin.narrow(0, begin, chunk.size);
+    for (int g = 0; g < 2; ++g) {
+      at::Tensor A_g = A.narrow(0, begin, chunk.size).select(1, g);
+      at::Tensor q_g = q_sum.narrow(0, begin, chunk.size).select(1, g);
+      at::Tensor x_g = x_sum.narrow(0, begin, chunk.size).select(1, g);
+      if (chunk.length[g] == 0) {  // the group is empty in every image of the chunk
+        A_g.zero_();
+        q_g.zero_();
+        x_g.zero_();
+        continue;
+      }
+      at::Tensor query_g = pack<K>(query, chunk, g);
+      at::Tensor x_packed = pack<K>(x, chunk, g);
+      A_g.copy_(at::bmm(query_g, x_packed.transpose(1, 2)));  // A_g = sum_j Q_j X_j^T
+      const at::Tensor q_sum_g = sum_last(query_g);              // (Bc, Ck)
+      const at::Tensor x_sum_g = sum_last(x_packed);             // (Bc, C)
+      q_g.copy_(q_sum_g);
+      x_g.copy_(x_sum_g);
+      x_packed.reset();
+      if (bg_mean && g == 0) {  // background rows: ctx = x_bg / (n_bg + eps)
+        K::forward_epilogue(x_chunk, at::Tensor(), at::Tensor(), at::Tensor(), x_sum_g, chunk.counts, g,
+                            chunk.src[g], gamma, scale, eps, out_chunk);
+        continue;
+      }
+      at::Tensor key_g = pack<K>(key, chunk, g);
+      at::Tensor min_packed = at::zeros({chunk.size, chunk.length[g]}, acc_options);
+      if (shift) row_minimum<K>(key_g, query_g, chunk, g, scale, row_min_chunk, argmin_chunk, min_packed);
+      query_g.reset();
+      const at::Tensor x_mean = group_mean(x_sum_g, count.narrow(0, begin, chunk.size).select(1, g));
+      const at::Tensor A_centred = centred_products(A_g, q_sum_g, x_mean);
+      const at::Tensor numerator = at::bmm(A_centred.transpose(1, 2), key_g);             // (Bc, C, L_g)
+      const at::Tensor key_dot_qsum = at::bmm(q_sum_g.unsqueeze(1), key_g).squeeze(1);  // (Bc, L_g)
+      K::forward_epilogue(x_chunk, numerator, key_dot_qsum, min_packed, x_mean, chunk.counts, g, chunk.src[g],
+                          gamma, scale, eps, out_chunk);
+    }
+  }
+  return ForwardResult(out, A, q_sum, x_sum, count, row_min, argmin);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Backward.
+
+inline void check_backward_inputs(const at::Tensor& grad_out, const at::Tensor& x, const at::Tensor& key,
+                                  const at::Tensor& A, const at::Tensor& q_sum, const at::Tensor& x_sum,
+                                  const at::Tensor& count, const at::Tensor& row_min, const at::Tensor& argmin) {
+  const int64_t B = x.size(0), C = x.size(1), N = x.size(2), Ck = key.size(1);
+  const at::Device device = x.device();
+  const at::ScalarType acc = accumulate_type(x.scalar_type());
+  check_tensor(grad_out, "grad_out", device, 3);
+  check_shape(grad_out, "grad_out", x.sizes());
+  check_dtype(grad_out, "grad_out", x.scalar_type());
+  const struct {
+    const at::Tensor& t;
+    const char* name;
+    std::vector<int64_t> shape;
+    at::ScalarType dtype;
+  } stats[] = {{A, "A", {B, 2, Ck, C}, acc},       {q_sum, "q_sum", {B, 2, Ck}, acc},
+               {x_sum, "x_sum", {B, 2, C}, acc},    {count, "count", {B, 2}, acc},
+               {row_min, "row_min", {B, N}, acc},   {argmin, "argmin", {B, N}, at::kLong}};
+  for (const auto& s : stats) {
+    check_tensor(s.t, s.name, device, static_cast<int64_t>(s.shape.size()));
+    check_shape(s.t, s.name, s.shape);
+    check_dtype(s.t, s.name, s.dtype);
+  }
+}
+
+template <class K>
+BackwardResult backward(const at::Tensor& grad_out, const at::Tensor& x, const at::Tensor& key,
+                        const at::Tensor& query, const at::Tensor& saliency_mask, const at::Tensor& gamma,
+                        const at::Tensor& A, const at::Tensor& q_sum, const at::Tensor& x_sum,
+                        const at::Tensor& count, const at::Tensor& row_min, const at::Tensor& argmin, double scale,
+                        double eps, bool shift, bool bg_mean) {
+  const int64_t B = x.size(0), C = x.size(1), N = x.size(2), Ck = key.size(1);
+  const auto acc_options = x.options().dtype(accumulate_type(x.scalar_type()));
+  at::Tensor grad_x = at::empty_like(x);
+  at::Tensor grad_key = at::empty_like(key);
+  at::Tensor grad_query = at::empty_like(query);
+  at::Tensor grad_gamma = at::zeros({}, acc_options.dtype(at::kDouble));  // a sum over B N C terms
+  const Layout layout = make_layout(saliency_mask);
+  const at::Tensor zero = at::zeros({1, 1, 1}, acc_options);
+
+  const int64_t images = chunk_images(B, N, C, Ck, K::kChunkBudget, K::kOneImagePerChunk);
+  for (int64_t begin = 0; begin < B; begin += images) {
+    const Chunk chunk = make_chunk<K>(layout, saliency_mask, begin, std::min(images, B - begin));
+    const int64_t Bc = chunk.size;
+    const at::Tensor grad_out_chunk = grad_out.narrow(0, begin, Bc);
+    at::Tensor grad_x_chunk = grad_x.narrow(0, begin, Bc);
+    at::Tensor grad_key_chunk = grad_key.narrow(0, begin, Bc);
+    at::Tensor grad_query_chunk = grad_query.narrow(0, begin, Bc);
+    for (int g = 0; g < 2; ++g) {
+      const int64_t L = chunk.length[g];
+      if (L == 0) continue;
+      const at::Tensor x_sum_g = x_sum.narrow(0, begin, Bc).select(1, g).contiguous();  // (Bc, C)
+      const at::Tensor grad_g = pack<K>(grad_out, chunk, g);                             // (Bc, C, L)
+      if (bg_mean && g == 0) {
+        // ctx_i = x_bg / (n_bg + eps) for every background row i: dgamma += G_i . ctx_i and every
+        // background column j gets dX_j += gamma G_i / (n_bg + eps), summed over those rows.
+        const at::Tensor grad_sum = sum_last(grad_g);                                     // (Bc, C)
+        const at::Tensor inv_count = (count.narrow(0, begin, Bc).select(1, 0) + eps).reciprocal();  // (Bc)
+        grad_gamma.add_(((grad_sum.to(at::kDouble) * x_sum_g).sum(1) * inv_count).sum());
+        const at::Tensor grad_x_bias = grad_sum * inv_count.unsqueeze(1) * gamma;           // (Bc, C)
+        K::unpack(zero.expand({Bc, C, L}), chunk.src[g], grad_x_bias, grad_out_chunk, grad_x_chunk);
+        K::unpack(zero.expand({Bc, Ck, L}), chunk.src[g], at::Tensor(), at::Tensor(), grad_key_chunk);
+        K::unpack(zero.expand({Bc, Ck, L}), chunk.src[g], at::Tensor(), at::Tensor(), grad_query_chunk);
+        continue;
+      }
+      const at::Tensor count_g = count.narrow(0, begin, Bc).select(1, g);              // (Bc)
+      const at::Tensor q_sum_g = q_sum.narrow(0, begin, Bc).select(1, g).contiguous();  // (Bc, Ck)
+      const at::Tensor x_mean = group_mean(x_sum_g, count_g);                           // (Bc, C)
+      const at::Tensor A_centred = centred_products(A.narrow(0, begin, Bc).select(1, g), q_sum_g, x_mean);
+      const at::Tensor key_g = pack<K>(key, chunk, g);                                  // (Bc, Ck, L)
+      const at::Tensor min_packed = shift ? pack<K>(row_min.unsqueeze(1), chunk, g).squeeze(1)
+                                          : at::zeros({Bc, L}, acc_options);            // (Bc, L)
+      at::Tensor h = at::bmm(A_centred, grad_g);                                        // H = Atilde_g G
+      at::Tensor dot = at::empty({Bc, L}, acc_options), dden = at::empty({Bc, L}, acc_options),
+                 dmin = at::empty({Bc, L}, acc_options), key_coef = at::empty({Bc, L}, acc_options),
+                 mean_coef = at::empty({Bc, L}, acc_options);
+      K::backward_rows(key_g, h, grad_g, q_sum_g, x_mean, min_packed, chunk.counts, g, gamma, scale, eps, dot,
+                       dden, dmin, key_coef, mean_coef);
+      grad_gamma.add_(dot.sum(at::kDouble));
+      // dAtilde_g = sum_i key_coef_i K_i G_i^T; dq_g = s sum_i K_i dden_i; dxbar_g = sum_i mean_coef_i G_i
+      const at::Tensor grad_A = at::bmm(key_g * key_coef.unsqueeze(1), grad_g.transpose(1, 2));  // (Bc, Ck, C)
+      const at::Tensor grad_qsum = at::bmm(key_g, dden.unsqueeze(2)).squeeze(2).mul_(scale);      // (Bc, Ck)
+      const at::Tensor grad_xsum =
+          at::bmm(grad_g, mean_coef.unsqueeze(2)).squeeze(2).div_(count_g.clamp_min(1).unsqueeze(1));  // dxbar_g / n_g
+      // dK_i = key_coef_i H_i + s q_g dden_i (in place in H)
+      at::Tensor grad_key_g = h.mul_(key_coef.unsqueeze(1)).addcmul_(q_sum_g.unsqueeze(2), dden.unsqueeze(1), scale);
+      // Through Atilde_g = sum_j Q_j (X_j - xbar_g)^T and xbar_g = x_g / n_g:
+      //   dQ_j = dAtilde_g (X_j - xbar_g) + dq_g,  dX_j = G_j + dAtilde_g^T (Q_j - q_g / n_g) + dxbar_g / n_g
+      // (the per-channel terms dq_g, dxbar_g / n_g and G_j are added when unpacking)
+      at::Tensor grad_query_g = at::bmm(grad_A, pack<K>(x, chunk, g).sub_(x_mean.unsqueeze(2)));  // + dq_g at unpack
+      at::Tensor query_g = pack<K>(query, chunk, g);
+      if (shift) {  // dK_i += s Q_a(i) dm_i, dQ_a(i) += s K_i dm_i
+        K::argmin_scatter(key_g, query_g, dmin, argmin.narrow(0, begin, Bc), chunk.pos, chunk.src[g],
+                          chunk.counts, g, scale, grad_key_g, grad_query_g);
+      }
+      query_g.sub_(group_mean(q_sum_g, count_g).unsqueeze(2));
+      const at::Tensor grad_x_g = at::bmm(grad_A.transpose(1, 2), query_g);  // + dxbar_g / n_g and G at unpack
+      K::unpack(grad_x_g, chunk.src[g], grad_xsum, grad_out_chunk, grad_x_chunk);
+      K::unpack(grad_key_g, chunk.src[g], at::Tensor(), at::Tensor(), grad_key_chunk);
+      K::unpack(grad_query_g, chunk.src[g], grad_qsum, at::Tensor(), grad_query_chunk);
+    }
+  }
+  return BackwardResult(grad_x, grad_key, grad_query, grad_gamma.to(gamma.scalar_type()).reshape(gamma.sizes()));
+}
+
+}  // namespace attention
+}  // namespace sgan

@@ -1,0 +1,337 @@
+// Saliency-guided attention: operator schemas (torch.ops.sgan_ext.*) and the CPU kernels.
+// The algorithm (shared with CUDA) is in ../attention_common.h; the contract is the docstring of
+// sgan/ops/attention/function.py. CPU: one image per chunk (no padding), MKL GEMMs through ATen,
+// the loops below parallel over rows or channels with at::parallel_for.
+#include <torch/library.h>
+
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+
+#include <limits>
+
+#include "../attention_common.h"
+
+namespace sgan {
+namespace attention {
+namespace {
+
+// Work items per parallel task for loops whose items cost `per_item` elements.
+int64_t grain(int64_t per_item) {
+  return std::max<int64_t>(1, at::internal::GRAIN_SIZE / std::max<int64_t>(1, per_item));
+}
+
+struct CpuKernels {
+  static constexpr bool kOneImagePerChunk = true;
+  static constexpr int64_t kChunkBudget = 0;          // unused: one image per chunk
+  static constexpr int64_t kTileBudget = 1 << 18;     // elements of a row-minimum tile (1 MiB float)
+  static constexpr int64_t kMinTileRows = 32;
+  static constexpr int64_t kMaxTileRows = 256;
+
+  static void build_layout(const at::Tensor& mask, const at::Tensor& cumulative, at::Tensor& pos, at::Tensor& src0,
+                           at::Tensor& src1) {
+    const int64_t Bc = mask.size(0), N = mask.size(1), L0 = src0.size(1), L1 = src1.size(1);
+    const bool* m = mask.data_ptr<bool>();
+    const int64_t* cum = cumulative.data_ptr<int64_t>();
+    int64_t* p = pos.data_ptr<int64_t>();
+    int64_t* s0 = src0.data_ptr<int64_t>();
+    int64_t* s1 = src1.data_ptr<int64_t>();
+    at::parallel_for(0, Bc * N, grain(4), [&](int64_t begin, int64_t end) {
+      for (int64_t idx = begin; idx < end; ++idx) {
+        const int64_t b = idx / N, j = idx % N;
+        const int64_t in_group = m[idx] ? cum[idx] - 1 : j - cum[idx];
+        p[idx] = in_group;
+        if (m[idx]) {
+          s1[b * L1 + in_group] = j;
+        } else {
+          s0[b * L0 + in_group] = j;
+        }
+      }
+    });
+  }
+
+  static void pack(const at::Tensor& input, const at::Tensor& src, at::Tensor& out) {
+    const int64_t Bc = out.size(0), R = out.size(1), L = out.size(2), N = input.size(2);
+    const int64_t* s = src.data_ptr<int64_t>();
+    AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "sgan_attention_pack_cpu", [&] {
+      using acc_t = at::opmath_type<scalar_t>;
+      const scalar_t* in = input.data_ptr<scalar_t>();
+      acc_t* o = out.data_ptr<acc_t>();
+      at::parallel_for(0, Bc * R, grain(L), [&](int64_t begin, int64_t end) {
+        for (int64_t br = begin; br < end; ++br) {
+          const int64_t b = br / R;
+          const scalar_t* row = in + br * N;
+          const int64_t* sb = s + b * L;
+          acc_t* orow = o + br * L;
+          for (int64_t p = 0; p < L; ++p) orow[p] = sb[p] >= 0 ? static_cast<acc_t>(row[sb[p]]) : acc_t(0);
+        }
+      });
+    });
+  }
+
+  static void row_min_tile(const at::Tensor& tile, int64_t first, int g, const at::Tensor& counts,
+                           const at::Tensor& src, double scale, at::Tensor& row_min, at::Tensor& argmin,
+                           at::Tensor& min_packed) {
+    const int64_t Bc = tile.size(0), T = tile.size(1), L = tile.size(2), N = row_min.size(1);
+    const int64_t* n = counts.data_ptr<int64_t>();
+    const int64_t* s = src.data_ptr<int64_t>();
+    int64_t* amin = argmin.data_ptr<int64_t>();
+    AT_DISPATCH_FLOATING_TYPES(tile.scalar_type(), "sgan_attention_row_min_cpu", [&] {
+      const scalar_t* t = tile.data_ptr<scalar_t>();
+      scalar_t* rmin = row_min.data_ptr<scalar_t>();
+      scalar_t* mp = min_packed.data_ptr<scalar_t>();
+      const scalar_t sc = static_cast<scalar_t>(scale);
+      at::parallel_for(0, Bc * T, grain(L), [&](int64_t begin, int64_t end) {
+        for (int64_t br = begin; br < end; ++br) {
+          const int64_t b = br / T, row = first + br % T;
+          const int64_t size = n[b * 2 + g];
+          if (row >= size) continue;
+          const scalar_t* values = t + br * L;
+          scalar_t best = std::numeric_limits<scalar_t>::infinity();
+          int64_t best_index = -1;
+          for (int64_t j = 0; j < size; ++j) {
+            const scalar_t v = sc * values[j];
+            if (min_candidate_wins(v, j, best, best_index)) {
+              best = v;
+              best_index = j;
+            }
+          }
+          apply_masked_zero(n[b * 2 + 1 - g] > 0, best, best_index);
+          const int64_t original = s[b * L + row];
+          rmin[b * N + original] = best;
+          amin[b * N + original] = best_index >= 0 ? s[b * L + best_index] : -1;
+          mp[b * L + row] = best;
+        }
+      });
+    });
+  }
+
+  // out = x + gamma ctx over the positions of group g. Attending rows: x_vec is xbar_g and
+  // ctx = mean_coef_i xbar + gemm_coef_i numerator_i (context_coefficients); mean rows (numerator
+  // undefined): x_vec is x_g and ctx = x_g / (n_g + eps).
+  static void forward_epilogue(const at::Tensor& x, const at::Tensor& numerator, const at::Tensor& key_dot_qsum,
+                               const at::Tensor& min_packed, const at::Tensor& x_vec, const at::Tensor& counts,
+                               int g, const at::Tensor& src, const at::Tensor& gamma, double scale, double eps,
+                               at::Tensor& out) {
+    const int64_t Bc = x.size(0), C = x.size(1), N = x.size(2), L = src.size(1);
+    const int64_t* n = counts.data_ptr<int64_t>();
+    const int64_t* s = src.data_ptr<int64_t>();
+    const bool mean_rows = !numerator.defined();
+    AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "sgan_attention_forward_epilogue_cpu", [&] {
+      using acc_t = at::opmath_type<scalar_t>;
+      const scalar_t* xp = x.data_ptr<scalar_t>();
+      scalar_t* op = out.data_ptr<scalar_t>();
+      const acc_t* xv = x_vec.data_ptr<acc_t>();
+      const acc_t gam = gamma.item<acc_t>(), sc = static_cast<acc_t>(scale), ep = static_cast<acc_t>(eps);
+      // per row: gamma mean_coef_i and gamma gemm_coef_i
+      std::vector<acc_t> mean_coef(Bc * L, acc_t(0)), gemm_coef(Bc * L, acc_t(0));
+      for (int64_t b = 0; b < Bc; ++b) {
+        const acc_t count = static_cast<acc_t>(n[b * 2 + g]);
+        for (int64_t p = 0; p < n[b * 2 + g]; ++p) {
+          if (mean_rows) {
+            mean_coef[b * L + p] = gam / (count + ep);
+            continue;
+          }
+          const ContextCoefficients<acc_t> r = context_coefficients(
+              key_dot_qsum.data_ptr<acc_t>()[b * L + p], min_packed.data_ptr<acc_t>()[b * L + p], count, sc, ep);
+          mean_coef[b * L + p] = gam * r.mean_coef;
+          gemm_coef[b * L + p] = gam * r.gemm_coef;
+        }
+      }
+      const acc_t* num = mean_rows ? nullptr : numerator.data_ptr<acc_t>();
+      at::parallel_for(0, Bc * C, grain(L), [&](int64_t begin, int64_t end) {
+        std::vector<acc_t> update(L);
+        for (int64_t bc = begin; bc < end; ++bc) {
+          const int64_t b = bc / C, size = n[b * 2 + g];
+          const acc_t x_channel = xv[bc];
+          const acc_t* mc = mean_coef.data() + b * L;
+          const acc_t* gc = gemm_coef.data() + b * L;
+          if (mean_rows) {
+            for (int64_t p = 0; p < size; ++p) update[p] = mc[p] * x_channel;
+          } else {
+            const acc_t* nrow = num + bc * L;
+            for (int64_t p = 0; p < size; ++p) update[p] = mc[p] * x_channel + gc[p] * nrow[p];
+          }
+          const int64_t* sb = s + b * L;
+          const scalar_t* xrow = xp + bc * N;
+          scalar_t* orow = op + bc * N;
+          for (int64_t p = 0; p < size; ++p) {
+            orow[sb[p]] = static_cast<scalar_t>(static_cast<acc_t>(xrow[sb[p]]) + update[p]);
+          }
+        }
+      });
+    });
+  }
+
+  static void backward_rows(const at::Tensor& key_g, const at::Tensor& h, const at::Tensor& grad_g,
+                            const at::Tensor& q_sum_g, const at::Tensor& x_mean, const at::Tensor& min_packed,
+                            const at::Tensor& counts, int g, const at::Tensor& gamma, double scale, double eps,
+                            at::Tensor& dot, at::Tensor& dden, at::Tensor& dmin, at::Tensor& key_coef,
+                            at::Tensor& mean_coef) {
+    const int64_t Bc = key_g.size(0), Ck = key_g.size(1), L = key_g.size(2), C = grad_g.size(1);
+    const int64_t* n = counts.data_ptr<int64_t>();
+    constexpr int64_t kBlock = 64;  // rows per task: the channel loops run over contiguous row blocks
+    const int64_t blocks_per_image = (L + kBlock - 1) / kBlock;
+    AT_DISPATCH_FLOATING_TYPES(key_g.scalar_type(), "sgan_attention_backward_rows_cpu", [&] {
+      const scalar_t *kp = key_g.data_ptr<scalar_t>(), *hp = h.data_ptr<scalar_t>(),
+                     *gp = grad_g.data_ptr<scalar_t>(), *qs = q_sum_g.data_ptr<scalar_t>(),
+                     *xs = x_mean.data_ptr<scalar_t>(), *mp = min_packed.data_ptr<scalar_t>();
+      scalar_t *dot_p = dot.data_ptr<scalar_t>(), *dden_p = dden.data_ptr<scalar_t>(),
+               *dmin_p = dmin.data_ptr<scalar_t>(), *kc_p = key_coef.data_ptr<scalar_t>(),
+               *mc_p = mean_coef.data_ptr<scalar_t>();
+      const scalar_t gam = gamma.item<scalar_t>(), sc = static_cast<scalar_t>(scale), ep = static_cast<scalar_t>(eps);
+      at::parallel_for(0, Bc * blocks_per_image, 1, [&](int64_t begin, int64_t end) {
+        scalar_t key_h[kBlock], key_q[kBlock], grad_x[kBlock];
+        for (int64_t task = begin; task < end; ++task) {
+          const int64_t b = task / blocks_per_image, p0 = (task % blocks_per_image) * kBlock;
+          const int64_t width = std::min(kBlock, L - p0), size = n[b * 2 + g];
+          std::fill(key_h, key_h + width, scalar_t(0));
+          std::fill(key_q, key_q + width, scalar_t(0));
+          std::fill(grad_x, grad_x + width, scalar_t(0));
+          for (int64_t k = 0; k < Ck; ++k) {
+            const scalar_t* krow = kp + (b * Ck + k) * L + p0;
+            const scalar_t* hrow = hp + (b * Ck + k) * L + p0;
+            const scalar_t qk = qs[b * Ck + k];
+            for (int64_t i = 0; i < width; ++i) {
+              key_h[i] += krow[i] * hrow[i];
+              key_q[i] += krow[i] * qk;
+            }
+          }
+          for (int64_t c = 0; c < C; ++c) {
+            const scalar_t* grow = gp + (b * C + c) * L + p0;
+            const scalar_t xc = xs[b * C + c];
+            for (int64_t i = 0; i < width; ++i) grad_x[i] += grow[i] * xc;
+          }
+          for (int64_t i = 0; i < width; ++i) {
+            const int64_t idx = b * L + p0 + i;
+            if (p0 + i >= size) {  // padding
+              dot_p[idx] = dden_p[idx] = dmin_p[idx] = kc_p[idx] = mc_p[idx] = scalar_t(0);
+              continue;
+            }
+            const BackwardRow<scalar_t> r = backward_row(key_h[i], key_q[i], grad_x[i], mp[idx],
+                                                         static_cast<scalar_t>(size), gam, sc, ep);
+            dot_p[idx] = r.dot;
+            dden_p[idx] = r.dden;
+            dmin_p[idx] = r.dmin;
+            kc_p[idx] = r.key_coef;
+            mc_p[idx] = r.mean_coef;
+          }
+        }
+      });
+    });
+  }
+
+  static void argmin_scatter(const at::Tensor& key_g, const at::Tensor& query_g, const at::Tensor& dmin,
+                             const at::Tensor& argmin, const at::Tensor& pos, const at::Tensor& src,
+                             const at::Tensor& counts, int g, double scale, at::Tensor& grad_key_g,
+                             at::Tensor& grad_query_g) {
+    TORCH_INTERNAL_ASSERT(grad_key_g.is_contiguous() && grad_query_g.is_contiguous());
+    const int64_t Bc = key_g.size(0), Ck = key_g.size(1), L = key_g.size(2), N = pos.size(1);
+    const int64_t* n = counts.data_ptr<int64_t>();
+    const int64_t *am = argmin.data_ptr<int64_t>(), *ps = pos.data_ptr<int64_t>(), *s = src.data_ptr<int64_t>();
+    // packed argmin column of every row, -1 when the row has none
+    std::vector<int64_t> target(Bc * L, -1);
+    for (int64_t b = 0; b < Bc; ++b) {
+      for (int64_t p = 0; p < n[b * 2 + g]; ++p) {
+        const int64_t a = am[b * N + s[b * L + p]];
+        if (a >= 0) target[b * L + p] = ps[b * N + a];
+      }
+    }
+    AT_DISPATCH_FLOATING_TYPES(key_g.scalar_type(), "sgan_attention_argmin_scatter_cpu", [&] {
+      const scalar_t *kp = key_g.data_ptr<scalar_t>(), *qp = query_g.data_ptr<scalar_t>(),
+                     *dm = dmin.data_ptr<scalar_t>();
+      scalar_t *dk = grad_key_g.data_ptr<scalar_t>(), *dq = grad_query_g.data_ptr<scalar_t>();
+      const scalar_t sc = static_cast<scalar_t>(scale);
+      // one task per (image, channel): the columns it updates belong to it alone, so no races
+      at::parallel_for(0, Bc * Ck, grain(L), [&](int64_t begin, int64_t end) {
+        for (int64_t bk = begin; bk < end; ++bk) {
+          const int64_t b = bk / Ck;
+          const int64_t* tb = target.data() + b * L;
+          for (int64_t p = 0; p < L; ++p) {
+            if (tb[p] < 0) continue;
+            const scalar_t d = sc * dm[b * L + p];
+            dk[bk * L + p] += d * qp[bk * L + tb[p]];
+            dq[bk * L + tb[p]] += d * kp[bk * L + p];
+          }
+        }
+      });
+    });
+  }
+
+  // out[b, r, src[b, p]] = part[b, r, p] (+ bias[b, r]) (+ addend[b, r, src[b, p]]); part may be strided.
+  static void unpack(const at::Tensor& part, const at::Tensor& src, const at::Tensor& bias, const at::Tensor& addend,
+                     at::Tensor& out) {
+    TORCH_INTERNAL_ASSERT(!bias.defined() || bias.is_contiguous());
+    const int64_t Bc = part.size(0), R = part.size(1), L = part.size(2), N = out.size(2);
+    const int64_t sb = part.stride(0), sr = part.stride(1), sp = part.stride(2);
+    const int64_t* s = src.data_ptr<int64_t>();
+    AT_DISPATCH_FLOATING_TYPES(out.scalar_type(), "sgan_attention_unpack_cpu", [&] {
+      using acc_t = at::opmath_type<scalar_t>;
+      const acc_t* pp = part.data_ptr<acc_t>();
+      const acc_t* bp = bias.defined() ? bias.data_ptr<acc_t>() : nullptr;
+      const scalar_t* ap = addend.defined() ? addend.data_ptr<scalar_t>() : nullptr;
+      scalar_t* op = out.data_ptr<scalar_t>();
+      at::parallel_for(0, Bc * R, grain(L), [&](int64_t begin, int64_t end) {
+        for (int64_t br = begin; br < end; ++br) {
+          const int64_t b = br / R, r = br % R;
+          const int64_t* srow = s + b * L;
+          const acc_t* prow = pp + b * sb + r * sr;
+          const acc_t shift = bp ? bp[br] : acc_t(0);
+          scalar_t* orow = op + br * N;
+          const scalar_t* arow = ap ? ap + br * N : nullptr;
+          for (int64_t p = 0; p < L; ++p) {
+            const int64_t j = srow[p];
+            if (j < 0) continue;
+            const acc_t v = prow[p * sp] + shift + (arow ? static_cast<acc_t>(arow[j]) : acc_t(0));
+            orow[j] = static_cast<scalar_t>(v);
+          }
+        }
+      });
+    });
+  }
+};
+
+const std::vector<at::ScalarType> kCpuDtypes = {at::kFloat, at::kDouble};
+
+void check_cpu(const at::Tensor& x) {
+  TORCH_CHECK(x.defined() && x.device().is_cpu(), "sgan_ext attention (CPU kernel): x expected on the CPU, got ",
+              x.defined() ? x.device() : at::Device(at::kCPU));
+}
+
+ForwardResult forward_cpu(const at::Tensor& x, const at::Tensor& key, const at::Tensor& query,
+                          const at::Tensor& saliency_mask, const at::Tensor& gamma, double scale, double eps,
+                          bool shift, bool bg_mean) {
+  check_cpu(x);
+  check_inputs(x, key, query, saliency_mask, gamma, kCpuDtypes, "cpu");
+  return forward<CpuKernels>(x, key, query, saliency_mask, gamma, scale, eps, shift, bg_mean);
+}
+
+BackwardResult backward_cpu(const at::Tensor& grad_out, const at::Tensor& x, const at::Tensor& key,
+                            const at::Tensor& query, const at::Tensor& saliency_mask, const at::Tensor& gamma,
+                            const at::Tensor& A, const at::Tensor& q_sum, const at::Tensor& x_sum,
+                            const at::Tensor& count, const at::Tensor& row_min, const at::Tensor& argmin,
+                            double scale, double eps, bool shift, bool bg_mean) {
+  check_cpu(x);
+  check_inputs(x, key, query, saliency_mask, gamma, kCpuDtypes, "cpu");
+  check_backward_inputs(grad_out, x, key, A, q_sum, x_sum, count, row_min, argmin);
+  return backward<CpuKernels>(grad_out, x, key, query, saliency_mask, gamma, A, q_sum, x_sum, count, row_min,
+                              argmin, scale, eps, shift, bg_mean);
+}
+
+}  // namespace
+}  // namespace attention
+}  // namespace sgan
+
+TORCH_LIBRARY_FRAGMENT(sgan_ext, m) {
+  m.def(
+      "saliency_attention_forward(Tensor x, Tensor key, Tensor query, Tensor saliency_mask, Tensor gamma, "
+      "float scale, float eps, bool shift, bool bg_mean) -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
+  m.def(
+      "saliency_attention_backward(Tensor grad_out, Tensor x, Tensor key, Tensor query, Tensor saliency_mask, "
+      "Tensor gamma, Tensor A, Tensor q_sum, Tensor x_sum, Tensor count, Tensor row_min, Tensor argmin, "
+      "float scale, float eps, bool shift, bool bg_mean) -> (Tensor, Tensor, Tensor, Tensor)");
+}
+
+TORCH_LIBRARY_IMPL(sgan_ext, CPU, m) {
+  m.impl("saliency_attention_forward", &sgan::attention::forward_cpu);
+  m.impl("saliency_attention_backward", &sgan::attention::backward_cpu);
+}

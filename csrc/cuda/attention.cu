@@ -1,0 +1,341 @@
+// Saliency-guided attention: the CUDA kernels (the schemas are defined in ../cpu/attention.cpp).
+// The algorithm, shared with the CPU, is in ../attention_common.h; GEMMs go through ATen (cuBLAS)
+// in the accumulation dtype (float32 for float16/bfloat16/float32 inputs, float64 for float64).
+// Images are processed in chunks whose packed buffers stay under kChunkBudget elements, so the
+// memory beyond inputs, outputs and gradients is bounded; one image per chunk at large N.
+#include <torch/library.h>
+
+#include <ATen/Dispatch.h>
+#include <ATen/cuda/Atomic.cuh>
+#include <c10/cuda/CUDAStream.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
+
+#include "../attention_common.h"
+
+namespace sgan {
+namespace attention {
+namespace {
+
+constexpr int kThreads = 256;
+
+inline unsigned int blocks_for(int64_t items) {
+  return static_cast<unsigned int>((items + kThreads - 1) / kThreads);
+}
+
+__device__ inline int64_t thread_index() {
+  return static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+}
+
+__global__ void build_layout_kernel(const bool* mask, const int64_t* cumulative, int64_t items, int64_t N,
+                                    int64_t L0, int64_t L1, int64_t* pos, int64_t* src0, int64_t* src1) {
+  const int64_t idx = thread_index();
+  if (idx >= items) return;
+  const int64_t b = idx / N, j = idx % N;
+  const bool salient = mask[idx];
+  const int64_t in_group = salient ? cumulative[idx] - 1 : j - cumulative[idx];
+  pos[idx] = in_group;
+  if (salient) {
+    src1[b * L1 + in_group] = j;
+  } else {
+    src0[b * L0 + in_group] = j;
+  }
+}
+
+template <typename scalar_t, typename acc_t>
+__global__ void pack_kernel(const scalar_t* input, const int64_t* src, int64_t items, int64_t R, int64_t N,
+                            int64_t L, acc_t* out) {
+  const int64_t idx = thread_index();
+  if (idx >= items) return;
+  const int64_t p = idx % L, br = idx / L, b = br / R;
+  const int64_t j = src[b * L + p];
+  out[idx] = j >= 0 ? static_cast<acc_t>(input[br * N + j]) : acc_t(0);
+}
+
+// One block per tile row: the minimum of s P_ij over the row's group columns, then the masked 0.
+template <typename acc_t>
+__global__ void row_min_kernel(const acc_t* tile, int64_t T, int64_t L, int64_t first, int g, const int64_t* counts,
+                               const int64_t* src, acc_t scale, int64_t N, acc_t* row_min, int64_t* argmin,
+                               acc_t* min_packed) {
+  __shared__ acc_t best_values[kThreads];
+  __shared__ int64_t best_indices[kThreads];
+  const int64_t b = blockIdx.x / T, r = blockIdx.x % T;
+  const int64_t row = first + r, size = counts[b * 2 + g];
+  if (row >= size) return;  // the whole block leaves together
+  const acc_t* values = tile + (b * T + r) * L;
+  acc_t best = acc_t(0);
+  int64_t best_index = -1;
+  for (int64_t j = threadIdx.x; j < size; j += blockDim.x) {
+    const acc_t v = scale * values[j];
+    if (min_candidate_wins(v, j, best, best_index)) {
+      best = v;
+      best_index = j;
+    }
+  }
+  best_values[threadIdx.x] = best;
+  best_indices[threadIdx.x] = best_index;
+  __syncthreads();
+  for (int stride = blockDim.x / 2; stride > 0; stride >>= 1) {
+    if (threadIdx.x < stride &&
+        min_candidate_wins(best_values[threadIdx.x + stride], best_indices[threadIdx.x + stride],
+                           best_values[threadIdx.x], best_indices[threadIdx.x])) {
+      best_values[threadIdx.x] = best_values[threadIdx.x + stride];
+      best_indices[threadIdx.x] = best_indices[threadIdx.x + stride];
+    }
+    __syncthreads();
+  }
+  if (threadIdx.x == 0) {
+    best = best_values[0];
+    best_index = best_indices[0];
+    apply_masked_zero(counts[b * 2 + 1 - g] > 0, best, best_index);
+    const int64_t original = src[b * L + row];
+    row_min[b * N + original] = best;
+    argmin[b * N + original] = best_index >= 0 ? src[b * L + best_index] : -1;
+    min_packed[b * L + row] = best;
+  }
+}
+
+// out = x + gamma ctx over the positions of group g. Attending rows: x_vec is xbar_g and
+// ctx = mean_coef_i xbar + gemm_coef_i numerator_i (context_coefficients); mean rows (numerator
+// null): x_vec is x_g and ctx = x_g / (n_g + eps).
+template <typename scalar_t, typename acc_t>
+__global__ void forward_epilogue_kernel(const scalar_t* x, const acc_t* numerator, const acc_t* key_dot_qsum,
+                                        const acc_t* min_packed, const acc_t* x_vec, const int64_t* counts, int g,
+                                        const int64_t* src, const acc_t* gamma, acc_t scale, acc_t eps,
+                                        int64_t items, int64_t C, int64_t N, int64_t L, scalar_t* out) {
+  const int64_t idx = thread_index();
+  if (idx >= items) return;
+  const int64_t p = idx % L, bc = idx / L, b = bc / C;
+  const int64_t j = src[b * L + p];
+  if (j < 0) return;
+  const acc_t count = static_cast<acc_t>(counts[b * 2 + g]), x_channel = x_vec[bc];
+  acc_t ctx;
+  if (numerator == nullptr) {
+    ctx = x_channel / (count + eps);
+  } else {
+    const ContextCoefficients<acc_t> r =
+        context_coefficients(key_dot_qsum[b * L + p], min_packed[b * L + p], count, scale, eps);
+    ctx = r.mean_coef * x_channel + r.gemm_coef * numerator[idx];
+  }
+  out[bc * N + j] = static_cast<scalar_t>(static_cast<acc_t>(x[bc * N + j]) + gamma[0] * ctx);
+}
+
+// One thread per packed row; neighbouring threads read neighbouring columns (coalesced).
+template <typename acc_t>
+__global__ void backward_rows_kernel(const acc_t* key, const acc_t* h, const acc_t* grad, const acc_t* q_sum,
+                                     const acc_t* x_mean, const acc_t* min_packed, const int64_t* counts, int g,
+                                     const acc_t* gamma, acc_t scale, acc_t eps, int64_t items, int64_t Ck,
+                                     int64_t C, int64_t L, acc_t* dot, acc_t* dden, acc_t* dmin, acc_t* key_coef,
+                                     acc_t* mean_coef) {
+  const int64_t idx = thread_index();
+  if (idx >= items) return;
+  const int64_t b = idx / L, p = idx % L;
+  const int64_t size = counts[b * 2 + g];
+  if (p >= size) {  // padding
+    dot[idx] = dden[idx] = dmin[idx] = key_coef[idx] = mean_coef[idx] = acc_t(0);
+    return;
+  }
+  acc_t key_h = 0, key_q = 0, grad_x = 0;
+  for (int64_t k = 0; k < Ck; ++k) {
+    const acc_t kv = key[(b * Ck + k) * L + p];
+    key_h += kv * h[(b * Ck + k) * L + p];
+    key_q += kv * q_sum[b * Ck + k];
+  }
+  for (int64_t c = 0; c < C; ++c) grad_x += grad[(b * C + c) * L + p] * x_mean[b * C + c];
+  const BackwardRow<acc_t> r =
+      backward_row(key_h, key_q, grad_x, min_packed[idx], static_cast<acc_t>(size), gamma[0], scale, eps);
+  dot[idx] = r.dot;
+  dden[idx] = r.dden;
+  dmin[idx] = r.dmin;
+  key_coef[idx] = r.key_coef;
+  mean_coef[idx] = r.mean_coef;
+}
+
+// dK_i += s Q_a(i) dm_i (each (k, i) owned by one thread), dQ_a(i) += s K_i dm_i (atomic: several
+// rows can share a minimum column).
+template <typename acc_t>
+__global__ void argmin_scatter_kernel(const acc_t* key, const acc_t* query, const acc_t* dmin, const int64_t* argmin,
+                                      const int64_t* pos, const int64_t* src, const int64_t* counts, int g,
+                                      acc_t scale, int64_t items, int64_t Ck, int64_t N, int64_t L, acc_t* grad_key,
+                                      acc_t* grad_query) {
+  const int64_t idx = thread_index();
+  if (idx >= items) return;
+  const int64_t p = idx % L, bk = idx / L, b = bk / Ck;
+  if (p >= counts[b * 2 + g]) return;
+  const int64_t a = argmin[b * N + src[b * L + p]];
+  if (a < 0) return;
+  const int64_t target = pos[b * N + a];
+  const acc_t d = scale * dmin[b * L + p];
+  grad_key[idx] += d * query[bk * L + target];
+  gpuAtomicAdd(grad_query + bk * L + target, d * key[idx]);
+}
+
+// out[b, r, src[b, p]] = part[b, r, p] (+ bias[b, r]) (+ addend[b, r, src[b, p]]); part may be strided.
+template <typename scalar_t, typename acc_t>
+__global__ void unpack_kernel(const acc_t* part, int64_t stride_b, int64_t stride_r, int64_t stride_p,
+                              const int64_t* src, const acc_t* bias, const scalar_t* addend, int64_t items, int64_t R,
+                              int64_t N, int64_t L, scalar_t* out) {
+  const int64_t idx = thread_index();
+  if (idx >= items) return;
+  const int64_t p = idx % L, br = idx / L, b = br / R, r = br % R;
+  const int64_t j = src[b * L + p];
+  if (j < 0) return;
+  acc_t v = part[b * stride_b + r * stride_r + p * stride_p];
+  if (bias != nullptr) v += bias[br];
+  if (addend != nullptr) v += static_cast<acc_t>(addend[br * N + j]);
+  out[br * N + j] = static_cast<scalar_t>(v);
+}
+
+struct CudaKernels {
+  static constexpr bool kOneImagePerChunk = false;
+  static constexpr int64_t kChunkBudget = int64_t(1) << 27;  // packed elements per chunk (512 MiB float)
+  static constexpr int64_t kTileBudget = int64_t(1) << 24;   // elements of a row-minimum tile
+  static constexpr int64_t kMinTileRows = 32;
+  static constexpr int64_t kMaxTileRows = 256;
+
+  static cudaStream_t stream() { return c10::cuda::getCurrentCUDAStream(); }
+
+  static void build_layout(const at::Tensor& mask, const at::Tensor& cumulative, at::Tensor& pos, at::Tensor& src0,
+                           at::Tensor& src1) {
+    const int64_t items = mask.numel();
+    if (items == 0) return;
+    build_layout_kernel<<<blocks_for(items), kThreads, 0, stream()>>>(
+        mask.data_ptr<bool>(), cumulative.data_ptr<int64_t>(), items, mask.size(1), src0.size(1), src1.size(1),
+        pos.data_ptr<int64_t>(), src0.data_ptr<int64_t>(), src1.data_ptr<int64_t>());
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  }
+
+  static void pack(const at::Tensor& input, const at::Tensor& src, at::Tensor& out) {
+    const int64_t items = out.numel();
+    if (items == 0) return;
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "sgan_attention_pack_cuda", [&] {
+      using acc_t = at::opmath_type<scalar_t>;
+      pack_kernel<scalar_t, acc_t><<<blocks_for(items), kThreads, 0, stream()>>>(
+          input.data_ptr<scalar_t>(), src.data_ptr<int64_t>(), items, out.size(1), input.size(2), out.size(2),
+          out.data_ptr<acc_t>());
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    });
+  }
+
+  static void row_min_tile(const at::Tensor& tile, int64_t first, int g, const at::Tensor& counts,
+                           const at::Tensor& src, double scale, at::Tensor& row_min, at::Tensor& argmin,
+                           at::Tensor& min_packed) {
+    const int64_t Bc = tile.size(0), T = tile.size(1), L = tile.size(2);
+    if (Bc * T == 0) return;
+    AT_DISPATCH_FLOATING_TYPES(tile.scalar_type(), "sgan_attention_row_min_cuda", [&] {
+      row_min_kernel<scalar_t><<<static_cast<unsigned int>(Bc * T), kThreads, 0, stream()>>>(
+          tile.data_ptr<scalar_t>(), T, L, first, g, counts.data_ptr<int64_t>(), src.data_ptr<int64_t>(),
+          static_cast<scalar_t>(scale), row_min.size(1), row_min.data_ptr<scalar_t>(), argmin.data_ptr<int64_t>(),
+          min_packed.data_ptr<scalar_t>());
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    });
+  }
+
+  static void forward_epilogue(const at::Tensor& x, const at::Tensor& numerator, const at::Tensor& key_dot_qsum,
+                               const at::Tensor& min_packed, const at::Tensor& x_vec, const at::Tensor& counts,
+                               int g, const at::Tensor& src, const at::Tensor& gamma, double scale, double eps,
+                               at::Tensor& out) {
+    const int64_t Bc = x.size(0), C = x.size(1), N = x.size(2), L = src.size(1);
+    const int64_t items = Bc * C * L;
+    if (items == 0) return;
+    const bool mean_rows = !numerator.defined();
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "sgan_attention_forward_cuda", [&] {
+      using acc_t = at::opmath_type<scalar_t>;
+      forward_epilogue_kernel<scalar_t, acc_t><<<blocks_for(items), kThreads, 0, stream()>>>(
+          x.data_ptr<scalar_t>(), mean_rows ? nullptr : numerator.data_ptr<acc_t>(),
+          mean_rows ? nullptr : key_dot_qsum.data_ptr<acc_t>(), mean_rows ? nullptr : min_packed.data_ptr<acc_t>(),
+          x_vec.data_ptr<acc_t>(), counts.data_ptr<int64_t>(), g, src.data_ptr<int64_t>(), gamma.data_ptr<acc_t>(),
+          static_cast<acc_t>(scale), static_cast<acc_t>(eps), items, C, N, L, out.data_ptr<scalar_t>());
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    });
+  }
+
+  static void backward_rows(const at::Tensor& key_g, const at::Tensor& h, const at::Tensor& grad_g,
+                            const at::Tensor& q_sum_g, const at::Tensor& x_mean, const at::Tensor& min_packed,
+                            const at::Tensor& counts, int g, const at::Tensor& gamma, double scale, double eps,
+                            at::Tensor& dot, at::Tensor& dden, at::Tensor& dmin, at::Tensor& key_coef,
+                            at::Tensor& mean_coef) {
+    const int64_t Bc = key_g.size(0), Ck = key_g.size(1), L = key_g.size(2), C = grad_g.size(1);
+    const int64_t items = Bc * L;
+    if (items == 0) return;
+    AT_DISPATCH_FLOATING_TYPES(key_g.scalar_type(), "sgan_attention_backward_rows_cuda", [&] {
+      backward_rows_kernel<scalar_t><<<blocks_for(items), kThreads, 0, stream()>>>(
+          key_g.data_ptr<scalar_t>(), h.data_ptr<scalar_t>(), grad_g.data_ptr<scalar_t>(),
+          q_sum_g.data_ptr<scalar_t>(), x_mean.data_ptr<scalar_t>(), min_packed.data_ptr<scalar_t>(),
+          counts.data_ptr<int64_t>(), g, gamma.data_ptr<scalar_t>(), static_cast<scalar_t>(scale),
+          static_cast<scalar_t>(eps), items, Ck, C, L, dot.data_ptr<scalar_t>(), dden.data_ptr<scalar_t>(),
+          dmin.data_ptr<scalar_t>(), key_coef.data_ptr<scalar_t>(), mean_coef.data_ptr<scalar_t>());
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    });
+  }
+
+  static void argmin_scatter(const at::Tensor& key_g, const at::Tensor& query_g, const at::Tensor& dmin,
+                             const at::Tensor& argmin, const at::Tensor& pos, const at::Tensor& src,
+                             const at::Tensor& counts, int g, double scale, at::Tensor& grad_key_g,
+                             at::Tensor& grad_query_g) {
+    TORCH_INTERNAL_ASSERT(grad_key_g.is_contiguous() && grad_query_g.is_contiguous());
+    const int64_t items = key_g.numel();
+    if (items == 0) return;
+    AT_DISPATCH_FLOATING_TYPES(key_g.scalar_type(), "sgan_attention_argmin_scatter_cuda", [&] {
+      argmin_scatter_kernel<scalar_t><<<blocks_for(items), kThreads, 0, stream()>>>(
+          key_g.data_ptr<scalar_t>(), query_g.data_ptr<scalar_t>(), dmin.data_ptr<scalar_t>(),
+          argmin.data_ptr<int64_t>(), pos.data_ptr<int64_t>(), src.data_ptr<int64_t>(), counts.data_ptr<int64_t>(),
+          g, static_cast<scalar_t>(scale), items, key_g.size(1), pos.size(1), key_g.size(2),
+          grad_key_g.data_ptr<scalar_t>(), grad_query_g.data_ptr<scalar_t>());
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    });
+  }
+
+  static void unpack(const at::Tensor& part, const at::Tensor& src, const at::Tensor& bias, const at::Tensor& addend,
+                     at::Tensor& out) {
+    TORCH_INTERNAL_ASSERT(!bias.defined() || bias.is_contiguous());
+    const int64_t items = part.numel();
+    if (items == 0) return;
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, out.scalar_type(), "sgan_attention_unpack_cuda", [&] {
+      using acc_t = at::opmath_type<scalar_t>;
+      unpack_kernel<scalar_t, acc_t><<<blocks_for(items), kThreads, 0, stream()>>>(
+          part.data_ptr<acc_t>(), part.stride(0), part.stride(1), part.stride(2), src.data_ptr<int64_t>(),
+          bias.defined() ? bias.data_ptr<acc_t>() : nullptr, addend.defined() ? addend.data_ptr<scalar_t>() : nullptr, items, part.size(1), out.size(2),
+          part.size(2), out.data_ptr<scalar_t>());
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    });
+  }
+};
+
+const std::vector<at::ScalarType> kCudaDtypes = {at::kFloat, at::kDouble, at::kHalf, at::kBFloat16};
+
+void check_cuda(const at::Tensor& x) {
+  TORCH_CHECK(x.defined() && x.is_cuda(), "sgan_ext attention (CUDA kernel): x expected on a CUDA device, got ",
+              x.defined() ? x.device() : at::Device(at::kCPU));
+}
+
+ForwardResult forward_cuda(const at::Tensor& x, const at::Tensor& key, const at::Tensor& query,
+                           const at::Tensor& saliency_mask, const at::Tensor& gamma, double scale, double eps,
+                           bool shift, bool bg_mean) {
+  check_cuda(x);
+  const c10::cuda::OptionalCUDAGuard guard(x.device());
+  check_inputs(x, key, query, saliency_mask, gamma, kCudaDtypes, "cuda");
+  return forward<CudaKernels>(x, key, query, saliency_mask, gamma, scale, eps, shift, bg_mean);
+}
+
+BackwardResult backward_cuda(const at::Tensor& grad_out, const at::Tensor& x, const at::Tensor& key,
+                             const at::Tensor& query, const at::Tensor& saliency_mask, const at::Tensor& gamma,
+                             const at::Tensor& A, const at::Tensor& q_sum, const at::Tensor& x_sum,
+                             const at::Tensor& count, const at::Tensor& row_min, const at::Tensor& argmin,
+                             double scale, double eps, bool shift, bool bg_mean) {
+  check_cuda(x);
+  const c10::cuda::OptionalCUDAGuard guard(x.device());
+  check_inputs(x, key, query, saliency_mask, gamma, kCudaDtypes, "cuda");
+  check_backward_inputs(grad_out, x, key, A, q_sum, x_sum, count, row_min, argmin);
+  return backward<CudaKernels>(grad_out, x, key, query, saliency_mask, gamma, A, q_sum, x_sum, count, row_min,
+                               argmin, scale, eps, shift, bg_mean);
+}
+
+}  // namespace
+}  // namespace attention
+}  // namespace sgan
+
+TORCH_LIBRARY_IMPL(sgan_ext, CUDA, m) {
+  m.impl("saliency_attention_forward", &sgan::attention::forward_cuda);
+  m.impl("saliency_attention_backward", &sgan::attention::backward_cuda);
+}
