@@ -109,8 +109,9 @@ class DenseCRFPool:
             ...
             refined = future.result()           # (B, K, H, W), like dense_crf
 
-    Workers start with the "spawn" method (no fork of a multi-threaded parent); each image of a
-    batch is one task, so a batch spreads over all workers.
+    Workers start with the "spawn" method (no fork of a multi-threaded parent), so a script that
+    creates a pool needs the usual ``if __name__ == "__main__":`` guard; each image of a batch is
+    one task, so a batch spreads over all workers.
     """
 
     def __init__(self, processes=None):

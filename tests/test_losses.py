@@ -8,12 +8,12 @@ import torch
 
 from sgan import losses
 from sgan.crf import dense_crf
-from tests.helpers import assert_within_reference_error, device_under_test, fused_backends, relative_error
+from tests.helpers import assert_within_reference_error, device_under_test, relative_error
 
 FLOOR = 1e-5
 DEVICE = device_under_test()
-BACKENDS = ["reference"] + fused_backends()
-FUSED = fused_backends()
+FUSED = losses.fused_backends(DEVICE.type)
+BACKENDS = ["reference"] + FUSED
 # The float32 reference's own error against the float64 definitions on these small inputs is ~1e-7;
 # 2e-6 leaves room for sums over a few hundred positions (DESIGN.md §7 floor for float32 is 1e-6).
 REFERENCE_FLOAT32_TOLERANCE = 2e-6

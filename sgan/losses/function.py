@@ -74,6 +74,16 @@ def _extension_has_losses(device_type):
     return all(hasattr(torch.ops.sgan_ext, name) for name in _EXTENSION_OPS)
 
 
+def fused_backends(device_type):
+    """Fused loss backends usable for tensors on ``device_type`` ("cpu" or "cuda") here."""
+    found = []
+    if _extension_has_losses(device_type):
+        found.append("cpp" if device_type == "cpu" else "cuda")
+    if _triton_available(device_type):
+        found.append("triton")
+    return found
+
+
 @functools.lru_cache(maxsize=None)
 def _warn_fallback(device_type):
     warnings.warn(f"sgan.losses (backend='auto'): no fused loss backend for {device_type} tensors; using "
