@@ -30,15 +30,12 @@ The forward passes read the logits once; the backward passes read them once more
 per-position statistics instead of recomputing the softmax reductions. Nothing of size B x C x N
 is materialised besides the gradient.
 """
-import functools
-import warnings
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from sgan import _ext
 from sgan.losses.reference import (
     IGNORE_LABEL,
     KL_RATIO_MAX,
@@ -49,77 +46,26 @@ from sgan.losses.reference import (
     floored_softmax,
     seed_nll_stats_reference,
 )
-from sgan.ops.attention.function import _describe, _triton_available  # shared with the attention dispatch
+from sgan.ops.dispatch import BACKENDS, FLOAT_DTYPES, Dispatcher, describe  # noqa: F401  (BACKENDS re-exported)
 
-BACKENDS = ("auto", "reference", "cpp", "cuda", "triton")
 NUM_CLASSES = 20  # PASCAL VOC foreground classes
-_FLOAT_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
-_BACKEND_DTYPES = {
-    "cpp": (torch.float32, torch.float64),
-    "cuda": _FLOAT_DTYPES,
-    "triton": _FLOAT_DTYPES,
-    "reference": _FLOAT_DTYPES,
-}
 SEED_STATS, BOUNDARY_STATS = 4, 7  # per-position statistics rows of the fused forwards (see the contract)
-_EXTENSION_OPS = ("seed_nll_forward", "seed_nll_backward", "boundary_kl_forward", "boundary_kl_backward")
+_DISPATCH = Dispatcher("sgan.losses", "losses",
+                       ("seed_nll_forward", "seed_nll_backward", "boundary_kl_forward", "boundary_kl_backward"))
 
 
 # ---------------------------------------------------------------------------------------------
 # backend selection
 
 
-def _extension_has_losses(device_type):
-    if not _ext.available(device_type):
-        return False
-    return all(hasattr(torch.ops.sgan_ext, name) for name in _EXTENSION_OPS)
-
-
 def fused_backends(device_type):
     """Fused loss backends usable for tensors on ``device_type`` ("cpu" or "cuda") here."""
-    found = []
-    if _extension_has_losses(device_type):
-        found.append("cpp" if device_type == "cpu" else "cuda")
-    if _triton_available(device_type):
-        found.append("triton")
-    return found
-
-
-@functools.lru_cache(maxsize=None)
-def _warn_fallback(device_type):
-    warnings.warn(f"sgan.losses (backend='auto'): no fused loss backend for {device_type} tensors; using "
-                  f"the PyTorch reference. For the fused path {_ext.BUILD_HINT}", RuntimeWarning, stacklevel=4)
+    return _DISPATCH.fused_backends(device_type)
 
 
 def resolve_backend(backend, logits):
     """The concrete backend for ``logits``: 'auto' picks cpp on CPU, cuda then triton on CUDA."""
-    device_type = logits.device.type
-    if backend not in BACKENDS:
-        raise ValueError(f"backend: expected one of {BACKENDS}, got {backend!r}")
-    if backend == "auto":
-        if device_type == "cpu" and _extension_has_losses("cpu"):
-            backend = "cpp"
-        elif device_type == "cuda" and _extension_has_losses("cuda"):
-            backend = "cuda"
-        elif device_type == "cuda" and _triton_available("cuda"):
-            backend = "triton"
-        else:
-            _warn_fallback(device_type)
-            backend = "reference"
-    if backend in ("cpp", "cuda"):
-        wanted = "cpu" if backend == "cpp" else "cuda"
-        if device_type != wanted:
-            raise ValueError(f"backend={backend!r} expects {wanted} tensors, got logits on {logits.device}")
-        _ext.require(backend, device_type)
-        if not _extension_has_losses(device_type):
-            raise RuntimeError(f"backend={backend!r}: the built sgan._C has no loss operators; rebuild it: "
-                               f"{_ext.BUILD_HINT}")
-    if backend == "triton" and not _triton_available(device_type):
-        raise RuntimeError("backend='triton' needs the triton package and CUDA tensors "
-                           "(or TRITON_INTERPRET=1 set before import, for CPU tensors)")
-    if logits.dtype not in _BACKEND_DTYPES[backend]:
-        raise TypeError(f"logits: backend {backend!r} supports dtypes "
-                        f"{[str(d) for d in _BACKEND_DTYPES[backend]]}, got {logits.dtype}")
-    return backend
+    return _DISPATCH.resolve(backend, logits, "logits")
 
 
 def _backend_module(backend):
@@ -225,11 +171,11 @@ def _check_logits(logits, num_channels, name="logits"):
     if not isinstance(logits, Tensor):
         raise TypeError(f"{name}: expected a torch.Tensor, got {type(logits).__name__}")
     if logits.dim() != 4 or logits.shape[1] != num_channels:
-        raise ValueError(f"{name}: expected shape (B, {num_channels}, h, w), got {_describe(logits)}")
+        raise ValueError(f"{name}: expected shape (B, {num_channels}, h, w), got {describe(logits)}")
     if logits.shape[0] == 0 or logits.shape[2] * logits.shape[3] == 0:
-        raise ValueError(f"{name}: expected a non-empty batch and spatial size, got {_describe(logits)}")
-    if logits.dtype not in _FLOAT_DTYPES:
-        raise TypeError(f"{name}: expected a floating dtype in {[str(d) for d in _FLOAT_DTYPES]}, "
+        raise ValueError(f"{name}: expected a non-empty batch and spatial size, got {describe(logits)}")
+    if logits.dtype not in FLOAT_DTYPES:
+        raise TypeError(f"{name}: expected a floating dtype in {[str(d) for d in FLOAT_DTYPES]}, "
                         f"got {logits.dtype}")
 
 
@@ -240,7 +186,7 @@ def _check_seeds(seeds, logits, max_label):
     B, _, h, w = logits.shape
     if seeds.shape != (B, h, w):
         raise ValueError(f"seeds: expected shape (B={B}, h={h}, w={w}), the batch and spatial size of the "
-                         f"logits, got {_describe(seeds)}; resize seeds to the logits' size first with "
+                         f"logits, got {describe(seeds)}; resize seeds to the logits' size first with "
                          f"sgan.losses.resize_seeds (nearest neighbour)")
     if seeds.dtype.is_floating_point or seeds.dtype.is_complex or seeds.dtype == torch.bool:
         raise TypeError(f"seeds: expected an integer tensor (labels 0..{max_label}, 255 unlabelled), "
@@ -262,7 +208,7 @@ def resize_seeds(seeds, size):
     image-resolution seeds to the logits' resolution. Returns int64."""
     if not isinstance(seeds, Tensor) or seeds.dim() != 3:
         raise ValueError(f"seeds: expected a (B, H, W) tensor, got "
-                         f"{_describe(seeds) if isinstance(seeds, Tensor) else type(seeds).__name__}")
+                         f"{describe(seeds) if isinstance(seeds, Tensor) else type(seeds).__name__}")
     if seeds.dtype.is_floating_point or seeds.dtype.is_complex or seeds.dtype == torch.bool:
         raise TypeError(f"seeds: expected an integer tensor, got {seeds.dtype}")
     size = tuple(int(s) for s in size)
@@ -344,13 +290,13 @@ def classification_loss(cam_logits, labels, backend="auto"):
         raise TypeError(f"cam_logits: expected a torch.Tensor, got {type(cam_logits).__name__}")
     if cam_logits.dim() not in (2, 4) or cam_logits.shape[1] != NUM_CLASSES or cam_logits.shape[0] == 0:
         raise ValueError(f"cam_logits: expected shape (B, {NUM_CLASSES}, h, w) or (B, {NUM_CLASSES}), "
-                         f"got {_describe(cam_logits)}")
-    if cam_logits.dtype not in _FLOAT_DTYPES:
+                         f"got {describe(cam_logits)}")
+    if cam_logits.dtype not in FLOAT_DTYPES:
         raise TypeError(f"cam_logits: expected a floating dtype, got {cam_logits.dtype}")
     if not isinstance(labels, Tensor):
         raise TypeError(f"labels: expected a torch.Tensor, got {type(labels).__name__}")
     if labels.shape != cam_logits.shape[:2]:
-        raise ValueError(f"labels: expected shape {tuple(cam_logits.shape[:2])}, got {_describe(labels)}")
+        raise ValueError(f"labels: expected shape {tuple(cam_logits.shape[:2])}, got {describe(labels)}")
     if labels.device != cam_logits.device:
         raise ValueError(f"labels: expected device {cam_logits.device}, got {labels.device}")
     if not bool(((labels == 0) | (labels == 1)).all()):
@@ -415,7 +361,7 @@ def boundary_crf_targets(logits, images, *, scale=12.0, iterations=10, processes
 
     if not isinstance(logits, Tensor) or logits.dim() != 4:
         raise ValueError(f"logits: expected a (B, C, h, w) tensor, got "
-                         f"{_describe(logits) if isinstance(logits, Tensor) else type(logits).__name__}")
+                         f"{describe(logits) if isinstance(logits, Tensor) else type(logits).__name__}")
     small = resize_images(_as_uint8_images(images, logits.shape[0]), logits.shape[2:])
     probs = crf_unary_probs(logits)
     if pool is not None:
@@ -464,7 +410,7 @@ def _check_crf_probs(crf_probs, logits):
         raise TypeError(f"crf_probs: expected a tensor or numpy array, got {type(crf_probs).__name__}")
     if crf_probs.shape != logits.shape:
         raise ValueError(f"crf_probs: expected the shape of the logits {tuple(logits.shape)}, "
-                         f"got {_describe(crf_probs)}")
+                         f"got {describe(crf_probs)}")
     if not crf_probs.is_floating_point():
         raise TypeError(f"crf_probs: expected floating probabilities, got {crf_probs.dtype}")
     if not bool(((crf_probs >= 0) & torch.isfinite(crf_probs)).all()):

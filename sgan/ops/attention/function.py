@@ -17,27 +17,18 @@ All tensors are contiguous and on one device; ``acc`` is float64 for float64 inp
                               row_min, argmin, scale, eps, shift, bg_mean)``
     Returns (grad_x, grad_key, grad_query, grad_gamma): shapes and dtypes of x, key, query, gamma.
 """
-import functools
-import warnings
-
 import torch
 from torch import Tensor
 
-from sgan import _ext
+from sgan.ops.dispatch import FLOAT_DTYPES, Dispatcher, describe
 from sgan.ops.attention.reference import attention_weights_reference, saliency_attention_reference
 
 PRESETS = {
     "official": {"shift": True, "background": "mean"},
     "paper": {"shift": False, "background": "attend"},
 }
-BACKENDS = ("auto", "reference", "cpp", "cuda", "triton")
-_FLOAT_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
-_BACKEND_DTYPES = {
-    "cpp": (torch.float32, torch.float64),
-    "cuda": _FLOAT_DTYPES,
-    "triton": _FLOAT_DTYPES,
-    "reference": _FLOAT_DTYPES,
-}
+_DISPATCH = Dispatcher("saliency_attention", "attention",
+                       ("saliency_attention_forward", "saliency_attention_backward"))
 
 
 def resolve_options(preset="official", shift=None, background=None):
@@ -56,26 +47,22 @@ def resolve_options(preset="official", shift=None, background=None):
     return options["shift"], options["background"]
 
 
-def _describe(t):
-    return f"shape {tuple(t.shape)}, dtype {t.dtype}, device {t.device}"
-
-
 def _check_inputs(x, key, query, saliency_mask, gamma):
     """Validate and return (x, key, query, saliency_mask as bool, gamma as a tensor)."""
     for name, t in (("x", x), ("key", key), ("query", query), ("saliency_mask", saliency_mask)):
         if not isinstance(t, Tensor):
             raise TypeError(f"{name}: expected a torch.Tensor, got {type(t).__name__}")
     if x.dim() != 4:
-        raise ValueError(f"x: expected 4 dimensions (B, C, H, W), got {_describe(x)}")
+        raise ValueError(f"x: expected 4 dimensions (B, C, H, W), got {describe(x)}")
     B, C, H, W = x.shape
     if H * W == 0 or B == 0 or C == 0:
-        raise ValueError(f"x: expected non-empty batch, channels and spatial size, got {_describe(x)}")
-    if x.dtype not in _FLOAT_DTYPES:
-        raise TypeError(f"x: expected a floating dtype in {[str(d) for d in _FLOAT_DTYPES]}, got {x.dtype}")
+        raise ValueError(f"x: expected non-empty batch, channels and spatial size, got {describe(x)}")
+    if x.dtype not in FLOAT_DTYPES:
+        raise TypeError(f"x: expected a floating dtype in {[str(d) for d in FLOAT_DTYPES]}, got {x.dtype}")
     for name, t in (("key", key), ("query", query)):
         if t.dim() != 4 or t.shape[0] != B or t.shape[2:] != x.shape[2:] or t.shape[1] == 0:
             raise ValueError(f"{name}: expected shape (B={B}, Ck, H={H}, W={W}) with Ck > 0, "
-                             f"got {_describe(t)}")
+                             f"got {describe(t)}")
         if t.dtype != x.dtype:
             raise TypeError(f"{name}: expected dtype {x.dtype} (the dtype of x), got {t.dtype}")
         if t.device != x.device:
@@ -83,18 +70,18 @@ def _check_inputs(x, key, query, saliency_mask, gamma):
     if key.shape != query.shape:
         raise ValueError(f"query: expected the shape of key {tuple(key.shape)}, got {tuple(query.shape)}")
     if saliency_mask.shape != (B, H, W):
-        raise ValueError(f"saliency_mask: expected shape (B={B}, H={H}, W={W}), got {_describe(saliency_mask)}")
+        raise ValueError(f"saliency_mask: expected shape (B={B}, H={H}, W={W}), got {describe(saliency_mask)}")
     if saliency_mask.device != x.device:
         raise ValueError(f"saliency_mask: expected device {x.device} (the device of x), "
                          f"got {saliency_mask.device}")
     if saliency_mask.dtype != torch.bool:
         if saliency_mask.is_complex() or not bool(((saliency_mask == 0) | (saliency_mask == 1)).all()):
             raise ValueError("saliency_mask: expected a bool tensor or one holding only 0 and 1, got "
-                             f"{_describe(saliency_mask)} with other values")
+                             f"{describe(saliency_mask)} with other values")
         saliency_mask = saliency_mask != 0
     if isinstance(gamma, Tensor):
         if gamma.numel() != 1:
-            raise ValueError(f"gamma: expected a scalar or a 1-element tensor, got {_describe(gamma)}")
+            raise ValueError(f"gamma: expected a scalar or a 1-element tensor, got {describe(gamma)}")
         if gamma.device != x.device:
             raise ValueError(f"gamma: expected device {x.device} (the device of x), got {gamma.device}")
         if not gamma.is_floating_point():
@@ -110,62 +97,9 @@ def _accumulate_dtype(dtype):
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
-@functools.lru_cache(maxsize=None)
-def _warn_fallback(device_type, reason):
-    warnings.warn(f"saliency_attention(backend='auto'): no fused backend for {device_type} tensors "
-                  f"({reason}); using the dense reference, which materialises N x N per image",
-                  RuntimeWarning, stacklevel=4)
-
-
-def _triton_available(device_type):
-    import os
-    if device_type != "cuda" and os.environ.get("TRITON_INTERPRET", "0") != "1":
-        return False
-    try:
-        import triton  # noqa: F401
-
-        from sgan.kernels import attention  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
 def fused_backends(device_type):
     """Fused attention backends usable for tensors on ``device_type`` ("cpu" or "cuda") here."""
-    found = []
-    if _ext.available(device_type):
-        found.append("cpp" if device_type == "cpu" else "cuda")
-    if _triton_available(device_type):
-        found.append("triton")
-    return found
-
-
-def _resolve_backend(backend, x):
-    device_type = x.device.type
-    if backend not in BACKENDS:
-        raise ValueError(f"backend: expected one of {BACKENDS}, got {backend!r}")
-    if backend == "auto":
-        if device_type == "cpu" and _ext.available("cpu"):
-            backend = "cpp"
-        elif device_type == "cuda" and _ext.available("cuda"):
-            backend = "cuda"
-        elif device_type == "cuda" and _triton_available("cuda"):
-            backend = "triton"
-        else:
-            _warn_fallback(device_type, f"sgan._C not built for {device_type}: {_ext.BUILD_HINT}")
-            backend = "reference"
-    if backend in ("cpp", "cuda"):
-        wanted = "cpu" if backend == "cpp" else "cuda"
-        if device_type != wanted:
-            raise ValueError(f"backend={backend!r} expects {wanted} tensors, got tensors on {x.device}")
-        _ext.require(backend, device_type)
-    if backend == "triton" and not _triton_available(device_type):
-        raise RuntimeError("backend='triton' needs the triton package and CUDA tensors "
-                           "(or TRITON_INTERPRET=1 set before import, for CPU tensors)")
-    if x.dtype not in _BACKEND_DTYPES[backend]:
-        raise TypeError(f"x: backend {backend!r} supports dtypes {[str(d) for d in _BACKEND_DTYPES[backend]]}, "
-                        f"got {x.dtype}")
-    return backend
+    return _DISPATCH.fused_backends(device_type)
 
 
 def _backend_functions(backend):
@@ -237,7 +171,7 @@ def _prepare(x, key, query, saliency_mask, gamma, preset, shift, background, sca
         scale = Ck ** -0.5
     elif not isinstance(scale, (int, float)) or isinstance(scale, bool):
         raise TypeError(f"scale: expected a float or None, got {type(scale).__name__}")
-    backend = _resolve_backend(backend, x)
+    backend = _DISPATCH.resolve(backend, x, "x")
     flat = (x.reshape(B, C, H * W), key.reshape(B, Ck, H * W), query.reshape(B, Ck, H * W),
             saliency_mask.reshape(B, H * W))
     gamma = gamma.reshape(()).to(_accumulate_dtype(x.dtype))
