@@ -31,7 +31,7 @@ using ForwardResult = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor,
 using BackwardResult = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
 
 // ---------------------------------------------------------------------------------------------
-// Per-element math shared by the CPU loops and the CUDA kernels.
+// Per-element math of the kernels (CPU loops and CUDA kernels).
 
 // The context is computed around the group mean xbar_g = x_g / n_g, with the centred
 // Atilde_g = A_g - q_g xbar_g^T = sum_{j in g} Q_j (X_j - xbar_g)^T. Since x_g = n_g xbar_g,
@@ -255,12 +255,6 @@ at::Tensor pack(const at::Tensor& input, const Chunk& chunk, int g) {
   return out;
 }
 
-// Sum over the last dimension, accumulated in float64 and rounded once to t's dtype: these sums
-// (x_g, q_g, sum of G) feed dgamma, whose reference is itself a long sum.
-inline at::Tensor sum_last(const at::Tensor& t) {
-  return t.sum(-1, false, at::kDouble).to(t.scalar_type());
-}
-
 // xbar_g = x_g / n_g per image (Bc, R); images where the group is empty get 0.
 inline at::Tensor group_mean(const at::Tensor& group_sum, const at::Tensor& group_count) {
   return group_sum / group_count.clamp_min(1).unsqueeze(1);
@@ -324,8 +318,8 @@ ForwardResult forward(const at::Tensor& x, const at::Tensor& key, const at::Tens
       at::Tensor query_g = pack<K>(query, chunk, g);
       at::Tensor x_packed = pack<K>(x, chunk, g);
       A_g.copy_(at::bmm(query_g, x_packed.transpose(1, 2)));  // A_g = sum_j Q_j X_j^T
-      const at::Tensor q_sum_g = sum_last(query_g);              // (Bc, Ck)
-      const at::Tensor x_sum_g = sum_last(x_packed);             // (Bc, C)
+      const at::Tensor q_sum_g = K::sum_last(query_g);           // (Bc, Ck)
+      const at::Tensor x_sum_g = K::sum_last(x_packed);          // (Bc, C)
       q_g.copy_(q_sum_g);
       x_g.copy_(x_sum_g);
       x_packed.reset();
@@ -407,7 +401,7 @@ BackwardResult backward(const at::Tensor& grad_out, const at::Tensor& x, const a
       if (bg_mean && g == 0) {
         // ctx_i = x_bg / (n_bg + eps) for every background row i: dgamma += G_i . ctx_i and every
         // background column j gets dX_j += gamma G_i / (n_bg + eps), summed over those rows.
-        const at::Tensor grad_sum = sum_last(grad_g);                                     // (Bc, C)
+        const at::Tensor grad_sum = K::sum_last(grad_g);                                     // (Bc, C)
         const at::Tensor inv_count = (count.narrow(0, begin, Bc).select(1, 0) + eps).reciprocal();  // (Bc)
         grad_gamma.add_(((grad_sum.to(at::kDouble) * x_sum_g).sum(1) * inv_count).sum());
         const at::Tensor grad_x_bias = grad_sum * inv_count.unsqueeze(1) * gamma;           // (Bc, C)

@@ -68,40 +68,59 @@ struct CpuKernels {
     });
   }
 
+  // Sum over the last dimension of a contiguous (Bc, R, L) tensor, accumulated in float64 and
+  // rounded once: these sums (x_g, q_g, sum of G) feed dgamma, itself a long sum.
+  static at::Tensor sum_last(const at::Tensor& t) {
+    TORCH_INTERNAL_ASSERT(t.is_contiguous() && t.dim() == 3);
+    const int64_t rows = t.size(0) * t.size(1), L = t.size(2);
+    at::Tensor out = at::empty({t.size(0), t.size(1)}, t.options());
+    AT_DISPATCH_FLOATING_TYPES(t.scalar_type(), "sgan_attention_sum_last_cpu", [&] {
+      const scalar_t* in = t.data_ptr<scalar_t>();
+      scalar_t* o = out.data_ptr<scalar_t>();
+      at::parallel_for(0, rows, grain(L), [&](int64_t begin, int64_t end) {
+        for (int64_t row = begin; row < end; ++row) {
+          const scalar_t* v = in + row * L;
+          double partial[4] = {0, 0, 0, 0};  // independent chains, so the adds pipeline
+          int64_t p = 0;
+          for (; p + 4 <= L; p += 4) {
+            for (int u = 0; u < 4; ++u) partial[u] += static_cast<double>(v[p + u]);
+          }
+          for (; p < L; ++p) partial[0] += static_cast<double>(v[p]);
+          o[row] = static_cast<scalar_t>((partial[0] + partial[1]) + (partial[2] + partial[3]));
+        }
+      });
+    });
+    return out;
+  }
+
+  // One image per chunk, so every tile column is a column of the group (no padding): the minimum
+  // of s P_ij over the row is ATen's vectorised min (max for a negative scale) of P_ij, which
+  // propagates NaN as the reference's torch.min does; then the masked 0 and the original indices.
   static void row_min_tile(const at::Tensor& tile, int64_t first, int g, const at::Tensor& counts,
                            const at::Tensor& src, double scale, at::Tensor& row_min, at::Tensor& argmin,
                            at::Tensor& min_packed) {
-    const int64_t Bc = tile.size(0), T = tile.size(1), L = tile.size(2), N = row_min.size(1);
-    const int64_t* n = counts.data_ptr<int64_t>();
+    TORCH_INTERNAL_ASSERT(tile.size(0) == 1 && tile.size(2) == counts.data_ptr<int64_t>()[g]);
+    const int64_t T = tile.size(1);
+    const auto extreme = scale >= 0 ? tile.min(2) : tile.max(2);
+    const at::Tensor values = std::get<0>(extreme).contiguous(), indices = std::get<1>(extreme).contiguous();
+    const bool other_group_nonempty = counts.data_ptr<int64_t>()[1 - g] > 0;
     const int64_t* s = src.data_ptr<int64_t>();
+    const int64_t* idx = indices.data_ptr<int64_t>();
     int64_t* amin = argmin.data_ptr<int64_t>();
     AT_DISPATCH_FLOATING_TYPES(tile.scalar_type(), "sgan_attention_row_min_cpu", [&] {
-      const scalar_t* t = tile.data_ptr<scalar_t>();
+      const scalar_t* v = values.data_ptr<scalar_t>();
       scalar_t* rmin = row_min.data_ptr<scalar_t>();
       scalar_t* mp = min_packed.data_ptr<scalar_t>();
       const scalar_t sc = static_cast<scalar_t>(scale);
-      at::parallel_for(0, Bc * T, grain(L), [&](int64_t begin, int64_t end) {
-        for (int64_t br = begin; br < end; ++br) {
-          const int64_t b = br / T, row = first + br % T;
-          const int64_t size = n[b * 2 + g];
-          if (row >= size) continue;
-          const scalar_t* values = t + br * L;
-          scalar_t best = std::numeric_limits<scalar_t>::infinity();
-          int64_t best_index = -1;
-          for (int64_t j = 0; j < size; ++j) {
-            const scalar_t v = sc * values[j];
-            if (min_candidate_wins(v, j, best, best_index)) {
-              best = v;
-              best_index = j;
-            }
-          }
-          apply_masked_zero(n[b * 2 + 1 - g] > 0, best, best_index);
-          const int64_t original = s[b * L + row];
-          rmin[b * N + original] = best;
-          amin[b * N + original] = best_index >= 0 ? s[b * L + best_index] : -1;
-          mp[b * L + row] = best;
-        }
-      });
+      for (int64_t r = 0; r < T; ++r) {
+        scalar_t best = sc * v[r];
+        int64_t best_index = idx[r];
+        apply_masked_zero(other_group_nonempty, best, best_index);
+        const int64_t original = s[first + r];
+        rmin[original] = best;
+        amin[original] = best_index >= 0 ? s[best_index] : -1;
+        mp[first + r] = best;
+      }
     });
   }
 

@@ -205,6 +205,11 @@ struct CudaKernels {
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   }
 
+  // Sum over the last dimension, accumulated in float64 and rounded once (see CpuKernels::sum_last).
+  static at::Tensor sum_last(const at::Tensor& t) {
+    return t.sum(-1, false, at::kDouble).to(t.scalar_type());
+  }
+
   static void pack(const at::Tensor& input, const at::Tensor& src, at::Tensor& out) {
     const int64_t items = out.numel();
     if (items == 0) return;
