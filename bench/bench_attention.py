@@ -18,6 +18,7 @@ import json
 import os
 import platform
 import statistics
+import subprocess
 import tempfile
 import time
 
@@ -198,6 +199,19 @@ def versions():
         triton_version = None
     return {"torch": torch.__version__, "triton": triton_version, "python": platform.python_version(),
             "cuda": torch.version.cuda}
+
+
+def git_revision():
+    """Short commit of the checkout the benchmark runs from (with "+dirty" if modified), or None."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True,
+                                text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                               capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return commit + ("+dirty" if dirty else "")
 
 
 def write_json_atomically(path, payload):
@@ -381,7 +395,7 @@ def main(argv=None):
         print(f"S=161 B={entry['batch']} {entry['dtype']} {entry['preset']} {entry['backend']}: peak memory = "
               f"{entry['absolute_peak_over_io']:.2f}x the inputs + output + their gradients")
 
-    payload = {"device": name, "device_type": device.type, "versions": versions(),
+    payload = {"device": name, "device_type": device.type, "versions": versions(), "git": git_revision(),
                "threads": torch.get_num_threads(), "memory_method": method,
                "config": {"batch": batch, "channels": args.channels, "key_channels": args.key_channels,
                           "repeats": repeats, "mask": "centred disc of radius 0.35 S",

@@ -4,7 +4,7 @@
 // (CpuKernels in cpu/attention.cpp, CudaKernels in cuda/attention.cu) for everything that is not
 // a GEMM or a plain reduction: building the group layout, packing, the row-minimum reduction, the
 // epilogues and the argmin scatter-add. Nothing of size N x N is allocated: the only quadratic
-// work, the row minimum, runs over tiles of at most `max_tile_rows` rows x N_g columns.
+// work, the row minimum, runs over tiles of at most K::kMaxTileRows rows x N_g columns.
 //
 // Group layout. Per image, group g = 0 holds the non-salient positions and g = 1 the salient ones,
 // in their original order. Images are processed in chunks of Bc images; in a chunk group g is
@@ -20,6 +20,7 @@
 #include <c10/macros/Macros.h>
 
 #include <algorithm>
+#include <array>
 #include <cstdint>
 #include <tuple>
 #include <vector>
@@ -31,7 +32,7 @@ using ForwardResult = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor,
 using BackwardResult = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
 
 // ---------------------------------------------------------------------------------------------
-// Per-element math shared by the CPU loops and the CUDA kernels.
+// Per-element math of the kernels (CPU loops and CUDA kernels).
 
 // The context is computed around the group mean xbar_g = x_g / n_g, with the centred
 // Atilde_g = A_g - q_g xbar_g^T = sum_{j in g} Q_j (X_j - xbar_g)^T. Since x_g = n_g xbar_g,
@@ -244,21 +245,19 @@ Chunk make_chunk(const Layout& layout, const at::Tensor& saliency_mask, int64_t 
   return chunk;
 }
 
-// Columns of group g of a (B, R, N) tensor, for the images of `chunk`: (Bc, R, L_g) in the
-// accumulation dtype, zero-padded.
+// The columns of each wanted, non-empty group of a (B, R, N) tensor, for the images of `chunk`:
+// {(Bc, R, L_0), (Bc, R, L_1)} in the accumulation dtype, zero-padded; undefined where not wanted.
+// Both groups come from one pass over the input.
 template <class K>
-at::Tensor pack(const at::Tensor& input, const Chunk& chunk, int g) {
+std::array<at::Tensor, 2> pack(const at::Tensor& input, const Chunk& chunk, std::array<bool, 2> wanted) {
   const at::Tensor part = input.narrow(0, chunk.begin, chunk.size);
-  at::Tensor out = at::empty({chunk.size, input.size(1), chunk.length[g]},
-                             input.options().dtype(accumulate_type(input.scalar_type())));
-  K::pack(part, chunk.src[g], out);
+  const auto options = input.options().dtype(accumulate_type(input.scalar_type()));
+  std::array<at::Tensor, 2> out;
+  for (int g = 0; g < 2; ++g) {
+    if (wanted[g] && chunk.length[g] > 0) out[g] = at::empty({chunk.size, input.size(1), chunk.length[g]}, options);
+  }
+  if (out[0].defined() || out[1].defined()) K::pack(part, chunk.src[0], chunk.src[1], out[0], out[1]);
   return out;
-}
-
-// Sum over the last dimension, accumulated in float64 and rounded once to t's dtype: these sums
-// (x_g, q_g, sum of G) feed dgamma, whose reference is itself a long sum.
-inline at::Tensor sum_last(const at::Tensor& t) {
-  return t.sum(-1, false, at::kDouble).to(t.scalar_type());
 }
 
 // xbar_g = x_g / n_g per image (Bc, R); images where the group is empty get 0.
@@ -311,6 +310,9 @@ ForwardResult forward(const at::Tensor& x, const at::Tensor& key, const at::Tens
     const at::Tensor x_chunk = x.narrow(0, begin, chunk.size);
     at::Tensor row_min_chunk = row_min.narrow(0, begin, chunk.size);
     at::Tensor argmin_chunk = argmin.narrow(0, begin, chunk.size);
+    std::array<at::Tensor, 2> query_p = pack<K>(query, chunk, {true, true});
+    std::array<at::Tensor, 2> x_p = pack<K>(x, chunk, {true, true});
+    std::array<at::Tensor, 2> key_p = pack<K>(key, chunk, {!bg_mean, true});  // the attending groups
     for (int g = 0; g < 2; ++g) {
       at::Tensor A_g = A.narrow(0, begin, chunk.size).select(1, g);
       at::Tensor q_g = q_sum.narrow(0, begin, chunk.size).select(1, g);
@@ -321,11 +323,11 @@ ForwardResult forward(const at::Tensor& x, const at::Tensor& key, const at::Tens
         x_g.zero_();
         continue;
       }
-      at::Tensor query_g = pack<K>(query, chunk, g);
-      at::Tensor x_packed = pack<K>(x, chunk, g);
+      at::Tensor& query_g = query_p[g];
+      at::Tensor& x_packed = x_p[g];
       A_g.copy_(at::bmm(query_g, x_packed.transpose(1, 2)));  // A_g = sum_j Q_j X_j^T
-      const at::Tensor q_sum_g = sum_last(query_g);              // (Bc, Ck)
-      const at::Tensor x_sum_g = sum_last(x_packed);             // (Bc, C)
+      const at::Tensor q_sum_g = K::sum_last(query_g);           // (Bc, Ck)
+      const at::Tensor x_sum_g = K::sum_last(x_packed);          // (Bc, C)
       q_g.copy_(q_sum_g);
       x_g.copy_(x_sum_g);
       x_packed.reset();
@@ -334,7 +336,7 @@ ForwardResult forward(const at::Tensor& x, const at::Tensor& key, const at::Tens
                             chunk.src[g], gamma, scale, eps, out_chunk);
         continue;
       }
-      at::Tensor key_g = pack<K>(key, chunk, g);
+      const at::Tensor key_g = std::move(key_p[g]);
       at::Tensor min_packed = at::zeros({chunk.size, chunk.length[g]}, acc_options);
       if (shift) row_minimum<K>(key_g, query_g, chunk, g, scale, row_min_chunk, argmin_chunk, min_packed);
       query_g.reset();
@@ -399,15 +401,21 @@ BackwardResult backward(const at::Tensor& grad_out, const at::Tensor& x, const a
     at::Tensor grad_x_chunk = grad_x.narrow(0, begin, Bc);
     at::Tensor grad_key_chunk = grad_key.narrow(0, begin, Bc);
     at::Tensor grad_query_chunk = grad_query.narrow(0, begin, Bc);
+    const std::array<bool, 2> attending = {!bg_mean, true};
+    std::array<at::Tensor, 2> grad_p = pack<K>(grad_out, chunk, {true, true});
+    std::array<at::Tensor, 2> key_p = pack<K>(key, chunk, attending);
+    std::array<at::Tensor, 2> x_p = pack<K>(x, chunk, attending);
+    std::array<at::Tensor, 2> query_p = pack<K>(query, chunk, attending);
+    std::array<at::Tensor, 2> min_p = pack<K>(row_min.unsqueeze(1), chunk, {shift && !bg_mean, shift});
     for (int g = 0; g < 2; ++g) {
       const int64_t L = chunk.length[g];
       if (L == 0) continue;
       const at::Tensor x_sum_g = x_sum.narrow(0, begin, Bc).select(1, g).contiguous();  // (Bc, C)
-      const at::Tensor grad_g = pack<K>(grad_out, chunk, g);                             // (Bc, C, L)
+      const at::Tensor grad_g = std::move(grad_p[g]);                                    // (Bc, C, L)
       if (bg_mean && g == 0) {
         // ctx_i = x_bg / (n_bg + eps) for every background row i: dgamma += G_i . ctx_i and every
         // background column j gets dX_j += gamma G_i / (n_bg + eps), summed over those rows.
-        const at::Tensor grad_sum = sum_last(grad_g);                                     // (Bc, C)
+        const at::Tensor grad_sum = K::sum_last(grad_g);                                     // (Bc, C)
         const at::Tensor inv_count = (count.narrow(0, begin, Bc).select(1, 0) + eps).reciprocal();  // (Bc)
         grad_gamma.add_(((grad_sum.to(at::kDouble) * x_sum_g).sum(1) * inv_count).sum());
         const at::Tensor grad_x_bias = grad_sum * inv_count.unsqueeze(1) * gamma;           // (Bc, C)
@@ -420,9 +428,8 @@ BackwardResult backward(const at::Tensor& grad_out, const at::Tensor& x, const a
       const at::Tensor q_sum_g = q_sum.narrow(0, begin, Bc).select(1, g).contiguous();  // (Bc, Ck)
       const at::Tensor x_mean = group_mean(x_sum_g, count_g);                           // (Bc, C)
       const at::Tensor A_centred = centred_products(A.narrow(0, begin, Bc).select(1, g), q_sum_g, x_mean);
-      const at::Tensor key_g = pack<K>(key, chunk, g);                                  // (Bc, Ck, L)
-      const at::Tensor min_packed = shift ? pack<K>(row_min.unsqueeze(1), chunk, g).squeeze(1)
-                                          : at::zeros({Bc, L}, acc_options);            // (Bc, L)
+      const at::Tensor key_g = std::move(key_p[g]);                                     // (Bc, Ck, L)
+      const at::Tensor min_packed = shift ? min_p[g].squeeze(1) : at::zeros({Bc, L}, acc_options);  // (Bc, L)
       at::Tensor h = at::bmm(A_centred, grad_g);                                        // H = Atilde_g G
       at::Tensor dot = at::empty({Bc, L}, acc_options), dden = at::empty({Bc, L}, acc_options),
                  dmin = at::empty({Bc, L}, acc_options), key_coef = at::empty({Bc, L}, acc_options),
@@ -440,8 +447,9 @@ BackwardResult backward(const at::Tensor& grad_out, const at::Tensor& x, const a
       // Through Atilde_g = sum_j Q_j (X_j - xbar_g)^T and xbar_g = x_g / n_g:
       //   dQ_j = dAtilde_g (X_j - xbar_g) + dq_g,  dX_j = G_j + dAtilde_g^T (Q_j - q_g / n_g) + dxbar_g / n_g
       // (the per-channel terms dq_g, dxbar_g / n_g and G_j are added when unpacking)
-      at::Tensor grad_query_g = at::bmm(grad_A, pack<K>(x, chunk, g).sub_(x_mean.unsqueeze(2)));  // + dq_g at unpack
-      at::Tensor query_g = pack<K>(query, chunk, g);
+      at::Tensor grad_query_g = at::bmm(grad_A, x_p[g].sub_(x_mean.unsqueeze(2)));  // + dq_g at unpack
+      x_p[g].reset();
+      at::Tensor query_g = std::move(query_p[g]);
       if (shift) {  // dK_i += s Q_a(i) dm_i, dQ_a(i) += s K_i dm_i
         K::argmin_scatter(key_g, query_g, dmin, argmin.narrow(0, begin, Bc), chunk.pos, chunk.src[g],
                           chunk.counts, g, scale, grad_key_g, grad_query_g);

@@ -6,6 +6,7 @@
 
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
+#include <ATen/record_function.h>
 
 #include <limits>
 
@@ -29,6 +30,7 @@ struct CpuKernels {
 
   static void build_layout(const at::Tensor& mask, const at::Tensor& cumulative, at::Tensor& pos, at::Tensor& src0,
                            at::Tensor& src1) {
+    RECORD_FUNCTION("sgan_attention_build_layout", std::vector<c10::IValue>());
     const int64_t Bc = mask.size(0), N = mask.size(1), L0 = src0.size(1), L1 = src1.size(1);
     const bool* m = mask.data_ptr<bool>();
     const int64_t* cum = cumulative.data_ptr<int64_t>();
@@ -49,59 +51,89 @@ struct CpuKernels {
     });
   }
 
-  static void pack(const at::Tensor& input, const at::Tensor& src, at::Tensor& out) {
-    const int64_t Bc = out.size(0), R = out.size(1), L = out.size(2), N = input.size(2);
-    const int64_t* s = src.data_ptr<int64_t>();
+  // out_g[b, r, p] = input[b, r, src_g[b, p]] for the defined outputs, each input row read once
+  // (a CPU chunk holds one image, so src_g has no padding).
+  static void pack(const at::Tensor& input, const at::Tensor& src0, const at::Tensor& src1, at::Tensor& out0,
+                   at::Tensor& out1) {
+    RECORD_FUNCTION("sgan_attention_pack", std::vector<c10::IValue>());
+    TORCH_INTERNAL_ASSERT(input.size(0) == 1, "CPU chunks hold one image");
+    const int64_t R = input.size(1), N = input.size(2), L0 = src0.size(1), L1 = src1.size(1);
+    const int64_t* s0 = src0.data_ptr<int64_t>();
+    const int64_t* s1 = src1.data_ptr<int64_t>();
     AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "sgan_attention_pack_cpu", [&] {
       using acc_t = at::opmath_type<scalar_t>;
       const scalar_t* in = input.data_ptr<scalar_t>();
-      acc_t* o = out.data_ptr<acc_t>();
-      at::parallel_for(0, Bc * R, grain(L), [&](int64_t begin, int64_t end) {
-        for (int64_t br = begin; br < end; ++br) {
-          const int64_t b = br / R;
-          const scalar_t* row = in + br * N;
-          const int64_t* sb = s + b * L;
-          acc_t* orow = o + br * L;
-          for (int64_t p = 0; p < L; ++p) orow[p] = sb[p] >= 0 ? static_cast<acc_t>(row[sb[p]]) : acc_t(0);
+      acc_t* o0 = out0.defined() ? out0.data_ptr<acc_t>() : nullptr;
+      acc_t* o1 = out1.defined() ? out1.data_ptr<acc_t>() : nullptr;
+      at::parallel_for(0, R, grain(N), [&](int64_t begin, int64_t end) {
+        for (int64_t r = begin; r < end; ++r) {
+          const scalar_t* row = in + r * N;
+          if (o0 != nullptr) {
+            for (int64_t p = 0; p < L0; ++p) o0[r * L0 + p] = static_cast<acc_t>(row[s0[p]]);
+          }
+          if (o1 != nullptr) {
+            for (int64_t p = 0; p < L1; ++p) o1[r * L1 + p] = static_cast<acc_t>(row[s1[p]]);
+          }
         }
       });
     });
   }
 
+  // Sum over the last dimension of a contiguous (Bc, R, L) tensor, accumulated in float64 and
+  // rounded once: these sums (x_g, q_g, sum of G) feed dgamma, itself a long sum.
+  static at::Tensor sum_last(const at::Tensor& t) {
+    RECORD_FUNCTION("sgan_attention_sum_last", std::vector<c10::IValue>());
+    TORCH_INTERNAL_ASSERT(t.is_contiguous() && t.dim() == 3);
+    const int64_t rows = t.size(0) * t.size(1), L = t.size(2);
+    at::Tensor out = at::empty({t.size(0), t.size(1)}, t.options());
+    AT_DISPATCH_FLOATING_TYPES(t.scalar_type(), "sgan_attention_sum_last_cpu", [&] {
+      const scalar_t* in = t.data_ptr<scalar_t>();
+      scalar_t* o = out.data_ptr<scalar_t>();
+      at::parallel_for(0, rows, grain(L), [&](int64_t begin, int64_t end) {
+        for (int64_t row = begin; row < end; ++row) {
+          const scalar_t* v = in + row * L;
+          double partial[4] = {0, 0, 0, 0};  // independent chains, so the adds pipeline
+          int64_t p = 0;
+          for (; p + 4 <= L; p += 4) {
+            for (int u = 0; u < 4; ++u) partial[u] += static_cast<double>(v[p + u]);
+          }
+          for (; p < L; ++p) partial[0] += static_cast<double>(v[p]);
+          o[row] = static_cast<scalar_t>((partial[0] + partial[1]) + (partial[2] + partial[3]));
+        }
+      });
+    });
+    return out;
+  }
+
+  // One image per chunk, so every tile column is a column of the group (no padding): the minimum
+  // of s P_ij over the row is ATen's vectorised min (max for a negative scale) of P_ij, which
+  // propagates NaN as the reference's torch.min does; then the masked 0 and the original indices.
   static void row_min_tile(const at::Tensor& tile, int64_t first, int g, const at::Tensor& counts,
                            const at::Tensor& src, double scale, at::Tensor& row_min, at::Tensor& argmin,
                            at::Tensor& min_packed) {
-    const int64_t Bc = tile.size(0), T = tile.size(1), L = tile.size(2), N = row_min.size(1);
-    const int64_t* n = counts.data_ptr<int64_t>();
+    RECORD_FUNCTION("sgan_attention_row_min_tile", std::vector<c10::IValue>());
+    TORCH_INTERNAL_ASSERT(tile.size(0) == 1 && tile.size(2) == counts.data_ptr<int64_t>()[g]);
+    const int64_t T = tile.size(1);
+    const auto extreme = scale >= 0 ? tile.min(2) : tile.max(2);
+    const at::Tensor values = std::get<0>(extreme).contiguous(), indices = std::get<1>(extreme).contiguous();
+    const bool other_group_nonempty = counts.data_ptr<int64_t>()[1 - g] > 0;
     const int64_t* s = src.data_ptr<int64_t>();
+    const int64_t* idx = indices.data_ptr<int64_t>();
     int64_t* amin = argmin.data_ptr<int64_t>();
     AT_DISPATCH_FLOATING_TYPES(tile.scalar_type(), "sgan_attention_row_min_cpu", [&] {
-      const scalar_t* t = tile.data_ptr<scalar_t>();
+      const scalar_t* v = values.data_ptr<scalar_t>();
       scalar_t* rmin = row_min.data_ptr<scalar_t>();
       scalar_t* mp = min_packed.data_ptr<scalar_t>();
       const scalar_t sc = static_cast<scalar_t>(scale);
-      at::parallel_for(0, Bc * T, grain(L), [&](int64_t begin, int64_t end) {
-        for (int64_t br = begin; br < end; ++br) {
-          const int64_t b = br / T, row = first + br % T;
-          const int64_t size = n[b * 2 + g];
-          if (row >= size) continue;
-          const scalar_t* values = t + br * L;
-          scalar_t best = std::numeric_limits<scalar_t>::infinity();
-          int64_t best_index = -1;
-          for (int64_t j = 0; j < size; ++j) {
-            const scalar_t v = sc * values[j];
-            if (min_candidate_wins(v, j, best, best_index)) {
-              best = v;
-              best_index = j;
-            }
-          }
-          apply_masked_zero(n[b * 2 + 1 - g] > 0, best, best_index);
-          const int64_t original = s[b * L + row];
-          rmin[b * N + original] = best;
-          amin[b * N + original] = best_index >= 0 ? s[b * L + best_index] : -1;
-          mp[b * L + row] = best;
-        }
-      });
+      for (int64_t r = 0; r < T; ++r) {
+        scalar_t best = sc * v[r];
+        int64_t best_index = idx[r];
+        apply_masked_zero(other_group_nonempty, best, best_index);
+        const int64_t original = s[first + r];
+        rmin[original] = best;
+        amin[original] = best_index >= 0 ? s[best_index] : -1;
+        mp[first + r] = best;
+      }
     });
   }
 
@@ -112,6 +144,7 @@ struct CpuKernels {
                                const at::Tensor& min_packed, const at::Tensor& x_vec, const at::Tensor& counts,
                                int g, const at::Tensor& src, const at::Tensor& gamma, double scale, double eps,
                                at::Tensor& out) {
+    RECORD_FUNCTION("sgan_attention_forward_epilogue", std::vector<c10::IValue>());
     const int64_t Bc = x.size(0), C = x.size(1), N = x.size(2), L = src.size(1);
     const int64_t* n = counts.data_ptr<int64_t>();
     const int64_t* s = src.data_ptr<int64_t>();
@@ -167,6 +200,7 @@ struct CpuKernels {
                             const at::Tensor& counts, int g, const at::Tensor& gamma, double scale, double eps,
                             at::Tensor& dot, at::Tensor& dden, at::Tensor& dmin, at::Tensor& key_coef,
                             at::Tensor& mean_coef) {
+    RECORD_FUNCTION("sgan_attention_backward_rows", std::vector<c10::IValue>());
     const int64_t Bc = key_g.size(0), Ck = key_g.size(1), L = key_g.size(2), C = grad_g.size(1);
     const int64_t* n = counts.data_ptr<int64_t>();
     constexpr int64_t kBlock = 64;  // rows per task: the channel loops run over contiguous row blocks
@@ -224,6 +258,7 @@ struct CpuKernels {
                              const at::Tensor& argmin, const at::Tensor& pos, const at::Tensor& src,
                              const at::Tensor& counts, int g, double scale, at::Tensor& grad_key_g,
                              at::Tensor& grad_query_g) {
+    RECORD_FUNCTION("sgan_attention_argmin_scatter", std::vector<c10::IValue>());
     TORCH_INTERNAL_ASSERT(grad_key_g.is_contiguous() && grad_query_g.is_contiguous());
     const int64_t Bc = key_g.size(0), Ck = key_g.size(1), L = key_g.size(2), N = pos.size(1);
     const int64_t* n = counts.data_ptr<int64_t>();
@@ -260,6 +295,7 @@ struct CpuKernels {
   // out[b, r, src[b, p]] = part[b, r, p] (+ bias[b, r]) (+ addend[b, r, src[b, p]]); part may be strided.
   static void unpack(const at::Tensor& part, const at::Tensor& src, const at::Tensor& bias, const at::Tensor& addend,
                      at::Tensor& out) {
+    RECORD_FUNCTION("sgan_attention_unpack", std::vector<c10::IValue>());
     TORCH_INTERNAL_ASSERT(!bias.defined() || bias.is_contiguous());
     const int64_t Bc = part.size(0), R = part.size(1), L = part.size(2), N = out.size(2);
     const int64_t sb = part.stride(0), sr = part.stride(1), sp = part.stride(2);

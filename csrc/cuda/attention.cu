@@ -205,16 +205,28 @@ struct CudaKernels {
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   }
 
-  static void pack(const at::Tensor& input, const at::Tensor& src, at::Tensor& out) {
-    const int64_t items = out.numel();
-    if (items == 0) return;
-    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "sgan_attention_pack_cuda", [&] {
-      using acc_t = at::opmath_type<scalar_t>;
-      pack_kernel<scalar_t, acc_t><<<blocks_for(items), kThreads, 0, stream()>>>(
-          input.data_ptr<scalar_t>(), src.data_ptr<int64_t>(), items, out.size(1), input.size(2), out.size(2),
-          out.data_ptr<acc_t>());
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
-    });
+  // Sum over the last dimension, accumulated in float64 and rounded once (see CpuKernels::sum_last).
+  static at::Tensor sum_last(const at::Tensor& t) {
+    return t.sum(-1, false, at::kDouble).to(t.scalar_type());
+  }
+
+  // out_g[b, r, p] = input[b, r, src_g[b, p]] (0 for padding) for the defined outputs.
+  static void pack(const at::Tensor& input, const at::Tensor& src0, const at::Tensor& src1, at::Tensor& out0,
+                   at::Tensor& out1) {
+    const at::Tensor* sources[2] = {&src0, &src1};
+    at::Tensor* outputs[2] = {&out0, &out1};
+    for (int g = 0; g < 2; ++g) {
+      at::Tensor& out = *outputs[g];
+      const int64_t items = out.defined() ? out.numel() : 0;
+      if (items == 0) continue;
+      AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "sgan_attention_pack_cuda", [&] {
+        using acc_t = at::opmath_type<scalar_t>;
+        pack_kernel<scalar_t, acc_t><<<blocks_for(items), kThreads, 0, stream()>>>(
+            input.data_ptr<scalar_t>(), sources[g]->data_ptr<int64_t>(), items, out.size(1), input.size(2),
+            out.size(2), out.data_ptr<acc_t>());
+        C10_CUDA_KERNEL_LAUNCH_CHECK();
+      });
+    }
   }
 
   static void row_min_tile(const at::Tensor& tile, int64_t first, int g, const at::Tensor& counts,
