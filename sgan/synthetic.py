@@ -13,12 +13,12 @@ here. ``generate(root, ...)`` writes, under ``root``::
 
 How the data tests the method's claims:
 
-* every object is a large *body* whose shape (ellipse, polygon, star, blob) and texture are drawn
-  from one pool shared by all classes, plus a small *part* (about a third of the body's radius)
-  whose colour and pattern are specific to the class: a classifier needs only the part, so its
-  CAMs are peaked there and CAM-only seeds are sparse; the saliency-guided attention has to
-  spread them over the body;
-* some classes come with a typical background most of the time (aeroplane and bird with sky,
+* every object is a *body* whose shape (ellipse, polygon, star, blob) and texture are drawn from
+  one pool shared by all classes, plus a *part* (half the body's radius; typically a quarter to a
+  half of the object's area) whose colour and pattern are specific to the class: a classifier
+  needs only the part, so its CAMs favour it over the body, and the saliency-guided attention has
+  to spread them over the whole salient object;
+* some classes come with a typical background in most images (aeroplane and bird with sky,
   boat with water, car, bus and train with road, cow, horse and sheep with grass), so CAMs leak
   into that background, as boats with water do in VOC; those backgrounds also appear, less
   often, without the class;
@@ -65,8 +65,14 @@ TYPICAL_BACKGROUND = {
 SCENE_BACKGROUNDS = ("sky", "water", "grass", "road")
 GENERIC_BACKGROUNDS = ("wall", "bricks", "tiles", "indoor")
 
-PROB_TYPICAL_BACKGROUND = 0.8   # image holding a class with a typical background gets it
-PROB_SCENE_BACKGROUND = 0.15    # any other image gets one of the scene backgrounds anyway
+PROB_TYPICAL_BACKGROUND = 0.65  # image holding a class with a typical background gets it
+PROB_SCENE_BACKGROUND = 0.25    # any other image gets one of the scene backgrounds anyway
+# Object sizes, as fractions of min(H, W): body radius with at most two objects / with more;
+# the part's radius and its centre's offset from the body's centre, as fractions of the body radius.
+BODY_RADIUS = (0.14, 0.32)
+BODY_RADIUS_CROWDED = (0.11, 0.24)
+PART_RADIUS = (0.45, 0.6)
+PART_OFFSET = (0.15, 0.4)
 PROB_TWO_CLASSES = 0.35
 PROB_DISTRACTORS = 0.45
 PART_PATTERNS = ("solid", "stripes", "dots", "checker")
@@ -348,7 +354,7 @@ def _draw_scene(rng, height, width, labels):
     for label in labels:
         count = 1 + int(rng.choice(3, p=(0.6, 0.3, 0.1)))
         plans.extend([label] * count)
-    radius_range = (0.12, 0.3) if len(plans) <= 2 else (0.1, 0.22)
+    radius_range = BODY_RADIUS if len(plans) <= 2 else BODY_RADIUS_CROWDED
     if rng.random() < PROB_DISTRACTORS:
         plans.extend([0] * (1 + int(rng.integers(2))))
     mask = np.zeros((height, width), np.uint8)
@@ -368,9 +374,9 @@ def _draw_scene(rng, height, width, labels):
         part = np.zeros_like(body)
         if label:
             direction = rng.random() * 2 * np.pi
-            offset = radius * rng.uniform(0.2, 0.45)
+            offset = radius * rng.uniform(*PART_OFFSET)
             part_center = (center[0] + offset * np.sin(direction), center[1] + offset * np.cos(direction))
-            part = _shape_mask("ellipse", rng, ys, xs, part_center, radius * rng.uniform(0.3, 0.4)) & body
+            part = _shape_mask("ellipse", rng, ys, xs, part_center, radius * rng.uniform(*PART_RADIUS)) & body
             texture = np.where(part[..., None], _part_appearance(label, ys, xs, scale, rng), texture)
         image = np.where(shape[..., None], texture, image)
         for other in instances:          # a later object occludes earlier ones

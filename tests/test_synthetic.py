@@ -149,7 +149,7 @@ def test_saliency_correlates_with_the_foreground_but_has_errors(dataset):
     assert np.median(background_far_below_threshold) > 0.6  # usable background seeds (β = 0.06)
 
 
-def test_objects_have_a_small_class_specific_part_and_a_larger_body():
+def test_objects_have_a_class_specific_part_and_a_larger_body():
     height, width = 96, 96
     part_fractions, part_colours = [], {}
     for index in range(40):
@@ -161,7 +161,7 @@ def test_objects_have_a_small_class_specific_part_and_a_larger_body():
             if inst["part"].sum() >= 10:
                 part_fractions.append(inst["part"].sum() / inst["mask"].sum())
                 part_colours.setdefault(inst["label"], []).append(image[inst["part"]].mean(0))
-    assert 0.05 < np.median(part_fractions) < 0.3
+    assert 0.2 < np.median(part_fractions) < 0.5   # the part is the smaller piece of the object
     means = {label: np.mean(colours, 0) for label, colours in part_colours.items()}
     assert len(means) == 4
     labels = sorted(means)
