@@ -8,6 +8,7 @@ sxy = 80/s, srgb = 13, compat 10; 10 mean-field iterations. s = 12 for the bound
 futures, so training can submit the next batch's CRF and keep working while it runs. The module
 imports only numpy at the top, so that worker processes start quickly.
 """
+import atexit
 import concurrent.futures
 import multiprocessing
 import os
@@ -161,6 +162,15 @@ class DenseCRFPool:
 
 _shared_pools = {}
 _shared_pools_lock = threading.Lock()
+
+
+@atexit.register
+def _close_shared_pools():
+    """Shut the shared pools down before interpreter teardown (else their manager thread errors)."""
+    with _shared_pools_lock:
+        for pool in _shared_pools.values():
+            pool.close()
+        _shared_pools.clear()
 
 
 def _shared_pool(processes):
