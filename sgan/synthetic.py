@@ -78,7 +78,7 @@ PROB_DISTRACTORS = 0.45
 PART_PATTERNS = ("solid", "stripes", "dots", "checker")
 BODY_SHAPES = ("ellipse", "polygon", "star", "blob")
 MANIFEST = "synthetic.json"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2   # bumped whenever the drawn content changes, so stale datasets are redrawn
 
 
 def voc_palette():

@@ -1,0 +1,297 @@
+"""The whole method on a generated synthetic benchmark (CPU): stage 0, stage 1 variants, stage 2, tables.
+
+``sgan demo`` (or ``python -m sgan.cli demo [configs/demo.yaml] [key=value ...]``) uses
+``configs/demo.yaml`` when no config file is given. It
+
+1. generates the synthetic VOC-layout dataset (sgan.synthetic) under ``demo.data_dir`` unless a
+   complete one with the same parameters is there, and points ``data.root`` / ``data.saliency_dir``
+   at it (whatever the config said);
+2. runs the stage-0/1 steps once: ``labels``, ``train-cam``, ``initial-seeds``;
+3. for each variant of ``demo.variants`` (Table II: Baseline, SGAN-SAL-SEED, SGAN-SEED, SGAN): its
+   stage-1 network (Baseline is the CAM network of step 2; the others ``train-sgan`` with
+   ``train_sgan.variant``), ``seeds`` and ``eval-seeds``, then with ``demo.stage2``:
+   ``train-seg`` on those seeds, ``infer`` on the val list and ``eval``;
+
+   No ImageNet weights exist on a fresh machine, and every stage-1 network trains from scratch
+   (all variants alike). A DeepLab VGG-16 from scratch does not learn in the demo's budget, so
+   with ``demo.stage2_init: baseline`` its backbone starts, for every variant alike, from the
+   baseline CAM network's backbone (trained on image-level labels only), deepened to VGG-16's 13
+   convolutions with identity kernels (:func:`write_stage2_init`): the stand-in for ImageNet;
+4. ``figures`` for the variants (with ``demo.figures``) and a plot of every training loss;
+5. prints the seed table (precision / recall / mIoU of the seeds on the training images) and the
+   Table II style table (per-class IoU and mIoU of stage 2 on val), and saves them with the wall
+   time of every step in ``<work_dir>/metrics/demo.json``.
+
+Every step writes its own files under the work dir, one name per variant (``ckpt/sgan_<v>.pt``,
+``seeds_<v>/``, ``pred_<v>/``, ``metrics/seg_<v>.json`` ...), and skips what is already done, so an
+interrupted demo continues where it stopped; ``--overwrite`` redoes everything.
+"""
+import io
+import os
+import time
+
+import torch
+import yaml
+
+from sgan import synthetic
+from sgan.config import register_section, resolve
+from sgan.metrics import VOC_SHORT_NAMES, format_class_table
+from sgan.models.deeplab import VGG16_CONVS
+from sgan.pipeline import run_step, work_path
+from sgan.train import load_checkpoint
+from sgan.utils.io import atomic_writer, load_json, save_json, save_torch
+from sgan.utils.logging import get_logger
+
+STEP = "demo"
+
+# Table II variants: name -> train_sgan.variant (None: the baseline CAM network, no SGAN training).
+VARIANTS = {"Baseline": None, "SGAN-SAL-SEED": "sgan-sal-seed", "SGAN-SEED": "sgan-seed", "SGAN": "sgan"}
+CONFIG_FILE = os.path.join(os.path.dirname(__file__), os.pardir, os.pardir, "configs", "demo.yaml")
+
+register_section("demo", {
+    "data_dir": "data",
+    "num_train": 200,
+    "num_val": 80,
+    "image_size": [96, 96],
+    "data_seed": 0,
+    "classes": 6,
+    "variants": list(VARIANTS),
+    "stage2": True,
+    "stage2_init": "baseline",
+    "figures": True,
+    "loss_plot": "figures/losses.png",
+    "results": "metrics/demo.json",
+}, choices={"stage2_init": ("baseline", "config")},
+    doc="the demo: data_dir (relative to work_dir) receives the synthetic dataset of num_train/num_val "
+        "images of image_size [H, W] with the first `classes` classes, drawn with data_seed; variants "
+        "from Baseline, SGAN-SAL-SEED, SGAN-SEED, SGAN; stage2: also train/infer/eval DeepLab; "
+        "stage2_init: baseline (DeepLab's VGG-16 starts from the baseline CAM network's backbone, the "
+        "stand-in for ImageNet weights) or config (train_seg.weights as configured)")
+
+
+def _default_config():
+    """The content of configs/demo.yaml (None when the package is installed without the repo)."""
+    path = os.path.abspath(CONFIG_FILE)
+    if not os.path.isfile(path):
+        return None
+    with open(path, encoding="utf-8") as stream:
+        return yaml.safe_load(stream)
+
+
+DEFAULT_CONFIG = _default_config()
+
+
+def _derive(cfg, changes):
+    """A new validated Config: ``cfg`` with ``changes`` ({section: {key: value}}) applied."""
+    data = cfg.to_dict()
+    for section, values in changes.items():
+        data[section] = {**data[section], **values}
+    return resolve(data, source="demo")
+
+
+def _slug(name):
+    return name.lower().replace("-", "_")
+
+
+def _check(section):
+    unknown = [name for name in section.variants if name not in VARIANTS]
+    if unknown or not section.variants:
+        raise ValueError(f"demo.variants: expected a non-empty list from {list(VARIANTS)}, got {list(section.variants)}")
+    if len(section.image_size) != 2:
+        raise ValueError(f"demo.image_size: expected [height, width], got {list(section.image_size)}")
+
+
+def prepare_data(cfg):
+    """Generate the dataset unless present; cfg with data.root and data.saliency_dir pointing at it."""
+    section = cfg.demo
+    root = work_path(cfg, section.data_dir)
+    params = dict(num_train=section.num_train, num_val=section.num_val,
+                  image_size=tuple(section.image_size), seed=section.data_seed, classes=section.classes)
+    logger = get_logger("demo")
+    if synthetic.is_generated(root, **params):
+        logger.info("demo: synthetic dataset found in %s", root)
+    else:
+        start = time.time()
+        synthetic.generate(root, **params)
+        logger.info("demo: generated %d + %d synthetic images in %s (%.1f s)", section.num_train,
+                    section.num_val, root, time.time() - start)
+    paths = synthetic.layout(root)
+    return _derive(cfg, {"data": {"root": paths["voc"], "saliency_dir": paths["saliency"]}})
+
+
+def variant_configs(cfg, name):
+    """The config of one variant's steps: its checkpoints, seeds, predictions and metrics files."""
+    slug = _slug(name)
+    stage1_checkpoint = cfg.train_cam.checkpoint if VARIANTS[name] is None else f"ckpt/sgan_{slug}.pt"
+    changes = {
+        "seeds": {"checkpoint": stage1_checkpoint, "out_dir": f"seeds_{slug}"},
+        "eval_seeds": {"seeds_dir": f"seeds_{slug}", "out": f"metrics/seeds_{slug}.json"},
+        "train_seg": {"seeds_dir": f"seeds_{slug}", "checkpoint": f"ckpt/deeplab_{slug}.pt",
+                      "timing_file": f"metrics/train_seg_timing_{slug}.json"},
+        "infer": {"checkpoint": f"ckpt/deeplab_{slug}.pt", "output_dir": f"pred_{slug}"},
+        "eval": {"predictions": f"pred_{slug}", "output": f"metrics/seg_{slug}.json", "name": name},
+    }
+    if VARIANTS[name] is not None:
+        changes["train_sgan"] = {"variant": VARIANTS[name], "checkpoint": stage1_checkpoint}
+        if VARIANTS[name] != "sgan":   # only SGAN has a seed branch
+            changes["seeds"]["use_seed_branch"] = False
+    return _derive(cfg, changes)
+
+
+def write_stage2_init(cam_checkpoint, path, overwrite=False):
+    """The stand-in for ImageNet weights of stage 2: the baseline CAM network's backbone as a
+    Caffe-named VGG-16 state dict (``conv1_1.weight`` ...), read by train-seg like any weights file.
+
+    Convolutions that a reduced backbone (``model.convs_per_block``) leaves out get identity (Dirac)
+    kernels and zero biases: after a ReLU, conv + ReLU is then the identity, so the deepened trunk
+    starts out computing the trained features (Net2Net's "deeper" transform). Returns (path, the
+    input normalisation the backbone was trained with: stage 2 must use the same, not the
+    ``caffe_bgr`` that ``auto`` would infer from the Caffe naming). A file newer than the
+    checkpoint is kept unless ``overwrite``.
+    """
+    state = load_checkpoint(cam_checkpoint)
+    if not overwrite and os.path.isfile(path) and os.path.getmtime(path) >= os.path.getmtime(cam_checkpoint):
+        return path, state["model_info"]["normalisation"]
+    weights = {key[len("backbone."):]: value for key, value in state["model"].items() if key.startswith("backbone.")}
+    for block in VGG16_CONVS:
+        previous = None
+        for name, _ in block:
+            if f"{name}.weight" not in weights:
+                if previous is None:
+                    raise ValueError(f"{cam_checkpoint}: its backbone has no {name}; the first convolution "
+                                     "of every block is needed")
+                channels = weights[f"{previous}.weight"].shape[0]
+                identity = torch.empty(channels, channels, 3, 3)
+                torch.nn.init.dirac_(identity)
+                weights[f"{name}.weight"], weights[f"{name}.bias"] = identity, torch.zeros(channels)
+            previous = name
+    save_torch(path, weights)
+    return path, state["model_info"]["normalisation"]
+
+
+def seed_summary_table(rows):
+    """Rows (variant, eval-seeds scores) -> the seed table: precision, recall, mIoU of the seeds (%)."""
+    header = ("variant", "precision", "recall", "mIoU")
+    cells = [header] + [(name, f"{100 * s['overall_precision']:.1f}", f"{100 * s['overall_recall']:.1f}",
+                         f"{100 * s['miou']:.1f}") for name, s in rows]
+    widths = [max(len(line[i]) for line in cells) for i in range(len(header))]
+    return "\n".join(line[0].ljust(widths[0]) + "  " + "  ".join(c.rjust(w) for c, w in zip(line[1:], widths[1:]))
+                     for line in cells)
+
+
+def class_table(rows, labels, metric, summary, summary_name):
+    """format_class_table restricted to background and the dataset's classes (VOC indices)."""
+    columns = [0] + sorted(labels)
+    restricted = [(name, {metric: [scores[metric][c] for c in columns], summary: scores[summary]})
+                  for name, scores in rows]
+    return format_class_table(restricted, [VOC_SHORT_NAMES[c] for c in columns], metric, summary, summary_name)
+
+
+def plot_losses(path, histories):
+    """One PNG: a panel per training (name -> history list of {"iteration", <terms>}), log-scale y."""
+    import matplotlib
+    matplotlib.use("Agg")
+    from matplotlib import pyplot
+
+    count = len(histories)
+    columns = min(4, count)
+    rows = (count + columns - 1) // columns
+    figure, axes = pyplot.subplots(rows, columns, figsize=(4 * columns, 3 * rows), squeeze=False)
+    for axis, (name, history) in zip(axes.ravel(), histories.items()):
+        iterations = [entry["iteration"] for entry in history]
+        for term in history[0]:
+            if term in ("iteration", "lr") or term.endswith("_ms"):
+                continue
+            axis.plot(iterations, [entry[term] for entry in history], marker=".", markersize=3, label=term)
+        axis.set_title(name, fontsize=10)
+        axis.set_xlabel("iteration")
+        axis.set_yscale("log")
+        axis.legend(fontsize=8)
+    for axis in axes.ravel()[count:]:
+        axis.axis("off")
+    figure.tight_layout()
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=90)
+    pyplot.close(figure)
+    with atomic_writer(path, "wb") as stream:
+        stream.write(buffer.getvalue())
+    return path
+
+
+def run(cfg):
+    section = cfg.demo
+    _check(section)
+    logger = get_logger("demo")
+    start, timings = time.time(), {}
+
+    def step(name, step_cfg, label=None):
+        began = time.time()
+        run_step(name, step_cfg)
+        timings[label or name] = round(time.time() - began, 1)
+
+    began = time.time()
+    cfg = prepare_data(cfg)
+    timings["generate"] = round(time.time() - began, 1)
+    for name in ("labels", "train-cam", "initial-seeds"):
+        step(name, cfg)
+    variants = {name: variant_configs(cfg, name) for name in section.variants}
+    for name, variant_cfg in variants.items():
+        if VARIANTS[name] is not None:
+            step("train-sgan", variant_cfg, f"train-sgan {name}")
+        step("seeds", variant_cfg, f"seeds {name}")
+        step("eval-seeds", variant_cfg, f"eval-seeds {name}")
+    if section.figures:
+        last = variants[section.variants[-1]]
+        figures_cfg = _derive(last, {"figures": {
+            "variants": {name: work_path(c, c.seeds.checkpoint) for name, c in variants.items()},
+            "seeds_dir": last.seeds.out_dir}})
+        step("figures", figures_cfg)
+    if section.stage2:
+        if section.stage2_init == "baseline":
+            init, normalisation = write_stage2_init(work_path(cfg, cfg.train_cam.checkpoint),
+                                                    work_path(cfg, "ckpt/stage2_init.pt"), cfg.overwrite)
+            variants = {name: _derive(c, {"train_seg": {"weights": init, "weights_naming": "caffe"},
+                                          "data": {"normalisation": normalisation}})
+                        for name, c in variants.items()}
+        for name, variant_cfg in variants.items():
+            step("train-seg", variant_cfg, f"train-seg {name}")
+            step("infer", variant_cfg, f"infer {name}")
+            step("eval", variant_cfg, f"eval {name}")
+
+    histories = {"train-cam": load_checkpoint(work_path(cfg, cfg.train_cam.checkpoint))["history"]}
+    for name, variant_cfg in variants.items():
+        if VARIANTS[name] is not None:
+            histories[f"train-sgan {name}"] = load_checkpoint(work_path(variant_cfg, variant_cfg.train_sgan.checkpoint))["history"]
+    if section.stage2:
+        for name, variant_cfg in variants.items():
+            histories[f"train-seg {name}"] = load_checkpoint(work_path(variant_cfg, variant_cfg.train_seg.checkpoint))["history"]
+    loss_plot = plot_losses(work_path(cfg, section.loss_plot), histories)
+
+    labels = [synthetic.VOC_CLASSES.index(n) + 1 for n in synthetic.resolve_classes(section.classes)]
+    seed_rows = [(name, load_json(work_path(c, c.eval_seeds.out))) for name, c in variants.items()]
+    tables = {"seeds": seed_summary_table(seed_rows),
+              "seeds_per_class_iou": class_table(seed_rows, labels, "iou", "miou", "mIoU")}
+    seg_rows = []
+    if section.stage2:
+        seg_rows = [(name, load_json(work_path(c, c.eval.output))) for name, c in variants.items()]
+        tables["segmentation"] = class_table(seg_rows, labels, "iou", "miou", "mIoU")
+    timings["total"] = round(time.time() - start, 1)
+    results = {
+        "seeds": {name: {key: scores[key] for key in ("overall_precision", "overall_recall", "miou",
+                                                      "mean_precision", "mean_recall")}
+                  for name, scores in seed_rows},
+        "segmentation_miou": {name: scores["miou"] for name, scores in seg_rows},
+        "tables": tables, "timings_s": timings, "loss_plot": loss_plot,
+        "figures": work_path(cfg, cfg.figures.out_dir) if section.figures else None,
+    }
+    save_json(work_path(cfg, section.results), results)
+    report = [f"Seeds on the {section.num_train} training images (stage 1):", tables["seeds"], "",
+              "Seed IoU per class (%):", tables["seeds_per_class_iou"]]
+    if section.stage2:
+        report += ["", f"Stage 2 (DeepLab-ASPP) on the {section.num_val} val images, IoU per class (%), "
+                       "Table II style:", tables["segmentation"]]
+    report += ["", f"loss plot: {loss_plot}", f"results: {work_path(cfg, section.results)}",
+               f"demo wall time: {timings['total']:.0f} s"]
+    print("\n".join(report), flush=True)
+    logger.info("demo: done in %.1f s (%s)", timings["total"], ", ".join(f"{k} {v}s" for k, v in timings.items()))
+    return results
