@@ -2,6 +2,10 @@
 # One full GPU session (run from the repository root on the GPU machine): build the CUDA extension,
 # run the whole test suite on the GPU, run the benchmarks, copy logs and JSON results to $OUT.
 # Usage: bash bench/gpu_run.sh [tests|bench|all]   (default all)
+# The GPU image lacks pydensecrf (CRF tests then skip): build a cp312 wheel here with
+#   /root/.pyenv/versions/3.12.1/bin/python -m pip wheel --no-deps -w .whl pydensecrf2
+# carry `.whl` in the device call and start it with
+#   python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site
 set -uo pipefail
 what=${1:-all}
 OUT=${OUT:-/tmp/sgan_gpu_out}
