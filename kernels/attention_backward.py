@@ -27,7 +27,8 @@ import triton
 import triton.language as tl
 
 from sgan.kernels.attention_forward import EPS, GAMMA, SCALE
-from sgan.kernels.attention_layout import group_range, load_tile, row_tile, store_tile
+from sgan.kernels.attention_layout import (group_attends, group_range, load_tile, load_tile_transposed,
+                                           row_tile_positions, store_tile)
 from sgan.kernels.autotuning import clamp_blocks_to_sizes, configs
 
 
@@ -54,21 +55,13 @@ def row_grads_kernel(grad_out_ptr, key_ptr, query_ptr, order_ptr, background_siz
     Grid (cdiv(N, BLOCK_I) + 1, B).
     """
     tile, b = tl.program_id(0), tl.program_id(1)
-    g, tile_start = row_tile(background_size_ptr, b, tile, N, BLOCK_I)
-    start, end = group_range(background_size_ptr, b, g, N)
-    if BG_MEAN:
-        attend = g == 1
-    else:
-        attend = g >= 0
     image = b.to(tl.int64)
-    stats = image * 2 + g
     grad_image, order_image = grad_out_ptr + image * C * N, order_ptr + image * N
     key_image, query_image = key_ptr + image * Ck * N, query_ptr + image * Ck * N
+    g, tile_start, _, end, is_row, rows = row_tile_positions(order_image, background_size_ptr, b, tile, N, BLOCK_I)
+    attend = group_attends(g, BG_MEAN)
+    stats = image * 2 + g
     gamma, scale, eps = tl.load(scalars_ptr + GAMMA), tl.load(scalars_ptr + SCALE), tl.load(scalars_ptr + EPS)
-
-    ranks = tile_start + tl.arange(0, BLOCK_I)
-    is_row = ranks < end
-    rows = tl.load(order_image + ranks, mask=is_row, other=0)
     k = tl.arange(0, CK_PAD)
     k_valid = k < Ck
     n_group = tl.load(count_ptr + stats)
@@ -86,8 +79,7 @@ def row_grads_kernel(grad_out_ptr, key_ptr, query_ptr, order_ptr, background_siz
         x_mean = tl.load(x_sum_ptr + stats * C + c, mask=c_valid, other=0) / tl.maximum(n_group, 1.0)
         grad_dot_mean += tl.sum(grads * x_mean[:, None], axis=0)
         if attend:
-            A_offsets = stats * Ck * C + k.to(tl.int64)[:, None] * C + c[None, :]
-            A_tile = tl.load(A_ptr + A_offsets, mask=k_valid[:, None] & c_valid[None, :], other=0)  # (CK_PAD, BLOCK_C)
+            A_tile = load_tile(A_ptr + stats * Ck * C, k, c, k_valid, c_valid, C)  # (CK_PAD, BLOCK_C)
             A_centred = A_tile - q_group[:, None] * x_mean[None, :]
             H += tl.dot(A_centred, grads, input_precision=STAT_PRECISION)
 
@@ -140,10 +132,7 @@ def group_grad_sums_kernel(grad_out_ptr, key_ptr, order_ptr, background_size_ptr
     tile_ck, tile_c, image_group = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     b, g = image_group // 2, image_group % 2
     start, end = group_range(background_size_ptr, b, g, N)
-    if BG_MEAN:
-        attend = g == 1
-    else:
-        attend = g >= 0
+    attend = group_attends(g, BG_MEAN)
     ck = tile_ck * BLOCK_CK + tl.arange(0, BLOCK_CK)
     c = tile_c * BLOCK_C + tl.arange(0, BLOCK_C)
     ck_valid, c_valid = ck < Ck, c < C
@@ -222,19 +211,12 @@ def grad_query_kernel(x_ptr, order_ptr, background_size_ptr, x_sum_ptr, count_pt
     cdiv(Ck, BLOCK_CK), B).
     """
     tile, tile_ck, b = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-    g, tile_start = row_tile(background_size_ptr, b, tile, N, BLOCK_J)
-    start, end = group_range(background_size_ptr, b, g, N)
-    if BG_MEAN:
-        attend = g == 1
-    else:
-        attend = g >= 0
     image = b.to(tl.int64)
-    stats = image * 2 + g
     x_image, order_image = x_ptr + image * C * N, order_ptr + image * N
-
-    ranks = tile_start + tl.arange(0, BLOCK_J)
-    is_column = ranks < end
-    columns = tl.load(order_image + ranks, mask=is_column, other=0)
+    g, tile_start, _, end, is_column, columns = row_tile_positions(order_image, background_size_ptr, b, tile, N,
+                                                                   BLOCK_J)
+    attend = group_attends(g, BG_MEAN)
+    stats = image * 2 + g
     ck = tile_ck * BLOCK_CK + tl.arange(0, BLOCK_CK)
     ck_valid = ck < Ck
     n_group = tl.maximum(tl.load(count_ptr + stats), 1.0)
@@ -244,8 +226,7 @@ def grad_query_kernel(x_ptr, order_ptr, background_size_ptr, x_sum_ptr, count_pt
     for c0 in range(0, c_end, BLOCK_C):
         c = c0 + tl.arange(0, BLOCK_C)
         c_valid = c < C
-        A_offsets = stats * Ck * C + ck.to(tl.int64)[:, None] * C + c[None, :]
-        grad_A = tl.load(grad_A_ptr + A_offsets, mask=ck_valid[:, None] & c_valid[None, :], other=0)  # (BLOCK_CK, BLOCK_C)
+        grad_A = load_tile(grad_A_ptr + stats * Ck * C, ck, c, ck_valid, c_valid, C)  # (BLOCK_CK, BLOCK_C)
         x_mean = tl.load(x_sum_ptr + stats * C + c, mask=c_valid, other=0) / n_group
         values = load_tile(x_image, c, columns, c_valid, is_column, N).to(ACC)  # (BLOCK_C, BLOCK_J)
         grad_query += tl.dot(grad_A, values - x_mean[:, None], input_precision=STAT_PRECISION)
@@ -272,19 +253,12 @@ def grad_x_kernel(grad_out_ptr, query_ptr, order_ptr, background_size_ptr, q_sum
     """grad_x (B, C, N): dX_j = g_j + dAtilde_g^T (Q_j - q_g / n_g) + dx_g for j in g (background columns
     under BG_MEAN: g_j + dx_g). Grid (cdiv(N, BLOCK_J) + 1, cdiv(C, BLOCK_C), B)."""
     tile, tile_c, b = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-    g, tile_start = row_tile(background_size_ptr, b, tile, N, BLOCK_J)
-    start, end = group_range(background_size_ptr, b, g, N)
-    if BG_MEAN:
-        attend = g == 1
-    else:
-        attend = g >= 0
     image = b.to(tl.int64)
-    stats = image * 2 + g
     query_image, order_image = query_ptr + image * Ck * N, order_ptr + image * N
-
-    ranks = tile_start + tl.arange(0, BLOCK_J)
-    is_column = ranks < end
-    columns = tl.load(order_image + ranks, mask=is_column, other=0)
+    g, tile_start, _, end, is_column, columns = row_tile_positions(order_image, background_size_ptr, b, tile, N,
+                                                                   BLOCK_J)
+    attend = group_attends(g, BG_MEAN)
+    stats = image * 2 + g
     c = tile_c * BLOCK_C + tl.arange(0, BLOCK_C)
     c_valid = c < C
     n_group = tl.maximum(tl.load(count_ptr + stats), 1.0)
@@ -295,8 +269,7 @@ def grad_x_kernel(grad_out_ptr, query_ptr, order_ptr, background_size_ptr, q_sum
     for k0 in range(0, k_end, BLOCK_K):
         k = k0 + tl.arange(0, BLOCK_K)
         k_valid = k < Ck
-        A_offsets = stats * Ck * C + k.to(tl.int64)[None, :] * C + c[:, None]
-        grad_A_transposed = tl.load(grad_A_ptr + A_offsets, mask=c_valid[:, None] & k_valid[None, :], other=0)  # (BLOCK_C, BLOCK_K)
+        grad_A_transposed = load_tile_transposed(grad_A_ptr + stats * Ck * C, k, c, k_valid, c_valid, C)  # (BLOCK_C, BLOCK_K)
         q_mean = tl.load(q_sum_ptr + stats * Ck + k, mask=k_valid, other=0) / n_group
         queries = load_tile(query_image, k, columns, k_valid, is_column, N).to(ACC)  # (BLOCK_K, BLOCK_J)
         grad_x += tl.dot(grad_A_transposed, queries - q_mean[:, None], input_precision=STAT_PRECISION)

@@ -24,7 +24,8 @@ Scalars (gamma, scale, eps) are read from an ACC tensor so float64 keeps full pr
 import triton
 import triton.language as tl
 
-from sgan.kernels.attention_layout import group_range, load_tile, row_tile, store_tile
+from sgan.kernels.attention_layout import (group_attends, group_range, load_tile, load_tile_transposed,
+                                           row_tile_positions, store_tile)
 from sgan.kernels.autotuning import clamp_blocks_to_sizes, configs
 
 GAMMA, SCALE, EPS = tl.constexpr(0), tl.constexpr(1), tl.constexpr(2)  # positions in the scalars tensor
@@ -73,8 +74,7 @@ def group_sums_kernel(x_ptr, query_ptr, order_ptr, background_size_ptr,
         x_total += tl.sum(values.to(ACC), axis=1)
 
     stats = image * 2 + g
-    A_offsets = stats * Ck * C + ck.to(tl.int64)[:, None] * C + c[None, :]
-    tl.store(A_ptr + A_offsets, A_tile, mask=ck_valid[:, None] & c_valid[None, :])
+    store_tile(A_ptr + stats * Ck * C, A_tile, ck, c, ck_valid, c_valid, C)
     tl.store(q_sum_ptr + stats * Ck + ck, q_total, mask=tl.where(tile_c == 0, ck_valid, False))
     tl.store(x_sum_ptr + stats * C + c, x_total, mask=tl.where(tile_ck == 0, c_valid, False))
 
@@ -103,19 +103,13 @@ def row_min_kernel(key_ptr, query_ptr, order_ptr, background_size_ptr, scalars_p
     Grid (cdiv(N, BLOCK_I) + 1, B): row tiles that never straddle the groups (attention_layout.row_tile).
     """
     tile, b = tl.program_id(0), tl.program_id(1)
-    g, tile_start = row_tile(background_size_ptr, b, tile, N, BLOCK_I)
-    start, end = group_range(background_size_ptr, b, g, N)
-    if BG_MEAN:
-        needs_min = g == 1
-    else:
-        needs_min = g >= 0
     image = b.to(tl.int64)
     key_image, query_image, order_image = key_ptr + image * Ck * N, query_ptr + image * Ck * N, order_ptr + image * N
+    g, tile_start, start, end, is_row, rows = row_tile_positions(order_image, background_size_ptr, b, tile, N,
+                                                                 BLOCK_I)
+    needs_min = group_attends(g, BG_MEAN)
+    is_row = tl.where(needs_min, is_row, False)
     scale = tl.load(scalars_ptr + SCALE)
-
-    ranks = tile_start + tl.arange(0, BLOCK_I)
-    is_row = tl.where(needs_min, ranks < end, False)
-    rows = tl.load(order_image + ranks, mask=is_row, other=0)
     column_end = tl.where(needs_min & (tile_start < end), end, start)  # an empty tile scans nothing
     best = tl.full((BLOCK_I,), float("inf"), ACC)
     best_rank = tl.full((BLOCK_I,), -1, tl.int32)
@@ -169,20 +163,12 @@ def output_kernel(x_ptr, key_ptr, order_ptr, background_size_ptr, scalars_ptr,
     Grid (cdiv(N, BLOCK_I) + 1, cdiv(C, BLOCK_C), B).
     """
     tile, tile_c, b = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-    g, tile_start = row_tile(background_size_ptr, b, tile, N, BLOCK_I)
-    start, end = group_range(background_size_ptr, b, g, N)
-    if BG_MEAN:
-        attend = g == 1
-    else:
-        attend = g >= 0
     image = b.to(tl.int64)
-    stats = image * 2 + g
     x_image, key_image, order_image = x_ptr + image * C * N, key_ptr + image * Ck * N, order_ptr + image * N
+    g, tile_start, _, end, is_row, rows = row_tile_positions(order_image, background_size_ptr, b, tile, N, BLOCK_I)
+    attend = group_attends(g, BG_MEAN)
+    stats = image * 2 + g
     gamma, scale, eps = tl.load(scalars_ptr + GAMMA), tl.load(scalars_ptr + SCALE), tl.load(scalars_ptr + EPS)
-
-    ranks = tile_start + tl.arange(0, BLOCK_I)
-    is_row = ranks < end
-    rows = tl.load(order_image + ranks, mask=is_row, other=0)
     c = tile_c * BLOCK_C + tl.arange(0, BLOCK_C)
     c_valid = c < C
     n_group = tl.load(count_ptr + stats)
@@ -198,8 +184,7 @@ def output_kernel(x_ptr, key_ptr, order_ptr, background_size_ptr, scalars_ptr,
         k_valid = k < Ck
         keys = load_tile(key_image, k, rows, k_valid, is_row, N).to(ACC)  # (BLOCK_K, BLOCK_I)
         q_group = tl.load(q_sum_ptr + stats * Ck + k, mask=k_valid, other=0)
-        A_offsets = stats * Ck * C + k.to(tl.int64)[None, :] * C + c[:, None]
-        A_transposed = tl.load(A_ptr + A_offsets, mask=c_valid[:, None] & k_valid[None, :], other=0)  # (BLOCK_C, BLOCK_K)
+        A_transposed = load_tile_transposed(A_ptr + stats * Ck * C, k, c, k_valid, c_valid, C)  # (BLOCK_C, BLOCK_K)
         A_centred = A_transposed - x_mean[:, None] * q_group[None, :]
         key_A += tl.dot(A_centred, keys, input_precision=STAT_PRECISION)
         key_q += tl.sum(keys * q_group[:, None], axis=0)

@@ -51,10 +51,41 @@ def row_tile(background_size_ptr, b, tile, N, BLOCK: tl.constexpr):
 
 
 @triton.jit
+def group_attends(g, BG_MEAN: tl.constexpr):
+    """Whether the rows of group g attend (weights over their group): all rows, or with BG_MEAN (background
+    rows take the plain mean of the background) only the salient group's."""
+    attend = g >= 0
+    if BG_MEAN:
+        attend = g == 1
+    return attend
+
+
+@triton.jit
+def row_tile_positions(order_image_ptr, background_size_ptr, b, tile, N, BLOCK: tl.constexpr):
+    """Row tile ``tile`` of image b (see row_tile): (g, tile_start, start, end, is_row, positions), with
+    [start, end) the rank range of group g, is_row (BLOCK,) the ranks of the tile inside it and positions
+    (BLOCK,) their positions (0 where not is_row). order_image_ptr points at order[b]."""
+    g, tile_start = row_tile(background_size_ptr, b, tile, N, BLOCK)
+    start, end = group_range(background_size_ptr, b, g, N)
+    ranks = tile_start + tl.arange(0, BLOCK)
+    is_row = ranks < end
+    positions = tl.load(order_image_ptr + ranks, mask=is_row, other=0)
+    return g, tile_start, start, end, is_row, positions
+
+
+@triton.jit
 def load_tile(base_ptr, channels, positions, channel_mask, position_mask, N):
     """(len(channels), len(positions)) tile of a (channels, N) matrix at base_ptr, 0 where masked."""
     offsets = channels.to(tl.int64)[:, None] * N + positions[None, :]
     return tl.load(base_ptr + offsets, mask=channel_mask[:, None] & position_mask[None, :], other=0)
+
+
+@triton.jit
+def load_tile_transposed(base_ptr, channels, positions, channel_mask, position_mask, N):
+    """(len(positions), len(channels)) tile of a (channels, N) matrix at base_ptr, 0 where masked: the
+    transpose of load_tile's, loaded in that layout."""
+    offsets = channels.to(tl.int64)[None, :] * N + positions[:, None]
+    return tl.load(base_ptr + offsets, mask=position_mask[:, None] & channel_mask[None, :], other=0)
 
 
 @triton.jit

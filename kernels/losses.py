@@ -18,6 +18,24 @@ _ELEMENTS_PER_PROGRAM = 4096  # BLOCK_C * BLOCK_N
 
 
 @triton.jit
+def _block_offsets(C, N, BLOCK_C: tl.constexpr, BLOCK_N: tl.constexpr):
+    """This program's (block, b, offs_c, offs_n, c_mask, n_mask): positions block * BLOCK_N + [0, BLOCK_N)
+    of image b, all channels padded to BLOCK_C. Grid (blocks per image, B)."""
+    block = tl.program_id(0)
+    b = tl.program_id(1)
+    offs_n = block * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_c = tl.arange(0, BLOCK_C)
+    return block, b, offs_c, offs_n, offs_c < C, offs_n < N
+
+
+@triton.jit
+def _store_tile(pointer, values, b, C, N, offs_c, offs_n, c_mask, n_mask):
+    """Store a (BLOCK_C, BLOCK_N) tile into a (B, C, N) tensor, in its dtype."""
+    tl.store(pointer + b * C * N + offs_c[:, None] * N + offs_n[None, :], values.to(pointer.dtype.element_ty),
+             mask=c_mask[:, None] & n_mask[None, :])
+
+
+@triton.jit
 def _load_tile(pointer, b, C, N, offs_c, offs_n, c_mask, n_mask, other, IS_FP64: tl.constexpr):
     """A (BLOCK_C, BLOCK_N) tile of a (B, C, N) tensor in the accumulation dtype; ``other`` where the
     channel is padding, 0 where the position is."""
@@ -61,12 +79,7 @@ def _seed_labels(seeds_ptr, b, N, offs_n, n_mask, label_offset, C):
 @triton.jit
 def _seed_nll_forward_kernel(logits_ptr, seeds_ptr, sums_ptr, counts_ptr, stats_ptr, params_ptr, C, N, num_blocks,
                              label_offset, BLOCK_C: tl.constexpr, BLOCK_N: tl.constexpr, IS_FP64: tl.constexpr):
-    block = tl.program_id(0)
-    b = tl.program_id(1)
-    offs_n = block * BLOCK_N + tl.arange(0, BLOCK_N)
-    offs_c = tl.arange(0, BLOCK_C)
-    n_mask = offs_n < N
-    c_mask = offs_c < C
+    block, b, offs_c, offs_n, c_mask, n_mask = _block_offsets(C, N, BLOCK_C, BLOCK_N)
     floor = tl.load(params_ptr)
     z = _load_tile(logits_ptr, b, C, N, offs_c, offs_n, c_mask, n_mask, float("-inf"), IS_FP64)
     p, row_max, inverse_total, floored_sum, kept_sum, kept = _floored_softmax(z, c_mask, floor)
@@ -91,12 +104,7 @@ def _seed_nll_forward_kernel(logits_ptr, seeds_ptr, sums_ptr, counts_ptr, stats_
 @triton.jit
 def _seed_nll_backward_kernel(grad_sums_ptr, logits_ptr, seeds_ptr, stats_ptr, grad_ptr, params_ptr, C, N,
                               label_offset, BLOCK_C: tl.constexpr, BLOCK_N: tl.constexpr, IS_FP64: tl.constexpr):
-    block = tl.program_id(0)
-    b = tl.program_id(1)
-    offs_n = block * BLOCK_N + tl.arange(0, BLOCK_N)
-    offs_c = tl.arange(0, BLOCK_C)
-    n_mask = offs_n < N
-    c_mask = offs_c < C
+    block, b, offs_c, offs_n, c_mask, n_mask = _block_offsets(C, N, BLOCK_C, BLOCK_N)
     floor = tl.load(params_ptr)
     labels, channel, counted = _seed_labels(seeds_ptr, b, N, offs_n, n_mask, label_offset, C)
     stats = stats_ptr + b * 4 * N + offs_n
@@ -119,22 +127,14 @@ def _seed_nll_backward_kernel(grad_sums_ptr, logits_ptr, seeds_ptr, stats_ptr, g
     kept_float = tl.where(kept, 1.0, 0.0)
     grad = p * (label_term[None, :] + floor_term[None, :] * (kept_float - kept_sum[None, :]))
     grad = grad - tl.where(is_label, label_term[None, :], 0.0)
-    pointers = grad_ptr + b * C * N + offs_c[:, None] * N + offs_n[None, :]
-    tl.store(pointers, grad.to(grad_ptr.dtype.element_ty), mask=c_mask[:, None] & n_mask[None, :])
+    _store_tile(grad_ptr, grad, b, C, N, offs_c, offs_n, c_mask, n_mask)
 
 
 @triton.jit
 def _boundary_kl_forward_kernel(logits_ptr, target_ptr, sums_ptr, stats_ptr, params_ptr, C, N, num_blocks,
                                 BLOCK_C: tl.constexpr, BLOCK_N: tl.constexpr, IS_FP64: tl.constexpr):
-    block = tl.program_id(0)
-    b = tl.program_id(1)
-    offs_n = block * BLOCK_N + tl.arange(0, BLOCK_N)
-    offs_c = tl.arange(0, BLOCK_C)
-    n_mask = offs_n < N
-    c_mask = offs_c < C
-    floor = tl.load(params_ptr)
-    ratio_min = tl.load(params_ptr + 1)
-    ratio_max = tl.load(params_ptr + 2)
+    block, b, offs_c, offs_n, c_mask, n_mask = _block_offsets(C, N, BLOCK_C, BLOCK_N)
+    floor, ratio_min, ratio_max = tl.load(params_ptr), tl.load(params_ptr + 1), tl.load(params_ptr + 2)
     z = _load_tile(logits_ptr, b, C, N, offs_c, offs_n, c_mask, n_mask, float("-inf"), IS_FP64)
     p, row_max, inverse_total, floored_sum, kept_sum, kept = _floored_softmax(z, c_mask, floor)
     target = tl.where(c_mask[:, None], _floor(_load_tile(target_ptr, b, C, N, offs_c, offs_n, c_mask, n_mask, 0.0,
@@ -162,15 +162,8 @@ def _boundary_kl_forward_kernel(logits_ptr, target_ptr, sums_ptr, stats_ptr, par
 @triton.jit
 def _boundary_kl_backward_kernel(grad_sums_ptr, logits_ptr, target_ptr, stats_ptr, grad_ptr, params_ptr, C, N,
                                  BLOCK_C: tl.constexpr, BLOCK_N: tl.constexpr, IS_FP64: tl.constexpr):
-    block = tl.program_id(0)
-    b = tl.program_id(1)
-    offs_n = block * BLOCK_N + tl.arange(0, BLOCK_N)
-    offs_c = tl.arange(0, BLOCK_C)
-    n_mask = offs_n < N
-    c_mask = offs_c < C
-    floor = tl.load(params_ptr)
-    ratio_min = tl.load(params_ptr + 1)
-    ratio_max = tl.load(params_ptr + 2)
+    block, b, offs_c, offs_n, c_mask, n_mask = _block_offsets(C, N, BLOCK_C, BLOCK_N)
+    floor, ratio_min, ratio_max = tl.load(params_ptr), tl.load(params_ptr + 1), tl.load(params_ptr + 2)
     stats = stats_ptr + b * 7 * N + offs_n
     row_max = tl.load(stats, mask=n_mask, other=0.0)
     inverse_total = tl.load(stats + N, mask=n_mask, other=0.0)
@@ -191,8 +184,7 @@ def _boundary_kl_backward_kernel(grad_sums_ptr, logits_ptr, target_ptr, stats_pt
     kept_float = tl.where(kept, 1.0, 0.0)
     scaled_weight_sum = (weight_sum / floored_sum)[None, :]
     grad = p * (kept_weight_sum[None, :] + scaled_weight_sum * (kept_float - kept_sum[None, :])) - weight
-    pointers = grad_ptr + b * C * N + offs_c[:, None] * N + offs_n[None, :]
-    tl.store(pointers, (coefficient * grad).to(grad_ptr.dtype.element_ty), mask=c_mask[:, None] & n_mask[None, :])
+    _store_tile(grad_ptr, coefficient * grad, b, C, N, offs_c, offs_n, c_mask, n_mask)
 
 
 def _blocks(logits):

@@ -2,8 +2,8 @@
 
 For each image, one PNG ``<out_dir>/<id>.png`` with three rows:
 
-1. the input, the saliency map, the binary saliency mask at feature resolution (as the attention
-   sees it), the initial seeds and the final seeds (VOC colours, unlabelled in white);
+1. the input, the saliency map, the binary saliency mask at feature resolution (as the first
+   saliency-guided variant's attention sees it; white = salient), the initial seeds and the final seeds (VOC colours, unlabelled in white);
 2. for each variant (name -> checkpoint), the CAM: max over the image's classes of the
    max-normalised class scores, over the image;
 3. for each variant with attention, the attention column of one pixel (how much every position
@@ -72,11 +72,12 @@ def render(path, image_id, image, saliency, seeds0, seeds, variants, labels, inp
         first = cams[attention_variants[0][0]]
         peak = np.unravel_index(int(np.argmax(first)), first.shape)
         pixel = ((peak[0] + 0.5) / first.shape[0], (peak[1] + 0.5) / first.shape[1])
-    columns = []
+    columns, mask = [], None
     for _, (name, network, info) in attention_variants:
         columns.append((name,) + attention_map(network, image, saliency, input_size, info["normalisation"],
                                                pixel, backend, device))
-    mask = columns[0][2] if columns else None
+        if mask is None and getattr(network, "uses_saliency", False):  # SGAN-SAL-SEED's mask is all True
+            mask = columns[-1][2]
 
     ncols = max(5, len(variants), len(columns))
     nrows = 2 + bool(columns)
@@ -89,7 +90,8 @@ def render(path, image_id, image, saliency, seeds0, seeds, variants, labels, inp
                  ("final seeds", colour_seeds(seeds) if seeds is not None else None, None)]
     for axis, (title, data, cmap) in zip(axes[0], first_row):
         if data is not None:
-            axis.imshow(data, cmap=cmap, interpolation="nearest")
+            bounds = {"vmin": 0, "vmax": 1} if data is mask else {}  # an all-False mask must show black
+            axis.imshow(data, cmap=cmap, interpolation="nearest", **bounds)
             axis.set_title(title, fontsize=8)
     for axis, (name, _, _), cam in zip(axes[1], variants, cams):
         axis.imshow(image)
