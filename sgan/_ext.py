@@ -1,6 +1,4 @@
 """Loads the compiled extension ``sgan._C`` (registers ``torch.ops.sgan_ext.*``) on demand."""
-import functools
-
 import torch  # noqa: F401  (loads libtorch, which sgan._C links against)
 
 BUILD_HINT = (
@@ -10,13 +8,20 @@ BUILD_HINT = (
 )
 
 
-@functools.lru_cache(maxsize=None)
+_loaded = None  # (the module or None, the import error or None), set by the first _load()
+
+
 def _load():
-    try:
-        from sgan import _C  # noqa: F401  (import registers the operators)
-    except ImportError as exc:
-        return None, str(exc)
-    return _C, None
+    """(sgan._C or None, why it could not be imported). Cached in a module global rather than with
+    functools.lru_cache, whose wrapper torch.compile traces through with a warning."""
+    global _loaded
+    if _loaded is None:
+        try:
+            from sgan import _C  # noqa: F401  (import registers the operators)
+            _loaded = (_C, None)
+        except ImportError as exc:
+            _loaded = (None, str(exc))
+    return _loaded
 
 
 def available(device_type="cpu"):

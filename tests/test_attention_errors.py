@@ -63,6 +63,6 @@ def test_module_arguments():
     with pytest.raises(ValueError, match="key_channels"):
         SaliencyGuidedAttention(8, key_channels=-1)
     module = SaliencyGuidedAttention(8)
-    assert module.key.out_channels == 4 and float(module.gamma) == 0.0
+    assert module.key.out_channels == 4 and float(module.gamma.detach()) == 0.0
     x = torch.randn(1, 8, 4, 4)
     assert torch.equal(module(x, torch.rand(1, 4, 4) > 0.5), x)  # gamma starts at 0
