@@ -150,3 +150,17 @@ def test_missing_inputs_and_config_errors_exit_with_a_message(tiny_voc, tmp_path
     err = capsys.readouterr().err
     assert "train_cam.lr: expected float" in err and "did you mean 'train_cam'" in err
     assert load_config(path).train_cam.iterations == 4
+
+
+def test_classes_without_seeds_are_those_in_the_ground_truth_that_no_seed_labels():
+    from sgan.pipeline.eval_seeds import classes_without_seeds
+    names = ["bkg", "aero", "boat", "car"]
+    counts = np.zeros((4, 5), dtype=np.int64)   # rows: GT; columns: seed labels, then unlabelled
+    counts[0, 0] = 50                           # background, seeded
+    counts[1, 1] = 7                            # aeroplane, seeded correctly
+    counts[2, 4] = 30                           # boat: only unlabelled seeds on it ...
+    counts[2, 0] = 3                            # ... or seeds of another class
+    counts[0, 3] = 2                            # car seeds on background, and no car in the GT
+    assert classes_without_seeds(counts, names) == ["boat"]
+    counts[1, 2] = 1                            # one boat seed anywhere is enough
+    assert classes_without_seeds(counts, names) == []

@@ -19,6 +19,20 @@ register_section("eval_seeds", {
 }, doc="seeds_dir and out relative to work_dir; list and gt_dir relative to data.root")
 
 
+def classes_without_seeds(counts, class_names):
+    """Names of the classes that the ground truth holds but no seed pixel is labelled with.
+
+    counts: (K, K + 1) confusion counts, rows ground truth, columns seed labels, the last column
+    unlabelled seeds. Such a class usually means the stage-1 network never learnt it (its class
+    scores are not positive anywhere), which the averaged classification loss hides.
+    """
+    counts = np.asarray(counts)
+    in_ground_truth = counts.sum(1) > 0
+    seeded = counts[:, :-1].sum(0) > 0
+    return [name for name, present, has_seeds in zip(class_names, in_ground_truth, seeded)
+            if present and not has_seeds]
+
+
 def evaluate_seeds(paths, ids, seeds_dir, gt_dir):
     """Scores of sgan.metrics.segmentation_scores over ``ids`` with unlabelled seeds as a column,
     plus overall precision (correct / labelled seed pixels) and recall (correct / GT pixels)."""
@@ -37,6 +51,7 @@ def evaluate_seeds(paths, ids, seeds_dir, gt_dir):
         defined = [v for v in scores[metric] if v is not None]
         scores[f"mean_{metric}"] = float(np.mean(defined)) if defined else None
     scores["num_images"] = len(ids)
+    scores["classes_without_seeds"] = classes_without_seeds(counts, VOC_SHORT_NAMES)
     return scores
 
 
@@ -60,6 +75,11 @@ def run(cfg):
     scores = evaluate_seeds(paths, ids, seeds_dir, paths.resolve(section.gt_dir))
     scores["seeds_dir"] = seeds_dir
     save_json(out, scores)
-    get_logger("eval").info("seeds in %s on %d images: precision %.1f%%, recall %.1f%% -> %s\n%s",
-                            seeds_dir, len(ids), 100 * (scores["overall_precision"] or 0),
-                            100 * (scores["overall_recall"] or 0), out, seed_table(scores))
+    logger = get_logger("eval")
+    logger.info("seeds in %s on %d images: precision %.1f%%, recall %.1f%% -> %s\n%s",
+                seeds_dir, len(ids), 100 * (scores["overall_precision"] or 0),
+                100 * (scores["overall_recall"] or 0), out, seed_table(scores))
+    if scores["classes_without_seeds"]:
+        logger.warning("eval-seeds: no seed pixel at all for %s, although the ground truth has them: the "
+                       "stage-1 network has probably not learnt these classes (check its class scores)",
+                       ", ".join(scores["classes_without_seeds"]))
