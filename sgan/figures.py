@@ -98,7 +98,7 @@ def render(path, image_id, image, saliency, seeds0, seeds, variants, labels, inp
         axis.imshow(cam, cmap="jet", alpha=0.5, vmin=0, vmax=1)
         axis.set_title(f"CAM {name}", fontsize=8)
     for axis, (name, column, _, (row, col)) in zip(axes[2] if columns else [], columns):
-        axis.imshow(column, cmap="viridis", interpolation="nearest")
+        axis.imshow(column, cmap="viridis", interpolation="nearest", vmin=min(0.0, float(column.min())))
         axis.plot([col], [row], marker="x", color="red", markersize=8, mew=2)
         axis.set_title(f"attention to pixel {name}", fontsize=8)
     figure.suptitle(f"{image_id} (classes {labels})", fontsize=9)

@@ -210,3 +210,29 @@ def test_nan_input_propagates(backend):
     x[0, 1, 2, 2] = float("nan")
     got = saliency_attention(x, key, query, mask, 0.5, backend=backend)
     assert torch.isnan(got).any()
+
+
+@pytest.mark.parametrize("backend", ["reference"] + fused_backends())
+def test_attention_column_is_exactly_zero_at_each_rows_minimum(backend):
+    """With the shift, a row gives its own minimum column the weight P_ij - m_i = 0 exactly, and no
+    weight is negative: a column that is every row's minimum is all zeros, as in the reference. In
+    float32 with many key channels, recomputing P_ij in another summation order than the row-minimum
+    pass would leave rounding noise of either sign there."""
+    device = device_under_test()
+    generator = torch.Generator().manual_seed(11)
+    x = torch.randn(2, 6, 9, 10, generator=generator)
+    key = torch.rand(2, 96, 9, 10, generator=generator) + 0.1
+    query = torch.rand(2, 96, 9, 10, generator=generator) + 0.1
+    query[:, :, 4, 5] = -torch.rand(2, 96, generator=generator)  # P_i,(4,5) < 0 < every other P_ij
+    mask = torch.ones(2, 9, 10, dtype=torch.bool)
+    mask[:, 0] = False                              # a background group too (its rows use the mean)
+    args = [t.to(device) for t in (x, key, query, mask)]
+    column = attention_column(*args, (4, 5), preset="official", backend=backend)
+    assert torch.count_nonzero(column[:, 1:]) == 0  # the salient rows: exactly 0
+    args64 = [t.double() if t.is_floating_point() else t for t in args]
+    for index in (0, 23, 71):                       # elsewhere: non-negative, within the reference's error
+        got = attention_column(*args, index, preset="official", backend=backend)
+        reference = attention_column(*args, index, preset="official", backend="reference")
+        definition = attention_column(*args64, index, preset="official", backend="reference")
+        assert (got >= 0).all()
+        assert_within_reference_error(f"column {index}", got, reference, definition, torch.float32)

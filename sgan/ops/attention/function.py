@@ -224,7 +224,7 @@ def attention_column(x, key, query, saliency_mask, index, *, preset="official", 
             weights = attention_weights_reference(kf, qf, mf, shift=shift, background=background,
                                                   scale=scale, eps=float(eps))
             return weights[:, :, index].reshape(B, H, W)
-        _, _, q_sum, _, count, row_min, _ = _forward_op(
+        _, _, q_sum, _, count, row_min, argmin = _forward_op(
             xf.contiguous(), kf.contiguous(), qf.contiguous(), mf.contiguous(), gamma, scale,
             float(eps), shift, background == "mean", backend)
         acc = q_sum.dtype
@@ -234,6 +234,10 @@ def attention_column(x, key, query, saliency_mask, index, *, preset="official", 
         group_n = count.gather(1, group)  # (B, N)
         denominator = scale * (key_acc.transpose(1, 2) * group_q).sum(-1) - row_min * group_n + eps
         numerator = scale * (key_acc * query_acc[:, :, index:index + 1]).sum(1) - row_min
+        if shift:
+            # w_ij = P_ij - m_i >= 0, and exactly 0 where j is row i's minimum: recomputing P_ij here
+            # and subtracting the m_i of the forward pass would leave rounding noise of either sign
+            numerator = torch.where(argmin == index, torch.zeros_like(numerator), numerator.clamp_min(0))
         same_group = mf == mf[:, index:index + 1]
         column = torch.where(same_group, numerator / denominator, torch.zeros_like(numerator))
         if background == "mean":
