@@ -26,7 +26,7 @@ d gamma = sum_i t_i is reduced by the launch code. Dtype conventions as in atten
 import triton
 import triton.language as tl
 
-from sgan.kernels.attention_forward import EPS, GAMMA, SCALE
+from sgan.kernels.attention_forward import EPS, GAMMA, SCALE, group_sums_autotune
 from sgan.kernels.attention_layout import (group_attends, group_range, load_tile, load_tile_transposed,
                                            row_tile_positions, store_tile)
 from sgan.kernels.autotuning import clamp_blocks_to_sizes, configs
@@ -108,14 +108,7 @@ def row_grads_kernel(grad_out_ptr, key_ptr, query_ptr, order_ptr, background_siz
     tl.store(grad_min_ptr + row_offsets, grad_min, mask=is_row)
 
 
-@triton.autotune(
-    configs=configs([dict(BLOCK_CK=64, BLOCK_C=64, BLOCK_N=32, num_warps=4, num_stages=3),
-                     dict(BLOCK_CK=64, BLOCK_C=128, BLOCK_N=32, num_warps=8, num_stages=3),
-                     dict(BLOCK_CK=128, BLOCK_C=128, BLOCK_N=32, num_warps=8, num_stages=3),
-                     dict(BLOCK_CK=32, BLOCK_C=64, BLOCK_N=64, num_warps=4, num_stages=3)],
-                    dict(BLOCK_CK=16, BLOCK_C=16, BLOCK_N=32)),
-    key=["C", "Ck"],
-    prune_configs_by={"early_config_prune": clamp_blocks_to_sizes({"BLOCK_CK": "Ck", "BLOCK_C": "C"})})
+@group_sums_autotune()
 @triton.jit
 def group_grad_sums_kernel(grad_out_ptr, key_ptr, order_ptr, background_size_ptr, scalars_ptr,
                            key_coef_ptr, grad_den_ptr, x_coef_ptr,

@@ -31,14 +31,20 @@ from sgan.kernels.autotuning import clamp_blocks_to_sizes, configs
 GAMMA, SCALE, EPS = tl.constexpr(0), tl.constexpr(1), tl.constexpr(2)  # positions in the scalars tensor
 
 
-@triton.autotune(
-    configs=configs([dict(BLOCK_CK=64, BLOCK_C=64, BLOCK_N=32, num_warps=4, num_stages=3),
-                     dict(BLOCK_CK=64, BLOCK_C=128, BLOCK_N=32, num_warps=8, num_stages=3),
-                     dict(BLOCK_CK=128, BLOCK_C=128, BLOCK_N=32, num_warps=8, num_stages=3),
-                     dict(BLOCK_CK=32, BLOCK_C=64, BLOCK_N=64, num_warps=4, num_stages=3)],
-                    dict(BLOCK_CK=16, BLOCK_C=16, BLOCK_N=32)),
-    key=["C", "Ck"],
-    prune_configs_by={"early_config_prune": clamp_blocks_to_sizes({"BLOCK_CK": "Ck", "BLOCK_C": "C"})})
+def group_sums_autotune():
+    """The autotuner of the kernels that sum a (Ck, C) tile over a group's positions (group_sums_kernel
+    here, group_grad_sums_kernel in the backward): one tiling for both, a fresh config list for each."""
+    return triton.autotune(
+        configs=configs([dict(BLOCK_CK=64, BLOCK_C=64, BLOCK_N=32, num_warps=4, num_stages=3),
+                         dict(BLOCK_CK=64, BLOCK_C=128, BLOCK_N=32, num_warps=8, num_stages=3),
+                         dict(BLOCK_CK=128, BLOCK_C=128, BLOCK_N=32, num_warps=8, num_stages=3),
+                         dict(BLOCK_CK=32, BLOCK_C=64, BLOCK_N=64, num_warps=4, num_stages=3)],
+                        dict(BLOCK_CK=16, BLOCK_C=16, BLOCK_N=32)),
+        key=["C", "Ck"],
+        prune_configs_by={"early_config_prune": clamp_blocks_to_sizes({"BLOCK_CK": "Ck", "BLOCK_C": "C"})})
+
+
+@group_sums_autotune()
 @triton.jit
 def group_sums_kernel(x_ptr, query_ptr, order_ptr, background_size_ptr,
                       A_ptr, q_sum_ptr, x_sum_ptr,
