@@ -234,8 +234,15 @@ def resolve(data=None, overrides=(), source="<dict>"):
                 problems.append(problem)
             elif key in entry["choices"] and values[key] not in entry["choices"][key]:
                 problems.append(f"{where}: expected one of {list(entry['choices'][key])}, got {values[key]!r}")
+    if merged["work_dir"] is not None and not isinstance(merged["work_dir"], str):
+        problems.append(f"work_dir: expected a path (str), got {type(merged['work_dir']).__name__} "
+                        f"{merged['work_dir']!r}")
     if problems:
         raise ValueError("invalid configuration:\n  " + "\n  ".join(problems))
+    if merged["work_dir"]:
+        # resolved once, against the directory the command runs in: every work-dir-relative path
+        # is then joined exactly once (sgan.pipeline.work_path leaves absolute paths alone)
+        merged["work_dir"] = os.path.abspath(os.path.expanduser(merged["work_dir"]))
     return Config(merged)
 
 
