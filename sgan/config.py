@@ -95,13 +95,15 @@ register_section(ROOT, {
     "seed": 0,
     "overwrite": False,
     "resume": False,
+    "resume_changed": False,
     "device": "auto",
     "backend": "auto",
     "num_workers": 2,
     "steps": STAGE1_STEPS + STAGE2_STEPS,
 }, choices={"backend": ("auto", "reference", "cpp", "cuda", "triton")},
     doc="work_dir: output directory (required); seed: global seed; overwrite: redo finished work; "
-        "resume: continue an interrupted training from its last checkpoint; device: auto|cpu|cuda|cuda:N; "
+        "resume: continue an interrupted training from its last checkpoint (refused when its settings or inputs "
+        "changed, unless resume_changed); device: auto|cpu|cuda|cuda:N; "
         "backend: kernels of the attention and the losses; steps: what `sgan run` chains")
 
 

@@ -17,7 +17,8 @@ def test_defaults_file_and_overrides_merge_in_order(tmp_path):
     path.write_text("work_dir: out\ntest_section:\n  lr: 0.01\n  iterations: 5\n")
     cfg = load_config(str(path), ["test_section.iterations=7", "test_section.scales=[1.0, 0.5]",
                                   "test_section.weights=/w.pth", "test_section.extra.a.b=3", "seed=4"])
-    assert cfg.work_dir == "out" and cfg.seed == 4
+    # work_dir is resolved once, against the directory the command runs in
+    assert cfg.work_dir == os.path.join(os.getcwd(), "out") and cfg.seed == 4
     assert cfg.test_section.lr == 0.01            # from the file
     assert cfg.test_section.iterations == 7        # override wins over the file
     assert cfg.test_section.flip is True           # default

@@ -3,8 +3,9 @@
 A step is a module in this package (``sgan/pipeline/<anything>.py``) that defines::
 
     STEP = "train-cam"     # the step's name: `sgan train-cam CONFIG.yaml key=value ...`
-    def run(cfg): ...      # reads and writes files under cfg.work_dir; skips finished work
-                           # unless cfg.overwrite; cfg is a validated sgan.config.Config
+    def run(cfg): ...      # reads and writes files under cfg.work_dir; skips work already done
+                           # from the same settings and inputs (sgan.utils.record) unless
+                           # cfg.overwrite; cfg is a validated sgan.config.Config
 
 and optionally::
 
@@ -19,8 +20,8 @@ step (stage 2, the demo) is added by adding its module here, without editing thi
 
 Runner: :func:`run_steps` runs ``cfg.steps`` (or a given list) in order after :func:`prepare`
 (work dir, logging to ``<work_dir>/sgan.log``, ``config.resolved.yaml`` with the git revision).
-Helpers for steps: :func:`work_path` (paths relative to the work dir), :func:`finished` (skip logic
-with done markers) and :func:`resolve_device`.
+Helpers for steps: :func:`work_path` (paths relative to the work dir) and :func:`resolve_device`;
+what produced an output, and whether it is up to date, is sgan.utils.record's.
 """
 import importlib
 import os
@@ -30,7 +31,6 @@ import time
 import torch
 
 from sgan.config import save_resolved
-from sgan.utils.io import read_done_marker
 from sgan.utils.logging import get_logger, setup_logging
 
 _STEPS = {}  # name -> module
@@ -80,26 +80,6 @@ def resolve_device(cfg):
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device: {name!r} requested but CUDA is not available")
     return device
-
-
-def finished(cfg, folder, info, what):
-    """True when ``folder`` holds a done marker and ``cfg.overwrite`` is off (the step skips).
-
-    ``info`` is what the step would record (its config); a marker recorded with different info is
-    still accepted but logged as a warning naming the differing keys, so stale outputs are visible.
-    """
-    if cfg.overwrite:
-        return False
-    recorded = read_done_marker(folder)
-    if recorded is None:
-        return False
-    logger = get_logger("pipeline")
-    changed = sorted(k for k in set(recorded) | set(info) if recorded.get(k) != info.get(k))
-    if changed:
-        logger.warning("%s: %s was produced with different settings (%s); keeping it, pass "
-                       "overwrite=true to redo it", what, folder, ", ".join(changed))
-    logger.info("%s: already done in %s (overwrite=true to redo)", what, folder)
-    return True
 
 
 def prepare(cfg):

@@ -12,13 +12,19 @@ from sgan.data.voc import (
     read_id_list,
     validate_samples,
 )
-from sgan.pipeline import finished, resolve_device, work_path
+from sgan.pipeline import resolve_device, work_path
 from sgan.seeds import class_scores, make_seeds
 from sgan.models.sgan_net import network_from_info
 from sgan.train.loop import load_checkpoint
-from sgan.utils.io import remove_done_marker, save_png, write_done_marker
+from sgan.utils.io import read_done_marker, remove_done_marker, save_png, write_done_marker
 from sgan.utils.logging import get_logger
 from sgan.utils.progress import progress
+from sgan.utils.record import (fingerprint, folder_fingerprint, images_fingerprint, labels_fingerprint,
+                               make_record, settings_of, up_to_date)
+
+# what a stage-1 network's training or seeds read of the data section (the rest of what they read
+# is named by the input fingerprints of their records)
+TRAINING_DATA_KEYS = ("data.input_size", "data.normalisation", "data.flip")
 
 
 def saliency_folder(cfg):
@@ -46,22 +52,30 @@ def load_network(cfg, checkpoint_path, device):
     return network.to(device).eval(), state["model_info"]
 
 
-def write_seeds(cfg, section, what):
+def write_seeds(cfg, section_name, what):
     """Seeds of every training image from ``section.checkpoint`` into ``section.out_dir`` (PNG).
 
-    section keys: checkpoint, out_dir, alpha, beta, rule, scales, flip, use_seed_branch (optional).
-    Skips when the folder is marked done; the thresholding and PNG writing run in a thread pool
-    of cfg.num_workers threads while the network computes the next image.
+    section_name: "initial_seeds" or "seeds", whose keys are checkpoint, out_dir, alpha, beta,
+    rule, scales, flip, use_seed_branch (optional). Skips when the folder's done marker records the
+    same settings and inputs (checkpoint, images, labels, saliency); otherwise rewrites every map.
+    The thresholding and PNG writing run in a thread pool of cfg.num_workers threads while the
+    network computes the next image.
     """
+    section = cfg[section_name]
     out_dir = work_path(cfg, section.out_dir)
-    info = section.to_dict()
-    if finished(cfg, out_dir, info, what):
-        return out_dir
     paths, ids, labels = training_images(cfg)
     saliency_dir = saliency_folder(cfg)
+    checkpoint = work_path(cfg, section.checkpoint)
+    if not os.path.isfile(checkpoint):
+        raise ValueError(f"{what}: checkpoint {checkpoint} does not exist (train it first)")
+    record = make_record(what, settings_of(cfg, section_name, "data.input_size"), {
+        "checkpoint": fingerprint(checkpoint), "images": images_fingerprint(paths, ids),
+        "labels": labels_fingerprint(labels, ids), "saliency": folder_fingerprint(saliency_dir, ids)})
+    if up_to_date(cfg, what, out_dir, read_done_marker(out_dir), record):
+        return out_dir
     validate_samples(paths, ids, labels, saliency_dir=saliency_dir)
     device = resolve_device(cfg)
-    network, model_info = load_network(cfg, work_path(cfg, section.checkpoint), device)
+    network, model_info = load_network(cfg, checkpoint, device)
     os.makedirs(out_dir, exist_ok=True)
     remove_done_marker(out_dir)
     use_seed_branch = bool(section.get("use_seed_branch", False))
@@ -83,6 +97,6 @@ def write_seeds(cfg, section, what):
                 pending.pop(0).result()
         for future in pending:
             future.result()
-    write_done_marker(out_dir, info)
+    write_done_marker(out_dir, record)
     get_logger("seeds").info("%s: wrote %d seed maps to %s", what, len(ids), out_dir)
     return out_dir

@@ -39,7 +39,7 @@ from sgan.metrics import VOC_SHORT_NAMES, format_class_table
 from sgan.models.deeplab import VGG16_CONVS
 from sgan.pipeline import run_step, work_path
 from sgan.train import load_checkpoint
-from sgan.utils.io import atomic_writer, load_json, save_json, save_torch
+from sgan.utils.io import atomic_writer, load_json, save_json
 from sgan.utils.logging import get_logger
 
 STEP = "demo"
@@ -138,7 +138,7 @@ def variant_configs(cfg, name):
     return _derive(cfg, changes)
 
 
-def write_stage2_init(cam_checkpoint, path, overwrite=False):
+def write_stage2_init(cam_checkpoint, path):
     """The stand-in for ImageNet weights of stage 2: the baseline CAM network's backbone as a
     Caffe-named VGG-16 state dict (``conv1_1.weight`` ...), read by train-seg like any weights file.
 
@@ -146,12 +146,11 @@ def write_stage2_init(cam_checkpoint, path, overwrite=False):
     kernels and zero biases: after a ReLU, conv + ReLU is then the identity, so the deepened trunk
     starts out computing the trained features (Net2Net's "deeper" transform). Returns (path, the
     input normalisation the backbone was trained with: stage 2 must use the same, not the
-    ``caffe_bgr`` that ``auto`` would infer from the Caffe naming). A file newer than the
-    checkpoint is kept unless ``overwrite``.
+    ``caffe_bgr`` that ``auto`` would infer from the Caffe naming). Rewritten whenever its bytes
+    would differ (they are a function of the checkpoint's), so train-seg's record (a content hash)
+    sees a change exactly when the baseline changed.
     """
     state = load_checkpoint(cam_checkpoint)
-    if not overwrite and os.path.isfile(path) and os.path.getmtime(path) >= os.path.getmtime(cam_checkpoint):
-        return path, state["model_info"]["normalisation"]
     weights = {key[len("backbone."):]: value for key, value in state["model"].items() if key.startswith("backbone.")}
     for block in VGG16_CONVS:
         previous = None
@@ -165,7 +164,11 @@ def write_stage2_init(cam_checkpoint, path, overwrite=False):
                 torch.nn.init.dirac_(identity)
                 weights[f"{name}.weight"], weights[f"{name}.bias"] = identity, torch.zeros(channels)
             previous = name
-    save_torch(path, weights)
+    serialised = io.BytesIO()
+    torch.save(weights, serialised)
+    if not os.path.isfile(path) or open(path, "rb").read() != serialised.getvalue():
+        with atomic_writer(path, "wb") as stream:
+            stream.write(serialised.getvalue())
     return path, state["model_info"]["normalisation"]
 
 
@@ -249,7 +252,7 @@ def run(cfg):
     if section.stage2:
         if section.stage2_init == "baseline":
             init, normalisation = write_stage2_init(work_path(cfg, cfg.train_cam.checkpoint),
-                                                    work_path(cfg, "ckpt/stage2_init.pt"), cfg.overwrite)
+                                                    work_path(cfg, "ckpt/stage2_init.pt"))
             variants = {name: _derive(c, {"train_seg": {"weights": init, "weights_naming": "caffe"},
                                           "data": {"normalisation": normalisation}})
                         for name, c in variants.items()}

@@ -7,9 +7,10 @@ from sgan.config import register_section
 from sgan.data.voc import VOCPaths, read_gray, read_id_list, validate_samples
 from sgan.metrics import VOC_SHORT_NAMES, ConfusionMatrix, format_class_table
 from sgan.pipeline import work_path
-from sgan.utils.io import save_json
+from sgan.utils.io import load_json, save_json
 from sgan.utils.logging import get_logger
 from sgan.utils.progress import progress
+from sgan.utils.record import fingerprint, folder_fingerprint, make_record, settings_of, up_to_date
 
 STEP = "eval-seeds"
 
@@ -64,18 +65,29 @@ def seed_table(scores):
 
 
 def run(cfg):
+    """Score the seeds of ``eval_seeds.seeds_dir`` -> ``eval_seeds.out``, and log the table.
+
+    Recomputed whenever the list, the seeds or the ground truth differ from those recorded in the
+    output; an up-to-date output is read back and its table logged again.
+    """
     section = cfg.eval_seeds
+    logger = get_logger("eval")
     paths = VOCPaths(cfg.data.root)
-    ids = read_id_list(paths.resolve(section.list))
+    list_path = paths.resolve(section.list)
+    ids = read_id_list(list_path)
     out = work_path(cfg, section.out)
     seeds_dir = work_path(cfg, section.seeds_dir)
-    if os.path.isfile(out) and not cfg.overwrite:
-        get_logger("eval").info("eval-seeds: %s exists (overwrite=true to redo)", out)
-        return
-    scores = evaluate_seeds(paths, ids, seeds_dir, paths.resolve(section.gt_dir))
-    scores["seeds_dir"] = seeds_dir
-    save_json(out, scores)
-    logger = get_logger("eval")
+    gt_dir = paths.resolve(section.gt_dir)
+    record = make_record(STEP, settings_of(cfg, "eval_seeds", root_keys=()), {
+        "list": fingerprint(list_path), "seeds": folder_fingerprint(seeds_dir, ids),
+        "ground truth": folder_fingerprint(gt_dir, ids)})
+    if os.path.isfile(out) and up_to_date(cfg, STEP, out, load_json(out).get("record"), record):
+        scores = load_json(out)
+    else:
+        scores = evaluate_seeds(paths, ids, seeds_dir, gt_dir)
+        scores["seeds_dir"] = seeds_dir
+        scores["record"] = record
+        save_json(out, scores)
     logger.info("seeds in %s on %d images: precision %.1f%%, recall %.1f%% -> %s\n%s",
                 seeds_dir, len(ids), 100 * (scores["overall_precision"] or 0),
                 100 * (scores["overall_recall"] or 0), out, seed_table(scores))

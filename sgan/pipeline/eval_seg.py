@@ -17,6 +17,7 @@ from sgan.synthetic import VOC_CLASSES
 from sgan.utils.io import load_json, save_json
 from sgan.utils.logging import get_logger
 from sgan.utils.progress import progress
+from sgan.utils.record import fingerprint, folder_fingerprint, make_record, settings_of, up_to_date
 
 STEP = "eval"
 CLASS_NAMES = ("background",) + tuple(VOC_CLASSES)
@@ -50,22 +51,26 @@ def evaluate_folder(prediction_dir, gt_dir, ids, num_classes=VOC_NUM_CLASSES):
 
 
 def run(cfg):
+    """Score the predictions -> ``eval.output`` and print the Table II row. Recomputed whenever the
+    list, the predictions or the ground truth differ from those recorded in the output."""
     section = cfg.eval
     logger = get_logger("eval")
     output = work_path(cfg, section.output)
-    if os.path.isfile(output) and not cfg.overwrite:
+    paths = VOCPaths(cfg.data.root)
+    list_path = paths.resolve(section.list or cfg.data.val_list)
+    ids = read_id_list(list_path)
+    gt_dir = paths.resolve(section.gt_dir)
+    prediction_dir = work_path(cfg, section.predictions)
+    record = make_record(STEP, settings_of(cfg, "eval", root_keys=()), {
+        "list": fingerprint(list_path), "predictions": folder_fingerprint(prediction_dir, ids),
+        "ground truth": folder_fingerprint(gt_dir, ids)})
+    if os.path.isfile(output) and up_to_date(cfg, STEP, output, load_json(output).get("record"), record):
         result = load_json(output)
-        logger.info("eval: %s exists (overwrite=true to recompute)", output)
     else:
-        paths = VOCPaths(cfg.data.root)
-        list_path = paths.resolve(section.list or cfg.data.val_list)
-        ids = read_id_list(list_path)
-        gt_dir = paths.resolve(section.gt_dir)
         validate_samples(paths, ids, gt_dir=gt_dir)
-        prediction_dir = work_path(cfg, section.predictions)
         scores = evaluate_folder(prediction_dir, gt_dir, ids).scores(CLASS_NAMES)
         result = {"name": section.name, "num_images": len(ids), "list": list_path,
-                  "predictions": prediction_dir, "ground_truth": gt_dir, **scores}
+                  "predictions": prediction_dir, "ground_truth": gt_dir, **scores, "record": record}
         save_json(output, result)
     table = format_class_table([(result["name"], result)], VOC_SHORT_NAMES)
     logger.info("eval: mIoU %.2f%% over %d images, per-class IoU in %s", 100 * result["miou"],

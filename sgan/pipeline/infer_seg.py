@@ -3,8 +3,9 @@
 Each image is predicted at its original size (logits upsampled before the softmax; optional
 ``scales`` and ``flip``, probabilities averaged; sgan.infer), then optionally refined by the dense
 CRF with s = 1 (DESIGN.md §3). The CRF runs in a process pool while the network predicts the next
-images; at most ``2 x crf_processes`` images wait for their CRF at any time. Images whose PNG
-exists are skipped (an interrupted run continues), unless ``overwrite``. Under torchrun every rank
+images; at most ``2 x crf_processes`` images wait for their CRF at any time. A finished folder is
+kept when its record (settings, checkpoint, list, images) matches; an interrupted one is continued
+only when it was started from the same record (its PNGs are removed otherwise). Under torchrun every rank
 predicts its share of the list (ids[rank::world]).
 """
 import collections
@@ -17,11 +18,12 @@ from sgan.crf import TEST_SCALE, DenseCRFPool, default_processes
 from sgan.data.voc import VOCPaths, load_rgb, normalise, read_id_list, validate_samples
 from sgan.infer import predict_probabilities, save_label_png
 from sgan.models.deeplab import build_deeplab
-from sgan.pipeline import finished, resolve_device, work_path
+from sgan.pipeline import resolve_device, work_path
 from sgan.train import barrier, init_distributed, load_checkpoint
-from sgan.utils.io import write_done_marker
+from sgan.utils.io import read_done_marker
 from sgan.utils.logging import get_logger
 from sgan.utils.progress import progress
+from sgan.utils.record import fingerprint, finish_partial, images_fingerprint, make_record, settings_of, start_partial, up_to_date
 
 STEP = "infer"
 DISTRIBUTED = True
@@ -58,16 +60,24 @@ def run(cfg):
     logger = get_logger("infer")
     rank, world = init_distributed(cfg)
     paths = VOCPaths(cfg.data.root)
-    ids = read_id_list(paths.resolve(section.list or cfg.data.val_list))
+    list_path = paths.resolve(section.list or cfg.data.val_list)
+    ids = read_id_list(list_path)
     output_dir = work_path(cfg, section.output_dir)
-    info = {key: value for key, value in section.to_dict().items() if key != "crf_processes"}
-    if finished(cfg, output_dir, info, "infer"):
+    checkpoint = work_path(cfg, section.checkpoint)
+    record = make_record(STEP, settings_of(cfg, "infer", root_keys=()), {
+        "checkpoint": fingerprint(checkpoint), "list": fingerprint(list_path),
+        "images": images_fingerprint(paths, ids)})
+    if up_to_date(cfg, STEP, output_dir, read_done_marker(output_dir), record):
         return output_dir
     validate_samples(paths, ids)
     device = resolve_device(cfg)
-    model, normalisation = load_segmentation_model(work_path(cfg, section.checkpoint), device)
-    todo = [i for i in ids[rank::world]
-            if cfg.overwrite or not os.path.isfile(os.path.join(output_dir, i + ".png"))]
+    model, normalisation = load_segmentation_model(checkpoint, device)
+    if rank == 0:
+        continuing = start_partial(output_dir, record, cfg.overwrite, ids)
+        logger.info("infer: %s %s", "continuing the interrupted predictions in" if continuing else "predicting into",
+                    output_dir)
+    barrier()
+    todo = [i for i in ids[rank::world] if not os.path.isfile(os.path.join(output_dir, i + ".png"))]
     logger.info("infer: %d of %d images to predict on rank %d (scales %s, flip %s, crf %s)", len(todo),
                 len(ids), rank, list(section.scales), section.flip, section.crf)
     processes = section.crf_processes or max(1, default_processes() // world)
@@ -98,5 +108,5 @@ def run(cfg):
             pool.close()
     barrier()
     if rank == 0:
-        write_done_marker(output_dir, info)
+        finish_partial(output_dir, record)
     return output_dir

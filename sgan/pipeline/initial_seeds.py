@@ -13,4 +13,4 @@ register_section("initial_seeds", {
 
 
 def run(cfg):
-    write_seeds(cfg, cfg.initial_seeds, STEP)
+    write_seeds(cfg, "initial_seeds", STEP)

@@ -5,26 +5,32 @@ from sgan.data.voc import VOCPaths, image_level_labels, read_id_list
 from sgan.pipeline import work_path
 from sgan.utils.io import load_json, save_json
 from sgan.utils.logging import get_logger
+from sgan.utils.record import files_fingerprint, fingerprint, make_record, settings_of, up_to_date
 
 STEP = "labels"
 
 
 def run(cfg):
-    """Write ``<work_dir>/<data.labels_file>``: {"source", "labels": {id: [classes 1..20]}}."""
+    """Write ``<work_dir>/<data.labels_file>``: {"source", "labels": {id: [classes 1..20]}, "record"}.
+
+    Redone whenever the list file, the annotation files it reads (XMLs or label masks) or the label
+    settings differ from those recorded in the file.
+    """
     logger = get_logger("labels")
     paths = VOCPaths(cfg.data.root)
-    ids = read_id_list(paths.resolve(cfg.data.train_list))
+    list_path = paths.resolve(cfg.data.train_list)
+    ids = read_id_list(list_path)
     out = work_path(cfg, cfg.data.labels_file)
-    if os.path.isfile(out) and not cfg.overwrite:
-        cached = load_json(out)
-        missing = [i for i in ids if i not in cached.get("labels", {})]
-        if cached.get("source") == cfg.data.label_source and not missing:
-            logger.info("labels: %s already holds the %d images (overwrite=true to redo)", out, len(ids))
-            return
-        logger.info("labels: %s is stale (source %s, %d ids missing); recomputing", out,
-                    cached.get("source"), len(missing))
+    if cfg.data.label_source == "xml":
+        sources = [paths.annotation(i) for i in ids]
+    else:
+        sources = [paths.mask(i, cfg.data.label_mask_dir) for i in ids]
+    record = make_record(STEP, settings_of(cfg, "data.label_source", "data.label_mask_dir", root_keys=()),
+                         {"list": fingerprint(list_path), "annotations": files_fingerprint(sources)})
+    if os.path.isfile(out) and up_to_date(cfg, STEP, out, load_json(out).get("record"), record):
+        return
     labels = image_level_labels(paths, ids, cfg.data.label_source, cfg.data.label_mask_dir)
-    save_json(out, {"source": cfg.data.label_source, "labels": labels})
+    save_json(out, {"source": cfg.data.label_source, "labels": labels, "record": record})
     counts = {}
     for classes in labels.values():
         for c in classes:

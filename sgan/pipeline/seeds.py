@@ -15,4 +15,4 @@ register_section("seeds", {
 
 
 def run(cfg):
-    write_seeds(cfg, cfg.seeds, STEP)
+    write_seeds(cfg, "seeds", STEP)

@@ -4,8 +4,9 @@ from sgan.data.voc import VOCTrainSet, validate_samples
 from sgan.losses import classification_loss
 from sgan.models.sgan_net import build_network
 from sgan.pipeline import resolve_device, work_path
-from sgan.pipeline._stage1 import training_images
+from sgan.pipeline._stage1 import TRAINING_DATA_KEYS, training_images
 from sgan.train import OPTIM_CHOICES, OPTIM_DEFAULTS, train
+from sgan.utils.record import images_fingerprint, labels_fingerprint, make_record, optional_file, settings_of
 from sgan.utils.seeding import derive_seed, seed_everything
 
 STEP = "train-cam"
@@ -21,6 +22,9 @@ def run(cfg):
     validate_samples(paths, ids, labels)
     device = resolve_device(cfg)
     seed_everything(derive_seed(cfg.seed, STEP, "init"))
+    record = make_record(STEP, settings_of(cfg, "train_cam", "model", *TRAINING_DATA_KEYS), {
+        "images": images_fingerprint(paths, ids), "labels": labels_fingerprint(labels, ids),
+        "model.weights": optional_file(cfg.model.weights)})
     network, info = build_network(cfg, "cam")
     dataset = VOCTrainSet(paths, ids, labels, cfg.data.input_size, info["normalisation"], cfg.data.flip)
 
@@ -31,4 +35,4 @@ def run(cfg):
 
     train(cfg, "train_cam", name=STEP, model=network, dataset=dataset, loss_fn=loss_fn,
           checkpoint_path=work_path(cfg, section.checkpoint), model_info=info, device=device,
-          depends_on=("model", "data"))
+          record=record)

@@ -48,8 +48,10 @@ from sgan.models.sgan_net import resolve_normalisation
 from sgan.pipeline import resolve_device, work_path
 from sgan.train import OPTIM_CHOICES, OPTIM_DEFAULTS, train
 from sgan.train.distributed import init_distributed
+from sgan.train.loop import checkpoint_up_to_date, last_checkpoint_path
 from sgan.utils.io import save_json
 from sgan.utils.logging import get_logger
+from sgan.utils.record import folder_fingerprint, images_fingerprint, make_record, optional_file, settings_of
 from sgan.utils.seeding import derive_seed, seed_everything
 
 STEP = "train-seg"
@@ -146,9 +148,8 @@ def jitter_colours(image, rng, strength):
     return np.rint(pixels).astype(np.uint8)
 
 
-def build_model(section, normalisation_setting, logger, load_weights=True):
-    """(DeepLab network with its ImageNet weights, the resolved input normalisation). Without
-    ``load_weights`` only the file's naming is read (the network and normalisation depend on it)."""
+def build_model(section, normalisation_setting, logger):
+    """(DeepLab network with its ImageNet weights, the resolved input normalisation)."""
     naming, state = None, None
     if section.weights:
         state = read_state_dict(section.weights)
@@ -157,10 +158,10 @@ def build_model(section, normalisation_setting, logger, load_weights=True):
     if section.arch == "resnet101":
         options.update(blocks=list(section.blocks), stride_in_1x1=naming == "caffe")
     model = build_deeplab(section.arch, **options)
-    if state is not None and load_weights:
+    if state is not None:
         report = load_pretrained(model, state, naming)
         logger.info("train-seg: %s", report.summary().replace("\n", "; "))
-    elif state is None:
+    else:
         logger.warning("train_seg.weights is not set: DeepLab (%s) starts from random weights", section.arch)
     return model, resolve_normalisation(normalisation_setting, naming)
 
@@ -305,18 +306,21 @@ def run(cfg):
     section = cfg.train_seg
     logger = get_logger("train_seg")
     checkpoint = work_path(cfg, section.checkpoint)
-    # a finished checkpoint: sgan.train.train skips (and warns about changed settings); nothing
-    # is read or started for it here
-    training = cfg.overwrite or not os.path.isfile(checkpoint)
     rank, world = init_distributed(cfg)
     paths = VOCPaths(cfg.data.root)
     ids = read_id_list(paths.resolve(cfg.data.train_list))
     seeds_dir = work_path(cfg, section.seeds_dir)
-    if training:
-        validate_samples(paths, ids, seeds_dir=seeds_dir)
+    record = make_record(STEP, settings_of(cfg, "train_seg", "data.normalisation"), {
+        "images": images_fingerprint(paths, ids), "seeds": folder_fingerprint(seeds_dir, ids),
+        "train_seg.weights": optional_file(section.weights)})
+    # a finished checkpoint of the same settings and inputs: nothing is read or started for it here
+    # (sgan.train.train then skips as well)
+    if not os.path.isfile(last_checkpoint_path(checkpoint)) and checkpoint_up_to_date(cfg, STEP, checkpoint, record):
+        return checkpoint
+    validate_samples(paths, ids, seeds_dir=seeds_dir)
     device = resolve_device(cfg)
     seed_everything(derive_seed(cfg.seed, STEP, "init"))
-    model, normalisation = build_model(section, cfg.data.normalisation, logger, load_weights=training)
+    model, normalisation = build_model(section, cfg.data.normalisation, logger)
     model.to(device)
     output_size = logits_size(model, section.crop, device)
     dataset = SegTrainSet(paths, ids, seeds_dir, resize_to=section.resize, crop=section.crop,
@@ -326,7 +330,7 @@ def run(cfg):
     processes = section.crf_processes
     if processes is None:
         processes = max(1, min(section.batch_size // world, default_processes() // world))
-    pool = DenseCRFPool(processes) if training and section.boundary_loss_weight > 0 else None
+    pool = DenseCRFPool(processes) if section.boundary_loss_weight > 0 else None
     loss_fn = StageTwoLoss(section, cfg.backend, pool, section.crf_chunks)
     try:
         if pool is not None:  # start the workers now, so their start-up is not counted as waiting
@@ -334,12 +338,12 @@ def run(cfg):
             pool.submit(warm, np.full((processes, VOC_NUM_CLASSES, *output_size), 1.0 / VOC_NUM_CLASSES,
                                       np.float32)).result()
         train(cfg, "train_seg", name=STEP, model=model, dataset=dataset, loss_fn=loss_fn,
-              checkpoint_path=checkpoint, model_info=model_info, device=device, depends_on=("data",))
+              checkpoint_path=checkpoint, model_info=model_info, device=device, record=record)
     finally:
         if pool is not None:
             pool.close()
     timing = loss_fn.timing()
-    if not training or timing["steps_measured"] == 0:
+    if timing["steps_measured"] == 0:
         return checkpoint
     if pool is not None:
         logger.info("train-seg: waited %.1f ms for the CRF per step of %.1f ms (%.1f%% of the step time, "

@@ -4,8 +4,10 @@ from sgan.data.voc import VOCTrainSet, validate_samples
 from sgan.losses import classification_loss, resize_seeds, seed_loss
 from sgan.models.sgan_net import VARIANTS, build_network
 from sgan.pipeline import resolve_device, work_path
-from sgan.pipeline._stage1 import saliency_folder, training_images
+from sgan.pipeline._stage1 import TRAINING_DATA_KEYS, saliency_folder, training_images
 from sgan.train import OPTIM_CHOICES, OPTIM_DEFAULTS, train
+from sgan.utils.record import (folder_fingerprint, images_fingerprint, labels_fingerprint, make_record,
+                               optional_file, settings_of)
 from sgan.utils.seeding import derive_seed, seed_everything
 
 STEP = "train-sgan"
@@ -28,6 +30,13 @@ def run(cfg):
     validate_samples(paths, ids, labels, saliency_dir=saliency_dir, seeds_dir=seeds_dir)
     device = resolve_device(cfg)
     seed_everything(derive_seed(cfg.seed, STEP, "init"))
+    inputs = {"images": images_fingerprint(paths, ids), "labels": labels_fingerprint(labels, ids),
+              "model.weights": optional_file(cfg.model.weights)}
+    if saliency_dir is not None:
+        inputs["saliency"] = folder_fingerprint(saliency_dir, ids)
+    if seeds_dir is not None:
+        inputs["initial seeds"] = folder_fingerprint(seeds_dir, ids)
+    record = make_record(STEP, settings_of(cfg, "train_sgan", "model", *TRAINING_DATA_KEYS), inputs)
     network, info = build_network(cfg, "sgan", section.variant)
     dataset = VOCTrainSet(paths, ids, labels, cfg.data.input_size, info["normalisation"], cfg.data.flip,
                           saliency_dir=saliency_dir, seeds_dir=seeds_dir)
@@ -48,5 +57,5 @@ def run(cfg):
 
     train(cfg, "train_sgan", name=STEP, model=network, dataset=dataset, loss_fn=loss_fn,
           checkpoint_path=work_path(cfg, section.checkpoint), model_info=info, device=device,
-          depends_on=("model", "data"))
+          record=record)
 

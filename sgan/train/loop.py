@@ -8,9 +8,11 @@ indexed by ``(index, sample_seed)`` pairs (sgan.train.order), with:
   any other draw are the same in a resumed run;
 - checkpoints written atomically: ``<ckpt>.last.pt`` every ``checkpoint_every`` iterations (model,
   optimiser with momentum, iteration, history; the schedule and data order are functions of the
-  iteration) and the final ``<ckpt>`` (model, model_info, config, git revision, loss history), after
-  which ``.last.pt`` is removed. A finished checkpoint makes the step skip unless ``overwrite``;
-  a ``.last.pt`` is continued with ``resume=true`` and refused otherwise (no silent restart);
+  iteration) and the final ``<ckpt>`` (model, model_info, config, record, git revision, loss
+  history), after which ``.last.pt`` is removed. A finished checkpoint whose record (settings and
+  input fingerprints) matches makes the step skip unless ``overwrite``; one made from anything else
+  is retrained. A ``.last.pt`` is continued with ``resume=true`` when its record matches (or with
+  ``resume_changed=true``) and refused otherwise (no silent restart);
 - DDP when launched by torchrun: the model is wrapped in DistributedDataParallel, each rank takes
   its contiguous share of the same global batch, gradients are averaged by DDP, so the result
   matches one process on the whole batch when the loss is a mean over images;
@@ -18,7 +20,7 @@ indexed by ``(index, sample_seed)`` pairs (sgan.train.order), with:
 
 Checkpoint format (a dict): ``format``, ``step``, ``iteration``, ``model`` (state dict),
 ``model_info`` (JSON-able description used to rebuild the network), ``history`` (list of
-{"iteration", "lr", <loss terms>}), ``config`` and ``git``; ``.last.pt`` adds ``optimizer``.
+{"iteration", "lr", <loss terms>}), ``config``, ``record`` and ``git``; ``.last.pt`` adds ``optimizer``.
 """
 import math
 import os
@@ -29,6 +31,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
 from sgan.config import git_revision
+from sgan.utils.record import changes, up_to_date
 from sgan.train.distributed import average_across_ranks, barrier, init_distributed
 from sgan.train.optim import build_sgd, lr_factor, set_learning_rate
 from sgan.train.order import BatchOrder, IterationBatchSampler
@@ -55,14 +58,23 @@ def load_checkpoint(path, map_location="cpu"):
     return state
 
 
-def train(cfg, section, *, name, model, dataset, loss_fn, checkpoint_path, model_info, device,
-          depends_on=("data",)):
-    """Train ``model`` and write ``checkpoint_path``; returns it (or skips when it exists).
+def checkpoint_up_to_date(cfg, name, checkpoint_path, record):
+    """True when ``checkpoint_path`` is a finished checkpoint made from ``record``'s settings and
+    inputs (sgan.utils.record) and ``overwrite`` is off: the training step skips."""
+    if not os.path.isfile(checkpoint_path):
+        return False
+    return up_to_date(cfg, name, checkpoint_path, load_checkpoint(checkpoint_path).get("record"), record)
+
+
+def train(cfg, section, *, name, model, dataset, loss_fn, checkpoint_path, model_info, device, record):
+    """Train ``model`` and write ``checkpoint_path``; returns it.
 
     section: the step's config section (its name or ``cfg.<name>``), with the keys of
-    sgan.train.optim.OPTIM_DEFAULTS. A finished checkpoint whose recorded config differs in this
-    section or in the sections named by ``depends_on`` is kept (skipped) with a warning naming
-    the differing keys.
+    sgan.train.optim.OPTIM_DEFAULTS. record: what the checkpoint is made from (settings and input
+    fingerprints, sgan.utils.record.make_record); a finished checkpoint with the same record is
+    kept (the step skips), one with another record is retrained, naming what changed. An
+    interrupted run (``.last.pt``) is continued with ``resume`` only when its record matches, or
+    with ``resume_changed`` whatever it is.
     loss_fn(model, batch, device) -> (loss tensor, {term: float}); ``model`` there may be the DDP
     wrapper, ``batch`` is the collated dict of this rank's samples.
     model_info: JSON-able dict stored with the weights to rebuild the network later.
@@ -74,35 +86,41 @@ def train(cfg, section, *, name, model, dataset, loss_fn, checkpoint_path, model
     section = cfg[section_name]
     rank, world = init_distributed(cfg)
     last_path = last_checkpoint_path(checkpoint_path)
-    if os.path.isfile(checkpoint_path) and not cfg.overwrite:
-        recorded = load_checkpoint(checkpoint_path)["config"]
-        changed = _changed_keys(recorded, cfg.to_dict(), (section_name,) + tuple(depends_on))
-        if changed:
-            logger.warning("%s: %s was trained with different settings (%s); keeping it, pass "
-                           "overwrite=true to retrain", name, checkpoint_path, ", ".join(changed))
-        logger.info("%s: %s exists, skipping (overwrite=true to retrain)", name, checkpoint_path)
+    interrupted = os.path.isfile(last_path) and not cfg.overwrite
+    if not interrupted and checkpoint_up_to_date(cfg, name, checkpoint_path, record):
+        if cfg.resume:
+            logger.info("%s: --resume: nothing to resume, %s is finished and up to date", name, checkpoint_path)
         return checkpoint_path
     total = int(section.iterations)
     if total <= 0:
-        raise ValueError(f"{name}.iterations: expected a positive int, got {total}")
+        raise ValueError(f"{section_name}.iterations: expected a positive int, got {total}")
     model.to(device)
     optimizer = build_sgd(model, section.lr, section.momentum, section.weight_decay, section.lr_mult)
     start, history = 0, []
     if os.path.isfile(last_path) and cfg.overwrite and rank == 0:
         os.remove(last_path)  # a crash before the first new checkpoint must not resume the old run
-    if os.path.isfile(last_path) and not cfg.overwrite:
+    if interrupted:
         state = load_checkpoint(last_path)
         if not cfg.resume:
             raise ValueError(f"{name}: an interrupted run was found at {last_path} (iteration "
                              f"{state['iteration']} of {total}); pass --resume (resume=true) to continue "
                              "it or --overwrite (overwrite=true) to start again")
+        found = changes(state.get("record"), record)
+        if found and not cfg.resume_changed:
+            raise ValueError(f"{name}: --resume refused, the interrupted run at {last_path} was started "
+                             f"with other settings or inputs: {'; '.join(found)}; pass resume_changed=true "
+                             "to continue it with the new ones, or --overwrite to start again")
         if state["iteration"] > total:
             raise ValueError(f"{name}: {last_path} is at iteration {state['iteration']}, beyond "
-                             f"{name}.iterations={total}")
+                             f"{section_name}.iterations={total}")
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         start, history = state["iteration"], state["history"]
-        logger.info("%s: resuming from %s at iteration %d", name, last_path, start)
+        logger.info("%s: resuming from %s at iteration %d%s", name, last_path, start,
+                    f" with changed settings ({'; '.join(found)})" if found else "")
+    elif cfg.resume:
+        logger.warning("%s: --resume: there is no interrupted run to resume (no %s); training from the start",
+                       name, last_path)
 
     net = model
     if world > 1:
@@ -139,10 +157,10 @@ def train(cfg, section, *, name, model, dataset, loss_fn, checkpoint_path, model
                         " ".join(f"{k} {v:.4f}" for k, v in means.items()), speed)
             window, window_start = {}, time.time()
         if done % section.checkpoint_every == 0 and done < total and rank == 0:
-            save_torch(last_path, _checkpoint(name, model, model_info, done, history, cfg, optimizer))
+            save_torch(last_path, _checkpoint(name, model, model_info, done, history, cfg, record, optimizer))
     bar.close()
     if rank == 0:
-        save_torch(checkpoint_path, _checkpoint(name, model, model_info, total, history, cfg))
+        save_torch(checkpoint_path, _checkpoint(name, model, model_info, total, history, cfg, record))
         if os.path.isfile(last_path):
             os.remove(last_path)
         logger.info("%s: wrote %s", name, checkpoint_path)
@@ -150,20 +168,11 @@ def train(cfg, section, *, name, model, dataset, loss_fn, checkpoint_path, model
     return checkpoint_path
 
 
-def _changed_keys(recorded, current, sections):
-    """Keys of ``sections`` whose values differ between two config dicts."""
-    changed = []
-    for section in sections:
-        old, new = recorded.get(section, {}), current.get(section, {})
-        changed += [f"{section}.{k}" for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
-    return changed
-
-
-def _checkpoint(name, model, model_info, iteration, history, cfg, optimizer=None):
+def _checkpoint(name, model, model_info, iteration, history, cfg, record, optimizer=None):
     state = {"format": CHECKPOINT_FORMAT, "step": name, "iteration": iteration,
              "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
              "model_info": model_info, "history": list(history), "config": cfg.to_dict(),
-             "git": git_revision()}
+             "record": record, "git": git_revision()}
     if optimizer is not None:
         state["optimizer"] = optimizer.state_dict()
     return state
