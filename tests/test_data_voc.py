@@ -13,13 +13,32 @@ from sgan.data.voc import (
     VOCPaths,
     VOCTrainSet,
     image_level_labels,
+    load_rgb,
     normalise,
+    read_gray,
     read_id_list,
     read_label_mask,
     validate_samples,
 )
 from sgan.synthetic import voc_palette
 from tests.test_stage1_pipeline import make_tiny_voc, tiny_config, write_yaml
+
+
+def problem_groups(message):
+    """{kind: [detail lines]} of a problem message grouped by sgan.data.voc.format_problems."""
+    groups, kind = {}, None
+    for line in message.splitlines()[1:]:
+        if line.startswith("    "):
+            groups[kind].append(line.strip())
+        else:
+            kind = line.strip().rsplit(" (", 1)[0]
+            groups[kind] = []
+    return groups
+
+
+def has_problem(message, kind, detail):
+    """True when ``message`` lists, under ``kind``, a line starting with ``detail``."""
+    return any(line.startswith(detail) for line in problem_groups(message).get(kind, []))
 
 
 @pytest.fixture()
@@ -63,11 +82,12 @@ def test_bad_label_files_are_all_named(voc):
     with pytest.raises(ValueError) as info:
         image_level_labels(paths, ids, "mask", "SegmentationClassAug")
     message = str(info.value)
-    assert "4 problem(s)" in message
-    assert f"{ids[0]}.png: mode RGB" in message
-    assert f"{ids[1]}.png: values [128" in message and "palette was probably misread" in message
-    assert f"missing label mask: {os.path.join(aug, ids[2] + '.png')}" in message
-    assert f"image with no labels: {ids[3]}" in message
+    assert "4 problem(s) of 3 kind(s)" in message
+    assert has_problem(message, "bad label mask", f"{os.path.join(aug, ids[0])}.png: mode RGB")
+    assert has_problem(message, "bad label mask", f"{os.path.join(aug, ids[1])}.png: values [128")
+    assert "palette was probably misread" in message
+    assert has_problem(message, "missing label mask", os.path.join(aug, ids[2] + ".png"))
+    assert has_problem(message, "image with no labels", ids[3])
 
 
 def test_xml_without_objects_or_with_unknown_names(voc):
@@ -81,8 +101,9 @@ def test_xml_without_objects_or_with_unknown_names(voc):
     with pytest.raises(ValueError) as info:
         image_level_labels(paths, ids, "xml")
     message = str(info.value)
-    assert "3 problem(s)" in message and f"image with no labels: {ids[0]}" in message
-    assert "unknown class names ['unicorn']" in message and f"missing annotation: {paths.annotation(ids[2])}" in message
+    assert "3 problem(s)" in message and has_problem(message, "image with no labels", ids[0])
+    assert has_problem(message, "bad annotation", f"{paths.annotation(ids[1])}: unknown class names ['unicorn']")
+    assert has_problem(message, "missing annotation", paths.annotation(ids[2]))
 
 
 def test_validation_names_every_bad_input_file(voc, tmp_path):
@@ -103,16 +124,16 @@ def test_validation_names_every_bad_input_file(voc, tmp_path):
     with pytest.raises(ValueError) as info:
         validate_samples(paths, ids, labels, saliency_dir=saliency, seeds_dir=str(seeds))
     message = str(info.value)
-    expected = [f"missing image: {paths.image(ids[0])}",
-                f"missing saliency map: {os.path.join(saliency, ids[1] + '.png')}",
-                f"size mismatch: {os.path.join(saliency, ids[2] + '.png')} is 9x7",
-                f"saliency map not single-channel: {os.path.join(saliency, ids[3] + '.png')} has mode RGB",
-                f"missing seed file: {seeds / (ids[4] + '.png')}",
-                f"bad seed values: {seeds / (ids[5] + '.png')} holds [77]",
-                f"image with no labels: {ids[6]}"]
-    for line in expected:
-        assert line in message, (line, message)
-    assert "7 problem(s)" in message
+    expected = [("missing image", paths.image(ids[0])),
+                ("missing saliency map", os.path.join(saliency, ids[1] + ".png")),
+                ("size mismatch", f"{os.path.join(saliency, ids[2] + '.png')} is 9x7"),
+                ("saliency map not single-channel", f"{os.path.join(saliency, ids[3] + '.png')} has mode RGB"),
+                ("missing seed file", str(seeds / (ids[4] + ".png"))),
+                ("bad seed values", f"{seeds / (ids[5] + '.png')} holds [77]"),
+                ("image with no labels", ids[6])]
+    for kind, detail in expected:
+        assert has_problem(message, kind, detail), (kind, detail, message)
+    assert "7 problem(s) of 7 kind(s)" in message
 
 
 def test_training_stops_before_any_iteration_on_bad_inputs(voc, tmp_path, capsys):
@@ -125,6 +146,20 @@ def test_training_stops_before_any_iteration_on_bad_inputs(voc, tmp_path, capsys
     err = capsys.readouterr().err
     assert paths.image(ids[3]) in err and paths.image(ids[5]) in err
     assert not (tmp_path / "work" / "ckpt").exists()
+
+
+def test_loaders_name_a_file_that_does_not_decode(tmp_path):
+    not_an_image = tmp_path / "x.jpg"
+    not_an_image.write_bytes(b"not a jpeg at all")
+    with pytest.raises(ValueError, match=f"^{not_an_image}: not an image file"):
+        load_rgb(str(not_an_image))
+    truncated = tmp_path / "saliency.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (40, 40), dtype=np.uint8), "L").save(truncated)
+    truncated.write_bytes(truncated.read_bytes()[:truncated.stat().st_size // 2])
+    with pytest.raises(ValueError, match=f"^{truncated}: cannot decode the image, truncated or corrupt"):
+        read_gray(str(truncated))
+    with pytest.raises(ValueError, match=f"^{tmp_path / 'gone.png'}: file not found"):
+        read_gray(str(tmp_path / "gone.png"))
 
 
 def test_normalisations():

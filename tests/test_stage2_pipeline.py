@@ -211,8 +211,8 @@ def test_missing_and_bad_seeds_are_named_before_training(dataset, tmp_path):
     with pytest.raises(ValueError) as error:
         run_steps(load_config(base=config), ["train-seg"])
     message = str(error.value)
-    assert f"missing seed file: {seeds_dir / first}.png" in message
-    assert f"bad seed values: {seeds_dir / second}.png holds [77]" in message
+    assert f"missing seed file (1):\n    {seeds_dir / first}.png\n" in message
+    assert f"bad seed values (1):\n    {seeds_dir / second}.png holds [77]" in message
     assert not (tmp_path / "work" / "ckpt").exists()
 
 

@@ -14,7 +14,9 @@ Labels: class indices 1..20 (VOC order, 0 is background), from the XML ``<object
 from the ground-truth masks (read as palette indices with PIL: never convert to RGB). A label PNG
 in RGB, or one whose values are not classes (0..20, 255) because its palette was misread, is an
 error. :func:`validate_samples` checks every file a step will read before it starts and raises one
-ValueError naming all bad files.
+ValueError naming all bad files, grouped by kind (:func:`raise_problems`). Images are read with
+:func:`open_image`: a missing, truncated or undecodable file raises :class:`InputFileError`, a
+one-line ValueError naming it (also from a DataLoader worker).
 
 Normalisation: ``caffe_bgr`` (the authors': BGR 0..255 minus the mean (104.008, 116.669, 122.675),
 for Caffe-converted weights) or ``imagenet_rgb`` (RGB / 255, ImageNet mean and std, for torchvision
@@ -22,11 +24,12 @@ weights); ``auto`` picks by the naming of ``model.weights`` (imagenet_rgb withou
 """
 import os
 import random
+import struct
 import xml.etree.ElementTree as ElementTree
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 
 from sgan.config import register_section
@@ -40,6 +43,9 @@ IMAGENET_RGB_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_RGB_STD = (0.229, 0.224, 0.225)
 NORMALISATIONS = ("auto", "caffe_bgr", "imagenet_rgb")
 LABEL_SOURCES = ("xml", "mask")
+PROBLEMS_SHOWN_PER_KIND = 10
+# what PIL raises for files it cannot decode (truncated, corrupt, not an image, too large)
+DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, struct.error, Image.DecompressionBombError)
 
 register_section("data", {
     "root": None,
@@ -95,42 +101,82 @@ def read_id_list(path):
     return ids
 
 
+class InputFileError(ValueError):
+    """An input file that is missing or cannot be decoded; the message is ``<path>: <reason>``.
+
+    An exception raised in a DataLoader worker reaches the main process re-created from its
+    formatted traceback ("Caught InputFileError in DataLoader worker process 0. Original
+    Traceback ..."); this class keeps only the original one-line message, so the CLI still prints
+    one line naming the file.
+    """
+
+    def __init__(self, message):
+        marker = f"{type(self).__name__}: "
+        if "\nOriginal Traceback" in message and marker in message:
+            message = message.rstrip().rsplit(marker, 1)[1]
+        super().__init__(message)
+
+
+def open_image(path, decode=True):
+    """The PIL image of ``path``, its pixels decoded unless ``decode`` is off (header only); use it
+    as a context manager. InputFileError naming the file when it is missing, not an image, or
+    truncated or corrupt (PIL's own exceptions never name the file)."""
+    try:
+        image = Image.open(path)
+    except FileNotFoundError:
+        raise InputFileError(f"{path}: file not found") from None
+    except UnidentifiedImageError:
+        raise InputFileError(f"{path}: not an image file (PIL cannot identify its format)") from None
+    except DECODE_ERRORS as error:
+        raise InputFileError(f"{path}: cannot read the image ({error})") from None
+    if decode:
+        try:
+            image.load()
+        except DECODE_ERRORS as error:
+            image.close()
+            raise InputFileError(f"{path}: cannot decode the image, truncated or corrupt ({error})") from None
+    return image
+
+
 def load_rgb(path):
-    """uint8 (H, W, 3) RGB array of an image file."""
-    with Image.open(path) as image:
+    """uint8 (H, W, 3) RGB array of an image file; InputFileError naming an unreadable file."""
+    with open_image(path) as image:
         return np.asarray(image.convert("RGB"))
 
 
 def read_gray(path):
-    """uint8 (H, W) array of a single-channel PNG (saliency map or seeds), mode L or P indices."""
-    with Image.open(path) as image:
+    """uint8 (H, W) array of a single-channel PNG (saliency map or seeds), mode L or P indices;
+    InputFileError naming an unreadable or multi-channel file."""
+    with open_image(path) as image:
         if image.mode not in ("L", "P"):
-            raise ValueError(f"{path}: expected a single-channel PNG (mode L or P), got mode {image.mode}")
+            raise InputFileError(f"{path}: expected a single-channel PNG (mode L or P), got mode {image.mode}")
         return np.asarray(image)
 
 
-def label_mask_problem(path, num_classes=NUM_CLASSES):
-    """None for a valid index PNG (mode P or L, values in 0..num_classes or 255), else the reason."""
-    with Image.open(path) as image:
-        mode = image.mode
-        if mode not in ("P", "L"):
-            return (f"{path}: mode {mode} — an RGB colour image, not class indices; use the palette PNG "
-                    "as VOC ships it (PIL reads its indices), never a colour conversion")
-        values = np.unique(np.asarray(image))
-    bad = [int(v) for v in values if v > num_classes and v != IGNORE_INDEX]
+def read_index_png(path, num_classes=NUM_CLASSES):
+    """(uint8 (H, W) class indices, None) of a label PNG (mode P or L, values 0..num_classes or
+    255), or (None, the reason it is not one: unreadable, RGB colours, a misread palette)."""
+    try:
+        with open_image(path) as image:
+            mode, indices = image.mode, np.asarray(image)
+    except InputFileError as error:
+        return None, str(error)
+    if mode not in ("P", "L"):
+        return None, (f"{path}: mode {mode} — an RGB colour image, not class indices; use the palette PNG "
+                      "as VOC ships it (PIL reads its indices), never a colour conversion")
+    bad = [int(v) for v in np.unique(indices) if v > num_classes and v != IGNORE_INDEX]
     if bad:
-        return (f"{path}: values {bad[:10]} are not classes 0..{num_classes} or {IGNORE_INDEX} — the "
-                "palette was probably misread (colours saved as indices)")
-    return None
+        return None, (f"{path}: values {bad[:10]} are not classes 0..{num_classes} or {IGNORE_INDEX} — the "
+                      "palette was probably misread (colours saved as indices)")
+    return indices, None
 
 
 def read_label_mask(path, num_classes=NUM_CLASSES):
     """uint8 (H, W) class indices of a ground-truth PNG; ValueError on RGB / misread palettes."""
-    problem = label_mask_problem(path, num_classes)
+    indices, problem = read_index_png(path, num_classes)
     if problem:
         raise ValueError(problem)
-    with Image.open(path) as image:
-        return np.asarray(image)
+    return indices
 
 
 def labels_from_xml(path):
@@ -143,46 +189,71 @@ def labels_from_xml(path):
     return sorted({VOC_CLASSES.index(n) + 1 for n in names})
 
 
+def image_labels(paths, image_id, source="xml", mask_dir="SegmentationClassAug"):
+    """(sorted class indices 1..20, []) of one image from its XML annotation or label mask, or
+    (None, [(kind, detail)]) naming the missing, unreadable or empty file."""
+    if source == "xml":
+        path = paths.annotation(image_id)
+        if not os.path.isfile(path):
+            return None, [("missing annotation", path)]
+        try:
+            classes = labels_from_xml(path)
+        except ValueError as error:
+            return None, [("bad annotation", str(error))]
+        except ElementTree.ParseError as error:
+            return None, [("bad annotation", f"{path}: {error}")]
+    else:
+        path = paths.mask(image_id, mask_dir)
+        if not os.path.isfile(path):
+            return None, [("missing label mask", path)]
+        indices, problem = read_index_png(path)
+        if problem:
+            return None, [("bad label mask", problem)]
+        classes = sorted(int(v) for v in np.unique(indices) if 1 <= v <= NUM_CLASSES)
+    if not classes:
+        return None, [("image with no labels", f"{image_id} ({path})")]
+    return classes, []
+
+
 def image_level_labels(paths, ids, source="xml", mask_dir="SegmentationClassAug"):
     """{id: sorted class indices 1..20}; every unreadable or empty file is named in one ValueError."""
     if source not in LABEL_SOURCES:
         raise ValueError(f"data.label_source: expected one of {LABEL_SOURCES}, got {source!r}")
     labels, problems = {}, []
     for image_id in ids:
-        if source == "xml":
-            path = paths.annotation(image_id)
-            if not os.path.isfile(path):
-                problems.append(f"missing annotation: {path}")
-                continue
-            try:
-                classes = labels_from_xml(path)
-            except (ValueError, ElementTree.ParseError) as error:
-                problems.append(f"bad annotation: {error if isinstance(error, ValueError) else f'{path}: {error}'}")
-                continue
-        else:
-            path = paths.mask(image_id, mask_dir)
-            if not os.path.isfile(path):
-                problems.append(f"missing label mask: {path}")
-                continue
-            problem = label_mask_problem(path)
-            if problem:
-                problems.append(f"bad label mask: {problem}")
-                continue
-            values = np.unique(read_gray(path))
-            classes = sorted(int(v) for v in values if 1 <= v <= NUM_CLASSES)
-        if not classes:
-            problems.append(f"image with no labels: {image_id} ({path})")
-            continue
-        labels[image_id] = classes
+        classes, found = image_labels(paths, image_id, source, mask_dir)
+        problems += found
+        if classes:
+            labels[image_id] = classes
     raise_problems(problems, f"image-level labels from {source}")
     return labels
 
 
+def format_problems(problems, shown_per_kind=PROBLEMS_SHOWN_PER_KIND):
+    """Lines listing ``problems`` grouped by kind, in order of first appearance, at most
+    ``shown_per_kind`` of each kind. A problem is a (kind, detail) pair or a plain string (listed
+    as is, ungrouped)."""
+    groups = {}
+    for problem in problems:
+        kind, detail = problem if isinstance(problem, tuple) else (None, problem)
+        groups.setdefault(kind, []).append(detail)
+    lines = []
+    for kind, details in groups.items():
+        indent = "  " if kind is None else "    "
+        if kind is not None:
+            lines.append(f"  {kind} ({len(details)}):")
+        lines += [indent + detail for detail in details[:shown_per_kind]]
+        if len(details) > shown_per_kind:
+            lines.append(f"{indent}... and {len(details) - shown_per_kind} more")
+    return lines
+
+
 def raise_problems(problems, what):
-    """ValueError listing every problem (one per line) when there is any."""
+    """One ValueError listing every problem, grouped by kind (:func:`format_problems`), if any."""
     if problems:
-        raise ValueError(f"{what}: {len(problems)} problem(s), fix them before training:\n  "
-                         + "\n  ".join(problems))
+        kinds = len({p[0] if isinstance(p, tuple) else None for p in problems})
+        raise ValueError(f"{what}: {len(problems)} problem(s) of {kinds} kind(s), fix them before training:\n"
+                         + "\n".join(format_problems(problems)))
 
 
 def load_labels(path, ids):
@@ -190,58 +261,71 @@ def load_labels(path, ids):
     if not os.path.isfile(path):
         raise ValueError(f"labels: {path} does not exist; run the `labels` step first")
     table = load_json(path)["labels"]
-    raise_problems([f"image with no labels: {i} (not in {path}, or empty)" for i in ids if not table.get(i)],
+    raise_problems([("image with no labels", f"{i} (not in {path}, or empty)") for i in ids if not table.get(i)],
                    f"labels of {len(ids)} images")
     return {i: table[i] for i in ids}
 
 
-def _size_of(path):
-    with Image.open(path) as image:
-        return image.size  # (W, H)
+def sample_problems(paths, image_id, labels=None, pngs=(), decode=False):
+    """[(kind, detail)] of one image's files.
+
+    The image exists and opens (with ``decode``: its pixels decode completely); with ``labels``
+    ({id: classes}) the id has a class; for each (kind, folder) of ``pngs``, kind one of
+    ``saliency map``, ``seed file``, ``ground truth``, ``<folder>/<id>.png`` exists, opens
+    (seeds and ground truth are always decoded: their values are checked), has the image's size,
+    is single-channel (saliency), holds only 0..20 and 255 (seeds) or passes
+    :func:`read_index_png` (ground truth).
+    """
+    problems, size = [], None
+    image_path = paths.image(image_id)
+    if not os.path.isfile(image_path):
+        problems.append(("missing image", image_path))
+    else:
+        try:
+            with open_image(image_path, decode) as image:
+                size = image.size  # (W, H)
+        except InputFileError as error:
+            problems.append(("unreadable image", str(error)))
+    if labels is not None and not labels.get(image_id):
+        problems.append(("image with no labels", image_id))
+    for kind, folder in pngs:
+        path = os.path.join(folder, image_id + ".png")
+        if not os.path.isfile(path):
+            problems.append((f"missing {kind}", path))
+            continue
+        if kind == "ground truth":
+            indices, problem = read_index_png(path)
+            if problem:
+                problems.append(("bad ground truth", problem))
+                continue
+            found = indices.shape[::-1]
+        else:
+            try:
+                with open_image(path, decode or kind == "seed file") as image:
+                    mode, found = image.mode, image.size
+                    values = np.unique(np.asarray(image)) if kind == "seed file" and mode in ("L", "P") else None
+            except InputFileError as error:
+                problems.append((f"unreadable {kind}", str(error)))
+                continue
+            if mode not in ("L", "P"):
+                problems.append((f"{kind} not single-channel",
+                                 f"{path} has mode {mode}, expected 8-bit grayscale (L)"))
+                continue
+            bad = [] if values is None else [int(v) for v in values if v > NUM_CLASSES and v != IGNORE_INDEX]
+            if bad:
+                problems.append(("bad seed values", f"{path} holds {bad[:10]}, expected 0..{NUM_CLASSES} or 255"))
+        if size is not None and tuple(found) != tuple(size):
+            problems.append(("size mismatch", f"{path} is {found[0]}x{found[1]}, its image {image_path} "
+                                              f"is {size[0]}x{size[1]} (W x H)"))
+    return problems
 
 
 def validate_samples(paths, ids, labels=None, saliency_dir=None, seeds_dir=None, gt_dir=None):
-    """Check every file a step will read; one ValueError naming all problems.
-
-    Checks: the image exists; with ``labels``, each id has at least one class; with
-    ``saliency_dir``/``seeds_dir``/``gt_dir``, the PNG exists, is single-channel and has the image's
-    size; seeds hold only 0..20 and 255; ground-truth masks pass :func:`label_mask_problem`.
-    """
-    problems = []
-    for image_id in ids:
-        image_path = paths.image(image_id)
-        size = None
-        if not os.path.isfile(image_path):
-            problems.append(f"missing image: {image_path}")
-        else:
-            size = _size_of(image_path)
-        if labels is not None and not labels.get(image_id):
-            problems.append(f"image with no labels: {image_id}")
-        for kind, folder in (("saliency map", saliency_dir), ("seed file", seeds_dir), ("ground truth", gt_dir)):
-            if folder is None:
-                continue
-            path = os.path.join(folder, image_id + ".png")
-            if not os.path.isfile(path):
-                problems.append(f"missing {kind}: {path}")
-                continue
-            with Image.open(path) as image:
-                mode, found = image.mode, image.size
-                values = np.unique(np.asarray(image)) if kind == "seed file" and mode in ("L", "P") else None
-            if kind == "ground truth":
-                problem = label_mask_problem(path)
-                if problem:
-                    problems.append(f"bad ground truth: {problem}")
-                    continue
-            elif mode not in ("L", "P"):
-                problems.append(f"{kind} not single-channel: {path} has mode {mode}, expected 8-bit grayscale (L)")
-                continue
-            if size is not None and found != size:
-                problems.append(f"size mismatch: {path} is {found[0]}x{found[1]}, its image {image_path} "
-                                f"is {size[0]}x{size[1]} (W x H)")
-            if values is not None:
-                bad = [int(v) for v in values if v > NUM_CLASSES and v != IGNORE_INDEX]
-                if bad:
-                    problems.append(f"bad seed values: {path} holds {bad[:10]}, expected 0..{NUM_CLASSES} or 255")
+    """Check every file a step will read (:func:`sample_problems`, images by their header); one
+    ValueError naming all problems."""
+    pngs = [(kind, folder) for kind, folder in (("saliency map", saliency_dir), ("seed file", seeds_dir),
+                                                ("ground truth", gt_dir)) if folder is not None]
+    problems = [problem for image_id in ids for problem in sample_problems(paths, image_id, labels, pngs)]
     raise_problems(problems, f"input files of {len(ids)} images")
 
 

@@ -31,6 +31,7 @@ import time
 import torch
 
 from sgan.config import save_resolved
+from sgan.pipeline._validate import validate_inputs
 from sgan.utils.logging import get_logger, setup_logging
 
 _STEPS = {}  # name -> module
@@ -115,5 +116,6 @@ def run_steps(cfg, names=None):
     if unknown:
         raise ValueError(f"steps: unknown step(s) {unknown}; known steps: {sorted(known)}")
     prepare(cfg)
+    validate_inputs(cfg, names)
     for name in names:
         run_step(name, cfg)

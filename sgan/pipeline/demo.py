@@ -34,10 +34,11 @@ import torch
 import yaml
 
 from sgan import synthetic
-from sgan.config import register_section, resolve
+from sgan.config import STAGE1_STEPS, STAGE2_STEPS, register_section, resolve
 from sgan.metrics import VOC_SHORT_NAMES, format_class_table
 from sgan.models.deeplab import VGG16_CONVS
 from sgan.pipeline import run_step, work_path
+from sgan.pipeline._validate import validate_inputs
 from sgan.train import load_checkpoint
 from sgan.utils.io import atomic_writer, load_json, save_json
 from sgan.utils.logging import get_logger
@@ -235,6 +236,9 @@ def run(cfg):
     began = time.time()
     cfg = prepare_data(cfg)
     timings["generate"] = round(time.time() - began, 1)
+    # train_seg.weights: with stage2_init baseline, a file this run writes after train-cam
+    checked = _derive(cfg, {"train_seg": {"weights": None}}) if section.stage2_init == "baseline" else cfg
+    validate_inputs(checked, STAGE1_STEPS + ["figures"] * section.figures + STAGE2_STEPS * section.stage2)
     for name in ("labels", "train-cam", "initial-seeds"):
         step(name, cfg)
     variants = {name: variant_configs(cfg, name) for name in section.variants}
