@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from sgan.models.resnet import RESNET101_BLOCKS, DilatedResNet, resnet_caffe_names
+from sgan.utils.io import load_torch
 
 ASPP_RATES = (6, 12, 18, 24)
 # (name, output channels) of the 13 VGG-16 convolutions, block by block.
@@ -300,13 +301,15 @@ def detect_naming(state):
                      f"'res2a_branch2a.weight') or this project's ('backbone.*'); got keys like {sample}")
 
 
-def read_state_dict(source):
+def read_state_dict(source, what="weights"):
     """A state dict from a path (torch.save file) or a dict; unwraps {'state_dict': ...} / {'model': ...}
-    and strips a DistributedDataParallel ``module.`` prefix."""
+    and strips a DistributedDataParallel ``module.`` prefix. what: the config key of the path, for
+    the errors; a file holding anything but tensors and plain values is refused unread
+    (sgan.utils.io.load_torch)."""
     if isinstance(source, (str, os.PathLike)):
         if not os.path.isfile(source):
-            raise ValueError(f"weights: file not found: {os.fspath(source)}")
-        source = torch.load(source, map_location="cpu", weights_only=True)
+            raise ValueError(f"{what}: file not found: {os.fspath(source)}")
+        source = load_torch(os.fspath(source), what)
     if not isinstance(source, dict):
         raise TypeError(f"weights: expected a path or a state dict, got {type(source).__name__}")
     for wrapper in ("state_dict", "model"):

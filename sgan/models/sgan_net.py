@@ -176,7 +176,7 @@ def build_network(cfg, kind, variant=None):
     logger = get_logger("models")
     naming = None
     if cfg.model.weights:
-        state = read_state_dict(cfg.model.weights)
+        state = read_state_dict(cfg.model.weights, "model.weights")
         report = load_pretrained(network, state, cfg.model.weights_naming)
         naming = report.naming
         logger.info("%s", report.summary().replace("\n", "; "))

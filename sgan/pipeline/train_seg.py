@@ -151,7 +151,7 @@ def build_model(section, normalisation_setting, logger, load_weights=True):
     ``load_weights`` only the file's naming is read (the network and normalisation depend on it)."""
     naming, state = None, None
     if section.weights:
-        state = read_state_dict(section.weights)
+        state = read_state_dict(section.weights, "train_seg.weights")
         naming = detect_naming(state) if section.weights_naming == "auto" else section.weights_naming
     options = {"num_classes": VOC_NUM_CLASSES, "width": section.width}
     if section.arch == "resnet101":
