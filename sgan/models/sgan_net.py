@@ -52,6 +52,8 @@ register_section("model", {
 }, choices={"weights_naming": ("auto", "torchvision", "caffe", "native"), "classifier": CLASSIFIERS,
             "attention_preset": ("official", "paper"), "key_channels": ("half", "full"),
             "seed_branch_kernel": (1, 3)},
+    bounds={"width": "(0, inf)", "convs_per_block": "[1, 3]", "classifier_hidden": "[1, inf)",
+            "dropout": "[0, 1)", "saliency_threshold": "[0, 1]"},
     doc="stage-1 networks (baseline CAM and SGAN): weights is a local ImageNet VGG-16 file; width and "
         "convs_per_block shrink the backbone (demo/tests); classifier_hidden is scaled by width")
 

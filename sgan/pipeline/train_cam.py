@@ -5,13 +5,14 @@ from sgan.losses import classification_loss
 from sgan.models.sgan_net import build_network
 from sgan.pipeline import resolve_device, work_path
 from sgan.pipeline._stage1 import training_images
-from sgan.train import OPTIM_CHOICES, OPTIM_DEFAULTS, train
+from sgan.train import OPTIM_BOUNDS, OPTIM_CHOICES, OPTIM_DEFAULTS, train
 from sgan.utils.seeding import derive_seed, seed_everything
 
 STEP = "train-cam"
 DISTRIBUTED = True
 
 register_section("train_cam", {**OPTIM_DEFAULTS, "checkpoint": "ckpt/cam.pt"}, choices=OPTIM_CHOICES,
+                 bounds=OPTIM_BOUNDS,
                  doc="baseline CAM training: SGD schedule keys of sgan.train.optim; checkpoint path in work_dir")
 
 

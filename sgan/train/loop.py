@@ -87,9 +87,7 @@ def train(cfg, section, *, name, model, dataset, loss_fn, checkpoint_path, model
                            "overwrite=true to retrain", name, checkpoint_path, ", ".join(changed))
         logger.info("%s: %s exists, skipping (overwrite=true to retrain)", name, checkpoint_path)
         return checkpoint_path
-    total = int(section.iterations)
-    if total <= 0:
-        raise ValueError(f"{name}.iterations: expected a positive int, got {total}")
+    total = int(section.iterations)  # >= 1: the config's bounds (sgan.train.optim.OPTIM_BOUNDS)
     model.to(device)
     optimizer = build_sgd(model, section.lr, section.momentum, section.weight_decay, section.lr_mult)
     start, history = 0, []
