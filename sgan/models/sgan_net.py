@@ -179,7 +179,8 @@ def build_network(cfg, kind, variant=None):
     naming = None
     if cfg.model.weights:
         state = read_state_dict(cfg.model.weights, "model.weights")
-        report = load_pretrained(network, state, cfg.model.weights_naming)
+        report = load_pretrained(network, state, cfg.model.weights_naming,
+                                 width_option=("model.width", cfg.model.width))
         naming = report.naming
         logger.info("%s", report.summary().replace("\n", "; "))
     else:

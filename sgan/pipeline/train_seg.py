@@ -162,7 +162,7 @@ def build_model(section, normalisation_setting, logger, load_weights=True):
         options.update(blocks=list(section.blocks), stride_in_1x1=naming == "caffe")
     model = build_deeplab(section.arch, **options)
     if state is not None and load_weights:
-        report = load_pretrained(model, state, naming)
+        report = load_pretrained(model, state, naming, width_option=("train_seg.width", section.width))
         logger.info("train-seg: %s", report.summary().replace("\n", "; "))
     elif state is None:
         logger.warning("train_seg.weights is not set: DeepLab (%s) starts from random weights", section.arch)
