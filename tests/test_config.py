@@ -94,7 +94,8 @@ def test_save_resolved_writes_yaml_with_git_revision(tmp_path):
 
 
 def test_values_outside_their_bounds_are_named_with_the_full_key():
-    assert resolve({"test_bounded": {"iterations": 1, "lr": 1e-9, "momentum": 0, "processes": 3}}).test_bounded.momentum == 0
+    within = resolve({"test_bounded": {"iterations": 1, "lr": 1e-9, "momentum": 0, "processes": 3}})
+    assert within.test_bounded.momentum == 0 and within.test_bounded.processes == 3
     with pytest.raises(ValueError) as info:
         resolve({"test_bounded": {"iterations": 0, "momentum": 1.0, "scales": [0.5, -1]}},
                 ["test_bounded.lr=0", "test_bounded.processes=0", "num_workers=-1"])
