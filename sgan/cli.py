@@ -3,13 +3,16 @@
 The subcommands are generated from the step registry (sgan.pipeline.discover_steps), so a new step
 module appears here without editing this file. The config file may be left out for steps that
 define DEFAULT_CONFIG (e.g. ``sgan demo``) or when every needed key is given as an override.
-``--overwrite`` and ``--resume`` are shorthands for ``overwrite=true`` and ``resume=true``.
+``--overwrite`` and ``--resume`` are shorthands for ``overwrite=true`` and ``resume=true``; flags
+and overrides may come in any order after the config file.
 ``sgan config CONFIG.yaml [key=value ...]`` prints the resolved config; ``sgan steps`` lists steps.
 Errors in the config or the inputs print one message (exit status 2); SGAN_DEBUG=1 shows the trace.
+Ctrl-C prints the command that continues the run (exit status 130).
 Multi-GPU: ``torchrun --nproc_per_node=N -m sgan.cli train-sgan CONFIG.yaml``.
 """
 import argparse
 import os
+import shlex
 import sys
 
 import yaml
@@ -42,12 +45,36 @@ def build_parser(steps):
                              help="continue interrupted training from its last checkpoint (resume=true)")
         return command
 
-    add("run", "run the steps listed in the config's `steps` in order")
-    add("config", "print the resolved configuration (defaults <- file <- overrides) and exit")
+    commands = {"run": add("run", "run the steps listed in the config's `steps` in order"),
+                "config": add("config", "print the resolved configuration (defaults <- file <- overrides) and exit")}
     sub.add_parser("steps", help="list the registered steps")
     for name in sorted(steps):
-        add(name, _first_doc_line(steps[name]))
-    return parser
+        commands[name] = add(name, _first_doc_line(steps[name]))
+    return parser, commands
+
+
+def parse_args(steps, argv):
+    """argparse.Namespace(command, items, overwrite, resume); overrides may follow the flags
+    (``config FILE --overwrite key=value``), which argparse leaves unparsed after an optional."""
+    parser, commands = build_parser(steps)
+    args, rest = parser.parse_known_args(argv)
+    unparsed = [item for item in rest if item.startswith("-")] if hasattr(args, "items") else rest
+    if unparsed:
+        (commands.get(args.command) or parser).error(f"unrecognized arguments: {' '.join(unparsed)}")
+    if rest:
+        args.items = args.items + rest
+    return args
+
+
+def resume_command(argv, cfg):
+    """The command line that continues an interrupted run (argv: without the program; cfg: the
+    run's config, None when it was not read yet): ``--resume`` added and overwrite turned off,
+    since it would discard the interrupted training's checkpoint."""
+    kept = [item for item in argv if item not in ("--overwrite", "--resume")
+            and not item.startswith(("overwrite=", "resume="))]
+    if cfg is not None and cfg.overwrite:
+        kept.append("overwrite=false")  # also when the config file sets it
+    return shlex.join(["sgan", *kept, "--resume"])
 
 
 def main(argv=None):
@@ -55,11 +82,13 @@ def main(argv=None):
     from sgan.pipeline import discover_steps, run_steps
 
     steps = discover_steps()
-    args = build_parser(steps).parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = parse_args(steps, argv)
     if args.command == "steps":
         for name in sorted(steps):
             print(f"{name:16s} {_first_doc_line(steps[name])}")
         return 0
+    cfg = None
     try:
         path, overrides = _split_config_and_overrides(args.items)
         overrides += ["overwrite=true"] if args.overwrite else []
@@ -70,12 +99,16 @@ def main(argv=None):
             print(yaml.safe_dump(cfg.to_dict(), sort_keys=False, default_flow_style=None), end="")
             return 0
         run_steps(cfg, None if args.command == "run" else [args.command])
+        return 0
     except ValueError as error:  # bad config or inputs: the message says what; SGAN_DEBUG=1 for the trace
         if os.environ.get("SGAN_DEBUG", "0") == "1":
             raise
         print(f"sgan {args.command}: error: {error}", file=sys.stderr)
         return 2
-    return 0
+    except KeyboardInterrupt:
+        pass  # reported below, after the interrupted frames are freed and their progress bars closed
+    print(f"sgan: interrupted; continue with: {resume_command(argv, cfg)}", file=sys.stderr)
+    return 130
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ section without editing this file::
     from sgan.config import register_section
     register_section("train_seg", {"iterations": 12000, "lr": 1e-3, "schedule": "step"},
                      choices={"schedule": ("step", "poly")},
+                     bounds={"iterations": "[1, inf)", "lr": "(0, inf)"},
                      doc="stage 2 training (DeepLab-ASPP on the seeds)")
 
 The root section (name ``""``, keys at the top level of the YAML) is declared here: ``work_dir``
@@ -18,7 +19,9 @@ each value parsed as YAML (safe loader; ``lr=1e-3`` is a float, ``scales=[1.0,0.
 ``weights=`` or ``weights=null`` is None). Validation collects every problem before raising one
 ``ValueError``: unknown sections and keys are named (with the closest known name), a value whose
 type does not match its default's (int is accepted for a float; a default of None accepts
-anything; a dict default is a free-form mapping) and a value outside its declared choices.
+anything; a dict default is a free-form mapping), a value outside its declared choices and a
+number outside its declared bounds (an interval such as ``"[1, inf)"`` or ``"[0, 1)"``; for a list,
+every element), each named by its full dotted key.
 
 Access: ``cfg.train_cam.lr`` or ``cfg["train_cam"]["lr"]``; :class:`Config` is a read-only dict.
 :func:`save_resolved` writes ``config.resolved.yaml`` into the work dir with the git revision, the
@@ -27,6 +30,7 @@ command line and the time in its header, so every output directory says what pro
 import copy
 import datetime
 import difflib
+import math
 import os
 import re
 import subprocess
@@ -39,7 +43,7 @@ RESOLVED_NAME = "config.resolved.yaml"
 STAGE1_STEPS = ["labels", "train-cam", "initial-seeds", "train-sgan", "seeds", "eval-seeds"]
 STAGE2_STEPS = ["train-seg", "infer", "eval"]
 
-_SECTIONS = {}  # name -> {"defaults": dict, "choices": dict, "doc": str}
+_SECTIONS = {}  # name -> {"defaults": dict, "choices": dict, "bounds": dict, "doc": str}
 
 
 class _Loader(yaml.SafeLoader):
@@ -60,33 +64,73 @@ def _yaml_load(text_or_stream):
     return yaml.load(text_or_stream, Loader=_Loader)  # noqa: S506 (a SafeLoader subclass)
 
 
-def register_section(name, defaults, choices=None, doc=""):
+def register_section(name, defaults, choices=None, doc="", bounds=None):
     """Declare a config section and its defaults (call once, at import of the owning module).
 
     name: section name ("" for top-level keys, which only this module declares); defaults: mapping
-    key -> default value; choices: mapping key -> allowed values. Registering the same name again
-    with identical content is a no-op (modules may be imported twice under ``python -m``); a
-    different content is an error, so two modules cannot silently fight over a section.
+    key -> default value; choices: mapping key -> allowed values; bounds: mapping key -> interval
+    of allowed numbers, written ``"[low, high]"`` with ``(``/``)`` for an open end and ``inf`` for
+    none (``"[1, inf)"``: at least 1; ``"[0, 1)"``), applied to every element of a list and not to
+    None. Registering the same name again with identical content is a no-op (modules may be
+    imported twice under ``python -m``); a different content is an error, so two modules cannot
+    silently fight over a section.
     """
     if not isinstance(name, str):
         raise TypeError(f"name: expected a str, got {type(name).__name__}")
     if not isinstance(defaults, dict) or not all(isinstance(k, str) for k in defaults):
         raise TypeError(f"defaults: expected a dict with str keys, got {defaults!r}")
-    choices = dict(choices or {})
-    unknown = sorted(set(choices) - set(defaults))
-    if unknown:
-        raise ValueError(f"choices: keys {unknown} of section {name!r} have no default")
+    choices, bounds = dict(choices or {}), dict(bounds or {})
+    for argument, keys in (("choices", choices), ("bounds", bounds)):
+        unknown = sorted(set(keys) - set(defaults))
+        if unknown:
+            raise ValueError(f"{argument}: keys {unknown} of section {name!r} have no default")
     for key, allowed in choices.items():
         if defaults[key] not in allowed:
             raise ValueError(f"defaults: {name}.{key}={defaults[key]!r} is not one of its choices {allowed}")
-    entry = {"defaults": copy.deepcopy(defaults), "choices": choices, "doc": doc}
+    for key, interval in bounds.items():
+        problems = _bound_problems(f"{name}.{key}", defaults[key], interval)
+        if problems:
+            raise ValueError(f"defaults: {problems[0]}")
+    entry = {"defaults": copy.deepcopy(defaults), "choices": choices, "bounds": bounds, "doc": doc}
     if name in _SECTIONS and _SECTIONS[name] != entry:
         raise ValueError(f"section {name!r} is already registered with different defaults")
     _SECTIONS[name] = entry
 
 
+_INTERVAL = re.compile(r"^([\[(])\s*(\S+?)\s*,\s*(\S+?)\s*([\])])$")
+
+
+def _parse_interval(interval):
+    """``"[1, inf)"`` -> (1.0, inf, low included, high included); ValueError for another form."""
+    match = _INTERVAL.match(interval) if isinstance(interval, str) else None
+    try:
+        low, high = float(match.group(2)), float(match.group(3))
+    except (AttributeError, ValueError):
+        raise ValueError(f"bounds: expected an interval like '[1, inf)' or '(0, 1]', got {interval!r}") from None
+    return low, high, match.group(1) == "[", match.group(4) == "]"
+
+
+def _bound_problems(where, value, interval):
+    """Messages for ``value`` (a number, None or a list of them) outside ``interval``."""
+    low, high, low_included, high_included = _parse_interval(interval)
+    if value is None:
+        return []
+    if isinstance(value, (list, tuple)):
+        return [p for i, item in enumerate(value) for p in _bound_problems(f"{where}[{i}]", item, interval)]
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        above = value >= low if low_included else value > low
+        below = value <= high if high_included else value < high
+        if above and below:
+            return []
+    if high == math.inf:
+        expected = f"{'>=' if low_included else '>'} {low:g}"
+    else:
+        expected = f"in {interval}"
+    return [f"{where}: expected a number {expected}, got {value!r}"]
+
+
 def sections():
-    """Registered sections: name -> {"defaults", "choices", "doc"} (a copy)."""
+    """Registered sections: name -> {"defaults", "choices", "bounds", "doc"} (a copy)."""
     return copy.deepcopy(_SECTIONS)
 
 
@@ -100,7 +144,7 @@ register_section(ROOT, {
     "backend": "auto",
     "num_workers": 2,
     "steps": STAGE1_STEPS + STAGE2_STEPS,
-}, choices={"backend": ("auto", "reference", "cpp", "cuda", "triton")},
+}, choices={"backend": ("auto", "reference", "cpp", "cuda", "triton")}, bounds={"num_workers": "[0, inf)"},
     doc="work_dir: output directory (required); seed: global seed; overwrite: redo finished work; "
         "resume: continue an interrupted training from its last checkpoint (refused when its settings or inputs "
         "changed, unless resume_changed); device: auto|cpu|cuda|cuda:N; "
@@ -236,6 +280,8 @@ def resolve(data=None, overrides=(), source="<dict>"):
                 problems.append(problem)
             elif key in entry["choices"] and values[key] not in entry["choices"][key]:
                 problems.append(f"{where}: expected one of {list(entry['choices'][key])}, got {values[key]!r}")
+            elif key in entry["bounds"]:
+                problems += _bound_problems(where, values[key], entry["bounds"][key])
     if merged["work_dir"] is not None and not isinstance(merged["work_dir"], str):
         problems.append(f"work_dir: expected a path (str), got {type(merged['work_dir']).__name__} "
                         f"{merged['work_dir']!r}")

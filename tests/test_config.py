@@ -10,6 +10,11 @@ from sgan.config import Config, load_config, parse_override, register_section, r
 register_section("test_section", {"lr": 1e-3, "iterations": 10, "flip": True, "name": "x",
                                   "scales": [1.0], "weights": None, "extra": {}},
                  choices={"name": ("x", "y")}, doc="used by tests/test_config.py only")
+register_section("test_bounded", {"iterations": 10, "lr": 1e-3, "momentum": 0.9, "scales": [1.0],
+                                  "processes": None},
+                 bounds={"iterations": "[1, inf)", "lr": "(0, inf)", "momentum": "[0, 1)",
+                         "scales": "(0, inf)", "processes": "[1, inf)"},
+                 doc="used by tests/test_config.py only")
 
 
 def test_defaults_file_and_overrides_merge_in_order(tmp_path):
@@ -87,3 +92,44 @@ def test_save_resolved_writes_yaml_with_git_revision(tmp_path):
     reloaded = yaml.safe_load(text)
     assert reloaded["test_section"]["lr"] == 0.5
     assert resolve(reloaded) == cfg  # the saved file reproduces the config
+
+
+def test_values_outside_their_bounds_are_named_with_the_full_key():
+    within = resolve({"test_bounded": {"iterations": 1, "lr": 1e-9, "momentum": 0, "processes": 3}})
+    assert within.test_bounded.momentum == 0 and within.test_bounded.processes == 3
+    with pytest.raises(ValueError) as info:
+        resolve({"test_bounded": {"iterations": 0, "momentum": 1.0, "scales": [0.5, -1]}},
+                ["test_bounded.lr=0", "test_bounded.processes=0", "num_workers=-1"])
+    message = str(info.value)
+    for expected in ("test_bounded.iterations: expected a number >= 1, got 0",
+                     "test_bounded.lr: expected a number > 0, got 0",
+                     "test_bounded.momentum: expected a number in [0, 1), got 1.0",
+                     "test_bounded.scales[1]: expected a number > 0, got -1",
+                     "test_bounded.processes: expected a number >= 1, got 0",
+                     "num_workers: expected a number >= 0, got -1"):
+        assert expected in message, (expected, message)
+    assert "scales[0]" not in message
+
+
+def test_the_steps_declare_bounds_for_impossible_values():
+    """What issue 11 met: checkpoint_every=0 divided by zero after the first training iteration,
+    iterations=0 was reported as 'train-sgan.iterations'."""
+    with pytest.raises(ValueError) as info:
+        load_config(None, ["train_sgan.checkpoint_every=0", "train_sgan.iterations=0", "train_cam.batch_size=0",
+                           "train_seg.momentum=1", "train_cam.log_every=0", "seeds.alpha=0",
+                           "initial_seeds.beta=2", "infer.crf_processes=0", "model.dropout=1"])
+    message = str(info.value)
+    for key in ("train_sgan.checkpoint_every", "train_sgan.iterations", "train_cam.batch_size",
+                "train_seg.momentum", "train_cam.log_every", "seeds.alpha", "initial_seeds.beta",
+                "infer.crf_processes", "model.dropout"):
+        assert f"\n  {key}: expected a number" in message, (key, message)
+
+
+def test_bounds_are_checked_when_registering():
+    with pytest.raises(ValueError, match=r"defaults: test_bad_bound.count: expected a number >= 1, got 0"):
+        register_section("test_bad_bound", {"count": 0}, bounds={"count": "[1, inf)"})
+    with pytest.raises(ValueError, match="bounds: expected an interval like"):
+        register_section("test_bad_bound", {"count": 1}, bounds={"count": ">= 1"})
+    with pytest.raises(ValueError, match=r"bounds: keys \['size'\] of section 'test_bad_bound' have no default"):
+        register_section("test_bad_bound", {"count": 1}, bounds={"size": "[1, inf)"})
+    assert "test_bad_bound" not in config_module.sections()

@@ -63,7 +63,7 @@ def test_every_step_writes_its_outputs(stage1_run, tiny_voc):
     labels = json.loads((work / "labels.json").read_text())
     assert labels["labels"] == image_level_labels(paths, ids, "xml")
     for name in ("cam", "sgan"):
-        state = torch.load(work / "ckpt" / f"{name}.pt", weights_only=False)
+        state = torch.load(work / "ckpt" / f"{name}.pt", weights_only=True)
         assert state["iteration"] == 4 and [h["iteration"] for h in state["history"]] == [2, 4]
         assert all(np.isfinite(h[k]) for h in state["history"] for k in h)
         assert not (work / "ckpt" / f"{name}.last.pt").exists()
@@ -129,7 +129,7 @@ def test_baseline_checkpoint_gives_seeds_and_variants_train(stage1_run, tiny_voc
     for variant in ("sgan-seed", "sgan-sal-seed"):
         assert cli.main(["train-sgan"] + argv + [f"train_sgan.variant={variant}", "train_sgan.iterations=2",
                                                  f"train_sgan.checkpoint=ckpt/{variant}.pt"]) == 0
-        state = torch.load(work / "ckpt" / f"{variant}.pt", weights_only=False)
+        state = torch.load(work / "ckpt" / f"{variant}.pt", weights_only=True)
         assert state["model_info"]["variant"] == variant
         assert not any(k.startswith("seed_branch") for k in state["model"])
         assert set(state["history"][0]) == {"iteration", "lr", "cls"}

@@ -198,3 +198,30 @@ def test_native_checkpoint_round_trip():
     report = load_pretrained(target, source.state_dict())
     assert report.naming == "native" and report.initialised == []
     assert all(torch.equal(a, b) for a, b in zip(source.state_dict().values(), target.state_dict().values()))
+
+
+@pytest.mark.parametrize("file_width", [1 / 32, 1 / 8])
+def test_weights_of_another_width_name_the_width_that_fits(file_width):
+    """Narrower torchvision weights used to fail in the fc6 decimation, wider ones with a list of
+    every shape; both are one line saying which width fits."""
+    state = torchvision_vgg_state(file_width, torch.Generator().manual_seed(0))
+    with pytest.raises(ValueError) as error:
+        load_pretrained(DeepLabVGG16(width=WIDTH), state, width_option=("train_seg.width", WIDTH))
+    channels = round(64 * file_width)
+    assert str(error.value) == (
+        f"weights: the file was made at another width: its first convolution features.0.weight has "
+        f"{channels} output channels, this network's 4 (train_seg.width=0.0625); "
+        f"train_seg.width={file_width:g} gives {channels}")
+
+
+def test_train_seg_passes_its_width_key(tmp_path):
+    from sgan.config import load_config
+    from sgan.pipeline.train_seg import build_model
+    from sgan.utils.logging import get_logger
+    path = tmp_path / "resnet.pth"
+    torch.save(DeepLabResNet101(width=1 / 8, blocks=(1, 1, 1, 1)).state_dict(), path)
+    cfg = load_config(None, ["train_seg.arch=resnet101", "train_seg.blocks=[1, 1, 1, 1]",
+                             f"train_seg.width={WIDTH}", f"train_seg.weights={path}"])
+    with pytest.raises(ValueError, match=r"backbone.conv1.weight has 8 output channels, this network's 4 "
+                                         r"\(train_seg.width=0.0625\); train_seg.width=0.125 gives 8$"):
+        build_model(cfg.train_seg, "auto", get_logger("test"))

@@ -74,7 +74,7 @@ def _config(tiny_voc, work, **overrides):
 
 
 def _weights(work, name="cam"):
-    return torch.load(os.path.join(work, "ckpt", f"{name}.pt"), weights_only=False)["model"]
+    return torch.load(os.path.join(work, "ckpt", f"{name}.pt"), weights_only=True)["model"]
 
 
 def _initial_weights(cfg):
@@ -106,7 +106,7 @@ def test_resume_after_interruption_gives_the_same_weights(tiny_voc, tmp_path, mo
         run_step("train-cam", interrupted)
     monkeypatch.setattr(torch.optim.SGD, "step", real_step)
     last = tmp_path / "interrupted" / "ckpt" / "cam.last.pt"
-    assert torch.load(last, weights_only=False)["iteration"] == 2
+    assert torch.load(last, weights_only=True)["iteration"] == 2
     with pytest.raises(ValueError, match="pass --resume"):
         run_step("train-cam", interrupted)
     run_step("train-cam", _config(tiny_voc, tmp_path / "interrupted", resume="true"))
@@ -147,6 +147,6 @@ def test_ddp_two_processes_match_one_process(tiny_voc, tmp_path):
     expected, found = _weights(tmp_path / "single"), _weights(tmp_path / "ddp")
     assert _distance(expected, _initial_weights(single)) > 1e-4  # training did change the weights
     assert _distance(expected, found) <= 1e-6
-    single_log, ddp_log = (torch.load(tmp_path / w / "ckpt" / "cam.pt", weights_only=False)["history"]
+    single_log, ddp_log = (torch.load(tmp_path / w / "ckpt" / "cam.pt", weights_only=True)["history"]
                            for w in ("single", "ddp"))
     assert [h["cls"] for h in ddp_log] == pytest.approx([h["cls"] for h in single_log], rel=1e-5)

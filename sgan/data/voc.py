@@ -58,7 +58,7 @@ register_section("data", {
     "input_size": 321,
     "normalisation": "auto",
     "flip": True,
-}, choices={"label_source": LABEL_SOURCES, "normalisation": NORMALISATIONS},
+}, choices={"label_source": LABEL_SOURCES, "normalisation": NORMALISATIONS}, bounds={"input_size": "[1, inf)"},
     doc="root: the VOC2012 folder; saliency_dir: folder of <id>.png saliency maps; lists and mask "
         "dirs relative to root; labels_file relative to work_dir; input_size: training resize (square)")
 

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from sgan.models.resnet import RESNET101_BLOCKS, DilatedResNet, resnet_caffe_names
+from sgan.utils.io import load_torch
 
 ASPP_RATES = (6, 12, 18, 24)
 # (name, output channels) of the 13 VGG-16 convolutions, block by block.
@@ -231,6 +232,25 @@ def build_deeplab(arch, **options):
     raise ValueError(f"arch: expected one of {ARCHS}, got {arch!r}")
 
 
+def _first_convolution(tensors):
+    """(key, output channels) of the first 4-D tensor taking 3 (RGB) input channels, or None."""
+    return next(((key, int(value.shape[0])) for key, value in tensors.items()
+                 if value.dim() == 4 and value.shape[1] == 3), None)
+
+
+def _check_width(model, state, width_key, width):
+    """ValueError when the file's first convolution has another channel count than the model's."""
+    found = _first_convolution(state)
+    own = _first_convolution({k: v for k, v in model.state_dict().items() if k.startswith("backbone.")})
+    if found is None or own is None or found[1] == own[1]:
+        return
+    (file_key, file_channels), (_, own_channels) = found, own
+    raise ValueError(f"weights: the file was made at another width: its first convolution {file_key} "
+                     f"has {file_channels} output channels, this network's {own_channels} "
+                     f"({width_key}={width:g}); {width_key}={width * file_channels / own_channels:g} "
+                     f"gives {file_channels}")
+
+
 def _take(converted, used, state, model_key, file_key):
     if file_key in state:
         converted[model_key] = state[file_key]
@@ -300,13 +320,15 @@ def detect_naming(state):
                      f"'res2a_branch2a.weight') or this project's ('backbone.*'); got keys like {sample}")
 
 
-def read_state_dict(source):
+def read_state_dict(source, what="weights"):
     """A state dict from a path (torch.save file) or a dict; unwraps {'state_dict': ...} / {'model': ...}
-    and strips a DistributedDataParallel ``module.`` prefix."""
+    and strips a DistributedDataParallel ``module.`` prefix. what: the config key of the path, for
+    the errors; a file holding anything but tensors and plain values is refused unread
+    (sgan.utils.io.load_torch)."""
     if isinstance(source, (str, os.PathLike)):
         if not os.path.isfile(source):
-            raise ValueError(f"weights: file not found: {os.fspath(source)}")
-        source = torch.load(source, map_location="cpu", weights_only=True)
+            raise ValueError(f"{what}: file not found: {os.fspath(source)}")
+        source = load_torch(os.fspath(source), what)
     if not isinstance(source, dict):
         raise TypeError(f"weights: expected a path or a state dict, got {type(source).__name__}")
     for wrapper in ("state_dict", "model"):
@@ -318,18 +340,22 @@ def read_state_dict(source):
     return {k[len("module."):] if k.startswith("module.") else k: v for k, v in source.items()}
 
 
-def load_pretrained(model, source, naming="auto"):
+def load_pretrained(model, source, naming="auto", width_option=None):
     """Load ImageNet (or this project's) weights into a DeepLab model; returns a :class:`LoadReport`.
 
     source: path of a state-dict file or the dict itself. naming: 'auto', 'torchvision', 'caffe' or
     'native'. Every backbone tensor must come from the file; head tensors absent from the file stay
     freshly initialised and are listed in the report. Raises ValueError listing all missing
-    backbone keys, all unknown file keys and all shape mismatches at once.
+    backbone keys, all unknown file keys and all shape mismatches at once. width_option: (config
+    key, value) the model's width came from, e.g. ("train_seg.width", 1.0); a file made at another
+    width is then refused in one line saying which value of that key fits it.
     """
     if naming not in NAMINGS:
         raise ValueError(f"naming: expected one of {NAMINGS}, got {naming!r}")
     state = read_state_dict(source)
     naming = detect_naming(state) if naming == "auto" else naming
+    if width_option is not None:
+        _check_width(model, state, *width_option)
     own = model.state_dict()
     if naming == "native":
         converted = {k: v for k, v in state.items() if k in own}

@@ -52,6 +52,8 @@ register_section("model", {
 }, choices={"weights_naming": ("auto", "torchvision", "caffe", "native"), "classifier": CLASSIFIERS,
             "attention_preset": ("official", "paper"), "key_channels": ("half", "full"),
             "seed_branch_kernel": (1, 3)},
+    bounds={"width": "(0, inf)", "convs_per_block": "[1, 3]", "classifier_hidden": "[1, inf)",
+            "dropout": "[0, 1)", "saliency_threshold": "[0, 1]"},
     doc="stage-1 networks (baseline CAM and SGAN): weights is a local ImageNet VGG-16 file; width and "
         "convs_per_block shrink the backbone (demo/tests); classifier_hidden is scaled by width")
 
@@ -176,8 +178,9 @@ def build_network(cfg, kind, variant=None):
     logger = get_logger("models")
     naming = None
     if cfg.model.weights:
-        state = read_state_dict(cfg.model.weights)
-        report = load_pretrained(network, state, cfg.model.weights_naming)
+        state = read_state_dict(cfg.model.weights, "model.weights")
+        report = load_pretrained(network, state, cfg.model.weights_naming,
+                                 width_option=("model.width", cfg.model.width))
         naming = report.naming
         logger.info("%s", report.summary().replace("\n", "; "))
     else:

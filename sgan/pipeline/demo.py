@@ -63,6 +63,8 @@ register_section("demo", {
     "loss_plot": "figures/losses.png",
     "results": "metrics/demo.json",
 }, choices={"stage2_init": ("baseline", "config")},
+    bounds={"num_train": "[1, inf)", "num_val": "[1, inf)", "image_size": "[32, inf)", "data_seed": "[0, inf)",
+            "classes": "[1, 20]"},
     doc="the demo: data_dir (relative to work_dir) receives the synthetic dataset of num_train/num_val "
         "images of image_size [H, W] with the first `classes` classes, drawn with data_seed; variants "
         "from Baseline, SGAN-SAL-SEED, SGAN-SEED, SGAN; stage2: also train/infer/eval DeepLab; "

@@ -13,9 +13,10 @@ STEP = "figures"
 register_section("figures", {
     "ids": [], "count": 4, "pixel": None, "variants": {}, "initial_seeds_dir": "seeds0",
     "seeds_dir": "seeds", "out_dir": "figures",
-}, doc="ids: image ids (empty: the first `count` of data.train_list); pixel: [y, x] fractions of the "
-       "image or null (CAM peak); variants: {name: checkpoint} (empty: Baseline = train_cam.checkpoint "
-       "and SGAN = train_sgan.checkpoint); dirs relative to work_dir")
+}, bounds={"count": "[1, inf)", "pixel": "[0, 1]"},
+    doc="ids: image ids (empty: the first `count` of data.train_list); pixel: [y, x] fractions of the "
+        "image or null (CAM peak); variants: {name: checkpoint} (empty: Baseline = train_cam.checkpoint "
+        "and SGAN = train_sgan.checkpoint); dirs relative to work_dir")
 
 
 def _variants(cfg):

@@ -8,7 +8,7 @@ STEP = "initial-seeds"
 register_section("initial_seeds", {
     "checkpoint": "ckpt/cam.pt", "out_dir": "seeds0", "alpha": 0.3, "beta": 0.06, "rule": "paper",
     "scales": [1.0], "flip": False,
-}, choices={"rule": SEED_RULES},
+}, choices={"rule": SEED_RULES}, bounds={"alpha": "(0, 1]", "beta": "[0, 1]", "scales": "(0, inf)"},
     doc="sparse initial seeds from the baseline CAM; scales are relative to data.input_size")
 
 

@@ -8,7 +8,7 @@ STEP = "seeds"
 register_section("seeds", {
     "checkpoint": "ckpt/sgan.pt", "out_dir": "seeds", "alpha": 0.2, "beta": 0.06, "rule": "paper",
     "use_seed_branch": False, "scales": [1.0], "flip": False,
-}, choices={"rule": SEED_RULES},
+}, choices={"rule": SEED_RULES}, bounds={"alpha": "(0, 1]", "beta": "[0, 1]", "scales": "(0, inf)"},
     doc="final seeds; the paper: alpha 0.2, rule paper, CAM only; the authors: alpha 0.25, rule authors, "
         "use_seed_branch true. checkpoint may be any stage-0/1 checkpoint (ckpt/cam.pt gives the "
         "Baseline's seeds)")

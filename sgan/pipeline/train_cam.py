@@ -5,7 +5,7 @@ from sgan.losses import classification_loss
 from sgan.models.sgan_net import build_network
 from sgan.pipeline import resolve_device, work_path
 from sgan.pipeline._stage1 import TRAINING_DATA_KEYS, training_images
-from sgan.train import OPTIM_CHOICES, OPTIM_DEFAULTS, train
+from sgan.train import OPTIM_BOUNDS, OPTIM_CHOICES, OPTIM_DEFAULTS, train
 from sgan.utils.record import images_fingerprint, labels_fingerprint, make_record, optional_file, settings_of
 from sgan.utils.seeding import derive_seed, seed_everything
 
@@ -13,6 +13,7 @@ STEP = "train-cam"
 DISTRIBUTED = True
 
 register_section("train_cam", {**OPTIM_DEFAULTS, "checkpoint": "ckpt/cam.pt"}, choices=OPTIM_CHOICES,
+                 bounds=OPTIM_BOUNDS,
                  doc="baseline CAM training: SGD schedule keys of sgan.train.optim; checkpoint path in work_dir")
 
 

@@ -46,7 +46,7 @@ from sgan.models.deeplab import ARCHS, NAMINGS, build_deeplab, detect_naming, lo
 from sgan.models.resnet import RESNET101_BLOCKS
 from sgan.models.sgan_net import resolve_normalisation
 from sgan.pipeline import resolve_device, work_path
-from sgan.train import OPTIM_CHOICES, OPTIM_DEFAULTS, train
+from sgan.train import OPTIM_BOUNDS, OPTIM_CHOICES, OPTIM_DEFAULTS, train
 from sgan.train.distributed import init_distributed
 from sgan.train.loop import checkpoint_up_to_date, last_checkpoint_path
 from sgan.utils.io import save_json
@@ -81,6 +81,10 @@ register_section("train_seg", {
     "checkpoint": "ckpt/deeplab.pt",
     "timing_file": "metrics/train_seg_timing.json",
 }, choices={**OPTIM_CHOICES, "arch": ARCHS, "weights_naming": NAMINGS},
+    bounds={**OPTIM_BOUNDS, "width": "(0, inf)", "blocks": "[1, inf)", "resize": "[1, inf)", "crop": "[1, inf)",
+            "color_jitter": "[0, 1)", "seed_loss_weight": "[0, inf)", "boundary_loss_weight": "[0, inf)",
+            "crf_scale": "(0, inf)", "crf_iterations": "[1, inf)", "crf_processes": "[1, inf)",
+            "crf_chunks": "[1, inf)"},
     doc="stage 2: DeepLab-ASPP (arch vgg16|resnet101; width/blocks shrink it for tests) trained on "
         "the seeds of seeds_dir (relative to work_dir); weights: local ImageNet file; crf_processes: "
         "CRF workers per rank (null = min(batch per rank, cores per rank)); crf_chunks: micro-batches "
@@ -152,14 +156,14 @@ def build_model(section, normalisation_setting, logger):
     """(DeepLab network with its ImageNet weights, the resolved input normalisation)."""
     naming, state = None, None
     if section.weights:
-        state = read_state_dict(section.weights)
+        state = read_state_dict(section.weights, "train_seg.weights")
         naming = detect_naming(state) if section.weights_naming == "auto" else section.weights_naming
     options = {"num_classes": VOC_NUM_CLASSES, "width": section.width}
     if section.arch == "resnet101":
         options.update(blocks=list(section.blocks), stride_in_1x1=naming == "caffe")
     model = build_deeplab(section.arch, **options)
     if state is not None:
-        report = load_pretrained(model, state, naming)
+        report = load_pretrained(model, state, naming, width_option=("train_seg.width", section.width))
         logger.info("train-seg: %s", report.summary().replace("\n", "; "))
     else:
         logger.warning("train_seg.weights is not set: DeepLab (%s) starts from random weights", section.arch)

@@ -5,7 +5,7 @@ from sgan.losses import classification_loss, resize_seeds, seed_loss
 from sgan.models.sgan_net import VARIANTS, build_network
 from sgan.pipeline import resolve_device, work_path
 from sgan.pipeline._stage1 import TRAINING_DATA_KEYS, saliency_folder, training_images
-from sgan.train import OPTIM_CHOICES, OPTIM_DEFAULTS, train
+from sgan.train import OPTIM_BOUNDS, OPTIM_CHOICES, OPTIM_DEFAULTS, train
 from sgan.utils.record import (folder_fingerprint, images_fingerprint, labels_fingerprint, make_record,
                                optional_file, settings_of)
 from sgan.utils.seeding import derive_seed, seed_everything
@@ -17,6 +17,7 @@ register_section("train_sgan", {
     **OPTIM_DEFAULTS, "checkpoint": "ckpt/sgan.pt", "variant": "sgan", "seeds_dir": "seeds0",
     "seed_loss_weight": 0.15, "seed_loss_reduction": "image",
 }, choices={**OPTIM_CHOICES, "variant": VARIANTS, "seed_loss_reduction": ("image", "batch")},
+    bounds={**OPTIM_BOUNDS, "seed_loss_weight": "[0, inf)"},
     doc="SGAN training: variant sgan | sgan-seed | sgan-sal-seed; seeds_dir (work_dir-relative) holds "
         "the initial seeds; seed_loss_reduction image (eq. 5) or batch (authors)")
 

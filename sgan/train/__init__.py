@@ -3,6 +3,7 @@ order, DDP, the loop with atomic checkpoints and exact resume (see each module's
 from sgan.train.distributed import barrier, init_distributed, rank_and_world
 from sgan.train.loop import CHECKPOINT_FORMAT, last_checkpoint_path, load_checkpoint, train
 from sgan.train.optim import (
+    OPTIM_BOUNDS,
     OPTIM_CHOICES,
     OPTIM_DEFAULTS,
     build_sgd,
@@ -16,6 +17,7 @@ __all__ = [
     "BatchOrder",
     "CHECKPOINT_FORMAT",
     "IterationBatchSampler",
+    "OPTIM_BOUNDS",
     "OPTIM_CHOICES",
     "OPTIM_DEFAULTS",
     "barrier",

@@ -26,6 +26,7 @@ import math
 import os
 import time
 
+import numpy as np
 import torch
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
@@ -35,7 +36,7 @@ from sgan.utils.record import changes, up_to_date
 from sgan.train.distributed import average_across_ranks, barrier, init_distributed
 from sgan.train.optim import build_sgd, lr_factor, set_learning_rate
 from sgan.train.order import BatchOrder, IterationBatchSampler
-from sgan.utils.io import save_torch
+from sgan.utils.io import load_torch, save_torch
 from sgan.utils.logging import get_logger
 from sgan.utils.progress import progress
 from sgan.utils.seeding import derive_seed
@@ -48,11 +49,15 @@ def last_checkpoint_path(path):
     return f"{root}.last{ext or '.pt'}"
 
 
-def load_checkpoint(path, map_location="cpu"):
-    """Read a checkpoint written by :func:`train`; clear errors for a missing or foreign file."""
+def load_checkpoint(path):
+    """Read a checkpoint written by :func:`train` (on the CPU) without running code from the file.
+
+    Only tensors and plain values are accepted (sgan.utils.io.load_torch); a missing, truncated,
+    foreign or code-carrying file is a one-line ValueError naming it.
+    """
     if not os.path.isfile(path):
         raise ValueError(f"checkpoint: {path} does not exist (run the training step first)")
-    state = torch.load(path, map_location=map_location, weights_only=False)
+    state = load_torch(path, "checkpoint")
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
         raise ValueError(f"checkpoint: {path} is not an sgan checkpoint (expected format {CHECKPOINT_FORMAT})")
     return state
@@ -91,9 +96,7 @@ def train(cfg, section, *, name, model, dataset, loss_fn, checkpoint_path, model
         if cfg.resume:
             logger.info("%s: --resume: nothing to resume, %s is finished and up to date", name, checkpoint_path)
         return checkpoint_path
-    total = int(section.iterations)
-    if total <= 0:
-        raise ValueError(f"{section_name}.iterations: expected a positive int, got {total}")
+    total = int(section.iterations)  # >= 1: the config's bounds (sgan.train.optim.OPTIM_BOUNDS)
     model.to(device)
     optimizer = build_sgd(model, section.lr, section.momentum, section.weight_decay, section.lr_mult)
     start, history = 0, []
@@ -169,10 +172,30 @@ def train(cfg, section, *, name, model, dataset, loss_fn, checkpoint_path, model
 
 
 def _checkpoint(name, model, model_info, iteration, history, cfg, record, optimizer=None):
+    """The checkpoint dict (module doc), in plain types only, so it loads with weights_only=True.
+
+    There is no RNG state to store: every draw is seeded from (seed, step, iteration).
+    """
     state = {"format": CHECKPOINT_FORMAT, "step": name, "iteration": iteration,
              "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-             "model_info": model_info, "history": list(history), "config": cfg.to_dict(),
-             "record": record, "git": git_revision()}
+             "model_info": _plain(model_info, "model_info"), "history": _plain(history, "history"),
+             "config": _plain(cfg.to_dict(), "config"), "record": _plain(record, "record"),
+             "git": git_revision()}
     if optimizer is not None:
         state["optimizer"] = optimizer.state_dict()
     return state
+
+
+def _plain(value, where):
+    """``value`` with mappings as dicts, numpy scalars as Python numbers; TypeError for anything
+    else that is not a tensor, list, tuple, str, number, bool or None (weights_only would refuse it)."""
+    if isinstance(value, dict):
+        return {key: _plain(item, f"{where}.{key}") for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        items = [_plain(item, f"{where}[{i}]") for i, item in enumerate(value)]
+        return items if isinstance(value, list) else tuple(items)
+    if isinstance(value, np.generic):
+        return value.item()
+    if value is None or isinstance(value, (str, int, float, torch.Tensor)):
+        return value
+    raise TypeError(f"checkpoint {where}: {type(value).__name__} {value!r} is not a plain value")

@@ -30,6 +30,10 @@ OPTIM_DEFAULTS = {
     "log_every": 20,
 }
 OPTIM_CHOICES = {"schedule": SCHEDULES}
+OPTIM_BOUNDS = {"iterations": "[1, inf)", "batch_size": "[1, inf)", "lr": "(0, inf)", "momentum": "[0, 1)",
+                "weight_decay": "[0, inf)", "lr_mult": "[0, inf)", "step_size": "[1, inf)",
+                "step_gamma": "(0, 1]", "poly_power": "[0, inf)", "checkpoint_every": "[1, inf)",
+                "log_every": "[1, inf)"}
 
 
 def parameter_groups(model, lr_mult=(1.0, 2.0, 10.0, 20.0)):
