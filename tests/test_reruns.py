@@ -119,13 +119,13 @@ def test_resume_refuses_changed_settings_and_says_when_there_is_nothing_to_resum
         assert "resume_changed=true" in err[-1] and sum("error" in line for line in err) == 1
     # with the same settings it continues to the end
     assert cli.main(["train-cam", *common, "--resume"]) == 0
-    assert torch.load(work / "ckpt" / "cut.pt", weights_only=False)["iteration"] == 4
+    assert torch.load(work / "ckpt" / "cut.pt", weights_only=True)["iteration"] == 4
     # a fresh interrupted run continued with a change it is told to accept
     restore = interrupt_after(monkeypatch, loop, "save_torch", 1)
     assert interrupted_status(["train-cam", *common, "train_cam.checkpoint=ckpt/cut2.pt"]) == 130
     restore()
     assert cli.main(["train-cam", *common, "train_cam.checkpoint=ckpt/cut2.pt", "train_cam.lr=0.01",
-                     "resume_changed=true", "--resume"]) == 0
+                     "--resume", "resume_changed=true"]) == 0
     assert "with changed settings (train_cam.lr was 0.001, now 0.01)" in (work / "sgan.log").read_text()
     # --resume where no run was interrupted and the checkpoint is stale: said, then trained from the start
     assert cli.main(["train-cam", config_path, "train_cam.lr=0.003", "--resume"]) == 0
