@@ -22,7 +22,8 @@ def run(cfg):
     device = resolve_device(cfg)
     seed_everything(derive_seed(cfg.seed, STEP, "init"))
     network, info = build_network(cfg, "cam")
-    dataset = VOCTrainSet(paths, ids, labels, cfg.data.input_size, info["normalisation"], cfg.data.flip)
+    dataset = VOCTrainSet(paths, ids, labels, cfg.data.input_size, info["normalisation"], cfg.data.flip,
+                          resize=cfg.data.resize)
 
     def loss_fn(net, batch, device):
         loss = classification_loss(net(batch["image"].to(device))["cam"], batch["labels"].to(device),
