@@ -14,7 +14,7 @@ from sgan.data.voc import (
 )
 from sgan.pipeline import finished, resolve_device, work_path
 from sgan.seeds import class_scores, make_seeds
-from sgan.models.sgan_net import network_from_info
+from sgan.models.sgan_net import authors_network, network_from_info, read_authors_state
 from sgan.train.loop import load_checkpoint
 from sgan.utils.io import remove_done_marker, save_png, write_done_marker
 from sgan.utils.logging import get_logger
@@ -39,8 +39,16 @@ def training_images(cfg):
 
 
 def load_network(cfg, checkpoint_path, device):
-    """(network in eval mode on ``device``, model_info) from a training checkpoint."""
-    state = load_checkpoint(checkpoint_path)
+    """(network in eval mode on ``device``, model_info) from a training checkpoint, or from the
+    authors' released SGAN weights (sgan.models.sgan_net.authors_network, built from cfg.model)."""
+    try:
+        state = load_checkpoint(checkpoint_path)
+    except ValueError:
+        authors_state = read_authors_state(checkpoint_path) if os.path.isfile(checkpoint_path) else None
+        if authors_state is None:
+            raise
+        network, model_info = authors_network(cfg, authors_state, cfg.backend, checkpoint_path)
+        return network.to(device).eval(), model_info
     network = network_from_info(state["model_info"], cfg.backend)
     network.load_state_dict(state["model"])
     return network.to(device).eval(), state["model_info"]
@@ -49,7 +57,8 @@ def load_network(cfg, checkpoint_path, device):
 def write_seeds(cfg, section, what):
     """Seeds of every training image from ``section.checkpoint`` into ``section.out_dir`` (PNG).
 
-    section keys: checkpoint, out_dir, alpha, beta, rule, scales, flip, use_seed_branch (optional).
+    section keys: checkpoint, out_dir, alpha, beta, rule, scales, flip, use_seed_branch and resolution
+    (optional); images and saliency are resized with data.resize.
     Skips when the folder is marked done; the thresholding and PNG writing run in a thread pool
     of cfg.num_workers threads while the network computes the next image.
     """
@@ -65,9 +74,11 @@ def write_seeds(cfg, section, what):
     os.makedirs(out_dir, exist_ok=True)
     remove_done_marker(out_dir)
     use_seed_branch = bool(section.get("use_seed_branch", False))
+    resolution = section.get("resolution", "image")
 
     def finish(image_id, scores, saliency):
-        seeds = make_seeds(scores.numpy(), saliency, labels[image_id], section.alpha, section.beta, section.rule)
+        seeds = make_seeds(scores.numpy(), saliency, labels[image_id], section.alpha, section.beta, section.rule,
+                           resolution)
         save_png(os.path.join(out_dir, image_id + ".png"), Image.fromarray(seeds, "L"))
 
     with concurrent.futures.ThreadPoolExecutor(max(1, cfg.num_workers)) as pool:
@@ -77,7 +88,7 @@ def write_seeds(cfg, section, what):
             saliency = read_gray(os.path.join(saliency_dir, image_id + ".png"))
             scores = class_scores(network, image, saliency, labels[image_id], cfg.data.input_size,
                                   model_info["normalisation"], section.scales, section.flip,
-                                  use_seed_branch, device)
+                                  use_seed_branch, device, section.rule, resolution, cfg.data.resize)
             pending.append(pool.submit(finish, image_id, scores, saliency))
             if len(pending) > 4 * max(1, cfg.num_workers):
                 pending.pop(0).result()
