@@ -130,7 +130,8 @@ def test_seed_rules_on_a_handmade_example():
     # (0,0), (1,0) boat and bg; (0,1) boat and person; (1,3) person and bg: conflicts stay unlabelled
     assert paper.tolist() == [[255, 255, 4, 255], [255, 255, 0, 255]]
     authors = make_seeds(scores, saliency, labels, alpha=0.2, beta=0.06, rule="authors")
-    # bg first, boat (larger) then person overwrites; boat on bg-by-saliency goes back to bg
+    # by decreasing area: boat and background (4 positions each; equal areas: the lower label, background,
+    # is written last), then person (2); boat on bg-by-saliency goes back to bg
     assert authors.tolist() == [[0, 15, 4, 255], [0, 255, 0, 15]]
     with pytest.raises(ValueError, match="alpha"):
         make_seeds(scores, saliency, labels, alpha=0.0, beta=0.06)
