@@ -14,7 +14,8 @@ The root section (name ``""``, keys at the top level of the YAML) is declared he
 (every output goes below it), ``seed``, ``overwrite``, ``resume``, ``device``, ``backend`` (kernel
 backend of the attention and the losses), ``num_workers`` and ``steps`` (what ``sgan run`` chains).
 
-Loading (:func:`load_config`): registered defaults <- the YAML file <- ``key.sub=value`` overrides,
+Loading (:func:`load_config`): registered defaults <- the YAML file (laid over its ``_base_`` file, a
+path relative to it, recursively) <- ``key.sub=value`` overrides,
 each value parsed as YAML (safe loader; ``lr=1e-3`` is a float, ``scales=[1.0,0.75]`` a list,
 ``weights=`` or ``weights=null`` is None). Validation collects every problem before raising one
 ``ValueError``: unknown sections and keys are named (with the closest known name), a value whose
@@ -306,12 +307,50 @@ def load_config(path=None, overrides=(), base=None):
         return resolve(copy.deepcopy(base) if base is not None else {}, overrides, source="<defaults>")
     if not os.path.isfile(path):
         raise ValueError(f"config: file {path!r} does not exist")
+    return resolve(_read_with_bases(path), overrides, source=path)
+
+
+def _deep_merge(base, update):
+    """``base`` with ``update`` laid over it: mappings merged key by key, recursively; anything else replaced."""
+    merged = dict(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _deep_merge(merged[key], value)
+        else:
+            merged[key] = copy.deepcopy(value)
+    return merged
+
+
+def _read_with_bases(path, chain=()):
+    """The mapping in the YAML file ``path``, laid over its ``_base_`` file (and that one's, recursively).
+
+    ``_base_: other.yaml`` names a path relative to the including file's folder; a cycle or a
+    missing base file is a ValueError naming the files.
+    """
     with open(path, encoding="utf-8") as handle:
         try:
             data = _yaml_load(handle)
         except yaml.YAMLError as error:
             raise ValueError(f"config {path!r}: not valid YAML ({error})") from None
-    return resolve(data if data is not None else {}, overrides, source=path)
+    data = {} if data is None else data
+    if not isinstance(data, dict) or "_base_" not in data:
+        return data
+    data = dict(data)
+    base = data.pop("_base_")
+    if not isinstance(base, str) or not base:
+        raise ValueError(f"config {path!r}: _base_: expected the path of a YAML file, got {base!r}")
+    base_path = os.path.normpath(os.path.join(os.path.dirname(path), os.path.expanduser(base)))
+    chain = chain + (os.path.realpath(path),)
+    if os.path.realpath(base_path) in chain:
+        cycle = " -> ".join([*chain, os.path.realpath(base_path)])
+        raise ValueError(f"config {path!r}: _base_ {base!r} makes a cycle: {cycle}")
+    if not os.path.isfile(base_path):
+        raise ValueError(f"config {path!r}: _base_ {base!r}: file {base_path} does not exist")
+    parent = _read_with_bases(base_path, chain)
+    if not isinstance(parent, dict):
+        raise ValueError(f"config {base_path!r}: expected a mapping of sections at the top level, "
+                         f"got {type(parent).__name__}")
+    return _deep_merge(parent, data)
 
 
 def git_revision():

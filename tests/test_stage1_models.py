@@ -12,7 +12,7 @@ from sgan.seeds import class_scores, make_seeds
 
 TINY = {"width": 0.0625, "convs_per_block": [2, 2, 3, 3, 3], "classifier": "paper", "classifier_hidden": 64,
         "dropout": 0.5, "attention_preset": "official", "key_channels": "half", "saliency_threshold": 0.06,
-        "saliency_border": True, "seed_branch_kernel": 1}
+        "saliency_border": True, "saliency_resize": "bilinear", "seed_branch_kernel": 1}
 CONV_NAMES = [name for block in VGG16_CONVS for name, _ in block]
 
 
@@ -130,7 +130,8 @@ def test_seed_rules_on_a_handmade_example():
     # (0,0), (1,0) boat and bg; (0,1) boat and person; (1,3) person and bg: conflicts stay unlabelled
     assert paper.tolist() == [[255, 255, 4, 255], [255, 255, 0, 255]]
     authors = make_seeds(scores, saliency, labels, alpha=0.2, beta=0.06, rule="authors")
-    # bg first, boat (larger) then person overwrites; boat on bg-by-saliency goes back to bg
+    # by decreasing area: boat and background (4 positions each; equal areas: the lower label, background,
+    # is written last), then person (2); boat on bg-by-saliency goes back to bg
     assert authors.tolist() == [[0, 15, 4, 255], [0, 255, 0, 15]]
     with pytest.raises(ValueError, match="alpha"):
         make_seeds(scores, saliency, labels, alpha=0.0, beta=0.06)

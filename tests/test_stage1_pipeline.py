@@ -88,6 +88,7 @@ def test_seed_metrics_match_a_direct_count(stage1_run, tiny_voc):
     correct = labelled = total = 0
     per_class_tp = np.zeros(21)
     per_class_gt = np.zeros(21)
+    per_class_seeds = np.zeros(21)
     for image_id in read_id_list(paths.resolve("ImageSets/Segmentation/train.txt")):
         seeds = np.asarray(Image.open(work / "seeds" / f"{image_id}.png")).astype(int)
         gt = np.asarray(Image.open(paths.mask(image_id, "SegmentationClass"))).astype(int)
@@ -98,6 +99,7 @@ def test_seed_metrics_match_a_direct_count(stage1_run, tiny_voc):
         total += valid.sum()
         per_class_tp += np.bincount(gt[hit], minlength=21)
         per_class_gt += np.bincount(gt[valid], minlength=21)
+        per_class_seeds += np.bincount(seeds[valid & (seeds != 255)], minlength=21)
     assert scores["overall_precision"] == pytest.approx(correct / labelled, rel=1e-12)
     assert scores["overall_recall"] == pytest.approx(correct / total, rel=1e-12)
     for c in range(21):
@@ -105,6 +107,18 @@ def test_seed_metrics_match_a_direct_count(stage1_run, tiny_voc):
         assert scores["recall"][c] == (pytest.approx(expected, rel=1e-12) if expected is not None else None)
     matrix = np.asarray(scores["confusion_matrix"])
     assert matrix.shape == (21, 22) and matrix.sum() == total
+    # both means: over the defined classes, and the authors' over all 21 (absent / never predicted = 0)
+    precision = [tp / n for tp, n in zip(per_class_tp, per_class_seeds) if n]
+    recall = [tp / n for tp, n in zip(per_class_tp, per_class_gt) if n]
+    assert scores["mean_precision_defined"] == pytest.approx(np.mean(precision), rel=1e-12)
+    assert scores["mean_recall_defined"] == pytest.approx(np.mean(recall), rel=1e-12)
+    assert scores["mean_precision_all21"] == pytest.approx(np.sum(per_class_tp / (per_class_seeds + 1e-5)) / 21,
+                                                           rel=1e-12)
+    assert scores["mean_recall_all21"] == pytest.approx(np.sum(per_class_tp / (per_class_gt + 1e-5)) / 21, rel=1e-12)
+    assert len(precision) < 21 and scores["mean_precision_all21"] < scores["mean_precision_defined"]
+    assert set(scores["mean_conventions"]) == {"defined", "all21"}
+    log = (work / "sgan.log").read_text()
+    assert "mean(defined)" in log and "mean over all 21 classes, never-predicted or absent = 0 (the authors')" in log
 
 
 def test_rerun_skips_up_to_date_work_and_overwrite_redoes_it(stage1_run):

@@ -18,6 +18,9 @@ ValueError naming all bad files, grouped by kind (:func:`raise_problems`). Image
 :func:`open_image`: a missing, truncated or undecodable file raises :class:`InputFileError`, a
 one-line ValueError naming it (also from a DataLoader worker).
 
+Resizing (``data.resize``): ``pil`` (PIL bilinear, nearest for label maps) or ``corner_aligned`` (the
+authors' ``scipy.ndimage.zoom``, order 1 / order 0, value for value: sgan.data.zoom).
+
 Normalisation: ``caffe_bgr`` (the authors': BGR 0..255 minus the mean (104.008, 116.669, 122.675),
 for Caffe-converted weights) or ``imagenet_rgb`` (RGB / 255, ImageNet mean and std, for torchvision
 weights); ``auto`` picks by the naming of ``model.weights`` (imagenet_rgb without weights).
@@ -33,6 +36,7 @@ from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 
 from sgan.config import register_section
+from sgan.data.zoom import zoom_linear, zoom_nearest
 from sgan.synthetic import VOC_CLASSES
 from sgan.utils.io import load_json
 
@@ -46,6 +50,7 @@ LABEL_SOURCES = ("xml", "mask")
 PROBLEMS_SHOWN_PER_KIND = 10
 # what PIL raises for files it cannot decode (truncated, corrupt, not an image, too large)
 DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, struct.error, Image.DecompressionBombError)
+RESIZES = ("pil", "corner_aligned")
 
 register_section("data", {
     "root": None,
@@ -58,9 +63,13 @@ register_section("data", {
     "input_size": 321,
     "normalisation": "auto",
     "flip": True,
-}, choices={"label_source": LABEL_SOURCES, "normalisation": NORMALISATIONS}, bounds={"input_size": "[1, inf)"},
+    "resize": "pil",
+}, choices={"label_source": LABEL_SOURCES, "normalisation": NORMALISATIONS, "resize": RESIZES},
+    bounds={"input_size": "[1, inf)"},
     doc="root: the VOC2012 folder; saliency_dir: folder of <id>.png saliency maps; lists and mask "
-        "dirs relative to root; labels_file relative to work_dir; input_size: training resize (square)")
+        "dirs relative to root; labels_file relative to work_dir; input_size: training resize (square); "
+        "resize: how stage 1 brings images, saliency and seeds to input_size, pil or corner_aligned "
+        "(the authors' scipy zoom)")
 
 
 class VOCPaths:
@@ -332,8 +341,9 @@ def validate_samples(paths, ids, labels=None, saliency_dir=None, seeds_dir=None,
 def normalise(image, mode):
     """uint8 RGB (H, W, 3) array -> float32 (3, H, W) network input in ``mode`` (not ``auto``)."""
     pixels = torch.from_numpy(np.array(image, dtype=np.float32)).permute(2, 0, 1)
-    if mode == "caffe_bgr":
-        return pixels.flip(0) - torch.tensor(CAFFE_BGR_MEAN).view(3, 1, 1)
+    if mode == "caffe_bgr":   # x - mean in float64, rounded once to float32: the authors' numpy arithmetic
+        bgr = pixels.flip(0).double() - torch.tensor(CAFFE_BGR_MEAN, dtype=torch.float64).view(3, 1, 1)
+        return bgr.float()
     if mode == "imagenet_rgb":
         return (pixels / 255.0 - torch.tensor(IMAGENET_RGB_MEAN).view(3, 1, 1)) / torch.tensor(
             IMAGENET_RGB_STD).view(3, 1, 1)
@@ -349,20 +359,37 @@ def resize(array, size, nearest=False):
     return np.asarray(Image.fromarray(array).resize((w, h), resample))
 
 
+def resize_as(array, size, mode, nearest=False):
+    """:func:`resize` (``mode="pil"``) or the authors' corner-aligned zoom (``"corner_aligned"``) of a
+    uint8 (H, W[, 3]) array to ``size`` = (h, w); nearest for label maps."""
+    if mode == "pil":
+        return resize(array, size, nearest)
+    if mode != "corner_aligned":
+        raise ValueError(f"data.resize: expected one of {RESIZES}, got {mode!r}")
+    size = tuple(int(v) for v in size)
+    zoom = zoom_nearest if nearest else zoom_linear
+    if array.ndim == 3:   # (H, W, C): zoomed channel by channel, as scipy does with a zoom of 1 on C
+        return np.ascontiguousarray(zoom(np.moveaxis(array, -1, 0), size).transpose(1, 2, 0))
+    return zoom(array, size)
+
+
 class VOCTrainSet(Dataset):
     """Training samples indexed by ``(index, sample_seed)`` (see sgan.train.order).
 
     Returns {"image": float32 (3, S, S), "labels": float32 (20,) multi-hot, "index": int} plus
     "saliency": uint8 (S, S) with ``saliency_dir`` and "seeds": int64 (S, S) with ``seeds_dir``.
-    The resize is to S x S (``size``); the horizontal flip (p = 0.5, drawn from the sample seed)
-    applies to every field alike.
+    The resize is to S x S (``size``) with :func:`resize_as` in mode ``resize``; the horizontal
+    flip (p = 0.5, drawn from the sample seed) applies to every field alike.
     """
 
-    def __init__(self, paths, ids, labels, size, normalisation, flip=True, saliency_dir=None, seeds_dir=None):
+    def __init__(self, paths, ids, labels, size, normalisation, flip=True, saliency_dir=None, seeds_dir=None,
+                 resize="pil"):
         if not isinstance(size, int) or size <= 0:
             raise ValueError(f"data.input_size: expected a positive int, got {size!r}")
+        if resize not in RESIZES:
+            raise ValueError(f"data.resize: expected one of {RESIZES}, got {resize!r}")
         self.paths, self.ids, self.labels = paths, list(ids), labels
-        self.size, self.normalisation, self.flip = size, normalisation, flip
+        self.size, self.normalisation, self.flip, self.resize = size, normalisation, flip, resize
         self.saliency_dir, self.seeds_dir = saliency_dir, seeds_dir
 
     def __len__(self):
@@ -375,7 +402,7 @@ class VOCTrainSet(Dataset):
         size = (self.size, self.size)
 
         def prepare(array, nearest=False):
-            array = resize(array, size, nearest)
+            array = resize_as(array, size, self.resize, nearest)
             return np.ascontiguousarray(array[:, ::-1]) if flip else array
 
         multi_hot = torch.zeros(NUM_CLASSES)

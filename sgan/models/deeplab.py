@@ -27,6 +27,10 @@ VGG16_CONVS = ((("conv1_1", 64), ("conv1_2", 64)),
 # torchvision's vgg16().features indices of the same convolutions, in order.
 VGG16_TORCHVISION_INDICES = (0, 2, 5, 7, 10, 12, 14, 17, 19, 21, 24, 26, 28)
 NAMINGS = ("auto", "torchvision", "caffe", "native")
+# Stage-1 networks also read the authors' SGAN naming (sgan.models.sgan_net.convert_authors).
+STAGE1_NAMINGS = NAMINGS + ("authors",)
+# Module names only the authors' SGAN state dicts hold (yaoqi-zd/SGAN, lib/network/sgan.py).
+AUTHORS_SGAN_KEYS = ("f_key.weight", "f_query.weight", "fc6_CAM.weight", "fc9.weight", "gamma")
 ARCHS = ("vgg16", "resnet101")
 
 
@@ -144,6 +148,7 @@ class DeepLabVGG16(_DeepLab):
         caffe: ``conv1_1`` ... ``conv5_3``, and ``fc6``/``fc7`` (shared by all branches, 7x7/4096
         ones decimated as above) or per-branch ``fc6_{b}``/``fc7_{b}``; ``fc8*`` is ignored.
         """
+        _reject_authors_naming(self, naming)
         converted, used, ignored = {}, set(), set()
         conv_names = [name for convs in VGG16_CONVS for name, _ in convs]
         if naming == "torchvision":
@@ -211,6 +216,7 @@ class DeepLabResNet101(_DeepLab):
         torchvision: the trunk keys one-to-one; ``fc.*`` and ``*.num_batches_tracked`` ignored.
         caffe: the Caffe layer names of :func:`resnet_caffe_names`; ``fc1000.*`` ignored.
         """
+        _reject_authors_naming(self, naming)
         converted, used = {}, set()
         if naming == "torchvision":
             for key in self.backbone.state_dict():
@@ -249,6 +255,12 @@ def _check_width(model, state, width_key, width):
                      f"has {file_channels} output channels, this network's {own_channels} "
                      f"({width_key}={width:g}); {width_key}={width * file_channels / own_channels:g} "
                      f"gives {file_channels}")
+
+
+def _reject_authors_naming(model, naming):
+    if naming == "authors":
+        raise ValueError(f"weights: the authors' SGAN naming (f_key, fc6_CAM, ...) is a stage-1 network's; "
+                         f"{type(model).__name__} takes torchvision or Caffe-named weights")
 
 
 def _take(converted, used, state, model_key, file_key):
@@ -306,8 +318,11 @@ class LoadReport:
 
 
 def detect_naming(state):
-    """'torchvision', 'caffe' or 'native' (this project's own keys) from the keys of ``state``."""
+    """'authors' (their SGAN checkpoint), 'torchvision', 'caffe' or 'native' (this project's own keys)
+    from the keys of ``state``. The authors' vgg_init.pth (``conv1_1.weight`` ...) is Caffe naming."""
     keys = set(state)
+    if any(k in keys for k in AUTHORS_SGAN_KEYS):
+        return "authors"
     if any(k.startswith(("backbone.", "aspp.")) for k in keys):
         return "native"
     if "features.0.weight" in keys or "layer1.0.conv1.weight" in keys:
@@ -343,15 +358,16 @@ def read_state_dict(source, what="weights"):
 def load_pretrained(model, source, naming="auto", width_option=None):
     """Load ImageNet (or this project's) weights into a DeepLab model; returns a :class:`LoadReport`.
 
-    source: path of a state-dict file or the dict itself. naming: 'auto', 'torchvision', 'caffe' or
-    'native'. Every backbone tensor must come from the file; head tensors absent from the file stay
-    freshly initialised and are listed in the report. Raises ValueError listing all missing
-    backbone keys, all unknown file keys and all shape mismatches at once. width_option: (config
-    key, value) the model's width came from, e.g. ("train_seg.width", 1.0); a file made at another
-    width is then refused in one line saying which value of that key fits it.
+    source: path of a state-dict file or the dict itself. naming: 'auto', 'torchvision', 'caffe',
+    'native' or (stage-1 networks) 'authors'. Every backbone tensor must come from the file; head
+    tensors absent from the file stay freshly initialised and are listed in the report. Raises
+    ValueError listing all missing backbone keys, all unknown file keys and all shape mismatches at
+    once. width_option: (config key, value) the model's width came from, e.g. ("train_seg.width",
+    1.0); a file made at another width is then refused in one line saying which value of that key
+    fits it.
     """
-    if naming not in NAMINGS:
-        raise ValueError(f"naming: expected one of {NAMINGS}, got {naming!r}")
+    if naming not in STAGE1_NAMINGS:
+        raise ValueError(f"naming: expected one of {STAGE1_NAMINGS}, got {naming!r}")
     state = read_state_dict(source)
     naming = detect_naming(state) if naming == "auto" else naming
     if width_option is not None:

@@ -15,21 +15,29 @@ Paper vs authors' choices (config section ``model``, DESIGN.md §5): ``classifie
 1×1 conv C -> 20 without bias on the features (CAM + GAP); ``authors`` is 3×3 conv C -> 1024·width,
 ReLU, dropout, 1×1 conv -> 20 without bias. ``key_channels: half`` (authors, Ck = C/2) or ``full``
 (paper, Ck = C); ``attention_preset`` official/paper; the saliency mask is the map resized to the
-feature size, /255 > ``saliency_threshold``, with the 1-pixel border forced non-salient when
-``saliency_border`` (authors). The seed branch is one ``seed_branch_kernel``×``seed_branch_kernel``
+feature size (``saliency_resize``: bilinear, or the authors' corner_aligned zoom), /255 >
+``saliency_threshold``, with the 1-pixel border forced non-salient when ``saliency_border``
+(authors). The seed branch is one ``seed_branch_kernel``×``seed_branch_kernel``
 conv C -> 20 on the enhanced features.
 
 :func:`build_network` builds either from the config and loads ImageNet weights; the returned
 ``model_info`` (stored in checkpoints) rebuilds it with :func:`network_from_info`.
+
+The authors' weights (yaoqi-zd/SGAN): their ``vgg_init.pth`` names the backbone like Caffe
+(``conv1_1`` ... ``conv5_3``) and loads as such; their SGAN checkpoints (``model_iter_8000.pth``)
+load with naming ``authors`` (:func:`convert_authors`) into ``SGANNet`` with ``classifier: authors``
+and ``key_channels: half``, and :func:`authors_network` builds that network for the seeds step.
 """
+import pickle
+
 import torch
 from torch import nn
 
 from sgan.config import register_section
-from sgan.data.saliency import saliency_to_mask
+from sgan.data.saliency import MASK_RESIZES, saliency_to_mask
 from sgan.data.voc import NUM_CLASSES
 from sgan.models.attention import SaliencyGuidedAttention
-from sgan.models.deeplab import load_pretrained, read_state_dict
+from sgan.models.deeplab import STAGE1_NAMINGS, detect_naming, load_pretrained, read_state_dict
 from sgan.models.vgg import VGG16_CONVS_PER_BLOCK, VGG16Stride8, convert_vgg16, scaled_channels
 from sgan.utils.logging import get_logger
 
@@ -48,14 +56,17 @@ register_section("model", {
     "key_channels": "half",
     "saliency_threshold": 0.06,
     "saliency_border": True,
+    "saliency_resize": "bilinear",
     "seed_branch_kernel": 1,
-}, choices={"weights_naming": ("auto", "torchvision", "caffe", "native"), "classifier": CLASSIFIERS,
+}, choices={"weights_naming": STAGE1_NAMINGS, "classifier": CLASSIFIERS,
             "attention_preset": ("official", "paper"), "key_channels": ("half", "full"),
-            "seed_branch_kernel": (1, 3)},
+            "saliency_resize": MASK_RESIZES, "seed_branch_kernel": (1, 3)},
     bounds={"width": "(0, inf)", "convs_per_block": "[1, 3]", "classifier_hidden": "[1, inf)",
             "dropout": "[0, 1)", "saliency_threshold": "[0, 1]"},
-    doc="stage-1 networks (baseline CAM and SGAN): weights is a local ImageNet VGG-16 file; width and "
-        "convs_per_block shrink the backbone (demo/tests); classifier_hidden is scaled by width")
+    doc="stage-1 networks (baseline CAM and SGAN): weights is a local ImageNet VGG-16 file (or the "
+        "authors' vgg_init.pth / SGAN checkpoint, naming authors); width and convs_per_block shrink "
+        "the backbone (demo/tests); classifier_hidden is scaled by width; saliency_resize: how the "
+        "saliency reaches the feature size for the mask (bilinear, or corner_aligned as the authors)")
 
 
 class ClassificationBranch(nn.Module):
@@ -88,7 +99,9 @@ class _Stage1Net(nn.Module):
                                                options["dropout"])
 
     def convert_pretrained(self, state, naming):
-        """For sgan.models.load_pretrained: ImageNet VGG-16 keys -> backbone keys."""
+        """For sgan.models.load_pretrained: ImageNet VGG-16 (or the authors' SGAN) keys -> model keys."""
+        if naming == "authors":
+            return convert_authors(self, state)
         return convert_vgg16(self.backbone, state, naming)
 
 
@@ -118,6 +131,7 @@ class SGANNet(_Stage1Net):
         self.uses_saliency = variant != "sgan-sal-seed"
         self.saliency_threshold = float(options["saliency_threshold"])
         self.saliency_border = bool(options["saliency_border"])
+        self.saliency_resize = options.get("saliency_resize", "bilinear")   # absent in older checkpoints
         self._build_backbone_and_classifier(options)
         channels = self.backbone.out_channels
         key_channels = max(1, channels // 2) if options["key_channels"] == "half" else channels
@@ -137,7 +151,8 @@ class SGANNet(_Stage1Net):
             return torch.ones(B, h, w, dtype=torch.bool, device=features.device)
         if saliency is None:
             raise ValueError(f"saliency: the {self.variant} variant needs saliency maps (B, H, W), got None")
-        return saliency_to_mask(saliency, (h, w), self.saliency_threshold, self.saliency_border).to(features.device)
+        return saliency_to_mask(saliency, (h, w), self.saliency_threshold, self.saliency_border,
+                                self.saliency_resize).to(features.device)
 
     def attention_inputs(self, images, saliency=None):
         """(features (B, C, h, w), key, query, mask): what the attention operator receives."""
@@ -154,6 +169,72 @@ class SGANNet(_Stage1Net):
         return out
 
 
+# The authors' SGAN modules -> this project's. Their similarity is sim_ij = Q_i · K_j with their query
+# f_query on the row side i; here the row side is the key (P_ij = K_i · Q_j), so their f_query is our
+# key and their f_key our query.
+AUTHORS_MODULES = {"f_query": "attention.key", "f_key": "attention.query", "fc6_CAM": "classifier.layers.0",
+                   "fc8": "classifier.layers.3", "fc9": "seed_branch"}
+# Heads a vgg_init.pth may carry beside the convolutions; nothing of this network reads them.
+AUTHORS_IGNORED_PREFIXES = ("fc6.", "fc7.", "fc8_")
+
+
+def convert_authors(network, state):
+    """The authors' SGAN state dict -> ({model key: tensor}, file keys used, file keys ignored).
+
+    Backbone convolutions ``conv1_1`` ... ``conv5_3`` with or without their ``backbone.`` prefix;
+    ``f_query``/``f_key`` -> attention key/query (see AUTHORS_MODULES), ``gamma`` -> attention.gamma,
+    ``fc6_CAM``/``fc8`` -> the authors' classifier, ``fc9`` -> the seed branch. A key whose module
+    this network lacks stays unused, so sgan.models.load_pretrained reports it as unexpected.
+    """
+    if "fc6_CAM.weight" in state and not isinstance(network.classifier.layers, nn.Sequential):
+        raise ValueError("weights: fc6_CAM is the authors' classification branch (3x3 conv, ReLU, dropout, "
+                         "1x1 conv); set model.classifier=authors to load it")
+    convs = {}
+    for key in state:
+        name = key[len("backbone."):] if key.startswith("backbone.") else key
+        if name.startswith("conv"):
+            convs[name] = key
+    converted, conv_used, conv_ignored = convert_vgg16(network.backbone, {n: state[k] for n, k in convs.items()},
+                                                       "caffe")
+    used = {convs[name] for name in conv_used}
+    ignored = {convs[name] for name in conv_ignored} | {k for k in state if k.startswith(AUTHORS_IGNORED_PREFIXES)}
+    own = network.state_dict()
+    pairs = [(f"{theirs}.{kind}", f"{ours}.{kind}") for theirs, ours in AUTHORS_MODULES.items()
+             for kind in ("weight", "bias")] + [("gamma", "attention.gamma")]
+    for file_key, model_key in pairs:
+        if file_key in state and model_key in own:
+            converted[model_key] = state[file_key]
+            used.add(file_key)
+    return converted, used, ignored
+
+
+def read_authors_state(path):
+    """The state dict in ``path`` when it is the authors' SGAN checkpoint, else None (unreadable too)."""
+    try:
+        state = read_state_dict(path)
+    except (ValueError, TypeError, RuntimeError, pickle.UnpicklingError):
+        return None
+    try:
+        return state if detect_naming(state) == "authors" else None
+    except ValueError:
+        return None
+
+
+def authors_network(cfg, state, backend="auto", source="weights"):
+    """(SGANNet with the authors' SGAN ``state`` loaded, model_info). The network is built from
+    cfg.model as variant ``sgan``; every parameter must come from the file; data.normalisation auto
+    means Caffe BGR (theirs)."""
+    options = {k: v for k, v in cfg.model.to_dict().items() if k not in ("weights", "weights_naming")}
+    info = {"kind": "sgan", "variant": "sgan", "options": options,
+            "normalisation": resolve_normalisation(cfg.data.normalisation, "authors")}
+    network = network_from_info(info, backend)
+    report = load_pretrained(network, state, "authors")
+    if report.initialised:
+        raise ValueError(f"{source}: the authors' SGAN checkpoint leaves {', '.join(report.initialised)} "
+                         "unset; check model.classifier=authors, model.key_channels=half and the width")
+    return network, info
+
+
 def network_from_info(model_info, backend="auto"):
     """Rebuild a network (random weights) from the ``model_info`` stored in a checkpoint."""
     if model_info.get("kind") == "cam":
@@ -164,10 +245,11 @@ def network_from_info(model_info, backend="auto"):
 
 
 def resolve_normalisation(normalisation, weights_naming):
-    """``data.normalisation`` with ``auto`` resolved: caffe_bgr for Caffe weights, else imagenet_rgb."""
+    """``data.normalisation`` with ``auto`` resolved: caffe_bgr for Caffe (or the authors') weights, else
+    imagenet_rgb."""
     if normalisation != "auto":
         return normalisation
-    return "caffe_bgr" if weights_naming == "caffe" else "imagenet_rgb"
+    return "caffe_bgr" if weights_naming in ("caffe", "authors") else "imagenet_rgb"
 
 
 def build_network(cfg, kind, variant=None):

@@ -34,9 +34,28 @@ def classes_without_seeds(counts, class_names):
             if present and not has_seeds]
 
 
+MEAN_CONVENTIONS = {
+    "defined": "mean over the classes whose value is defined (a class never predicted has no precision, "
+               "one absent from the ground truth no recall: both are left out)",
+    "all21": "the authors' mean over all 21 classes of x / (d + 1e-5): a class never predicted, or absent "
+             "from the ground truth, counts 0 (their README's P = 76.38, R = 57.26 are this figure)",
+}
+
+
+def authors_mean(counts, metric):
+    """The authors' mean precision or recall of (K, K + 1) seed counts: tp / (d + 1e-5) averaged over all K
+    classes, d = the class's labelled seed pixels (precision) or ground-truth pixels (recall)."""
+    counts = np.asarray(counts, dtype=np.float64)
+    true_positive = np.diag(counts[:, :-1])
+    totals = counts[:, :-1].sum(0) if metric == "precision" else counts.sum(1)
+    return float(np.mean(true_positive / (totals + 1e-5)))
+
+
 def evaluate_seeds(paths, ids, seeds_dir, gt_dir):
     """Scores of sgan.metrics.segmentation_scores over ``ids`` with unlabelled seeds as a column,
-    plus overall precision (correct / labelled seed pixels) and recall (correct / GT pixels)."""
+    plus overall precision (correct / labelled seed pixels) and recall (correct / GT pixels) and
+    the mean precision and recall in both conventions of MEAN_CONVENTIONS (``mean_<metric>_defined``,
+    ``mean_<metric>_all21``)."""
     validate_samples(paths, ids, seeds_dir=seeds_dir, gt_dir=gt_dir)
     matrix = ConfusionMatrix(unlabelled_column=True)
     for image_id in progress(ids, desc=STEP, unit="img"):
@@ -50,18 +69,23 @@ def evaluate_seeds(paths, ids, seeds_dir, gt_dir):
     scores["overall_recall"] = float(correct / total) if total else None
     for metric in ("precision", "recall"):
         defined = [v for v in scores[metric] if v is not None]
-        scores[f"mean_{metric}"] = float(np.mean(defined)) if defined else None
+        scores[f"mean_{metric}_defined"] = float(np.mean(defined)) if defined else None
+        scores[f"mean_{metric}_all21"] = authors_mean(counts, metric)
+    scores["mean_conventions"] = dict(MEAN_CONVENTIONS)
     scores["num_images"] = len(ids)
     scores["classes_without_seeds"] = classes_without_seeds(counts, VOC_SHORT_NAMES)
     return scores
 
 
 def seed_table(scores):
-    """Per-class precision / recall / IoU rows (percent) in the paper's column layout."""
+    """Per-class precision / recall / IoU rows (percent) in the paper's column layout, the mean over the
+    defined classes as the last column, then one line with the authors' means over all 21 classes."""
     rows = [(name, {"values": scores[key], "mean": scores[mean]})
-            for name, key, mean in (("precision", "precision", "mean_precision"),
-                                    ("recall", "recall", "mean_recall"), ("IoU", "iou", "miou"))]
-    return format_class_table(rows, metric="values", summary="mean", summary_name="mean")
+            for name, key, mean in (("precision", "precision", "mean_precision_defined"),
+                                    ("recall", "recall", "mean_recall_defined"), ("IoU", "iou", "miou"))]
+    table = format_class_table(rows, metric="values", summary="mean", summary_name="mean(defined)")
+    return (f"{table}\nmean over all 21 classes, never-predicted or absent = 0 (the authors'): precision "
+            f"{100 * scores['mean_precision_all21']:.2f}, recall {100 * scores['mean_recall_all21']:.2f}")
 
 
 def run(cfg):

@@ -1,17 +1,18 @@
 """Stage 1: dense seeds from the SGAN CAM (+ seed branch), fg >= alpha * max, bg saliency < beta -> seeds/."""
 from sgan.config import register_section
 from sgan.pipeline._stage1 import write_seeds
-from sgan.seeds import SEED_RULES
+from sgan.seeds import SEED_RESOLUTIONS, SEED_RULES
 
 STEP = "seeds"
 
 register_section("seeds", {
     "checkpoint": "ckpt/sgan.pt", "out_dir": "seeds", "alpha": 0.2, "beta": 0.06, "rule": "paper",
-    "use_seed_branch": False, "scales": [1.0], "flip": False,
-}, choices={"rule": SEED_RULES}, bounds={"alpha": "(0, 1]", "beta": "[0, 1]", "scales": "(0, inf)"},
-    doc="final seeds; the paper: alpha 0.2, rule paper, CAM only; the authors: alpha 0.25, rule authors, "
-        "use_seed_branch true. checkpoint may be any stage-0/1 checkpoint (ckpt/cam.pt gives the "
-        "Baseline's seeds)")
+    "use_seed_branch": False, "scales": [1.0], "flip": False, "resolution": "image",
+}, choices={"rule": SEED_RULES, "resolution": SEED_RESOLUTIONS},
+    bounds={"alpha": "(0, 1]", "beta": "[0, 1]", "scales": "(0, inf)"},
+    doc="final seeds (rules in sgan.seeds); the paper: alpha 0.2, rule paper, CAM only, resolution image; "
+        "the authors: alpha 0.25, rule authors, use_seed_branch true, resolution feature. checkpoint "
+        "may be any stage-0/1 checkpoint (ckpt/cam.pt gives the Baseline's seeds)")
 
 
 def run(cfg):

@@ -27,7 +27,8 @@ def run(cfg):
         "images": images_fingerprint(paths, ids), "labels": labels_fingerprint(labels, ids),
         "model.weights": optional_file(cfg.model.weights)})
     network, info = build_network(cfg, "cam")
-    dataset = VOCTrainSet(paths, ids, labels, cfg.data.input_size, info["normalisation"], cfg.data.flip)
+    dataset = VOCTrainSet(paths, ids, labels, cfg.data.input_size, info["normalisation"], cfg.data.flip,
+                          resize=cfg.data.resize)
 
     def loss_fn(net, batch, device):
         loss = classification_loss(net(batch["image"].to(device))["cam"], batch["labels"].to(device),

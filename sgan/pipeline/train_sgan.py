@@ -1,6 +1,7 @@
 """Stage 1: SGAN (or a Table II variant) with L = L_cls + lambda L_seed on seeds0 -> ckpt/sgan.pt."""
 from sgan.config import register_section
 from sgan.data.voc import VOCTrainSet, validate_samples
+from sgan.data.zoom import zoom_nearest
 from sgan.losses import classification_loss, resize_seeds, seed_loss
 from sgan.models.sgan_net import VARIANTS, build_network
 from sgan.pipeline import resolve_device, work_path
@@ -40,7 +41,9 @@ def run(cfg):
     record = make_record(STEP, settings_of(cfg, "train_sgan", "model", *TRAINING_DATA_KEYS), inputs)
     network, info = build_network(cfg, "sgan", section.variant)
     dataset = VOCTrainSet(paths, ids, labels, cfg.data.input_size, info["normalisation"], cfg.data.flip,
-                          saliency_dir=saliency_dir, seeds_dir=seeds_dir)
+                          saliency_dir=saliency_dir, seeds_dir=seeds_dir, resize=cfg.data.resize)
+    # seeds at input size -> the logits' size: torch's nearest, or the authors' corner-aligned zoom
+    to_logits = zoom_nearest if cfg.data.resize == "corner_aligned" else resize_seeds
 
     def loss_fn(net, batch, device):
         saliency = batch["saliency"].to(device) if "saliency" in batch else None
@@ -49,7 +52,7 @@ def run(cfg):
         terms = {"cls": cls.item()}
         if "seed" not in out:
             return cls, terms
-        seeds = resize_seeds(batch["seeds"].to(device), out["seed"].shape[-2:])
+        seeds = to_logits(batch["seeds"].to(device), tuple(out["seed"].shape[-2:]))
         seed = seed_loss(out["seed"], seeds, reduction=section.seed_loss_reduction, backend=cfg.backend)
         terms["seed"] = seed.item()
         total = cls + section.seed_loss_weight * seed.to(cls.dtype)
