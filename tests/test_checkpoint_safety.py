@@ -89,15 +89,18 @@ def test_checkpoints_hold_plain_values_only(tmp_path):
     optimizer.step()
     cfg = resolve({"work_dir": str(tmp_path)})
     history = [{"iteration": np.int64(2), "lr": 0.1, "cls": np.float32(0.5)}]
-    state = _checkpoint("train-cam", model, {"kind": "cam", "size": (np.int64(3), 4)}, 2, history, cfg, optimizer)
+    record = {"settings": {"train_cam": {"lr": np.float64(0.1)}}, "inputs": {"images": "files:ab"}}
+    state = _checkpoint("train-cam", model, {"kind": "cam", "size": (np.int64(3), 4)}, 2, history, cfg,
+                        record, optimizer)
     save_torch(tmp_path / "ckpt.last.pt", state)
     loaded = load_checkpoint(str(tmp_path / "ckpt.last.pt"))
     assert loaded["history"] == [{"iteration": 2, "lr": 0.1, "cls": 0.5}]
     assert type(loaded["history"][0]["cls"]) is float and type(loaded["history"][0]["iteration"]) is int
     assert loaded["model_info"] == {"kind": "cam", "size": (3, 4)}
     assert loaded["config"] == cfg.to_dict() and "momentum_buffer" in loaded["optimizer"]["state"][0]
+    assert loaded["record"] == record and type(loaded["record"]["settings"]["train_cam"]["lr"]) is float
     with pytest.raises(TypeError, match=r"checkpoint history\[0\]\.cls: object"):
-        _checkpoint("train-cam", model, {}, 2, [{"cls": object()}], cfg)
+        _checkpoint("train-cam", model, {}, 2, [{"cls": object()}], cfg, {})
 
 
 def test_weights_files_are_read_without_running_code(tmp_path):
