@@ -3,6 +3,7 @@ import json
 import math
 import os
 
+import numpy as np
 import torch
 
 from sgan.cli import main
@@ -47,7 +48,7 @@ def test_reduced_demo_runs_end_to_end(tmp_path, capsys, monkeypatch):
     assert set(results["seeds"]) == set(VARIANTS) and set(results["segmentation_miou"]) == set(VARIANTS)
     for name in VARIANTS:
         seeds = results["seeds"][name]
-        for key in ("mean_precision_all21", "mean_recall_all21", "overall_precision", "overall_recall", "miou"):
+        for key in ("mean_precision_authors", "mean_recall_authors", "overall_precision", "overall_recall", "miou"):
             assert math.isfinite(seeds[key]) and 0.0 <= seeds[key] <= 1.0, (name, key, seeds[key])
         miou = results["segmentation_miou"][name]
         assert math.isfinite(miou) and 0.0 <= miou <= 1.0, (name, miou)
@@ -64,7 +65,7 @@ def test_reduced_demo_runs_end_to_end(tmp_path, capsys, monkeypatch):
         # the report's three tables (seeds, seed IoU per class, Table II) hold one row per variant
         assert sum(line.startswith(name + " ") for line in report.splitlines()) == 3, name
     assert all(math.isfinite(v) for v in _numbers(results["timings_s"]))
-    assert "Table II style" in report and "precision(all21)" in report and "the authors' convention" in report
+    assert "Table II style" in report and "the authors' convention" in report
 
     loss_plot = work_dir / "figures" / "losses.png"
     assert loss_plot.stat().st_size > 0 and open(loss_plot, "rb").read(8) == b"\x89PNG\r\n\x1a\n"
@@ -112,10 +113,15 @@ def test_stage2_init_deepens_the_baseline_backbone_with_identity_convolutions(tm
         assert torch.equal(conv.bias, torch.zeros_like(conv.bias))
 
 
-def test_seed_table_shows_the_authors_means_over_all_21_classes():
-    scores = {"mean_precision_all21": 0.2, "mean_recall_all21": 0.1, "mean_precision_defined": 0.7,
-              "mean_recall_defined": 0.35, "overall_precision": 0.8, "overall_recall": 0.4, "miou": 0.3}
-    header, row, note = seed_summary_table([("SGAN", scores)]).splitlines()
-    assert header.split() == ["variant", "precision(all21)", "recall(all21)", "mIoU"]
-    assert row.split() == ["SGAN", "20.0", "10.0", "30.0"]
-    assert "mean over all 21 classes" in note and "never predicted or absent counted 0" in note
+def test_seed_table_shows_the_authors_means_over_the_datasets_classes():
+    counts = np.zeros((21, 22))
+    counts[0, 0], counts[0, 21] = 6, 4        # background: 6 of 10 pixels seeded right, 4 unlabelled
+    counts[1, 1], counts[1, 0] = 3, 1         # aeroplane: 3 right, 1 seeded as background
+    counts[4, 21] = 5                         # boat: never seeded (counts 0, not left out)
+    scores = {"confusion_matrix": counts.tolist(), "miou": 0.3}
+    header, row, note = seed_summary_table([("SGAN", scores)], [1, 4]).splitlines()
+    assert header.split() == ["variant", "precision", "recall", "mIoU"]
+    precision = (6 / 7 + 3 / 3 + 0) / 3       # columns: background 7 seeds, aeroplane 3, boat none
+    recall = (6 / 10 + 3 / 4 + 0 / 5) / 3
+    assert row.split() == ["SGAN", f"{100 * precision:.1f}", f"{100 * recall:.1f}", "30.0"]
+    assert "authors' convention" in note and "never predicted counting 0" in note and "3 classes" not in note

@@ -39,6 +39,7 @@ from sgan.config import STAGE1_STEPS, STAGE2_STEPS, register_section, resolve
 from sgan.metrics import VOC_SHORT_NAMES, format_class_table
 from sgan.models.deeplab import VGG16_CONVS
 from sgan.pipeline import run_step, work_path
+from sgan.pipeline.eval_seeds import authors_mean
 from sgan.pipeline._validate import validate_inputs
 from sgan.train import load_checkpoint
 from sgan.utils.io import atomic_writer, load_json, save_json
@@ -176,20 +177,25 @@ def write_stage2_init(cam_checkpoint, path):
     return path, state["model_info"]["normalisation"]
 
 
-SEED_SUMMARY_NOTE = ("precision, recall: the authors' convention, the mean over all 21 classes with a class "
-                     "never predicted or absent counted 0 (eval-seeds mean_*_all21); mIoU over the defined classes")
+def seed_summary_note(num_classes):
+    return (f"precision, recall: the authors' convention, x / (d + 1e-5) averaged over background and the "
+            f"dataset's {num_classes} classes, a class never predicted counting 0 (on VOC: all 21 classes, "
+            "eval-seeds mean_*_all21); mIoU over the defined classes")
 
 
-def seed_summary_table(rows):
+def seed_summary_table(rows, classes):
     """Rows (variant, eval-seeds scores) -> the seed table: the authors' mean precision and recall
-    (over all 21 classes) and the mIoU of the seeds (%), with a note saying which mean is which."""
-    header = ("variant", "precision(all21)", "recall(all21)", "mIoU")
-    cells = [header] + [(name, f"{100 * s['mean_precision_all21']:.1f}", f"{100 * s['mean_recall_all21']:.1f}",
+    over background and the dataset's ``classes`` (VOC indices; on VOC, where every class occurs,
+    this is their mean over all 21) and the mIoU of the seeds (%), with a note saying which is which."""
+    columns = [0] + sorted(classes)
+    header = ("variant", "precision", "recall", "mIoU")
+    cells = [header] + [(name, f"{100 * authors_mean(s['confusion_matrix'], 'precision', columns):.1f}",
+                         f"{100 * authors_mean(s['confusion_matrix'], 'recall', columns):.1f}",
                          f"{100 * s['miou']:.1f}") for name, s in rows]
     widths = [max(len(line[i]) for line in cells) for i in range(len(header))]
     lines = [line[0].ljust(widths[0]) + "  " + "  ".join(c.rjust(w) for c, w in zip(line[1:], widths[1:]))
              for line in cells]
-    return "\n".join(lines + [SEED_SUMMARY_NOTE])
+    return "\n".join(lines + [seed_summary_note(len(classes))])
 
 
 def class_table(rows, labels, metric, summary, summary_name):
@@ -285,7 +291,7 @@ def run(cfg):
 
     labels = [synthetic.VOC_CLASSES.index(n) + 1 for n in synthetic.resolve_classes(section.classes)]
     seed_rows = [(name, load_json(work_path(c, c.eval_seeds.out))) for name, c in variants.items()]
-    tables = {"seeds": seed_summary_table(seed_rows),
+    tables = {"seeds": seed_summary_table(seed_rows, labels),
               "seeds_per_class_iou": class_table(seed_rows, labels, "iou", "miou", "mIoU")}
     seg_rows = []
     if section.stage2:
@@ -293,9 +299,10 @@ def run(cfg):
         tables["segmentation"] = class_table(seg_rows, labels, "iou", "miou", "mIoU")
     timings["total"] = round(time.time() - start, 1)
     results = {
-        "seeds": {name: {key: scores[key] for key in ("mean_precision_all21", "mean_recall_all21", "miou",
-                                                      "mean_precision_defined", "mean_recall_defined",
-                                                      "overall_precision", "overall_recall")}
+        "seeds": {name: {"mean_precision_authors": authors_mean(scores["confusion_matrix"], "precision", [0] + labels),
+                         "mean_recall_authors": authors_mean(scores["confusion_matrix"], "recall", [0] + labels),
+                         **{key: scores[key] for key in ("miou", "mean_precision_defined", "mean_recall_defined",
+                                                         "overall_precision", "overall_recall")}}
                   for name, scores in seed_rows},
         "segmentation_miou": {name: scores["miou"] for name, scores in seg_rows},
         "tables": tables, "timings_s": timings, "loss_plot": loss_plot,

@@ -42,13 +42,15 @@ MEAN_CONVENTIONS = {
 }
 
 
-def authors_mean(counts, metric):
+def authors_mean(counts, metric, classes=None):
     """The authors' mean precision or recall of (K, K + 1) seed counts: tp / (d + 1e-5) averaged over all K
-    classes, d = the class's labelled seed pixels (precision) or ground-truth pixels (recall)."""
+    classes (or the indices ``classes``), d = the class's labelled seed pixels (precision) or
+    ground-truth pixels (recall)."""
     counts = np.asarray(counts, dtype=np.float64)
     true_positive = np.diag(counts[:, :-1])
     totals = counts[:, :-1].sum(0) if metric == "precision" else counts.sum(1)
-    return float(np.mean(true_positive / (totals + 1e-5)))
+    values = true_positive / (totals + 1e-5)
+    return float(np.mean(values if classes is None else values[list(classes)]))
 
 
 def evaluate_seeds(paths, ids, seeds_dir, gt_dir):
