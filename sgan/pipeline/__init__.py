@@ -30,7 +30,7 @@ import time
 import torch
 
 from sgan.config import save_resolved
-from sgan.utils.io import read_done_marker
+from sgan.utils.io import read_done_marker, remove_stale_temporaries
 from sgan.utils.logging import get_logger, setup_logging
 
 _STEPS = {}  # name -> module
@@ -109,6 +109,7 @@ def prepare(cfg):
     rank = int(os.environ.get("RANK", 0))
     os.makedirs(cfg.work_dir, exist_ok=True)
     setup_logging(cfg.work_dir, rank=rank)
+    remove_stale_temporaries(cfg.work_dir)
     if rank == 0:
         save_resolved(cfg)
 
