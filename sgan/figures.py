@@ -91,7 +91,7 @@ def draw(image_id, image, saliency, seeds0, seeds, variants, labels, input_size,
     over_image = {"extent": (-0.5, width - 0.5, height - 0.5, -0.5)}  # a feature map drawn over the image
     ncols = max(5, len(variants), len(columns))
     nrows = 2 + bool(columns)
-    figure_width, left, right, wspace = 2.4 * ncols, 0.02, 0.95, 0.4
+    figure_width, left, right, wspace = 2.4 * ncols, 0.02, 0.95, 0.5  # wspace: room for colour bars
     cell_width = figure_width * (right - left) / (ncols + wspace * (ncols - 1))  # inches
     cell_height = cell_width * min(1.5, max(0.5, height / width))
     row_gap, top_margin, bottom_margin = 0.65, 0.5, 0.1  # inches: titles, the seed legend, the suptitle
@@ -140,7 +140,11 @@ def draw(image_id, image, saliency, seeds0, seeds, variants, labels, input_size,
 
 def _colour_bar(figure, axis, mappable, label):
     """A colour bar just right of ``axis``, leaving the panel's size as it is."""
+    from matplotlib.ticker import MaxNLocator
+
     bar = figure.colorbar(mappable, cax=axis.inset_axes([1.04, 0.0, 0.05, 1.0]))
+    bar.locator = MaxNLocator(nbins=4)
+    bar.update_ticks()
     bar.set_label(label, fontsize=7)
     bar.ax.tick_params(labelsize=7)
 
