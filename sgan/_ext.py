@@ -8,33 +8,44 @@ BUILD_HINT = (
 )
 
 
-_loaded = None  # (the module or None, the import error or None), set by the first _load()
+_loaded = None  # (the module or None, the import error or None, built), set by the first _load()
 
 
 def _load():
-    """(sgan._C or None, why it could not be imported). Cached in a module global rather than with
-    functools.lru_cache, whose wrapper torch.compile traces through with a warning."""
+    """(sgan._C or None, why it could not be imported, whether a built sgan._C is there at all).
+    ``built`` and no module means a broken build (an ABI mismatch with this torch, a missing
+    library). Cached in a module global rather than with functools.lru_cache, whose wrapper
+    torch.compile traces through with a warning."""
     global _loaded
     if _loaded is None:
         try:
             from sgan import _C  # noqa: F401  (import registers the operators)
-            _loaded = (_C, None)
+            _loaded = (_C, None, True)
         except ImportError as exc:
-            _loaded = (None, str(exc))
+            not_built = isinstance(exc, ModuleNotFoundError) and exc.name == "sgan._C"
+            _loaded = (None, f"{type(exc).__name__}: {exc}", not not_built)
     return _loaded
+
+
+def problem(device_type):
+    """None if the extension runs ``device_type`` ("cpu", "cuda") tensors here, else (why, broken):
+    ``broken`` when a built sgan._C is there but fails to import."""
+    ext, err, built = _load()
+    if ext is None:
+        return f"sgan._C could not be imported ({err})", built
+    if device_type == "cuda" and not getattr(ext, "with_cuda", False):
+        return "sgan._C was built for CPU only", False
+    return None
 
 
 def available(device_type="cpu"):
     """True if the extension is built, and built with CUDA when ``device_type == "cuda"``."""
-    ext, _ = _load()
-    if ext is None:
-        return False
-    return device_type == "cpu" or bool(getattr(ext, "with_cuda", False))
+    return problem(device_type) is None
 
 
 def require(backend, device_type):
     """Raise a RuntimeError that says how to build the extension if ``backend`` is not available."""
-    ext, err = _load()
+    ext, err, _ = _load()
     if ext is None:
         raise RuntimeError(f"backend={backend!r} needs the compiled extension sgan._C, which could not "
                            f"be imported ({err}); {BUILD_HINT}")

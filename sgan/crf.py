@@ -5,14 +5,19 @@ sxy = 80/s, srgb = 13, compat 10; 10 mean-field iterations. s = 12 for the bound
 41x41 training resolution (``TRAIN_SCALE``), s = 1 at test time on full-size images (``TEST_SCALE``).
 
 ``dense_crf`` is the synchronous batch function; ``DenseCRFPool`` owns worker processes and returns
-futures, so training can submit the next batch's CRF and keep working while it runs. The module
+futures, so training can submit the next batch's CRF and keep working while it runs. Workers end
+with the process that started them, even when it is killed (:func:`_exit_with_parent`). The module
 imports only numpy at the top, so that worker processes start quickly.
 """
 import atexit
 import concurrent.futures
+import ctypes
 import multiprocessing
 import os
+import signal
+import sys
 import threading
+import time
 
 import numpy as np
 
@@ -23,6 +28,8 @@ UNARY_CLIP = 1e-5
 GAUSSIAN_SXY, GAUSSIAN_COMPAT = 3.0, 3.0
 BILATERAL_SXY, BILATERAL_SRGB, BILATERAL_COMPAT = 80.0, 13.0, 10.0
 PROB_SUM_TOLERANCE = 1e-3
+PARENT_POLL_S = 0.5  # how often a worker checks that its parent is alive
+PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
 
 
 def default_processes():
@@ -101,6 +108,37 @@ def _as_output(result, as_tensor):
     return result
 
 
+class _SpawnedByMainThread:
+    """Pickles (when a spawned worker's arguments are sent to it, in the thread that starts it) as
+    True if that thread is the main thread. Linux's parent-death signal fires when the *thread* that
+    started a worker ends, so it may only be armed for workers started by the main thread, which
+    lasts as long as the process; a worker started by a short-lived thread would otherwise be killed
+    with the thread and break the pool."""
+
+    def __reduce__(self):
+        return bool, (threading.current_thread() is threading.main_thread(),)
+
+
+def _exit_with_parent(parent_pid, spawned_by_main_thread):
+    """Worker initializer: end this worker when the process ``parent_pid`` that started it dies, even
+    by SIGKILL (otherwise workers idle forever, holding the pool's queues). On Linux, for workers
+    started by the main thread, the kernel kills the worker at once (prctl PR_SET_PDEATHSIG); and
+    everywhere a daemon thread checks every PARENT_POLL_S whether the worker was re-parented (its
+    parent died), which acts once the worker's current task releases the interpreter."""
+    if spawned_by_main_thread is True and sys.platform.startswith("linux"):
+        try:
+            ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        except (OSError, AttributeError):  # no prctl in this libc: the thread below still works
+            pass
+
+    def watch():  # also catches a parent that died before the signal was armed
+        while os.getppid() == parent_pid:
+            time.sleep(PARENT_POLL_S)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
+
+
 class DenseCRFPool:
     """Worker processes that run the dense CRF; ``submit`` returns a future, so the CRF of one batch
     can run while the training loop does other work.
@@ -112,7 +150,7 @@ class DenseCRFPool:
 
     Workers start with the "spawn" method (no fork of a multi-threaded parent), so a script that
     creates a pool needs the usual ``if __name__ == "__main__":`` guard; each image of a batch is
-    one task, so a batch spreads over all workers.
+    one task, so a batch spreads over all workers. Workers exit when this process dies.
     """
 
     def __init__(self, processes=None):
@@ -122,7 +160,8 @@ class DenseCRFPool:
             raise ValueError(f"processes: expected a positive int or None, got {processes!r}")
         self.processes = processes
         self._executor = concurrent.futures.ProcessPoolExecutor(
-            max_workers=processes, mp_context=multiprocessing.get_context("spawn"))
+            max_workers=processes, mp_context=multiprocessing.get_context("spawn"),
+            initializer=_exit_with_parent, initargs=(os.getpid(), _SpawnedByMainThread()))
 
     def submit(self, images, probs, scale=TRAIN_SCALE, iterations=ITERATIONS):
         """Future of the CRF output (B, K, H, W) float32 (a tensor if ``probs`` was a tensor)."""

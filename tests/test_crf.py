@@ -1,4 +1,11 @@
-"""Dense CRF: moves a blurry, misplaced probability map onto the true colour boundary; deterministic."""
+"""Dense CRF: moves a blurry, misplaced probability map onto the true colour boundary; deterministic;
+pool workers end with their parent."""
+import os
+import signal
+import subprocess
+import sys
+import time
+
 import numpy as np
 import pytest
 import torch
@@ -92,3 +99,56 @@ def test_bad_options():
             dense_crf(images, probs, **kwargs)
     with pytest.raises(ValueError, match="processes"):
         DenseCRFPool(processes=-1)
+
+
+POOL_PARENT = """
+import multiprocessing, sys, threading, time
+import numpy as np
+from sgan.crf import DenseCRFPool
+
+if __name__ == "__main__":
+    pool = DenseCRFPool(processes=2)
+    images = np.zeros((2, 8, 8, 3), np.uint8)
+    probs = np.full((2, 2, 8, 8), 0.5, np.float32)
+    if sys.argv[1] == "thread":  # the workers are started by a thread that then ends
+        starter = threading.Thread(target=lambda: pool.submit(images, probs).result())
+        starter.start()
+        starter.join()
+    pool.submit(images, probs).result()
+    print(" ".join(str(p.pid) for p in multiprocessing.active_children()), flush=True)
+    time.sleep(120)
+"""
+
+
+def _running(pid):
+    """True while ``pid`` exists and is not a zombie (an exited child nobody reaped yet)."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="reads process states from /proc")
+@pytest.mark.parametrize("started_by", ["main", "thread"])
+def test_pool_workers_exit_when_their_parent_is_killed(tmp_path, started_by):
+    """SIGKILL of the process owning a DenseCRFPool ends its workers within seconds; workers started
+    by a thread that has ended keep working until then (the parent-death signal is not armed)."""
+    script = tmp_path / "parent.py"
+    script.write_text(POOL_PARENT)
+    repository = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # import this checkout's sgan
+    parent = subprocess.Popen([sys.executable, str(script), started_by], stdout=subprocess.PIPE, text=True,
+                              env={**os.environ, "PYTHONPATH": repository})
+    try:
+        workers = [int(pid) for pid in parent.stdout.readline().split()]
+        assert len(workers) == 2 and all(_running(pid) for pid in workers)
+    finally:
+        parent.kill()
+        parent.wait()
+    deadline = time.time() + 5
+    while any(_running(pid) for pid in workers) and time.time() < deadline:
+        time.sleep(0.1)
+    lingering = [pid for pid in workers if _running(pid)]
+    for pid in lingering:
+        os.kill(pid, signal.SIGKILL)
+    assert not lingering, f"CRF workers {lingering} outlived their parent"

@@ -2,6 +2,10 @@
 import json
 import math
 import os
+import socket
+import subprocess
+import sys
+import time
 
 import numpy as np
 import torch
@@ -85,6 +89,23 @@ def test_reduced_demo_runs_end_to_end(tmp_path, capsys, monkeypatch):
 def test_demo_rejects_an_unknown_variant(tmp_path, capsys):
     assert main(["demo", os.path.abspath(CONFIG_FILE), f"work_dir={tmp_path}", "demo.variants=[Baseline,SGAN-X]"]) == 2
     assert "demo.variants" in capsys.readouterr().err
+
+
+def test_torchrun_demo_refuses_at_once(tmp_path):
+    """Under torchrun only rank 0 would run the demo while the other ranks wait at a barrier."""
+    repository = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    started = time.time()
+    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
+                             f"--master_port={port}", "-m", "sgan.cli", "demo", f"work_dir={tmp_path / 'demo'}"],
+                            cwd=repository, env={**os.environ, "PYTHONPATH": repository}, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, timeout=240)
+    assert result.returncode != 0
+    assert "sgan demo: error: WORLD_SIZE: expected 1, got 2: the demo runs in one process" in result.stdout
+    assert not (tmp_path / "demo" / "data").exists()  # nothing generated
+    assert time.time() - started < 120
 
 
 def test_stage2_init_deepens_the_baseline_backbone_with_identity_convolutions(tmp_path):

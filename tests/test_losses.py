@@ -1,12 +1,13 @@
 """SGAN losses: every backend against float64 definitions written here, values and gradients."""
 import math
+import warnings
 import zlib
 
 import numpy as np
 import pytest
 import torch
 
-from sgan import losses
+from sgan import _ext, losses
 from sgan.crf import dense_crf
 from tests.helpers import assert_within_reference_error, device_under_test, relative_error
 
@@ -341,14 +342,17 @@ def test_resize_seeds_is_nearest():
     assert resized.dtype == torch.int64
 
 
-def test_auto_backend():
-    logits = torch.zeros(1, 21, 2, 2)
-    expected = "cpp" if "cpp" in FUSED else "reference"
-    if expected == "reference":
-        with pytest.warns(RuntimeWarning, match="no fused loss backend"):
-            assert losses.resolve_backend("auto", logits) == expected
+@pytest.mark.parametrize("device", ["cpu"] + (["cuda"] if torch.cuda.is_available() else []))
+def test_auto_backend_follows_the_tensors_device(device):
+    """cpp for CPU logits, cuda then triton for CUDA logits, whatever device the suite tests."""
+    if device == "cpu":
+        expected = "cpp" if _ext.available("cpu") else "reference"
     else:
-        assert losses.resolve_backend("auto", logits) == expected
+        expected = "cuda" if _ext.available("cuda") else "triton" if "triton" in losses.fused_backends("cuda") \
+            else "reference"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the one-time fallback warning, when there is no fused backend
+        assert losses.resolve_backend("auto", torch.zeros(1, 21, 2, 2, device=device)) == expected
 
 
 # ---------------------------------------------------------------------------------------------

@@ -32,6 +32,7 @@ import torch
 
 from sgan.config import save_resolved
 from sgan.pipeline._validate import validate_inputs
+from sgan.utils.io import remove_stale_temporaries
 from sgan.utils.logging import get_logger, setup_logging
 
 _STEPS = {}  # name -> module
@@ -90,6 +91,7 @@ def prepare(cfg):
     rank = int(os.environ.get("RANK", 0))
     os.makedirs(cfg.work_dir, exist_ok=True)
     setup_logging(cfg.work_dir, rank=rank)
+    remove_stale_temporaries(cfg.work_dir)
     if rank == 0:
         save_resolved(cfg)
 

@@ -238,6 +238,11 @@ def plot_losses(path, histories):
 
 
 def run(cfg):
+    world = int(os.environ.get("WORLD_SIZE", 1))
+    if world > 1:
+        raise ValueError(f"WORLD_SIZE: expected 1, got {world}: the demo runs in one process (under torchrun "
+                         f"only rank 0 would run it while the other ranks wait); start it without torchrun: "
+                         f"sgan demo [CONFIG] [key=value ...]")
     section = cfg.demo
     _check(section)
     logger = get_logger("demo")

@@ -6,16 +6,51 @@ accepts tensors and plain values only, so a shared file cannot run code when loa
 seeds/predictions (PIL images; palette PNGs keep their palette), ``atomic_write_text`` for the rest.
 Done markers (``write_done_marker``) record that a step finished an output folder, with the config
 that produced it, so steps can skip finished work.
+
+The temporary file is ``.<name>.<pid>@<host>.<random>.tmp`` beside the target, created like a plain
+``open()`` would (mode 0666 less the umask), so the final file has the user's usual permissions. A
+process killed while writing leaves it behind; :func:`remove_stale_temporaries` (run at every start)
+deletes those whose writer is gone, telling them apart from a live writer's (another DDP rank, a
+second run on the same work dir) by the pid and host in the name.
 """
 import contextlib
 import json
 import os
 import pickle
 import re
-import tempfile
+import secrets
+import socket
+import time
 import warnings
 
 import torch
+
+from sgan.utils.logging import get_logger
+
+TEMP_SUFFIX = ".tmp"
+# .<name>.<pid>@<host>.<random>.tmp; <host> has no "@", so the last ".<digits>@" is the writer's pid.
+TAGGED_TEMP = re.compile(r"^\.(?P<name>.+)\.(?P<pid>\d+)@(?P<host>[A-Za-z0-9._-]+)\.[0-9a-f]+\.tmp$")
+# .<name>.<8 random chars>.tmp: tempfile.mkstemp's names, used by earlier versions of atomic_writer.
+UNTAGGED_TEMP = re.compile(r"^\.(?P<name>.+)\.[a-z0-9_]{8}\.tmp$")
+# A temporary whose writer cannot be checked (another host, an earlier version) is stale when it has
+# not been written to for this long; no checkpoint or PNG takes a day to write.
+STALE_AFTER_S = 24 * 3600
+
+
+def _host_tag():
+    """This machine's name, reduced to the characters TAGGED_TEMP accepts."""
+    return re.sub(r"[^A-Za-z0-9.-]", "_", socket.gethostname()) or "localhost"
+
+
+def _create_temporary(folder, name):
+    """(file descriptor, path) of a new, empty temporary for ``name`` in ``folder``, mode 0666 & ~umask."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
+    while True:
+        path = os.path.join(folder, f".{name}.{os.getpid()}@{_host_tag()}.{secrets.token_hex(4)}{TEMP_SUFFIX}")
+        try:
+            return os.open(path, flags, 0o666), path
+        except FileExistsError:
+            continue
 
 
 @contextlib.contextmanager
@@ -25,7 +60,7 @@ def atomic_writer(path, mode="wb"):
         raise ValueError(f"mode: expected 'wb' or 'w', got {mode!r}")
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
-    handle, temp_path = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=folder)
+    handle, temp_path = _create_temporary(folder, os.path.basename(path))
     try:
         with os.fdopen(handle, mode, **({"encoding": "utf-8"} if mode == "w" else {})) as stream:
             yield stream
@@ -36,6 +71,53 @@ def atomic_writer(path, mode="wb"):
         with contextlib.suppress(FileNotFoundError):
             os.remove(temp_path)
         raise
+
+
+def _pid_alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # it exists, owned by someone else
+        return True
+    return True
+
+
+def is_stale_temporary(path):
+    """True if ``path`` is an atomic_writer temporary that no running writer will finish: its
+    writer (pid in the name, on this host) has exited, or it has not changed for STALE_AFTER_S."""
+    name = os.path.basename(path)
+    tagged = TAGGED_TEMP.match(name)
+    if tagged is None and UNTAGGED_TEMP.match(name) is None:
+        return False
+    if tagged is not None and tagged["host"] == _host_tag() and not _pid_alive(int(tagged["pid"])):
+        return True
+    try:
+        age = time.time() - os.stat(path).st_mtime
+    except FileNotFoundError:  # renamed or removed meanwhile
+        return False
+    return age > STALE_AFTER_S
+
+
+def remove_stale_temporaries(folder):
+    """Delete the stale atomic_writer temporaries under ``folder`` (symlinks not followed), logging
+    what was freed; returns (count, bytes) removed."""
+    count = size = 0
+    for parent, _, files in os.walk(folder):
+        for name in files:
+            if not name.endswith(TEMP_SUFFIX):
+                continue
+            path = os.path.join(parent, name)
+            if not is_stale_temporary(path):
+                continue
+            with contextlib.suppress(FileNotFoundError):
+                file_size = os.lstat(path).st_size
+                os.remove(path)
+                count, size = count + 1, size + file_size
+    if count:
+        get_logger("io").info("removed %d temporary file(s) (%.1f MB) left in %s by interrupted writes",
+                              count, size / 1e6, folder)
+    return count, size
 
 
 def atomic_write_text(path, text):
