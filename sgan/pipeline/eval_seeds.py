@@ -7,10 +7,10 @@ from sgan.config import register_section
 from sgan.data.voc import VOCPaths, read_gray, read_id_list, validate_samples
 from sgan.metrics import VOC_SHORT_NAMES, ConfusionMatrix, format_class_table
 from sgan.pipeline import work_path
-from sgan.utils.io import load_json, save_json
+from sgan.utils.io import save_json
 from sgan.utils.logging import get_logger
 from sgan.utils.progress import progress
-from sgan.utils.record import fingerprint, folder_fingerprint, make_record, settings_of, up_to_date
+from sgan.utils.record import fingerprint, folder_fingerprint, make_record, reusable_json, settings_of
 
 STEP = "eval-seeds"
 
@@ -107,9 +107,8 @@ def run(cfg):
     record = make_record(STEP, settings_of(cfg, "eval_seeds", root_keys=()), {
         "list": fingerprint(list_path), "seeds": folder_fingerprint(seeds_dir, ids),
         "ground truth": folder_fingerprint(gt_dir, ids)})
-    if os.path.isfile(out) and up_to_date(cfg, STEP, out, load_json(out).get("record"), record):
-        scores = load_json(out)
-    else:
+    scores = reusable_json(cfg, STEP, out, record)
+    if scores is None:
         scores = evaluate_seeds(paths, ids, seeds_dir, gt_dir)
         scores["seeds_dir"] = seeds_dir
         scores["record"] = record

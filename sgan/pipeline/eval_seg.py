@@ -14,10 +14,10 @@ from sgan.infer import read_label_png
 from sgan.metrics import VOC_NUM_CLASSES, VOC_SHORT_NAMES, ConfusionMatrix, format_class_table
 from sgan.pipeline import work_path
 from sgan.synthetic import VOC_CLASSES
-from sgan.utils.io import load_json, save_json
+from sgan.utils.io import save_json
 from sgan.utils.logging import get_logger
 from sgan.utils.progress import progress
-from sgan.utils.record import fingerprint, folder_fingerprint, make_record, settings_of, up_to_date
+from sgan.utils.record import fingerprint, folder_fingerprint, make_record, reusable_json, settings_of
 
 STEP = "eval"
 CLASS_NAMES = ("background",) + tuple(VOC_CLASSES)
@@ -64,9 +64,8 @@ def run(cfg):
     record = make_record(STEP, settings_of(cfg, "eval", root_keys=()), {
         "list": fingerprint(list_path), "predictions": folder_fingerprint(prediction_dir, ids),
         "ground truth": folder_fingerprint(gt_dir, ids)})
-    if os.path.isfile(output) and up_to_date(cfg, STEP, output, load_json(output).get("record"), record):
-        result = load_json(output)
-    else:
+    result = reusable_json(cfg, STEP, output, record)
+    if result is None:
         validate_samples(paths, ids, gt_dir=gt_dir)
         scores = evaluate_folder(prediction_dir, gt_dir, ids).scores(CLASS_NAMES)
         result = {"name": section.name, "num_images": len(ids), "list": list_path,

@@ -1,11 +1,9 @@
 """Stage 1: image-level labels of the training list from XML annotations or GT masks -> labels.json."""
-import os
-
 from sgan.data.voc import VOCPaths, image_level_labels, read_id_list
 from sgan.pipeline import work_path
-from sgan.utils.io import load_json, save_json
+from sgan.utils.io import save_json
 from sgan.utils.logging import get_logger
-from sgan.utils.record import files_fingerprint, fingerprint, make_record, settings_of, up_to_date
+from sgan.utils.record import files_fingerprint, fingerprint, make_record, reusable_json, settings_of
 
 STEP = "labels"
 
@@ -27,7 +25,7 @@ def run(cfg):
         sources = [paths.mask(i, cfg.data.label_mask_dir) for i in ids]
     record = make_record(STEP, settings_of(cfg, "data.label_source", "data.label_mask_dir", root_keys=()),
                          {"list": fingerprint(list_path), "annotations": files_fingerprint(sources)})
-    if os.path.isfile(out) and up_to_date(cfg, STEP, out, load_json(out).get("record"), record):
+    if reusable_json(cfg, STEP, out, record) is not None:
         return
     labels = image_level_labels(paths, ids, cfg.data.label_source, cfg.data.label_mask_dir)
     save_json(out, {"source": cfg.data.label_source, "labels": labels, "record": record})

@@ -184,3 +184,13 @@ def finish_partial(folder, record):
     marker = os.path.join(folder, PARTIAL_NAME)
     if os.path.isfile(marker):
         os.remove(marker)
+
+
+def reusable_json(cfg, what, path, record):
+    """The JSON output at ``path`` (a dict with a "record" entry) when it is up to date with
+    ``record`` (see :func:`up_to_date`), else None: the step computes it again."""
+    from sgan.utils.io import load_json
+    if not os.path.isfile(path):
+        return None
+    stored = load_json(path)
+    return stored if up_to_date(cfg, what, path, stored.get("record"), record) else None
