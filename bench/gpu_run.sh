@@ -2,6 +2,8 @@
 # One full GPU session (run from the repository root on the GPU machine): build the CUDA extension,
 # run the whole test suite on the GPU, run the benchmarks, copy logs and JSON results to $OUT.
 # Usage: bash bench/gpu_run.sh [tests|bench|all]   (default all)
+# BENCHMARKS="attention losses sgan_train seg_train" chooses the benchmarks (`python -m bench.run --list`;
+# default attention losses), each run as `python -m bench.run NAME --device cuda`.
 # The GPU image lacks pydensecrf (CRF tests then skip): build a cp312 wheel here with
 #   /root/.pyenv/versions/3.12.1/bin/python -m pip wheel --no-deps -w .whl pydensecrf2
 # carry `.whl` in the device call and start it with
@@ -24,8 +26,8 @@ if [ "$what" = tests ] || [ "$what" = all ]; then
   "$PY" -m pytest -q -p no:cacheprovider tests ${PYTEST_ARGS:-} 2>&1 | tee "$OUT/tests.log" | tail -n 60
 fi
 if [ "$what" = bench ] || [ "$what" = all ]; then
-  for script in ${BENCH_SCRIPTS:-bench.bench_attention bench.bench_losses}; do
-    "$PY" -m "$script" --device cuda 2>&1 | tee "$OUT/$script.log" | tail -n 40
+  for name in ${BENCHMARKS:-attention losses}; do
+    "$PY" -m bench.run "$name" --device cuda 2>&1 | tee "$OUT/bench_$name.log" | tail -n 40
   done
   cp bench/results/*.json "$OUT/" 2>/dev/null
 fi

@@ -4,14 +4,15 @@
 
 Runs each backend a few times (after a warm-up, so autotuning and compilation are excluded) under
 torch.profiler and prints the kernels sorted by total device time (CPU time on the CPU), the number
-of calls and the share of the backend's total. Same inputs as bench.bench_attention.
+of calls and the share of the backend's total. Same inputs as the attention benchmark (bench/attention.py).
 """
 import argparse
 
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from bench.bench_attention import forward_backward, make_inputs, synchronize
+from bench.attention import forward_backward, make_inputs
+from bench.harness import synchronize
 
 
 def profile_backend(backend, preset, inputs, device, repeats, top):

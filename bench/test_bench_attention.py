@@ -12,7 +12,8 @@ import os
 import pytest
 import torch
 
-from bench.bench_attention import available_backends, forward_backward, forward_only, make_inputs, synchronize
+from bench.attention import available_backends, forward_backward, forward_only, make_inputs
+from bench.harness import synchronize
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 SHAPES = [int(s) for s in os.environ.get("SGAN_BENCH_SHAPES", "21,33").split(",")]

@@ -1,0 +1,203 @@
+"""Benchmark ``sgan_train``: one SGAN training iteration (forward, L_cls + 0.15 L_seed, backward,
+SGD step) with the fused attention against the reference attention, on the same inputs.
+
+    python -m bench.run sgan_train                                   # CPU: B = 2, 321²
+    python -m bench.run sgan_train --device cpu --batch 1 --threads 2 --sizes 641,961,1281 --warmup 0 --repeats 1
+    python -m bench.run sgan_train --device cuda --batch 15 --find-max-size
+
+The network is the full SGAN (VGG-16 stride 8, Ck = C/2, official preset, classification and seed
+branches; the model section's defaults, --width to shrink it), random weights; only the attention
+backend changes between the measured paths, the losses use ``--loss-backend`` for all. For every
+input size of --sizes: the median and minimum time of ``--repeats`` iterations after ``--warmup``,
+and the peak memory: on CUDA the allocator's peak over those iterations; on the CPU the peak
+resident set size of a child process that builds the network and runs them (one per size and
+backend). With ``--find-max-size`` (CUDA): the largest square input (8k + 1, like 321) at which one
+iteration of batch B fits in GPU memory with each path.
+"""
+import torch
+
+from bench import harness
+from bench.harness import Column, MIB, int_list, positive_int
+from bench.registry import Benchmark, Plan, register
+from sgan.config import sections
+from sgan.losses import classification_loss, resize_seeds, seed_loss
+from sgan.models.sgan_net import SGANNet
+from sgan.ops import saliency_attention
+from sgan.train.optim import build_sgd
+
+MAX_SIZE_START, MAX_SIZE_STEP, MAX_SIZE_LIMIT = 321, 160, 4001
+
+
+def model_options(width):
+    """The stage-1 model section's defaults (the full SGAN), at ``width``."""
+    return dict(sections()["model"]["defaults"], width=width)
+
+
+def fused_backend(device, wanted=None):
+    """The fused attention backend usable for ``device`` (probed with a tiny call), or None, and
+    the reason each candidate is not usable.
+
+    wanted: a backend name to use instead of the first usable of cuda/triton (GPU) or cpp (CPU).
+    """
+    candidates = [wanted] if wanted else (["cpp"] if device.type == "cpu" else ["cuda", "triton"])
+    x = torch.randn(1, 4, 3, 3, device=device)
+    mask = torch.zeros(1, 3, 3, dtype=torch.bool, device=device)
+    mask[0, 1, 1] = True
+    unusable = {}
+    for backend in candidates:
+        try:
+            saliency_attention(x, x[:, :2], x[:, 2:], mask, 0.5, backend=backend)
+            return backend, unusable
+        except (RuntimeError, ValueError, ImportError, NotImplementedError) as error:
+            unusable[backend] = f"not usable on {device.type}: {str(error).splitlines()[0]}"
+    return None, unusable
+
+
+def make_batch(batch, size, device, seed=0):
+    """Images, saliency maps (a salient disc + noise), multi-hot labels and seeds, all on ``device``."""
+    generator = torch.Generator().manual_seed(seed)
+    images = torch.randn(batch, 3, size, size, generator=generator)
+    ys, xs = torch.meshgrid(torch.arange(size), torch.arange(size), indexing="ij")
+    disc = ((ys - size / 2) ** 2 + (xs - size / 2) ** 2 < (size / 3) ** 2).to(torch.uint8) * 200
+    saliency = (disc[None] + torch.randint(0, 40, (batch, size, size), generator=generator)).to(torch.uint8)
+    labels = torch.zeros(batch, 20)
+    classes = torch.randint(0, 20, (batch,), generator=generator)
+    labels[torch.arange(batch), classes] = 1
+    seeds = torch.where(disc[None] > 0, (classes + 1)[:, None, None], torch.tensor(255)).to(torch.int64)
+    return [t.to(device) for t in (images, saliency, labels, seeds)]
+
+
+def train_step(network, optimizer, images, saliency, labels, seeds, loss_backend):
+    out = network(images, saliency)
+    cls = classification_loss(out["cam"], labels, backend=loss_backend)
+    seed = seed_loss(out["seed"], resize_seeds(seeds, out["seed"].shape[-2:]), backend=loss_backend)
+    loss = cls + 0.15 * seed
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return loss.detach()
+
+
+def add_arguments(parser):
+    parser.add_argument("--batch", type=positive_int, default=None, help="default 15 on CUDA, 2 on CPU")
+    parser.add_argument("--sizes", "--size", dest="sizes", type=int_list, default=[321],
+                        help="square input sizes, comma separated (default 321)")
+    parser.add_argument("--width", type=float, default=1.0, help="backbone width factor (1 = VGG-16)")
+    parser.add_argument("--loss-backend", default="auto")
+    parser.add_argument("--fused", default=None, help="fused attention backend (default: the first usable)")
+    parser.add_argument("--find-max-size", action="store_true", help="CUDA only: largest input that fits")
+
+
+def plan(args, device):
+    if args.find_max_size and device.type != "cuda":
+        raise ValueError("--find-max-size needs --device cuda")
+    if not args.width > 0:
+        raise ValueError(f"--width: expected a positive number, got {args.width}")
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # the same for both paths: only the attention differs
+    batch = args.batch or (15 if device.type == "cuda" else 2)
+    fused, unusable = fused_backend(device, args.fused)
+    backends = ["reference"] + ([fused] if fused else [])
+    notes = [] if fused else [f"no fused attention backend is available on {device.type}: only the reference"]
+    cases = [{"batch": batch, "input_size": [size, size], "feature_size": [(size - 1) // 8 + 1] * 2}
+             for size in args.sizes]
+    config = {"batch": batch, "loss_backend": args.loss_backend, "model": model_options(args.width)}
+    return Plan(config=config, cases=cases, backends=backends, not_measured=unusable, notes=notes)
+
+
+def measure(case, backends, ctx):
+    """Median / min time of one training iteration of one backend; CUDA: the allocator's peak."""
+    (backend,) = backends
+    device = ctx.device
+    torch.manual_seed(0)
+    network = SGANNet(model_options(ctx.args.width), "sgan", backend=backend).to(device)
+    with torch.no_grad():
+        network.attention.gamma.fill_(0.1)  # non-zero, as after a few iterations
+    optimizer = build_sgd(network, 1e-3, 0.9, 5e-4, [1, 2, 10, 20])
+    inputs = make_batch(case["batch"], case["input_size"][0], device)
+    losses = []
+    step = lambda: losses.append(train_step(network, optimizer, *inputs, ctx.args.loss_backend))  # noqa: E731
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+        with harness.cuda_peak(device) as peak:
+            timing = ctx.time(step)
+        peak_memory_mb = peak.peak_bytes / MIB
+    else:
+        timing, peak_memory_mb = ctx.time(step), None  # on the CPU the harness records the child's RSS
+    if not torch.isfinite(losses[-1]):
+        raise RuntimeError(f"{backend}: non-finite loss {float(losses[-1])}")
+    result = {"median_ms": timing.median_ms, "min_ms": timing.min_ms, "iterations_timed": len(timing.samples)}
+    if peak_memory_mb is not None:
+        result["peak_memory_mb"] = peak_memory_mb
+    return {backend: result}
+
+
+def fits(backend, batch, size, ctx):
+    """True when one training iteration at ``size`` runs without running out of GPU memory."""
+    one_iteration = harness.Context(ctx.device, 0, 1, ctx.args)
+    try:
+        measure({"batch": batch, "input_size": [size, size]}, [backend], one_iteration)
+        return True
+    except torch.cuda.OutOfMemoryError:
+        return False
+    finally:
+        harness.free_memory(ctx.device)
+
+
+def find_max_size(backend, batch, ctx, start=MAX_SIZE_START, step=MAX_SIZE_STEP, limit=MAX_SIZE_LIMIT):
+    """Largest 8k + 1 side that fits: grow by ``step`` from ``start``, then bisect on multiples of 8."""
+    if not fits(backend, batch, start, ctx):
+        low, high = 9, start
+    else:
+        low, high = start, None
+        while high is None and low + step <= limit:
+            candidate = low + step
+            if fits(backend, batch, candidate, ctx):
+                low = candidate
+            else:
+                high = candidate
+        if high is None:
+            return {"max_size": low, "capped_at_limit": True}
+    while high - low > 8:
+        middle = low + ((high - low) // 16) * 8
+        if fits(backend, batch, middle, ctx):
+            low = middle
+        else:
+            high = middle
+    return {"max_size": low, "capped_at_limit": False}
+
+
+def summarize(rows, plan, ctx):
+    """With --find-max-size: the largest input of each backend."""
+    if not ctx.args.find_max_size:
+        return {}
+    batch, found = plan.config["batch"], {}
+    for backend in plan.backends:
+        found[backend] = find_max_size(backend, batch, ctx)
+        print(f"{backend:10s} largest input for B={batch}: {found[backend]['max_size']}²")
+    return {"max_size": found}
+
+
+register(Benchmark(
+    name="sgan_train",
+    description="one SGAN (stage 1) training iteration, fused attention against the reference attention",
+    baseline="reference",
+    add_arguments=add_arguments,
+    plan=plan,
+    measure=measure,
+    compare={"median_ms": "speedup", "min_ms": "speedup_min"},
+    columns=[Column("input_size", "input", lambda s: f"{s[0]}²"), Column("batch", "B"),
+             Column("backend", "backend"), Column("median_ms", "median ms", "{:.1f}"),
+             Column("min_ms", "min ms", "{:.1f}"), Column("peak_memory_mb", "peak MiB", "{:.0f}"),
+             Column("speedup", "ref / it", "{:.2f}x"), Column("speedup_min", "(min)", "{:.2f}x")],
+    status_column="median_ms",
+    warmup={"cpu": 1, "cuda": 3},
+    repeats={"cpu": 3, "cuda": 10},
+    memory_method={"cpu": "peak resident set size (VmHWM) of a child process that builds the network and runs the "
+                          "warm-up and timed iterations of one size and backend; memory_at_start_mb is its peak "
+                          "before (Python, torch and the imports)",
+                   "cuda": "torch.cuda.max_memory_allocated over the warm-up and timed iterations (absolute)"},
+    output=lambda header: f"sgan_train_{header['device_type']}.json",
+    cpu_memory="rss",
+    summarize=summarize,
+))

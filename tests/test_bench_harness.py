@@ -1,0 +1,194 @@
+"""The benchmark harness (bench/harness.py, bench/registry.py, bench/run.py): its statistics on a
+fake clock, the speed-up column, the peak RSS of a child process, the registrations and the CLI."""
+import argparse
+import json
+
+import pytest
+import torch
+
+from bench import harness, registry, run
+from bench.child import ChildFailed, run_in_child
+from bench.harness import Column
+from bench.registry import Benchmark, Plan
+from sgan import _ext
+from tests.bench_child_tasks import allocate_and_touch, raise_value_error
+
+MIB = 2 ** 20
+
+
+class FakeClock:
+    """A clock that only moves when a step says how long it took."""
+
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self):
+        return self.now
+
+    def step(self, durations):
+        """A step that takes the next of ``durations`` seconds each time it runs."""
+        remaining = list(durations)
+
+        def run():
+            self.now += remaining.pop(0)
+        return run, remaining
+
+
+def test_time_step_reports_median_and_minimum_of_the_timed_repeats_only():
+    clock = FakeClock()
+    step, remaining = clock.step([100.0, 50.0, 3.0, 1.0, 2.0, 5.0, 4.0])  # two slow warm-ups, five repeats
+    timing = harness.time_step(step, warmup=2, repeats=5, clock=clock)
+    assert remaining == []
+    assert timing.samples == (3.0, 1.0, 2.0, 5.0, 4.0)
+    assert timing.median_ms == pytest.approx(3000.0)
+    assert timing.min_ms == pytest.approx(1000.0)
+    assert timing.total_s == pytest.approx(15.0)
+
+
+def test_time_interleaved_alternates_the_steps_repeat_by_repeat():
+    clock, order = FakeClock(), []
+
+    def step(name, seconds):
+        def run():
+            order.append(name)
+            clock.now += seconds
+        return run
+
+    timings = harness.time_interleaved({"a": step("a", 1.0), "b": step("b", 4.0)}, warmup=1, repeats=2, clock=clock)
+    assert order == ["a", "b", "a", "b", "a", "b"]
+    assert timings["a"].samples == (1.0, 1.0) and timings["b"].samples == (4.0, 4.0)
+
+
+def test_time_step_rejects_no_repeats():
+    with pytest.raises(ValueError, match="repeats >= 1"):
+        harness.time_step(lambda: None, warmup=0, repeats=0)
+
+
+def test_speedups_are_the_baseline_over_each_ok_row_of_the_case():
+    rows = [{"backend": "reference", "status": "ok", "ms": 10.0, "bytes": 800},
+            {"backend": "cpp", "status": "ok", "ms": 2.0, "bytes": 100},
+            {"backend": "triton", "status": "out of memory"}]
+    harness.add_speedups(rows, "reference", {"ms": "speedup", "bytes": "memory_ratio"})
+    assert rows[0]["speedup"] == pytest.approx(1.0)
+    assert rows[1]["speedup"] == pytest.approx(5.0) and rows[1]["memory_ratio"] == pytest.approx(8.0)
+    assert "speedup" not in rows[2]
+    failed_baseline = [{"backend": "reference", "status": "skipped: too big"},
+                       {"backend": "cpp", "status": "ok", "ms": 2.0}]
+    harness.add_speedups(failed_baseline, "reference", {"ms": "speedup"})
+    assert "speedup" not in failed_baseline[1]
+
+
+def fake_benchmark(clock, seconds):
+    """A benchmark whose backends take ``seconds[backend]`` per step on the fake clock."""
+    def measure(case, backends, ctx):
+        (backend,) = backends
+        if backend == "broken":
+            raise RuntimeError("no kernel for this\nsecond line")
+        timing = ctx.time(clock.step([seconds[backend] * case["scale"]] * (ctx.warmup + ctx.repeats))[0])
+        return {backend: {"median_ms": timing.median_ms, "min_ms": timing.min_ms}}
+
+    return Benchmark(
+        name="fake", description="fake", baseline="reference", add_arguments=lambda parser: None,
+        plan=lambda args, device: Plan(config={"what": "fake"}, cases=[{"scale": 1}, {"scale": 2}],
+                                       backends=["reference", "fast", "broken"]),
+        measure=measure, compare={"median_ms": "speedup"},
+        columns=[Column("scale", "scale"), Column("backend", "backend"), Column("median_ms", "median ms", "{:.1f}"),
+                 Column("speedup", "vs reference", "{:.2f}x")],
+        status_column="median_ms", warmup={"cpu": 1, "cuda": 1}, repeats={"cpu": 3, "cuda": 3},
+        memory_method={"cpu": None, "cuda": "fake"}, output=lambda header: "fake.json")
+
+
+def test_run_benchmark_prints_the_speedup_column_and_writes_every_header_field(tmp_path, capsys):
+    clock = FakeClock()
+    benchmark = fake_benchmark(clock, {"reference": 0.012, "fast": 0.003})
+    path = tmp_path / "fake.json"
+    payload = harness.run_benchmark(benchmark, argparse.Namespace(output=str(path)), torch.device("cpu"),
+                                    warmup=1, repeats=3, clock=clock)
+    printed = capsys.readouterr().out
+    assert "vs reference" in printed and "4.00x" in printed
+    assert "failed: RuntimeError: no kernel for this" in printed and "second line" not in printed
+    written = json.loads(path.read_text())
+    assert written == json.loads(json.dumps(payload))
+    for field in ("benchmark", "device", "device_type", "cpu", "threads", "cpu_cores", "versions", "git", "command",
+                  "started_at", "load_average_at_start", "load_average_at_end", "warmup", "repeats", "baseline", "backends",
+                  "memory_method", "config", "not_measured", "results"):
+        assert field in written, field
+    assert set(written["versions"]) == {"torch", "triton", "python", "cuda"}
+    assert written["git"] == harness.git_revision()
+    fast = [row for row in written["results"] if row["backend"] == "fast"]
+    assert [row["scale"] for row in fast] == [1, 2]
+    assert all(row["speedup"] == pytest.approx(4.0) and row["median_ms"] > 0 for row in fast)
+    assert fast[1]["median_ms"] == pytest.approx(6.0)
+    broken = [row for row in written["results"] if row["backend"] == "broken"]
+    assert all(row["status"].startswith("failed: RuntimeError") and "speedup" not in row for row in broken)
+
+
+def test_child_peak_rss_sees_what_the_child_allocated():
+    big = run_in_child(allocate_and_touch, 200)
+    small = run_in_child(allocate_and_touch, 0)
+    assert big.value == 200 and small.value == 0
+    assert big.peak_rss_bytes > 200 * MIB
+    assert big.peak_rss_bytes - small.peak_rss_bytes > 150 * MIB
+
+
+def test_child_error_is_reported_in_one_line():
+    with pytest.raises(ChildFailed, match=r"^ValueError: bad case$"):
+        run_in_child(raise_value_error)
+
+
+def test_every_registered_benchmark_has_a_baseline_that_it_measures():
+    assert registry.names() == ["attention", "losses", "seg_train", "sgan_train"]
+    for name in registry.names():
+        benchmark = registry.get(name)
+        args = run.build_parser(benchmark, name).parse_args(["--device", "cpu"])
+        plan = benchmark.plan(args, torch.device("cpu"))
+        assert benchmark.baseline == "reference" and benchmark.baseline in plan.backends, name
+        assert plan.cases, name
+        assert set(benchmark.warmup) == set(benchmark.repeats) == {"cpu", "cuda"}, name
+
+
+def test_a_benchmark_without_a_baseline_is_refused():
+    fields = {field: getattr(fake_benchmark(FakeClock(), {}), field) for field in
+              ("name", "description", "add_arguments", "plan", "measure", "compare", "columns", "status_column",
+               "warmup", "repeats", "memory_method", "output")}
+    with pytest.raises(ValueError, match="baseline"):
+        Benchmark(baseline="", **fields)
+
+
+def test_cli_lists_the_benchmarks(capsys):
+    assert run.main(["--list"]) == 0
+    listed = capsys.readouterr().out
+    for name in ("attention", "losses", "sgan_train", "seg_train"):
+        assert name in listed
+
+
+def test_cli_unknown_benchmark_is_a_one_line_error(capsys):
+    assert run.main(["atention"]) == 2
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and "unknown benchmark 'atention'" in error and "attention" in error
+
+
+def test_cli_find_max_size_on_cpu_is_refused_before_measuring(capsys, tmp_path):
+    with pytest.raises(SystemExit) as stopped:
+        run.main(["sgan_train", "--device", "cpu", "--find-max-size", "--output", str(tmp_path / "x.json")])
+    assert stopped.value.code == 2
+    error = capsys.readouterr().err
+    assert error == "python -m bench.run sgan_train: error: --find-max-size needs --device cuda\n"
+    assert not (tmp_path / "x.json").exists()
+
+
+def test_cli_attention_end_to_end_at_a_tiny_size(tmp_path):
+    path = tmp_path / "attention.json"
+    assert run.main(["attention", "--device", "cpu", "--shapes", "5", "--channels", "8", "--key-channels", "4",
+                     "--presets", "official", "--warmup", "0", "--repeats", "2", "--output", str(path)]) == 0
+    written = json.loads(path.read_text())
+    assert written["benchmark"] == "attention" and written["repeats"] == 2
+    rows = {row["backend"]: row for row in written["results"]}
+    assert rows["reference"]["status"] == "ok" and rows["reference"]["peak_bytes"] > 0
+    assert ("cpp" in rows) == _ext.available("cpu")
+    for backend in [name for name in rows if name != "reference"]:
+        row = rows[backend]
+        assert row["status"] == "ok"
+        for field in ("forward_ms", "forward_min_ms", "forward_backward_ms", "forward_backward_min_ms",
+                      "speedup_forward", "speedup_forward_backward", "memory_ratio"):
+            assert row[field] > 0, field
