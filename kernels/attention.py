@@ -17,17 +17,17 @@ from sgan.kernels.attention_backward import (argmin_scatter_kernel, grad_query_k
 from sgan.kernels.attention_forward import EPS, GAMMA, SCALE, group_sums_kernel, output_kernel, row_min_kernel
 from sgan.kernels.attention_layout import group_order
 from sgan.kernels.autotuning import MIN_DOT_SIZE
+from sgan.ops.dispatch import accumulation_dtype
 
 SCATTER_BLOCK_I, SCATTER_BLOCK_CK = 64, 32  # argmin_scatter_kernel is memory-bound and not autotuned
 
 
 def _kernel_dtypes(dtype):
-    """(torch accumulation dtype, its Triton dtype, precision of dots with a statistic) for inputs of dtype."""
-    if dtype == torch.float64:
-        return torch.float64, tl.float64, "ieee"
-    if dtype == torch.float32:
-        return torch.float32, tl.float32, "ieee"
-    return torch.float32, tl.float32, "tf32"  # bfloat16 / float16: exact K in TF32, float32 range for A
+    """(torch accumulation dtype, its Triton dtype, precision of dots with a statistic) for inputs of dtype:
+    "ieee" for float32 / float64 inputs, "tf32" for bfloat16 / float16 (exact K in TF32, float32 range for A)."""
+    acc = accumulation_dtype(dtype)
+    acc_tl = tl.float64 if acc == torch.float64 else tl.float32
+    return acc, acc_tl, "ieee" if dtype in (torch.float32, torch.float64) else "tf32"
 
 
 def _scalars(gamma, scale, eps, acc):

@@ -36,19 +36,23 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from sgan.data.voc_classes import IGNORE_INDEX, NUM_CLASSES
 from sgan.losses.reference import (
-    IGNORE_LABEL,
     KL_RATIO_MAX,
     KL_RATIO_MIN,
     PROB_FLOOR,
-    accumulate_dtype,
     boundary_kl_sums_reference,
     floored_softmax,
     seed_nll_stats_reference,
 )
-from sgan.ops.dispatch import BACKENDS, FLOAT_DTYPES, Dispatcher, describe  # noqa: F401  (BACKENDS re-exported)
+from sgan.ops.dispatch import (  # noqa: F401  (BACKENDS re-exported)
+    BACKENDS,
+    FLOAT_DTYPES,
+    Dispatcher,
+    accumulation_dtype,
+    describe,
+)
 
-NUM_CLASSES = 20  # PASCAL VOC foreground classes
 SEED_STATS, BOUNDARY_STATS = 4, 7  # per-position statistics rows of the fused forwards (see the contract)
 _DISPATCH = Dispatcher("sgan.losses", "losses",
                        ("seed_nll_forward", "seed_nll_backward", "boundary_kl_forward", "boundary_kl_backward"))
@@ -88,7 +92,7 @@ def _seed_nll_forward_op(logits: Tensor, seeds: Tensor, label_offset: int, floor
 
 @_seed_nll_forward_op.register_fake
 def _seed_nll_forward_fake(logits, seeds, label_offset, floor, backend):
-    acc = accumulate_dtype(logits.dtype)
+    acc = accumulation_dtype(logits.dtype)
     B, _, N = logits.shape
     return (logits.new_empty((B, 2), dtype=acc), logits.new_empty((B, 2), dtype=acc),
             logits.new_empty((B, SEED_STATS, N), dtype=acc))
@@ -130,7 +134,7 @@ def _boundary_kl_forward_op(logits: Tensor, target: Tensor, floor: float, ratio_
 
 @_boundary_kl_forward_op.register_fake
 def _boundary_kl_forward_fake(logits, target, floor, ratio_min, ratio_max, backend):
-    acc = accumulate_dtype(logits.dtype)
+    acc = accumulation_dtype(logits.dtype)
     B, _, N = logits.shape
     return logits.new_empty((B,), dtype=acc), logits.new_empty((B, BOUNDARY_STATS, N), dtype=acc)
 
@@ -194,10 +198,10 @@ def _check_seeds(seeds, logits, max_label):
     if seeds.device != logits.device:
         raise ValueError(f"seeds: expected device {logits.device} (the device of the logits), got {seeds.device}")
     seeds = seeds.to(torch.int64).contiguous()
-    bad = (seeds < 0) | ((seeds > max_label) & (seeds != IGNORE_LABEL))
+    bad = (seeds < 0) | ((seeds > max_label) & (seeds != IGNORE_INDEX))
     if bool(bad.any()):
         found = sorted(set(seeds[bad].unique().tolist()))[:10]
-        raise ValueError(f"seeds: expected labels in 0..{max_label} or {IGNORE_LABEL} (unlabelled), "
+        raise ValueError(f"seeds: expected labels in 0..{max_label} or {IGNORE_INDEX} (unlabelled), "
                          f"found {found}")
     return seeds
 
@@ -302,7 +306,7 @@ def classification_loss(cam_logits, labels, backend="auto"):
     if not bool(((labels == 0) | (labels == 1)).all()):
         raise ValueError("labels: expected multi-hot values 0 or 1")
     resolve_backend(backend, cam_logits)
-    acc = accumulate_dtype(cam_logits.dtype)
+    acc = accumulation_dtype(cam_logits.dtype)
     pooled = cam_logits.to(acc)
     if pooled.dim() == 4:
         pooled = pooled.mean((2, 3))
@@ -415,4 +419,4 @@ def _check_crf_probs(crf_probs, logits):
         raise TypeError(f"crf_probs: expected floating probabilities, got {crf_probs.dtype}")
     if not bool(((crf_probs >= 0) & torch.isfinite(crf_probs)).all()):
         raise ValueError("crf_probs: expected finite, non-negative probabilities")
-    return crf_probs.detach().to(device=logits.device, dtype=accumulate_dtype(logits.dtype)).contiguous()
+    return crf_probs.detach().to(device=logits.device, dtype=accumulation_dtype(logits.dtype)).contiguous()

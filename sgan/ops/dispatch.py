@@ -31,6 +31,12 @@ BACKEND_DTYPES = {
 }
 
 
+def accumulation_dtype(dtype):
+    """The dtype every backend accumulates and keeps statistics in: float64 for float64 inputs,
+    else float32 (also for bfloat16 / float16 inputs)."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
 def describe(t):
     """'shape (...), dtype ..., device ...' of a tensor, for error messages."""
     return f"shape {tuple(t.shape)}, dtype {t.dtype}, device {t.device}"

@@ -40,8 +40,8 @@ from torch.utils.data import Dataset
 from sgan.config import register_section
 from sgan.crf import DenseCRFPool, default_processes
 from sgan.data.voc import VOCPaths, load_rgb, normalise, read_gray, read_id_list, resize, validate_samples
+from sgan.data.voc_classes import NUM_CLASSES_WITH_BACKGROUND
 from sgan.losses import balanced_seed_loss, boundary_loss, crf_unary_probs, resize_images, resize_seeds
-from sgan.metrics import VOC_NUM_CLASSES
 from sgan.models.deeplab import ARCHS, NAMINGS, build_deeplab, detect_naming, load_pretrained, read_state_dict
 from sgan.models.resnet import RESNET101_BLOCKS
 from sgan.models.sgan_net import resolve_normalisation
@@ -158,7 +158,7 @@ def build_model(section, normalisation_setting, logger):
     if section.weights:
         state = read_state_dict(section.weights, "train_seg.weights")
         naming = detect_naming(state) if section.weights_naming == "auto" else section.weights_naming
-    options = {"num_classes": VOC_NUM_CLASSES, "width": section.width}
+    options = {"num_classes": NUM_CLASSES_WITH_BACKGROUND, "width": section.width}
     if section.arch == "resnet101":
         options.update(blocks=list(section.blocks), stride_in_1x1=naming == "caffe")
     model = build_deeplab(section.arch, **options)
@@ -339,8 +339,9 @@ def run(cfg):
     try:
         if pool is not None:  # start the workers now, so their start-up is not counted as waiting
             warm = np.zeros((processes, *output_size, 3), np.uint8)
-            pool.submit(warm, np.full((processes, VOC_NUM_CLASSES, *output_size), 1.0 / VOC_NUM_CLASSES,
-                                      np.float32)).result()
+            uniform = np.full((processes, NUM_CLASSES_WITH_BACKGROUND, *output_size),
+                              1.0 / NUM_CLASSES_WITH_BACKGROUND, np.float32)
+            pool.submit(warm, uniform).result()
         train(cfg, "train_seg", name=STEP, model=model, dataset=dataset, loss_fn=loss_fn,
               checkpoint_path=checkpoint, model_info=model_info, device=device, record=record)
     finally:

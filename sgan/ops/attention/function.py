@@ -20,7 +20,7 @@ All tensors are contiguous and on one device; ``acc`` is float64 for float64 inp
 import torch
 from torch import Tensor
 
-from sgan.ops.dispatch import FLOAT_DTYPES, Dispatcher, describe
+from sgan.ops.dispatch import FLOAT_DTYPES, Dispatcher, accumulation_dtype, describe
 from sgan.ops.attention.reference import attention_weights_reference, saliency_attention_reference
 
 PRESETS = {
@@ -93,10 +93,6 @@ def _check_inputs(x, key, query, saliency_mask, gamma):
     return x, key, query, saliency_mask, gamma
 
 
-def _accumulate_dtype(dtype):
-    return torch.float64 if dtype == torch.float64 else torch.float32
-
-
 def fused_backends(device_type):
     """Fused attention backends usable for tensors on ``device_type`` ("cpu" or "cuda") here."""
     return _DISPATCH.fused_backends(device_type)
@@ -123,7 +119,7 @@ def _forward_op(x: Tensor, key: Tensor, query: Tensor, saliency_mask: Tensor, ga
 def _forward_fake(x, key, query, saliency_mask, gamma, scale, eps, shift, bg_mean, backend):
     B, C, N = x.shape
     Ck = key.shape[1]
-    acc = _accumulate_dtype(x.dtype)
+    acc = accumulation_dtype(x.dtype)
     return (torch.empty_like(x), x.new_empty((B, 2, Ck, C), dtype=acc), x.new_empty((B, 2, Ck), dtype=acc),
             x.new_empty((B, 2, C), dtype=acc), x.new_empty((B, 2), dtype=acc),
             x.new_empty((B, N), dtype=acc), x.new_empty((B, N), dtype=torch.int64))
@@ -174,7 +170,7 @@ def _prepare(x, key, query, saliency_mask, gamma, preset, shift, background, sca
     backend = _DISPATCH.resolve(backend, x, "x")
     flat = (x.reshape(B, C, H * W), key.reshape(B, Ck, H * W), query.reshape(B, Ck, H * W),
             saliency_mask.reshape(B, H * W))
-    gamma = gamma.reshape(()).to(_accumulate_dtype(x.dtype))
+    gamma = gamma.reshape(()).to(accumulation_dtype(x.dtype))
     return flat, gamma, float(scale), shift, background, backend
 
 
