@@ -2,9 +2,8 @@
 SGD step) with the fused losses against the reference losses, measured in the same process, and the
 share of the step time spent waiting for the dense CRF of the boundary loss.
 
-The iteration is the one of ``sgan train-seg`` (its ``StageTwoLoss``: the batch split into
-``--crf-chunks`` micro-batches, every image's CRF in a ``DenseCRFPool`` worker as soon as its
-chunk's forward is done, overlapping the other chunks' forward and backward passes). Inputs are
+The iteration is the one of ``sgan train-seg`` (its ``StageTwoLoss``: every image's CRF in a
+``DenseCRFPool`` worker as soon as the batch's forward is done). Inputs are
 synthetic: images made of flat colour blocks plus noise (so the CRF has edges to follow) and seeds
 on those blocks with 40% unlabelled. Also timed: the two losses alone (forward + backward on fixed
 logits and a fixed CRF output) for each backend.
@@ -69,10 +68,10 @@ def _sync(device):
         torch.cuda.synchronize(device)
 
 
-def time_training(network, batch, device, loss_backend, pool, chunks, warmup, repeats):
+def time_training(network, batch, device, loss_backend, pool, warmup, repeats):
     """Median/min step time, median CRF wait and the wait share of ``repeats`` training iterations."""
     section = Config({"seed_loss_weight": 1.0, "boundary_loss_weight": 1.0, "crf_scale": 12.0, "crf_iterations": 10})
-    loss_fn = StageTwoLoss(section, loss_backend, pool, chunks)
+    loss_fn = StageTwoLoss(section, loss_backend, pool)
     optimizer = build_sgd(network, 1e-3, 0.9, 5e-4, [1, 2, 10, 20])
     network.train()
     steps = []
@@ -89,7 +88,7 @@ def time_training(network, batch, device, loss_backend, pool, chunks, warmup, re
     if not torch.isfinite(loss):
         raise RuntimeError(f"{loss_backend}: non-finite loss {float(loss)}")
     waits = loss_fn.waits[warmup:]
-    return {"loss_backend": loss_backend, "crf_chunks": chunks, "median_step_ms": 1e3 * statistics.median(steps),
+    return {"loss_backend": loss_backend, "median_step_ms": 1e3 * statistics.median(steps),
             "min_step_ms": 1e3 * min(steps), "median_crf_wait_ms": 1e3 * statistics.median(waits),
             "crf_wait_fraction": sum(waits) / sum(steps), "iterations_timed": repeats}
 
@@ -120,8 +119,6 @@ def main(argv=None):
     parser.add_argument("--batch", type=int, default=None, help="default 15 on CUDA, 2 on CPU")
     parser.add_argument("--crop", type=int, default=321)
     parser.add_argument("--crf-processes", type=int, default=None, help="default min(batch, cores)")
-    parser.add_argument("--crf-chunks", type=int, nargs="+", default=[1, 2, 3],
-                        help="micro-batches per step to time (train_seg.crf_chunks); 1 = no overlap")
     parser.add_argument("--warmup", type=int, default=None, help="default 3 on CUDA, 1 on CPU")
     parser.add_argument("--repeats", type=int, default=None, help="default 10 on CUDA, 3 on CPU")
     parser.add_argument("--fused", default="auto", help="fused loss backend (default: what 'auto' picks)")
@@ -154,14 +151,13 @@ def main(argv=None):
     with DenseCRFPool(processes) as pool:
         crf_probs = pool.submit(batch["crf_image"].numpy(),
                                 torch.full((batch_size, 21, *output_size), 1 / 21).numpy()).result()
-        for chunks in args.crf_chunks:
-            for backend in backends:
-                result = time_training(network, batch, device, backend, pool, chunks, warmup, repeats)
-                report["training"].append(result)
-                print(f"training  {backend:9s} {args.arch} w={width} B={batch_size} {args.crop}² chunks={chunks}: "
-                      f"step {result['median_step_ms']:.1f} ms (min {result['min_step_ms']:.1f}), CRF wait "
-                      f"{result['median_crf_wait_ms']:.1f} ms = {100 * result['crf_wait_fraction']:.1f}% of the "
-                      f"step ({processes} CRF workers)")
+        for backend in backends:
+            result = time_training(network, batch, device, backend, pool, warmup, repeats)
+            report["training"].append(result)
+            print(f"training  {backend:9s} {args.arch} w={width} B={batch_size} {args.crop}²: "
+                  f"step {result['median_step_ms']:.1f} ms (min {result['min_step_ms']:.1f}), CRF wait "
+                  f"{result['median_crf_wait_ms']:.1f} ms = {100 * result['crf_wait_fraction']:.1f}% of the "
+                  f"step ({processes} CRF workers)")
     logits = torch.randn(batch_size, 21, *output_size, device=device)
     seeds = batch["seeds"].to(device)
     for backend in backends:
@@ -171,12 +167,11 @@ def main(argv=None):
         print(f"losses    {backend:9s} fwd+bwd (B={batch_size}, 21, {output_size[0]}x{output_size[1]}): "
               f"{result['median_ms']:.2f} ms")
     if len(backends) == 2:
-        steps = {(r["crf_chunks"], r["loss_backend"]): r["median_step_ms"] for r in report["training"]}
-        report["step_speedup_reference_over_fused"] = {
-            str(chunks): steps[(chunks, "reference")] / steps[(chunks, fused)] for chunks in args.crf_chunks}
+        steps = {r["loss_backend"]: r["median_step_ms"] for r in report["training"]}
+        report["step_speedup_reference_over_fused"] = steps["reference"] / steps[fused]
         report["loss_speedup_reference_over_fused"] = (report["losses_only"][0]["median_ms"]
                                                         / report["losses_only"][1]["median_ms"])
-        print(f"reference / {fused}: step {report['step_speedup_reference_over_fused']} (per chunk count), "
+        print(f"reference / {fused}: step {report['step_speedup_reference_over_fused']:.2f}x, "
               f"losses {report['loss_speedup_reference_over_fused']:.2f}x")
     out = args.out or os.path.join(os.path.dirname(os.path.abspath(__file__)), "results",
                                    f"seg_train_{device.type}.json")
