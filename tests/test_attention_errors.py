@@ -66,3 +66,21 @@ def test_module_arguments():
     assert module.key.out_channels == 4 and float(module.gamma.detach()) == 0.0
     x = torch.randn(1, 8, 4, 4)
     assert torch.equal(module(x, torch.rand(1, 4, 4) > 0.5), x)  # gamma starts at 0
+
+
+@pytest.mark.parametrize("preset", ["paper", "official"])
+def test_the_module_computes_its_own_preset(preset):
+    torch.manual_seed(0)
+    module = SaliencyGuidedAttention(4, 2, preset=preset, backend="reference")
+    with torch.no_grad():
+        module.gamma.fill_(0.5)
+    x, _, _, mask = inputs()
+    x = x.abs() + 0.1   # with positive keys and queries no row of the paper's weights sums to ~0
+    with torch.no_grad():
+        module.key.weight.abs_(), module.query.weight.abs_()
+        expected = {name: saliency_attention(x, module.key(x), module.query(x), mask, module.gamma, preset=name,
+                                             backend="reference") for name in ("paper", "official")}
+        got = module(x, mask)
+    torch.testing.assert_close(got, expected[preset], rtol=0, atol=0)
+    other = "official" if preset == "paper" else "paper"
+    assert not torch.allclose(got, expected[other])
