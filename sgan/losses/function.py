@@ -51,6 +51,7 @@ from sgan.ops.dispatch import (  # noqa: F401  (BACKENDS re-exported)
     Dispatcher,
     accumulation_dtype,
     describe,
+    values_checked,
 )
 
 SEED_STATS, BOUNDARY_STATS = 4, 7  # per-position statistics rows of the fused forwards (see the contract)
@@ -198,11 +199,12 @@ def _check_seeds(seeds, logits, max_label):
     if seeds.device != logits.device:
         raise ValueError(f"seeds: expected device {logits.device} (the device of the logits), got {seeds.device}")
     seeds = seeds.to(torch.int64).contiguous()
-    bad = (seeds < 0) | ((seeds > max_label) & (seeds != IGNORE_INDEX))
-    if bool(bad.any()):
-        found = sorted(set(seeds[bad].unique().tolist()))[:10]
-        raise ValueError(f"seeds: expected labels in 0..{max_label} or {IGNORE_INDEX} (unlabelled), "
-                         f"found {found}")
+    if values_checked(seeds):
+        bad = (seeds < 0) | ((seeds > max_label) & (seeds != IGNORE_INDEX))
+        if bool(bad.any()):
+            found = sorted(set(seeds[bad].unique().tolist()))[:10]
+            raise ValueError(f"seeds: expected labels in 0..{max_label} or {IGNORE_INDEX} (unlabelled), "
+                             f"found {found}")
     return seeds
 
 
@@ -303,7 +305,7 @@ def classification_loss(cam_logits, labels, backend="auto"):
         raise ValueError(f"labels: expected shape {tuple(cam_logits.shape[:2])}, got {describe(labels)}")
     if labels.device != cam_logits.device:
         raise ValueError(f"labels: expected device {cam_logits.device}, got {labels.device}")
-    if not bool(((labels == 0) | (labels == 1)).all()):
+    if values_checked(labels) and not bool(((labels == 0) | (labels == 1)).all()):
         raise ValueError("labels: expected multi-hot values 0 or 1")
     resolve_backend(backend, cam_logits)
     acc = accumulation_dtype(cam_logits.dtype)
@@ -417,6 +419,6 @@ def _check_crf_probs(crf_probs, logits):
                          f"got {describe(crf_probs)}")
     if not crf_probs.is_floating_point():
         raise TypeError(f"crf_probs: expected floating probabilities, got {crf_probs.dtype}")
-    if not bool(((crf_probs >= 0) & torch.isfinite(crf_probs)).all()):
+    if values_checked(crf_probs) and not bool(((crf_probs >= 0) & torch.isfinite(crf_probs)).all()):
         raise ValueError("crf_probs: expected finite, non-negative probabilities")
     return crf_probs.detach().to(device=logits.device, dtype=accumulation_dtype(logits.dtype)).contiguous()

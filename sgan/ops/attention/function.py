@@ -20,7 +20,7 @@ All tensors are contiguous and on one device; ``acc`` is float64 for float64 inp
 import torch
 from torch import Tensor
 
-from sgan.ops.dispatch import FLOAT_DTYPES, Dispatcher, accumulation_dtype, describe
+from sgan.ops.dispatch import FLOAT_DTYPES, Dispatcher, accumulation_dtype, describe, values_checked
 from sgan.ops.attention.reference import attention_weights_reference, saliency_attention_reference
 
 PRESETS = {
@@ -75,7 +75,8 @@ def _check_inputs(x, key, query, saliency_mask, gamma):
         raise ValueError(f"saliency_mask: expected device {x.device} (the device of x), "
                          f"got {saliency_mask.device}")
     if saliency_mask.dtype != torch.bool:
-        if saliency_mask.is_complex() or not bool(((saliency_mask == 0) | (saliency_mask == 1)).all()):
+        if saliency_mask.is_complex() or (values_checked(saliency_mask) and
+                                          not bool(((saliency_mask == 0) | (saliency_mask == 1)).all())):
             raise ValueError("saliency_mask: expected a bool tensor or one holding only 0 and 1, got "
                              f"{describe(saliency_mask)} with other values")
         saliency_mask = saliency_mask != 0
