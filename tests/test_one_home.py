@@ -1,12 +1,14 @@
 """One home for each fact (read from the source, without running it): a constant of the package and
 its kernels (255, the VOC names, the input normalisations) is written in one module and imported
-everywhere else, a name means one kind of thing and a helper is defined once."""
+everywhere else, a name means one kind of thing, a helper is defined once, and the custom ops'
+names differ from those of the C++ extension's ops."""
 import ast
 import collections
 import pathlib
 import re
 
 import pytest
+import torch
 
 REPOSITORY = pathlib.Path(__file__).resolve().parents[1]
 SOURCES = sorted(path for folder in ("sgan", "kernels") for path in (REPOSITORY / folder).rglob("*.py"))
@@ -62,3 +64,16 @@ def test_each_helper_is_defined_once(pattern):
                    for node in ast.parse(path.read_text()).body
                    if isinstance(node, ast.FunctionDef) and re.search(pattern, node.name)]
     assert len(definitions) == 1, definitions
+
+
+def test_custom_ops_are_not_named_like_the_extension_ops():
+    """``torch.ops.sgan.<op>`` (the autograd ops that pick a backend) and ``torch.ops.sgan_ext.<op>``
+    (the C++/CUDA backend's kernels) used to share every name."""
+    from sgan import _ext, losses, ops  # noqa: F401  (importing registers the custom ops)
+    if not _ext.available():
+        pytest.skip("the C++ extension sgan._C is not built")
+    names = torch._C._dispatch_get_all_op_names()
+    custom = {name.split("::")[1] for name in names if name.startswith("sgan::")}
+    extension = {name.split("::")[1] for name in names if name.startswith("sgan_ext::")}
+    assert custom and extension
+    assert custom & extension == set()

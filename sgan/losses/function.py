@@ -3,9 +3,10 @@
 Every loss reduces to per-image statistics; the backends compute only those (and their gradient),
 the small combination into the loss is plain PyTorch, so autograd hands the backends the gradient
 of the statistics. Backend contract (``cpp``/``cuda`` in ``torch.ops.sgan_ext``, ``triton`` in
-``sgan.kernels.losses``); tensors are contiguous and on one device, ``acc`` is float64 for float64
-logits, else float32, and Phi is the softmax over the C channels floored at ``floor`` and
-renormalised:
+``sgan.kernels.losses``; the custom ops ``torch.ops.sgan.fused_<name>``, with autograd and fake
+tensors, take the backend's name as their last argument and call its ``<name>``); tensors are
+contiguous and on one device, ``acc`` is float64 for float64 logits, else float32, and Phi is the
+softmax over the C channels floored at ``floor`` and renormalised:
 
 ``seed_nll_forward(logits, seeds, label_offset, floor) -> (sums, counts, stats)``
     logits (B, C, N) float; seeds (B, N) int64. A position with label y != 255 whose channel
@@ -84,7 +85,7 @@ def _backend_module(backend):
 # custom ops (fused backends) with fake implementations and autograd
 
 
-@torch.library.custom_op("sgan::seed_nll_forward", mutates_args=())
+@torch.library.custom_op("sgan::fused_seed_nll_forward", mutates_args=())
 def _seed_nll_forward_op(logits: Tensor, seeds: Tensor, label_offset: int, floor: float, backend: str
                          ) -> tuple[Tensor, Tensor, Tensor]:
     sums, counts, stats = _backend_module(backend).seed_nll_forward(logits, seeds, label_offset, floor)
@@ -99,7 +100,7 @@ def _seed_nll_forward_fake(logits, seeds, label_offset, floor, backend):
             logits.new_empty((B, SEED_STATS, N), dtype=acc))
 
 
-@torch.library.custom_op("sgan::seed_nll_backward", mutates_args=())
+@torch.library.custom_op("sgan::fused_seed_nll_backward", mutates_args=())
 def _seed_nll_backward_op(grad_sums: Tensor, logits: Tensor, seeds: Tensor, stats: Tensor, label_offset: int,
                           floor: float, backend: str) -> Tensor:
     return _backend_module(backend).seed_nll_backward(grad_sums, logits, seeds, stats, label_offset, floor)
@@ -126,7 +127,7 @@ def _seed_nll_backward(ctx, grad_sums, unused_grad_counts, unused_grad_stats):
 _seed_nll_forward_op.register_autograd(_seed_nll_backward, setup_context=_seed_nll_setup_context)
 
 
-@torch.library.custom_op("sgan::boundary_kl_forward", mutates_args=())
+@torch.library.custom_op("sgan::fused_boundary_kl_forward", mutates_args=())
 def _boundary_kl_forward_op(logits: Tensor, target: Tensor, floor: float, ratio_min: float, ratio_max: float,
                             backend: str) -> tuple[Tensor, Tensor]:
     sums, stats = _backend_module(backend).boundary_kl_forward(logits, target, floor, ratio_min, ratio_max)
@@ -140,7 +141,7 @@ def _boundary_kl_forward_fake(logits, target, floor, ratio_min, ratio_max, backe
     return logits.new_empty((B,), dtype=acc), logits.new_empty((B, BOUNDARY_STATS, N), dtype=acc)
 
 
-@torch.library.custom_op("sgan::boundary_kl_backward", mutates_args=())
+@torch.library.custom_op("sgan::fused_boundary_kl_backward", mutates_args=())
 def _boundary_kl_backward_op(grad_sums: Tensor, logits: Tensor, target: Tensor, stats: Tensor, floor: float,
                              ratio_min: float, ratio_max: float, backend: str) -> Tensor:
     return _backend_module(backend).boundary_kl_backward(grad_sums, logits, target, stats, floor, ratio_min,

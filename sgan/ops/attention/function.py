@@ -1,7 +1,9 @@
 """Public API of the saliency-guided attention: input checks, options, backend dispatch, autograd.
 
 Backend contract (``cpp``/``cuda`` in ``torch.ops.sgan_ext``, ``triton`` in ``sgan.kernels.attention``).
-All tensors are contiguous and on one device; ``acc`` is float64 for float64 inputs, else float32.
+The custom ops ``torch.ops.sgan.fused_saliency_attention_forward/backward`` (autograd, fake tensors for
+torch.compile) take the backend's name as their last argument and call its functions below. All
+tensors are contiguous and on one device; ``acc`` is float64 for float64 inputs, else float32.
 
 ``saliency_attention_forward(x, key, query, saliency_mask, gamma, scale, eps, shift, bg_mean)``
     x (B, C, N); key, query (B, Ck, N), x's dtype; saliency_mask (B, N) bool; gamma 0-dim, acc.
@@ -108,7 +110,7 @@ def _backend_functions(backend):
     return ops.saliency_attention_forward, ops.saliency_attention_backward
 
 
-@torch.library.custom_op("sgan::saliency_attention_forward", mutates_args=())
+@torch.library.custom_op("sgan::fused_saliency_attention_forward", mutates_args=())
 def _forward_op(x: Tensor, key: Tensor, query: Tensor, saliency_mask: Tensor, gamma: Tensor,
                 scale: float, eps: float, shift: bool, bg_mean: bool, backend: str
                 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
@@ -126,7 +128,7 @@ def _forward_fake(x, key, query, saliency_mask, gamma, scale, eps, shift, bg_mea
             x.new_empty((B, N), dtype=acc), x.new_empty((B, N), dtype=torch.int64))
 
 
-@torch.library.custom_op("sgan::saliency_attention_backward", mutates_args=())
+@torch.library.custom_op("sgan::fused_saliency_attention_backward", mutates_args=())
 def _backward_op(grad_out: Tensor, x: Tensor, key: Tensor, query: Tensor, saliency_mask: Tensor,
                  gamma: Tensor, A: Tensor, q_sum: Tensor, x_sum: Tensor, count: Tensor, row_min: Tensor,
                  argmin: Tensor, scale: float, eps: float, shift: bool, bg_mean: bool, backend: str
