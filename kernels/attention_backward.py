@@ -40,7 +40,7 @@ from sgan.kernels.autotuning import clamp_blocks_to_sizes, configs
                     dict(BLOCK_I=32, BLOCK_C=16)),
     key=["C", "Ck"],
     prune_configs_by={"early_config_prune": clamp_blocks_to_sizes({"BLOCK_C": "C"})})
-@triton.jit
+@triton.jit(do_not_specialize=["N"])
 def row_grads_kernel(grad_out_ptr, key_ptr, query_ptr, order_ptr, background_size_ptr, scalars_ptr,
                      A_ptr, q_sum_ptr, x_sum_ptr, count_ptr, row_min_ptr, argmin_ptr,
                      row_dot_ptr, key_coef_ptr, grad_den_ptr, x_coef_ptr, grad_min_ptr, grad_key_ptr,
@@ -109,7 +109,7 @@ def row_grads_kernel(grad_out_ptr, key_ptr, query_ptr, order_ptr, background_siz
 
 
 @group_sums_autotune()
-@triton.jit
+@triton.jit(do_not_specialize=["N"])
 def group_grad_sums_kernel(grad_out_ptr, key_ptr, order_ptr, background_size_ptr, scalars_ptr,
                            key_coef_ptr, grad_den_ptr, x_coef_ptr,
                            grad_A_ptr, grad_q_ptr, grad_x_sum_ptr,
@@ -158,7 +158,7 @@ def group_grad_sums_kernel(grad_out_ptr, key_ptr, order_ptr, background_size_ptr
     tl.store(grad_x_sum_ptr + stats * C + c, grad_x, mask=tl.where(tile_ck == 0, c_valid, False))
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["N"])
 def argmin_scatter_kernel(key_ptr, argmin_ptr, grad_min_ptr, scalars_ptr, grad_query_min_ptr,
                           Ck, N,
                           ACC: tl.constexpr, BLOCK_I: tl.constexpr, BLOCK_CK: tl.constexpr):
@@ -191,7 +191,7 @@ def argmin_scatter_kernel(key_ptr, argmin_ptr, grad_min_ptr, scalars_ptr, grad_q
                     dict(BLOCK_J=32, BLOCK_CK=16, BLOCK_C=16)),
     key=["C", "Ck"],
     prune_configs_by={"early_config_prune": clamp_blocks_to_sizes({"BLOCK_CK": "Ck", "BLOCK_C": "C"})})
-@triton.jit
+@triton.jit(do_not_specialize=["N"])
 def grad_query_kernel(x_ptr, order_ptr, background_size_ptr, x_sum_ptr, count_ptr, grad_A_ptr, grad_q_ptr,
                       grad_query_min_ptr, grad_query_ptr,
                       C, Ck, N,
@@ -237,7 +237,7 @@ def grad_query_kernel(x_ptr, order_ptr, background_size_ptr, x_sum_ptr, count_pt
                     dict(BLOCK_J=32, BLOCK_C=16, BLOCK_K=16)),
     key=["C", "Ck"],
     prune_configs_by={"early_config_prune": clamp_blocks_to_sizes({"BLOCK_C": "C", "BLOCK_K": "Ck"})})
-@triton.jit
+@triton.jit(do_not_specialize=["N"])
 def grad_x_kernel(grad_out_ptr, query_ptr, order_ptr, background_size_ptr, q_sum_ptr, count_ptr, grad_A_ptr,
                   grad_x_sum_ptr, grad_x_ptr,
                   C, Ck, N,

@@ -45,7 +45,7 @@ def group_sums_autotune():
 
 
 @group_sums_autotune()
-@triton.jit
+@triton.jit(do_not_specialize=["N"])
 def group_sums_kernel(x_ptr, query_ptr, order_ptr, background_size_ptr,
                       A_ptr, q_sum_ptr, x_sum_ptr,
                       C, Ck, N,
@@ -93,7 +93,7 @@ def group_sums_kernel(x_ptr, query_ptr, order_ptr, background_size_ptr,
                     dict(BLOCK_I=64, BLOCK_J=64, BLOCK_K=16)),
     key=["Ck"],
     prune_configs_by={"early_config_prune": clamp_blocks_to_sizes({"BLOCK_K": "Ck"})})
-@triton.jit
+@triton.jit(do_not_specialize=["N"])
 def row_min_kernel(key_ptr, query_ptr, order_ptr, background_size_ptr, scalars_ptr,
                    row_min_ptr, argmin_ptr,
                    Ck, N,
@@ -152,7 +152,7 @@ def row_min_kernel(key_ptr, query_ptr, order_ptr, background_size_ptr, scalars_p
                     dict(BLOCK_I=32, BLOCK_C=16, BLOCK_K=16)),
     key=["C", "Ck"],
     prune_configs_by={"early_config_prune": clamp_blocks_to_sizes({"BLOCK_C": "C", "BLOCK_K": "Ck"})})
-@triton.jit
+@triton.jit(do_not_specialize=["N"])
 def output_kernel(x_ptr, key_ptr, order_ptr, background_size_ptr, scalars_ptr,
                   A_ptr, q_sum_ptr, x_sum_ptr, count_ptr, row_min_ptr, argmin_ptr,
                   out_ptr,

@@ -5,7 +5,8 @@ of BLOCK_N consecutive positions of one image and all C channels (padded to BLOC
 reads the logits once, keeps the floored softmax in registers and writes per-block partial sums
 (reduced by torch in a fixed order, so results are deterministic) and a few statistics per
 position; the backward reads the logits once more and writes the gradient. Accumulation is float32, or
-float64 for float64 logits.
+float64 for float64 logits. N and the block count derived from it are not specialised on (a new image
+size compiles nothing).
 """
 import functools
 
@@ -79,7 +80,7 @@ def _seed_labels(seeds_ptr, b, N, offs_n, n_mask, label_offset, C):
     return labels, channel, counted
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["N", "num_blocks"])
 def _seed_nll_forward_kernel(logits_ptr, seeds_ptr, sums_ptr, counts_ptr, stats_ptr, params_ptr, C, N, num_blocks,
                              label_offset, BLOCK_C: tl.constexpr, BLOCK_N: tl.constexpr, IS_FP64: tl.constexpr):
     block, b, offs_c, offs_n, c_mask, n_mask = _block_offsets(C, N, BLOCK_C, BLOCK_N)
@@ -104,7 +105,7 @@ def _seed_nll_forward_kernel(logits_ptr, seeds_ptr, sums_ptr, counts_ptr, stats_
     tl.store(stats + 3 * N, kept_sum, mask=n_mask)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["N"])
 def _seed_nll_backward_kernel(grad_sums_ptr, logits_ptr, seeds_ptr, stats_ptr, grad_ptr, params_ptr, C, N,
                               label_offset, BLOCK_C: tl.constexpr, BLOCK_N: tl.constexpr, IS_FP64: tl.constexpr):
     block, b, offs_c, offs_n, c_mask, n_mask = _block_offsets(C, N, BLOCK_C, BLOCK_N)
@@ -133,7 +134,7 @@ def _seed_nll_backward_kernel(grad_sums_ptr, logits_ptr, seeds_ptr, stats_ptr, g
     _store_tile(grad_ptr, grad, b, C, N, offs_c, offs_n, c_mask, n_mask)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["N", "num_blocks"])
 def _boundary_kl_forward_kernel(logits_ptr, target_ptr, sums_ptr, stats_ptr, params_ptr, C, N, num_blocks,
                                 BLOCK_C: tl.constexpr, BLOCK_N: tl.constexpr, IS_FP64: tl.constexpr):
     block, b, offs_c, offs_n, c_mask, n_mask = _block_offsets(C, N, BLOCK_C, BLOCK_N)
@@ -162,7 +163,7 @@ def _boundary_kl_forward_kernel(logits_ptr, target_ptr, sums_ptr, stats_ptr, par
     tl.store(stats + 6 * N, reference_scale, mask=n_mask)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["N"])
 def _boundary_kl_backward_kernel(grad_sums_ptr, logits_ptr, target_ptr, stats_ptr, grad_ptr, params_ptr, C, N,
                                  BLOCK_C: tl.constexpr, BLOCK_N: tl.constexpr, IS_FP64: tl.constexpr):
     block, b, offs_c, offs_n, c_mask, n_mask = _block_offsets(C, N, BLOCK_C, BLOCK_N)

@@ -9,7 +9,7 @@ import torch
 
 from sgan import _ext, losses
 from sgan.crf import dense_crf
-from tests.helpers import assert_within_reference_error, device_under_test, relative_error
+from tests.helpers import assert_within_reference_error, device_under_test, relative_error, triton_compilations
 
 FLOOR = 1e-5
 DEVICE = device_under_test()
@@ -447,3 +447,24 @@ def test_losses_on_the_gpu_do_not_synchronise_with_it(monkeypatch):
     monkeypatch.setenv("SGAN_DEBUG_CHECKS", "1")
     with pytest.raises(ValueError, match="found \\[77\\]"):
         losses.balanced_seed_loss(logits, torch.full_like(seeds, 77), backend="reference")
+
+
+@pytest.mark.skipif("triton" not in FUSED or DEVICE.type != "cuda",
+                    reason="the interpreter compiles nothing: only Triton on CUDA has compiled kernels to reuse")
+def test_triton_losses_compile_nothing_for_a_new_number_of_positions():
+    """After every loss kernel has run at N = 8 * 8 (a multiple of 16), N = 7 * 9 and N = 1 reuse the
+    compiled kernels: N and the block count are not specialised on."""
+    def forward_and_backward(h, w):
+        logits = torch.randn(2, 21, h, w, device=DEVICE, requires_grad=True)
+        seeds = torch.randint(0, 21, (2, h, w), device=DEVICE)
+        crf_probs = torch.rand(2, 21, h, w, device=DEVICE)
+        total = (losses.seed_loss(logits[:, 1:], seeds, backend="triton")
+                 + losses.balanced_seed_loss(logits, seeds, backend="triton")
+                 + losses.boundary_loss(logits, crf_probs=crf_probs, backend="triton"))
+        total.backward()
+
+    forward_and_backward(8, 8)
+    with triton_compilations() as compiled:
+        forward_and_backward(7, 9)
+        forward_and_backward(1, 1)
+    assert compiled == []
