@@ -41,6 +41,14 @@ def _scalars(gamma, scale, eps, acc):
     return torch.stack(values)
 
 
+def _pass_inputs(x, saliency_mask, gamma, scale, eps):
+    """What the forward and the backward pass both start from: (acc, acc_tl, stat_precision) of
+    _kernel_dtypes, (order, background_size) of the group-sorted layout and the scalars tensor."""
+    acc, acc_tl, stat_precision = _kernel_dtypes(x.dtype)
+    order, background_size = group_order(saliency_mask)
+    return acc, acc_tl, stat_precision, order, background_size, _scalars(gamma, scale, eps, acc)
+
+
 def _on_device(tensor):
     """Make the tensor's CUDA device current for the launches (Triton launches on the current device)."""
     return torch.cuda.device(tensor.device) if tensor.is_cuda else contextlib.nullcontext()
@@ -53,10 +61,9 @@ def saliency_attention_forward(x, key, query, saliency_mask, gamma, scale, eps, 
     """
     B, C, N = x.shape
     Ck = key.shape[1]
-    acc, acc_tl, stat_precision = _kernel_dtypes(x.dtype)
     with _on_device(x):
-        order, background_size = group_order(saliency_mask)
-        scalars = _scalars(gamma, scale, eps, acc)
+        acc, acc_tl, stat_precision, order, background_size, scalars = _pass_inputs(
+            x, saliency_mask, gamma, scale, eps)
 
         A = x.new_empty((B, 2, Ck, C), dtype=acc)
         q_sum = x.new_empty((B, 2, Ck), dtype=acc)
@@ -83,10 +90,9 @@ def saliency_attention_backward(grad_out, x, key, query, saliency_mask, gamma, A
     """Gradients of saliency_attention_forward's out: (grad_x, grad_key, grad_query, grad_gamma)."""
     B, C, N = x.shape
     Ck = key.shape[1]
-    acc, acc_tl, stat_precision = _kernel_dtypes(x.dtype)
     with _on_device(x):
-        order, background_size = group_order(saliency_mask)
-        scalars = _scalars(gamma, scale, eps, acc)
+        acc, acc_tl, stat_precision, order, background_size, scalars = _pass_inputs(
+            x, saliency_mask, gamma, scale, eps)
 
         row_dot, key_coef, grad_den, x_coef, grad_min = (x.new_empty((B, N), dtype=acc) for _ in range(5))
         grad_key = torch.empty_like(key)

@@ -27,7 +27,7 @@ import triton
 import triton.language as tl
 
 from sgan.kernels.attention_forward import EPS, GAMMA, SCALE, group_sums_autotune
-from sgan.kernels.attention_layout import (group_attends, group_range, load_tile, load_tile_transposed,
+from sgan.kernels.attention_layout import (group_attends, group_channel_tile, load_tile, load_tile_transposed,
                                            row_tile_positions, store_tile)
 from sgan.kernels.autotuning import clamp_blocks_to_sizes, configs
 
@@ -122,14 +122,9 @@ def group_grad_sums_kernel(grad_out_ptr, key_ptr, order_ptr, background_size_ptr
     group under BG_MEAN only has dx, computed by its first Ck tile with its key tiles loading as zeros;
     its other programs write zeros without reading anything.
     """
-    tile_ck, tile_c, image_group = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-    b, g = image_group // 2, image_group % 2
-    start, end = group_range(background_size_ptr, b, g, N)
+    tile_ck, tile_c, image, g, start, end, ck, c, ck_valid, c_valid = group_channel_tile(
+        background_size_ptr, Ck, C, N, BLOCK_CK, BLOCK_C)
     attend = group_attends(g, BG_MEAN)
-    ck = tile_ck * BLOCK_CK + tl.arange(0, BLOCK_CK)
-    c = tile_c * BLOCK_C + tl.arange(0, BLOCK_C)
-    ck_valid, c_valid = ck < Ck, c < C
-    image = b.to(tl.int64)
     grad_image, key_image, order_image = grad_out_ptr + image * C * N, key_ptr + image * Ck * N, order_ptr + image * N
 
     grad_A_transposed = tl.zeros((BLOCK_C, BLOCK_CK), ACC)
