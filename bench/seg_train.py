@@ -5,10 +5,9 @@ share of the step time spent waiting for the dense CRF of the boundary loss.
     python -m bench.run seg_train                                  # CPU: width 0.25, B = 2
     python -m bench.run seg_train --device cuda --arch resnet101   # B = 15, 321², full width
 
-The iteration is the one of ``sgan train-seg`` (its ``StageTwoLoss``: the batch split into
-``--crf-chunks`` micro-batches, every image's CRF in a ``DenseCRFPool`` worker as soon as its
-chunk's forward is done, overlapping the other chunks' forward and backward passes); one network,
-batch and CRF pool serve every case. Inputs are synthetic: images made of flat colour blocks plus
+The iteration is the one of ``sgan train-seg`` (its ``StageTwoLoss``: the forward, every image's
+CRF in a ``DenseCRFPool`` worker, then the losses); one network, batch and CRF pool serve every
+backend. Inputs are synthetic: images made of flat colour blocks plus
 noise (so the CRF has edges to follow) and seeds on those blocks with 40% unlabelled. On CUDA also
 the allocator's peak over the iterations. Also timed: the two losses alone (forward + backward on
 fixed logits and a fixed CRF output) for each backend ("losses_only").
@@ -74,8 +73,6 @@ def add_arguments(parser):
     parser.add_argument("--batch", type=positive_int, default=None, help="default 15 on CUDA, 2 on CPU")
     parser.add_argument("--crop", type=positive_int, default=321)
     parser.add_argument("--crf-processes", type=positive_int, default=None, help="default min(batch, cores)")
-    parser.add_argument("--crf-chunks", type=positive_int, nargs="+", default=[1, 2, 3],
-                        help="micro-batches per step to time (train_seg.crf_chunks); 1 = no overlap")
     parser.add_argument("--fused", default="auto", help="fused loss backend (default: what 'auto' picks)")
 
 
@@ -97,7 +94,7 @@ def plan(args, device):
     fused, unusable = fused_backend(device, args.fused)
     backends = [BASELINE] + ([fused] if fused else [])
     notes = [] if fused else [f"no fused loss backend is available on {device.type}: only the reference"]
-    return Plan(config=config, cases=[{"crf_chunks": chunks} for chunks in args.crf_chunks], backends=backends,
+    return Plan(config=config, cases=[{"batch": config["batch"]}], backends=backends,
                 not_measured=unusable, notes=notes)
 
 
@@ -120,7 +117,7 @@ def measure(case, backends, ctx):
     """Median / min step time, median CRF wait and the wait's share of the step of one loss backend."""
     (backend,) = backends
     state, device = ctx.state, ctx.device
-    loss_fn = StageTwoLoss(Config(CRF_SECTION), backend, state["pool"], case["crf_chunks"])
+    loss_fn = StageTwoLoss(Config(CRF_SECTION), backend, state["pool"])
     optimizer = build_sgd(state["network"], 1e-3, 0.9, 5e-4, [1, 2, 10, 20])
     state["network"].train()
     losses = []
@@ -182,7 +179,7 @@ register(Benchmark(
     plan=plan,
     measure=measure,
     compare={"median_step_ms": "speedup", "min_step_ms": "speedup_min"},
-    columns=[Column("crf_chunks", "chunks"), Column("backend", "backend"),
+    columns=[Column("batch", "batch"), Column("backend", "backend"),
              Column("median_step_ms", "step ms", "{:.1f}"), Column("min_step_ms", "min ms", "{:.1f}"),
              Column("median_crf_wait_ms", "CRF wait ms", "{:.1f}"),
              Column("crf_wait_fraction", "wait share", lambda v: f"{100 * v:.1f}%"),

@@ -17,17 +17,17 @@ from sgan.kernels.attention_backward import (argmin_scatter_kernel, grad_query_k
 from sgan.kernels.attention_forward import EPS, GAMMA, SCALE, group_sums_kernel, output_kernel, row_min_kernel
 from sgan.kernels.attention_layout import group_order
 from sgan.kernels.autotuning import MIN_DOT_SIZE
+from sgan.ops.dispatch import accumulation_dtype
 
 SCATTER_BLOCK_I, SCATTER_BLOCK_CK = 64, 32  # argmin_scatter_kernel is memory-bound and not autotuned
 
 
 def _kernel_dtypes(dtype):
-    """(torch accumulation dtype, its Triton dtype, precision of dots with a statistic) for inputs of dtype."""
-    if dtype == torch.float64:
-        return torch.float64, tl.float64, "ieee"
-    if dtype == torch.float32:
-        return torch.float32, tl.float32, "ieee"
-    return torch.float32, tl.float32, "tf32"  # bfloat16 / float16: exact K in TF32, float32 range for A
+    """(torch accumulation dtype, its Triton dtype, precision of dots with a statistic) for inputs of dtype:
+    "ieee" for float32 / float64 inputs, "tf32" for bfloat16 / float16 (exact K in TF32, float32 range for A)."""
+    acc = accumulation_dtype(dtype)
+    acc_tl = tl.float64 if acc == torch.float64 else tl.float32
+    return acc, acc_tl, "ieee" if dtype in (torch.float32, torch.float64) else "tf32"
 
 
 def _scalars(gamma, scale, eps, acc):
@@ -39,6 +39,14 @@ def _scalars(gamma, scale, eps, acc):
     values[SCALE.value] = torch.full((), scale, dtype=acc, device=gamma.device)
     values[EPS.value] = torch.full((), eps, dtype=acc, device=gamma.device)
     return torch.stack(values)
+
+
+def _pass_inputs(x, saliency_mask, gamma, scale, eps):
+    """What the forward and the backward pass both start from: (acc, acc_tl, stat_precision) of
+    _kernel_dtypes, (order, background_size) of the group-sorted layout and the scalars tensor."""
+    acc, acc_tl, stat_precision = _kernel_dtypes(x.dtype)
+    order, background_size = group_order(saliency_mask)
+    return acc, acc_tl, stat_precision, order, background_size, _scalars(gamma, scale, eps, acc)
 
 
 def _on_device(tensor):
@@ -53,10 +61,9 @@ def saliency_attention_forward(x, key, query, saliency_mask, gamma, scale, eps, 
     """
     B, C, N = x.shape
     Ck = key.shape[1]
-    acc, acc_tl, stat_precision = _kernel_dtypes(x.dtype)
     with _on_device(x):
-        order, background_size = group_order(saliency_mask)
-        scalars = _scalars(gamma, scale, eps, acc)
+        acc, acc_tl, stat_precision, order, background_size, scalars = _pass_inputs(
+            x, saliency_mask, gamma, scale, eps)
 
         A = x.new_empty((B, 2, Ck, C), dtype=acc)
         q_sum = x.new_empty((B, 2, Ck), dtype=acc)
@@ -83,10 +90,9 @@ def saliency_attention_backward(grad_out, x, key, query, saliency_mask, gamma, A
     """Gradients of saliency_attention_forward's out: (grad_x, grad_key, grad_query, grad_gamma)."""
     B, C, N = x.shape
     Ck = key.shape[1]
-    acc, acc_tl, stat_precision = _kernel_dtypes(x.dtype)
     with _on_device(x):
-        order, background_size = group_order(saliency_mask)
-        scalars = _scalars(gamma, scale, eps, acc)
+        acc, acc_tl, stat_precision, order, background_size, scalars = _pass_inputs(
+            x, saliency_mask, gamma, scale, eps)
 
         row_dot, key_coef, grad_den, x_coef, grad_min = (x.new_empty((B, N), dtype=acc) for _ in range(5))
         grad_key = torch.empty_like(key)

@@ -27,7 +27,7 @@ import triton
 import triton.language as tl
 
 from sgan.kernels.attention_forward import EPS, GAMMA, SCALE, group_sums_autotune
-from sgan.kernels.attention_layout import (group_attends, group_range, load_tile, load_tile_transposed,
+from sgan.kernels.attention_layout import (group_attends, group_channel_tile, load_tile, load_tile_transposed,
                                            row_tile_positions, store_tile)
 from sgan.kernels.autotuning import clamp_blocks_to_sizes, configs
 
@@ -40,7 +40,7 @@ from sgan.kernels.autotuning import clamp_blocks_to_sizes, configs
                     dict(BLOCK_I=32, BLOCK_C=16)),
     key=["C", "Ck"],
     prune_configs_by={"early_config_prune": clamp_blocks_to_sizes({"BLOCK_C": "C"})})
-@triton.jit
+@triton.jit(do_not_specialize=["N"])
 def row_grads_kernel(grad_out_ptr, key_ptr, query_ptr, order_ptr, background_size_ptr, scalars_ptr,
                      A_ptr, q_sum_ptr, x_sum_ptr, count_ptr, row_min_ptr, argmin_ptr,
                      row_dot_ptr, key_coef_ptr, grad_den_ptr, x_coef_ptr, grad_min_ptr, grad_key_ptr,
@@ -109,7 +109,7 @@ def row_grads_kernel(grad_out_ptr, key_ptr, query_ptr, order_ptr, background_siz
 
 
 @group_sums_autotune()
-@triton.jit
+@triton.jit(do_not_specialize=["N"])
 def group_grad_sums_kernel(grad_out_ptr, key_ptr, order_ptr, background_size_ptr, scalars_ptr,
                            key_coef_ptr, grad_den_ptr, x_coef_ptr,
                            grad_A_ptr, grad_q_ptr, grad_x_sum_ptr,
@@ -122,14 +122,9 @@ def group_grad_sums_kernel(grad_out_ptr, key_ptr, order_ptr, background_size_ptr
     group under BG_MEAN only has dx, computed by its first Ck tile with its key tiles loading as zeros;
     its other programs write zeros without reading anything.
     """
-    tile_ck, tile_c, image_group = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-    b, g = image_group // 2, image_group % 2
-    start, end = group_range(background_size_ptr, b, g, N)
+    tile_ck, tile_c, image, g, start, end, ck, c, ck_valid, c_valid = group_channel_tile(
+        background_size_ptr, Ck, C, N, BLOCK_CK, BLOCK_C)
     attend = group_attends(g, BG_MEAN)
-    ck = tile_ck * BLOCK_CK + tl.arange(0, BLOCK_CK)
-    c = tile_c * BLOCK_C + tl.arange(0, BLOCK_C)
-    ck_valid, c_valid = ck < Ck, c < C
-    image = b.to(tl.int64)
     grad_image, key_image, order_image = grad_out_ptr + image * C * N, key_ptr + image * Ck * N, order_ptr + image * N
 
     grad_A_transposed = tl.zeros((BLOCK_C, BLOCK_CK), ACC)
@@ -158,7 +153,7 @@ def group_grad_sums_kernel(grad_out_ptr, key_ptr, order_ptr, background_size_ptr
     tl.store(grad_x_sum_ptr + stats * C + c, grad_x, mask=tl.where(tile_ck == 0, c_valid, False))
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["N"])
 def argmin_scatter_kernel(key_ptr, argmin_ptr, grad_min_ptr, scalars_ptr, grad_query_min_ptr,
                           Ck, N,
                           ACC: tl.constexpr, BLOCK_I: tl.constexpr, BLOCK_CK: tl.constexpr):
@@ -191,7 +186,7 @@ def argmin_scatter_kernel(key_ptr, argmin_ptr, grad_min_ptr, scalars_ptr, grad_q
                     dict(BLOCK_J=32, BLOCK_CK=16, BLOCK_C=16)),
     key=["C", "Ck"],
     prune_configs_by={"early_config_prune": clamp_blocks_to_sizes({"BLOCK_CK": "Ck", "BLOCK_C": "C"})})
-@triton.jit
+@triton.jit(do_not_specialize=["N"])
 def grad_query_kernel(x_ptr, order_ptr, background_size_ptr, x_sum_ptr, count_ptr, grad_A_ptr, grad_q_ptr,
                       grad_query_min_ptr, grad_query_ptr,
                       C, Ck, N,
@@ -237,7 +232,7 @@ def grad_query_kernel(x_ptr, order_ptr, background_size_ptr, x_sum_ptr, count_pt
                     dict(BLOCK_J=32, BLOCK_C=16, BLOCK_K=16)),
     key=["C", "Ck"],
     prune_configs_by={"early_config_prune": clamp_blocks_to_sizes({"BLOCK_C": "C", "BLOCK_K": "Ck"})})
-@triton.jit
+@triton.jit(do_not_specialize=["N"])
 def grad_x_kernel(grad_out_ptr, query_ptr, order_ptr, background_size_ptr, q_sum_ptr, count_ptr, grad_A_ptr,
                   grad_x_sum_ptr, grad_x_ptr,
                   C, Ck, N,

@@ -24,7 +24,7 @@ Scalars (gamma, scale, eps) are read from an ACC tensor so float64 keeps full pr
 import triton
 import triton.language as tl
 
-from sgan.kernels.attention_layout import (group_attends, group_range, load_tile, load_tile_transposed,
+from sgan.kernels.attention_layout import (group_attends, group_channel_tile, load_tile, load_tile_transposed,
                                            row_tile_positions, store_tile)
 from sgan.kernels.autotuning import clamp_blocks_to_sizes, configs
 
@@ -45,7 +45,7 @@ def group_sums_autotune():
 
 
 @group_sums_autotune()
-@triton.jit
+@triton.jit(do_not_specialize=["N"])
 def group_sums_kernel(x_ptr, query_ptr, order_ptr, background_size_ptr,
                       A_ptr, q_sum_ptr, x_sum_ptr,
                       C, Ck, N,
@@ -57,13 +57,8 @@ def group_sums_kernel(x_ptr, query_ptr, order_ptr, background_size_ptr,
     written by the programs of the first C tile, x_sum by those of the first Ck tile. (n_g is known
     from the layout: the launch code forms count.)
     """
-    tile_ck, tile_c, image_group = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-    b, g = image_group // 2, image_group % 2
-    start, end = group_range(background_size_ptr, b, g, N)
-    ck = tile_ck * BLOCK_CK + tl.arange(0, BLOCK_CK)
-    c = tile_c * BLOCK_C + tl.arange(0, BLOCK_C)
-    ck_valid, c_valid = ck < Ck, c < C
-    image = b.to(tl.int64)
+    tile_ck, tile_c, image, g, start, end, ck, c, ck_valid, c_valid = group_channel_tile(
+        background_size_ptr, Ck, C, N, BLOCK_CK, BLOCK_C)
     x_image, query_image, order_image = x_ptr + image * C * N, query_ptr + image * Ck * N, order_ptr + image * N
 
     A_tile = tl.zeros((BLOCK_CK, BLOCK_C), ACC)
@@ -93,7 +88,7 @@ def group_sums_kernel(x_ptr, query_ptr, order_ptr, background_size_ptr,
                     dict(BLOCK_I=64, BLOCK_J=64, BLOCK_K=16)),
     key=["Ck"],
     prune_configs_by={"early_config_prune": clamp_blocks_to_sizes({"BLOCK_K": "Ck"})})
-@triton.jit
+@triton.jit(do_not_specialize=["N"])
 def row_min_kernel(key_ptr, query_ptr, order_ptr, background_size_ptr, scalars_ptr,
                    row_min_ptr, argmin_ptr,
                    Ck, N,
@@ -152,7 +147,7 @@ def row_min_kernel(key_ptr, query_ptr, order_ptr, background_size_ptr, scalars_p
                     dict(BLOCK_I=32, BLOCK_C=16, BLOCK_K=16)),
     key=["C", "Ck"],
     prune_configs_by={"early_config_prune": clamp_blocks_to_sizes({"BLOCK_C": "C", "BLOCK_K": "Ck"})})
-@triton.jit
+@triton.jit(do_not_specialize=["N"])
 def output_kernel(x_ptr, key_ptr, order_ptr, background_size_ptr, scalars_ptr,
                   A_ptr, q_sum_ptr, x_sum_ptr, count_ptr, row_min_ptr, argmin_ptr,
                   out_ptr,

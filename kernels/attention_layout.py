@@ -51,6 +51,19 @@ def row_tile(background_size_ptr, b, tile, N, BLOCK: tl.constexpr):
 
 
 @triton.jit
+def group_channel_tile(background_size_ptr, Ck, C, N, BLOCK_CK: tl.constexpr, BLOCK_C: tl.constexpr):
+    """The share of a program of a kernel that sums a (Ck, C) tile over one group's positions, on the grid
+    (cdiv(Ck, BLOCK_CK), cdiv(C, BLOCK_C), 2 B): (tile_ck, tile_c, image b as int64, group g, the rank
+    range [start, end) of g, the channels ck (BLOCK_CK,) and c (BLOCK_C,), ck_valid, c_valid)."""
+    tile_ck, tile_c, image_group = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    b, g = image_group // 2, image_group % 2
+    start, end = group_range(background_size_ptr, b, g, N)
+    ck = tile_ck * BLOCK_CK + tl.arange(0, BLOCK_CK)
+    c = tile_c * BLOCK_C + tl.arange(0, BLOCK_C)
+    return tile_ck, tile_c, b.to(tl.int64), g, start, end, ck, c, ck < Ck, c < C
+
+
+@triton.jit
 def group_attends(g, BG_MEAN: tl.constexpr):
     """Whether the rows of group g attend (weights over their group): all rows, or with BG_MEAN (background
     rows take the plain mean of the background) only the salient group's."""

@@ -2,7 +2,9 @@
 
 Kernels are tuned on stable sizes only (channel counts and, implicitly, tensor dtypes: Triton's
 autotuner appends the dtype of every tensor argument to the key), never on the number of positions
-N, so inputs of varying spatial size reuse one tuned configuration per (C, Ck, dtype).
+N, so inputs of varying spatial size reuse one tuned configuration per (C, Ck, dtype). Nor are they
+compiled per N: every kernel takes N (and any count derived from it) with ``do_not_specialize``, so
+Triton does not compile a variant each time N changes between divisible and not divisible by 16.
 
 Under ``TRITON_INTERPRET=1`` (CPU tests) each kernel gets a single small configuration: the
 interpreter would otherwise run every candidate once per key.

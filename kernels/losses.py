@@ -5,7 +5,8 @@ of BLOCK_N consecutive positions of one image and all C channels (padded to BLOC
 reads the logits once, keeps the floored softmax in registers and writes per-block partial sums
 (reduced by torch in a fixed order, so results are deterministic) and a few statistics per
 position; the backward reads the logits once more and writes the gradient. Accumulation is float32, or
-float64 for float64 logits.
+float64 for float64 logits. N and the block count derived from it are not specialised on (a new image
+size compiles nothing).
 """
 import functools
 
@@ -13,7 +14,10 @@ import torch
 import triton
 import triton.language as tl
 
-IGNORE_LABEL = tl.constexpr(255)
+from sgan.data import voc_classes
+from sgan.ops.dispatch import accumulation_dtype
+
+IGNORE_INDEX = tl.constexpr(voc_classes.IGNORE_INDEX)  # a seed without a label
 _ELEMENTS_PER_PROGRAM = 4096  # BLOCK_C * BLOCK_N
 
 
@@ -70,13 +74,13 @@ def _floored_softmax(z, c_mask, floor):
 @triton.jit
 def _seed_labels(seeds_ptr, b, N, offs_n, n_mask, label_offset, C):
     """Seed labels of a block, the channel they select and whether they count."""
-    labels = tl.load(seeds_ptr + b * N + offs_n, mask=n_mask, other=IGNORE_LABEL)
+    labels = tl.load(seeds_ptr + b * N + offs_n, mask=n_mask, other=IGNORE_INDEX)
     channel = labels - label_offset
-    counted = n_mask & (labels != IGNORE_LABEL) & (channel >= 0) & (channel < C)
+    counted = n_mask & (labels != IGNORE_INDEX) & (channel >= 0) & (channel < C)
     return labels, channel, counted
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["N", "num_blocks"])
 def _seed_nll_forward_kernel(logits_ptr, seeds_ptr, sums_ptr, counts_ptr, stats_ptr, params_ptr, C, N, num_blocks,
                              label_offset, BLOCK_C: tl.constexpr, BLOCK_N: tl.constexpr, IS_FP64: tl.constexpr):
     block, b, offs_c, offs_n, c_mask, n_mask = _block_offsets(C, N, BLOCK_C, BLOCK_N)
@@ -101,7 +105,7 @@ def _seed_nll_forward_kernel(logits_ptr, seeds_ptr, sums_ptr, counts_ptr, stats_
     tl.store(stats + 3 * N, kept_sum, mask=n_mask)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["N"])
 def _seed_nll_backward_kernel(grad_sums_ptr, logits_ptr, seeds_ptr, stats_ptr, grad_ptr, params_ptr, C, N,
                               label_offset, BLOCK_C: tl.constexpr, BLOCK_N: tl.constexpr, IS_FP64: tl.constexpr):
     block, b, offs_c, offs_n, c_mask, n_mask = _block_offsets(C, N, BLOCK_C, BLOCK_N)
@@ -130,7 +134,7 @@ def _seed_nll_backward_kernel(grad_sums_ptr, logits_ptr, seeds_ptr, stats_ptr, g
     _store_tile(grad_ptr, grad, b, C, N, offs_c, offs_n, c_mask, n_mask)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["N", "num_blocks"])
 def _boundary_kl_forward_kernel(logits_ptr, target_ptr, sums_ptr, stats_ptr, params_ptr, C, N, num_blocks,
                                 BLOCK_C: tl.constexpr, BLOCK_N: tl.constexpr, IS_FP64: tl.constexpr):
     block, b, offs_c, offs_n, c_mask, n_mask = _block_offsets(C, N, BLOCK_C, BLOCK_N)
@@ -159,7 +163,7 @@ def _boundary_kl_forward_kernel(logits_ptr, target_ptr, sums_ptr, stats_ptr, par
     tl.store(stats + 6 * N, reference_scale, mask=n_mask)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["N"])
 def _boundary_kl_backward_kernel(grad_sums_ptr, logits_ptr, target_ptr, stats_ptr, grad_ptr, params_ptr, C, N,
                                  BLOCK_C: tl.constexpr, BLOCK_N: tl.constexpr, IS_FP64: tl.constexpr):
     block, b, offs_c, offs_n, c_mask, n_mask = _block_offsets(C, N, BLOCK_C, BLOCK_N)
@@ -188,15 +192,12 @@ def _boundary_kl_backward_kernel(grad_sums_ptr, logits_ptr, target_ptr, stats_pt
 
 
 def _blocks(logits):
-    """(BLOCK_C, BLOCK_N, number of blocks per image, IS_FP64) for (B, C, N) logits."""
+    """(BLOCK_C, BLOCK_N, number of blocks per image, IS_FP64: whether to accumulate in float64) for
+    (B, C, N) logits."""
     _, C, N = logits.shape
     block_c = triton.next_power_of_2(C)
     block_n = max(16, min(128, _ELEMENTS_PER_PROGRAM // block_c))
-    return block_c, block_n, triton.cdiv(N, block_n), logits.dtype == torch.float64
-
-
-def _accumulate_dtype(logits):
-    return torch.float64 if logits.dtype == torch.float64 else torch.float32
+    return block_c, block_n, triton.cdiv(N, block_n), accumulation_dtype(logits.dtype) == torch.float64
 
 
 @functools.lru_cache(maxsize=64)
@@ -207,14 +208,14 @@ def _params(device, dtype, floor, ratio_min, ratio_max):
 
 
 def _params_for(logits, floor, ratio_min=0.0, ratio_max=0.0):
-    return _params(logits.device, _accumulate_dtype(logits), float(floor), float(ratio_min), float(ratio_max))
+    return _params(logits.device, accumulation_dtype(logits.dtype), float(floor), float(ratio_min), float(ratio_max))
 
 
 def seed_nll_forward(logits, seeds, label_offset, floor):
     """(sums, counts, stats): (B, 2), (B, 2) and (B, 4, N); see the contract."""
     B, C, N = logits.shape
     block_c, block_n, num_blocks, is_fp64 = _blocks(logits)
-    acc = _accumulate_dtype(logits)
+    acc = accumulation_dtype(logits.dtype)
     sums = torch.empty((B, num_blocks, 2), dtype=acc, device=logits.device)
     counts = torch.empty((B, num_blocks, 2), dtype=acc, device=logits.device)
     stats = torch.empty((B, 4, N), dtype=acc, device=logits.device)
@@ -229,9 +230,10 @@ def seed_nll_backward(grad_sums, logits, seeds, stats, label_offset, floor):
     B, C, N = logits.shape
     block_c, block_n, num_blocks, is_fp64 = _blocks(logits)
     grad = torch.empty_like(logits)
-    _seed_nll_backward_kernel[(num_blocks, B)](grad_sums.to(_accumulate_dtype(logits)).contiguous(), logits, seeds,
-                                               stats, grad, _params_for(logits, floor), C, N, int(label_offset),
-                                               BLOCK_C=block_c, BLOCK_N=block_n, IS_FP64=is_fp64)
+    grad_sums = grad_sums.to(accumulation_dtype(logits.dtype)).contiguous()
+    _seed_nll_backward_kernel[(num_blocks, B)](grad_sums, logits, seeds, stats, grad, _params_for(logits, floor), C,
+                                               N, int(label_offset), BLOCK_C=block_c, BLOCK_N=block_n,
+                                               IS_FP64=is_fp64)
     return grad
 
 
@@ -239,7 +241,7 @@ def boundary_kl_forward(logits, target, floor, ratio_min, ratio_max):
     """(sums (B,), stats (B, 7, N)): per-image sums of sum_c R log clip(R / Phi); see the contract."""
     B, C, N = logits.shape
     block_c, block_n, num_blocks, is_fp64 = _blocks(logits)
-    acc = _accumulate_dtype(logits)
+    acc = accumulation_dtype(logits.dtype)
     sums = torch.empty((B, num_blocks), dtype=acc, device=logits.device)
     stats = torch.empty((B, 7, N), dtype=acc, device=logits.device)
     _boundary_kl_forward_kernel[(num_blocks, B)](logits, target, sums, stats,
@@ -253,8 +255,8 @@ def boundary_kl_backward(grad_sums, logits, target, stats, floor, ratio_min, rat
     B, C, N = logits.shape
     block_c, block_n, num_blocks, is_fp64 = _blocks(logits)
     grad = torch.empty_like(logits)
-    _boundary_kl_backward_kernel[(num_blocks, B)](grad_sums.to(_accumulate_dtype(logits)).contiguous(), logits,
-                                                  target, stats, grad,
+    grad_sums = grad_sums.to(accumulation_dtype(logits.dtype)).contiguous()
+    _boundary_kl_backward_kernel[(num_blocks, B)](grad_sums, logits, target, stats, grad,
                                                   _params_for(logits, floor, ratio_min, ratio_max), C, N,
                                                   BLOCK_C=block_c, BLOCK_N=block_n, IS_FP64=is_fp64)
     return grad

@@ -21,9 +21,9 @@ import numpy as np
 import torch
 
 from sgan.data.voc import normalise, resize
+from sgan.data.voc_classes import CLASS_NAMES, IGNORE_INDEX, voc_palette
 from sgan.ops import attention_column
 from sgan.seeds import class_scores
-from sgan.synthetic import VOC_CLASSES, voc_palette
 from sgan.utils.io import atomic_writer
 
 UNLABELLED_COLOUR = (255, 255, 255)
@@ -32,7 +32,7 @@ UNLABELLED_COLOUR = (255, 255, 255)
 def colour_seeds(seeds):
     """uint8 (H, W) seeds -> uint8 (H, W, 3) RGB with the VOC palette, 255 (unlabelled) in white."""
     palette = np.array(voc_palette(), dtype=np.uint8).reshape(256, 3).copy()
-    palette[255] = UNLABELLED_COLOUR
+    palette[IGNORE_INDEX] = UNLABELLED_COLOUR
     return palette[seeds]
 
 
@@ -57,7 +57,7 @@ def attention_map(network, image, saliency, input_size, normalisation, pixel, ba
 
 def class_names(labels):
     """VOC class names of label indices 1..20 (0 = background)."""
-    return [VOC_CLASSES[label - 1] for label in labels]
+    return [CLASS_NAMES[label - 1] for label in labels]
 
 
 def draw(image_id, image, saliency, seeds0, seeds, variants, labels, input_size, pixel=None,

@@ -9,34 +9,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from sgan.synthetic import voc_palette
+from sgan.data.voc_classes import voc_palette
 from sgan.utils.io import save_png
-
-INPUT_NORMS = ("caffe", "torchvision")
-CAFFE_MEAN_BGR = (104.008, 116.669, 122.675)     # the authors' / DeepLab's Caffe input
-TORCHVISION_MEAN = (0.485, 0.456, 0.406)
-TORCHVISION_STD = (0.229, 0.224, 0.225)
-
-
-def normalize_images(images, norm):
-    """uint8 RGB images (..., H, W, 3) tensor -> float32 network input (..., 3, H, W).
-
-    norm 'caffe': BGR order, 0..255 minus the Caffe mean (weights converted from Caffe);
-    'torchvision': RGB in 0..1, minus mean, divided by std (torchvision's ImageNet weights).
-    """
-    if norm not in INPUT_NORMS:
-        raise ValueError(f"norm: expected one of {INPUT_NORMS}, got {norm!r}")
-    if not isinstance(images, torch.Tensor) or images.dtype != torch.uint8 or images.shape[-1] != 3:
-        raise ValueError(f"images: expected a uint8 tensor (..., H, W, 3), got "
-                         f"{getattr(images, 'dtype', type(images).__name__)} {tuple(getattr(images, 'shape', ()))}")
-    pixels = images.movedim(-1, -3).to(torch.float32)
-    shape = (3, 1, 1)
-    if norm == "caffe":
-        mean = torch.tensor(CAFFE_MEAN_BGR, device=pixels.device).view(shape)
-        return pixels.flip(-3) - mean
-    mean = torch.tensor(TORCHVISION_MEAN, device=pixels.device).view(shape)
-    std = torch.tensor(TORCHVISION_STD, device=pixels.device).view(shape)
-    return (pixels / 255.0 - mean) / std
 
 
 def scaled_size(height, width, scale):

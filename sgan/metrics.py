@@ -15,12 +15,7 @@ import math
 
 import numpy as np
 
-IGNORE_INDEX = 255
-VOC_NUM_CLASSES = 21
-# Column heads of the paper's per-class tables (background first, then the 20 VOC classes).
-VOC_SHORT_NAMES = ("bkg", "aero", "bike", "bird", "boat", "bottle", "bus", "car", "cat", "chair",
-                   "cow", "table", "dog", "horse", "mbike", "person", "plant", "sheep", "sofa",
-                   "train", "tv")
+from sgan.data.voc_classes import IGNORE_INDEX, NUM_CLASSES_WITH_BACKGROUND, SHORT_NAMES
 
 
 def _as_label_array(name, value):
@@ -32,7 +27,7 @@ def _as_label_array(name, value):
     return array
 
 
-def confusion_matrix(prediction, target, num_classes=VOC_NUM_CLASSES, unlabelled_column=False,
+def confusion_matrix(prediction, target, num_classes=NUM_CLASSES_WITH_BACKGROUND, unlabelled_column=False,
                      prediction_name="prediction", target_name="target"):
     """Confusion matrix of one label map: int64 (num_classes, num_classes [+1]), rows = target.
 
@@ -69,7 +64,7 @@ def confusion_matrix(prediction, target, num_classes=VOC_NUM_CLASSES, unlabelled
 class ConfusionMatrix:
     """Accumulates :func:`confusion_matrix` over images; ``scores()`` gives the metrics."""
 
-    def __init__(self, num_classes=VOC_NUM_CLASSES, unlabelled_column=False):
+    def __init__(self, num_classes=NUM_CLASSES_WITH_BACKGROUND, unlabelled_column=False):
         if not isinstance(num_classes, int) or num_classes < 2:
             raise ValueError(f"num_classes: expected an int >= 2, got {num_classes!r}")
         self.num_classes, self.unlabelled_column = num_classes, unlabelled_column
@@ -137,7 +132,7 @@ def _percent(value, digits=1):
     return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{100 * value:.{digits}f}"
 
 
-def format_class_table(rows, column_names=VOC_SHORT_NAMES, metric="iou", summary="miou",
+def format_class_table(rows, column_names=SHORT_NAMES, metric="iou", summary="miou",
                        summary_name="mIoU"):
     """Per-class table in the paper's Table II layout: one column per class, then the mean.
 

@@ -34,7 +34,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from sgan.data.voc import NUM_CLASSES, RESIZES, normalise, resize_as
+from sgan.data.voc import RESIZES, normalise, resize_as
+from sgan.data.voc_classes import IGNORE_INDEX, NUM_CLASSES
 from sgan.data.zoom import zoom_linear, zoom_nearest
 
 SEED_RULES = ("paper", "authors")
@@ -123,7 +124,7 @@ def _foreground(scores, labels, alpha, rule):
 
 def _settle(background, foreground, rule):
     """uint8 label map from the background and foreground claims (module doc, ``rule``)."""
-    seeds = np.full(background.shape, 255, dtype=np.uint8)
+    seeds = np.full(background.shape, IGNORE_INDEX, dtype=np.uint8)
     if rule == "paper":
         claims = background.astype(np.int32)
         for mask in foreground.values():

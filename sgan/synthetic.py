@@ -39,16 +39,8 @@ from xml.sax.saxutils import escape
 import numpy as np
 from PIL import Image
 
+from sgan.data.voc_classes import CLASS_NAMES, IGNORE_INDEX, voc_palette
 from sgan.utils.io import atomic_writer
-
-VOC_CLASSES = (
-    "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
-    "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train",
-    "tvmonitor",
-)
-"""The 20 PASCAL VOC foreground classes; class ``VOC_CLASSES[k - 1]`` has label index k (0 = background)."""
-
-IGNORE_INDEX = 255
 
 # The order in which ``classes=k`` picks k classes: the ones with a typical background come first,
 # so small synthetic sets keep the co-occurrence effect.
@@ -81,21 +73,6 @@ MANIFEST = "synthetic.json"
 FORMAT_VERSION = 2   # bumped whenever the drawn content changes, so stale datasets are redrawn
 
 
-def voc_palette():
-    """The PASCAL VOC colour map as a flat list of 768 ints (256 RGB triples; 255 is (224, 224, 192))."""
-    palette = []
-    for index in range(256):
-        red = green = blue = 0
-        code = index
-        for bit in range(8):
-            red |= ((code >> 0) & 1) << (7 - bit)
-            green |= ((code >> 1) & 1) << (7 - bit)
-            blue |= ((code >> 2) & 1) << (7 - bit)
-            code >>= 3
-        palette.extend((red, green, blue))
-    return palette
-
-
 def resolve_classes(classes):
     """``classes``: an int k (the first k of DEFAULT_CLASS_ORDER) or a sequence of VOC class names.
 
@@ -104,17 +81,17 @@ def resolve_classes(classes):
     if isinstance(classes, bool) or not isinstance(classes, (int, list, tuple)):
         raise TypeError(f"classes: expected an int or a sequence of VOC class names, got {classes!r}")
     if isinstance(classes, int):
-        if not 1 <= classes <= len(VOC_CLASSES):
-            raise ValueError(f"classes: expected a count in 1..{len(VOC_CLASSES)}, got {classes}")
+        if not 1 <= classes <= len(CLASS_NAMES):
+            raise ValueError(f"classes: expected a count in 1..{len(CLASS_NAMES)}, got {classes}")
         names = DEFAULT_CLASS_ORDER[:classes]
     else:
-        unknown = [name for name in classes if name not in VOC_CLASSES]
+        unknown = [name for name in classes if name not in CLASS_NAMES]
         if unknown or not classes:
-            raise ValueError(f"classes: expected VOC class names from {VOC_CLASSES}, got {list(classes)}")
+            raise ValueError(f"classes: expected VOC class names from {CLASS_NAMES}, got {list(classes)}")
         if len(set(classes)) != len(classes):
             raise ValueError(f"classes: names must be distinct, got {list(classes)}")
         names = tuple(classes)
-    return tuple(sorted(names, key=VOC_CLASSES.index))
+    return tuple(sorted(names, key=CLASS_NAMES.index))
 
 
 # --------------------------------------------------------------------------------------------
@@ -284,7 +261,7 @@ def _class_part_style(label):
     Hues follow DEFAULT_CLASS_ORDER: the first 6 classes are 60° apart, the next 6 fill the gaps
     between them, the last 8 are offset again, so any default subset has well separated parts.
     """
-    position = DEFAULT_CLASS_ORDER.index(VOC_CLASSES[label - 1])
+    position = DEFAULT_CLASS_ORDER.index(CLASS_NAMES[label - 1])
     if position < 6:
         hue = position / 6
     elif position < 12:
@@ -338,8 +315,8 @@ def _draw_scene(rng, height, width, labels):
     """
     ys, xs = np.mgrid[0:height, 0:width].astype(np.float64)
     scale = float(min(height, width))
-    typical = [TYPICAL_BACKGROUND[VOC_CLASSES[k - 1]] for k in labels
-               if VOC_CLASSES[k - 1] in TYPICAL_BACKGROUND]
+    typical = [TYPICAL_BACKGROUND[CLASS_NAMES[k - 1]] for k in labels
+               if CLASS_NAMES[k - 1] in TYPICAL_BACKGROUND]
     if typical and rng.random() < PROB_TYPICAL_BACKGROUND:
         kind = typical[int(rng.integers(len(typical)))]
     elif rng.random() < PROB_SCENE_BACKGROUND:
@@ -437,7 +414,7 @@ def _annotation_xml(image_id, height, width, instances):
         rows, cols = np.nonzero(inst["mask"])
         objects.append(
             "  <object>\n"
-            f"    <name>{escape(VOC_CLASSES[inst['label'] - 1])}</name>\n"
+            f"    <name>{escape(CLASS_NAMES[inst['label'] - 1])}</name>\n"
             "    <pose>Unspecified</pose>\n    <truncated>0</truncated>\n    <difficult>0</difficult>\n"
             f"    <bndbox><xmin>{cols.min() + 1}</xmin><ymin>{rows.min() + 1}</ymin>"
             f"<xmax>{cols.max() + 1}</xmax><ymax>{rows.max() + 1}</ymax></bndbox>\n"
@@ -508,7 +485,7 @@ def generate(root, num_train=64, num_val=32, image_size=(96, 96), seed=0, classe
     """
     _check_args(num_train, num_val, image_size, seed, jpeg_quality)
     names = resolve_classes(classes)
-    label_pool = np.array([VOC_CLASSES.index(name) + 1 for name in names])
+    label_pool = np.array([CLASS_NAMES.index(name) + 1 for name in names])
     height, width = int(image_size[0]), int(image_size[1])
     paths = layout(os.fspath(root))
     for key in ("images", "segmentation_class", "segmentation_class_aug", "annotations",

@@ -1,4 +1,6 @@
 """Helpers shared by the operator tests: backends to test, input makers, the error criterion."""
+import contextlib
+
 import torch
 
 from sgan.ops.attention import fused_backends as attention_backends
@@ -45,3 +47,16 @@ def assert_within_reference_error(name, fused, reference_same_dtype, reference_f
     bound = 2.0 * reference_error + ROUNDING_FLOOR[dtype]
     assert fused_error <= bound, (f"{name}: fused error {fused_error:.3e} > bound {bound:.3e} "
                                   f"(reference's own error {reference_error:.3e}, dtype {dtype})")
+
+
+@contextlib.contextmanager
+def triton_compilations():
+    """A list that fills, inside the block, with one entry per Triton kernel variant compiled (a miss
+    of Triton's in-memory kernel cache: a new specialisation), through its post-compile hook."""
+    import triton
+    compiled, previous = [], triton.knobs.runtime.jit_post_compile_hook
+    triton.knobs.runtime.jit_post_compile_hook = lambda **info: compiled.append(info["repr"])
+    try:
+        yield compiled
+    finally:
+        triton.knobs.runtime.jit_post_compile_hook = previous

@@ -32,12 +32,12 @@ def test_opcheck_forward_and_backward(preset):
     options = (scale, 1e-5, shift, background == "mean", "cpp")
     forward_args = (x.requires_grad_(True), key.requires_grad_(True), query.requires_grad_(True), mask,
                     gamma.requires_grad_(True)) + options
-    torch.library.opcheck(torch.ops.sgan.saliency_attention_forward.default, forward_args)
+    torch.library.opcheck(torch.ops.sgan.fused_saliency_attention_forward.default, forward_args)
     with torch.no_grad():
-        stats = torch.ops.sgan.saliency_attention_forward(*forward_args)[1:]
+        stats = torch.ops.sgan.fused_saliency_attention_forward(*forward_args)[1:]
     grad_out = torch.randn(x.shape, generator=torch.Generator().manual_seed(1))
     backward_args = (grad_out, x.detach(), key.detach(), query.detach(), mask, gamma.detach()) + tuple(stats) + options
-    torch.library.opcheck(torch.ops.sgan.saliency_attention_backward.default, backward_args)
+    torch.library.opcheck(torch.ops.sgan.fused_saliency_attention_backward.default, backward_args)
 
 
 # inductor (the default backend, generated C++) for the training preset; aot_eager, which traces the

@@ -66,3 +66,52 @@ def test_module_arguments():
     assert module.key.out_channels == 4 and float(module.gamma.detach()) == 0.0
     x = torch.randn(1, 8, 4, 4)
     assert torch.equal(module(x, torch.rand(1, 4, 4) > 0.5), x)  # gamma starts at 0
+
+
+@pytest.mark.parametrize("preset", ["paper", "official"])
+def test_the_module_computes_its_own_preset(preset):
+    torch.manual_seed(0)
+    module = SaliencyGuidedAttention(4, 2, preset=preset, backend="reference")
+    with torch.no_grad():
+        module.gamma.fill_(0.5)
+    x, _, _, mask = inputs()
+    x = x.abs() + 0.1   # with positive keys and queries no row of the paper's weights sums to ~0
+    with torch.no_grad():
+        module.key.weight.abs_(), module.query.weight.abs_()
+        expected = {name: saliency_attention(x, module.key(x), module.query(x), mask, module.gamma, preset=name,
+                                             backend="reference") for name in ("paper", "official")}
+        got = module(x, mask)
+    torch.testing.assert_close(got, expected[preset], rtol=0, atol=0)
+    other = "official" if preset == "paper" else "paper"
+    assert not torch.allclose(got, expected[other])
+
+
+def _attention_with_a_float_mask_on_meta():
+    """The attention on "meta" tensors (shapes only: reading a value back raises) with a float mask
+    holding 2s, which only a value check could find."""
+    x, key, query, mask = (t.to("meta") for t in inputs())
+    return saliency_attention(x, key, query, mask.float() * 2, torch.tensor(0.5, device="meta"),
+                              backend="reference")
+
+
+def test_the_mask_values_are_read_back_from_cpu_tensors_only(monkeypatch):
+    """Checking that a non-bool mask holds only 0 and 1 reads the answer back (on a GPU: waits for
+    every queued kernel), so it runs on CPU tensors (test_bad_inputs) and elsewhere only with
+    SGAN_DEBUG_CHECKS=1; "meta" tensors stand for device tensors here."""
+    monkeypatch.delenv("SGAN_DEBUG_CHECKS", raising=False)
+    assert _attention_with_a_float_mask_on_meta().device.type == "meta"
+    monkeypatch.setenv("SGAN_DEBUG_CHECKS", "1")
+    with pytest.raises(RuntimeError, match="meta"):
+        _attention_with_a_float_mask_on_meta()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="synchronising with the GPU needs one")
+def test_a_float_mask_on_the_gpu_is_not_read_back(monkeypatch):
+    monkeypatch.delenv("SGAN_DEBUG_CHECKS", raising=False)
+    x, key, query, mask = (t.cuda() for t in inputs())
+    gamma = torch.tensor(0.5, device="cuda")
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        saliency_attention(x, key, query, mask.float(), gamma, backend="reference")
+    finally:
+        torch.cuda.set_sync_debug_mode(0)

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from sgan.ops import saliency_attention
-from tests.helpers import assert_within_reference_error, device_under_test, fused_backends
+from tests.helpers import assert_within_reference_error, device_under_test, fused_backends, triton_compilations
 from tests.test_attention import NAMES, OPTIONS, definition_with_grads, make_inputs, run_with_grads
 
 pytestmark = pytest.mark.skipif("triton" not in fused_backends(),
@@ -45,6 +45,25 @@ def test_odd_channels_and_positions_cross_tile_boundaries(shift, background):
 @pytest.mark.parametrize("shift,background", OPTIONS)
 def test_low_precision_inputs_on_cuda(dtype, shift, background):
     _check_against_definition(dtype, 2, 64, 32, 17, 13, "random", shift, background, seed=31)
+
+
+@pytest.mark.skipif(not ON_CUDA, reason="the interpreter compiles nothing: only Triton on CUDA has compiled "
+                                       "kernels to reuse")
+def test_a_new_number_of_positions_compiles_nothing():
+    """Once every kernel has run (both presets, forward and backward) at N = 8 * 8, a multiple of 16,
+    N = 7 * 9 and N = 5 * 5 reuse the compiled kernels: N is never specialised on (Triton would
+    otherwise compile a variant for N divisible by 16 and one for the rest)."""
+    def forward_and_backward(H, W):
+        for shift, background in OPTIONS:
+            x, key, query, mask = make_inputs(2, 32, 16, H, W, "random", shift, seed=H * W, dtype=torch.float32,
+                                              device="cuda")
+            run_with_grads("triton", x, key, query, mask, 0.7, torch.ones_like(x), shift, background)
+
+    forward_and_backward(8, 8)
+    with triton_compilations() as compiled:
+        forward_and_backward(7, 9)
+        forward_and_backward(5, 5)
+    assert compiled == []
 
 
 def test_autotune_key_is_channels_and_dtype_never_positions():

@@ -20,7 +20,7 @@ from sgan.data.voc import (
     read_label_mask,
     validate_samples,
 )
-from sgan.synthetic import voc_palette
+from sgan.data.voc_classes import voc_palette
 from tests.test_stage1_pipeline import make_tiny_voc, tiny_config, write_yaml
 
 

@@ -13,7 +13,7 @@ import torch
 from sgan.cli import main
 from sgan.models.deeplab import DeepLabVGG16, load_pretrained
 from sgan.models.sgan_net import CAMNet
-from sgan.pipeline.demo import CONFIG_FILE, VARIANTS, _slug, seed_summary_table, write_stage2_init
+from sgan.pipeline.demo import CONFIG_FILE, TABLE_ROWS, _slug, seed_summary_table, write_stage2_init
 from sgan.train.loop import CHECKPOINT_FORMAT
 
 REDUCED = [
@@ -49,8 +49,8 @@ def test_reduced_demo_runs_end_to_end(tmp_path, capsys, monkeypatch):
     with open(work_dir / "metrics" / "demo.json") as stream:
         results = json.load(stream)
 
-    assert set(results["seeds"]) == set(VARIANTS) and set(results["segmentation_miou"]) == set(VARIANTS)
-    for name in VARIANTS:
+    assert set(results["seeds"]) == set(TABLE_ROWS) and set(results["segmentation_miou"]) == set(TABLE_ROWS)
+    for name in TABLE_ROWS:
         seeds = results["seeds"][name]
         for key in ("mean_precision_authors", "mean_recall_authors", "overall_precision", "overall_recall", "miou"):
             assert math.isfinite(seeds[key]) and 0.0 <= seeds[key] <= 1.0, (name, key, seeds[key])

@@ -9,7 +9,7 @@ import torch
 
 from sgan import _ext, losses
 from sgan.crf import dense_crf
-from tests.helpers import assert_within_reference_error, device_under_test, relative_error
+from tests.helpers import assert_within_reference_error, device_under_test, relative_error, triton_compilations
 
 FLOOR = 1e-5
 DEVICE = device_under_test()
@@ -406,3 +406,65 @@ def test_bad_inputs(call, error, words):
 def test_cuda_backend_on_cpu_tensors_is_refused():
     with pytest.raises((ValueError, RuntimeError), match="cuda"):
         losses.seed_loss(torch.zeros(1, 20, 2, 2), _seeds(1, 2, 2), backend="cuda")
+
+
+def _meta_losses():
+    """Every loss on "meta" tensors (shapes only: reading a value back raises), with seeds, labels
+    and CRF targets out of range: a value check would have to read them."""
+    logits = torch.zeros(2, 21, 3, 3, device="meta")
+    bad_seeds = torch.full((2, 3, 3), 77, dtype=torch.int64, device="meta")
+    return [losses.seed_loss(logits[:, 1:], bad_seeds, backend="reference"),
+            losses.balanced_seed_loss(logits, bad_seeds, backend="reference"),
+            losses.classification_loss(logits[:, 1:], torch.full((2, 20), 2.0, device="meta"), backend="reference"),
+            losses.boundary_loss(logits, crf_probs=-torch.ones(2, 21, 3, 3, device="meta"), backend="reference")]
+
+
+def test_value_checks_read_no_device_tensor_back(monkeypatch):
+    """The checks of the seed, label and CRF values read their answer back, which on a GPU waits for
+    every queued kernel: they run on CPU tensors (the bad-input errors above) and elsewhere only with
+    SGAN_DEBUG_CHECKS=1. "meta" tensors stand for device tensors here: reading one back raises."""
+    monkeypatch.delenv("SGAN_DEBUG_CHECKS", raising=False)
+    assert all(loss.device.type == "meta" and loss.dim() == 0 for loss in _meta_losses())
+    monkeypatch.setenv("SGAN_DEBUG_CHECKS", "1")
+    with pytest.raises(RuntimeError, match="meta"):
+        _meta_losses()
+
+
+@pytest.mark.skipif(DEVICE.type != "cuda", reason="synchronising with the GPU needs one")
+def test_losses_on_the_gpu_do_not_synchronise_with_it(monkeypatch):
+    monkeypatch.delenv("SGAN_DEBUG_CHECKS", raising=False)
+    logits = torch.randn(2, 21, 5, 5, device=DEVICE)
+    seeds = torch.randint(0, 21, (2, 5, 5), device=DEVICE)
+    labels, crf_probs = (torch.rand(2, 20, device=DEVICE) > 0.5).float(), torch.rand(2, 21, 5, 5, device=DEVICE)
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        losses.seed_loss(logits[:, 1:], seeds, backend="reference")
+        losses.balanced_seed_loss(logits, seeds, backend="reference")
+        losses.classification_loss(logits[:, 1:], labels)
+        losses.boundary_loss(logits, crf_probs=crf_probs, backend="reference")
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
+    monkeypatch.setenv("SGAN_DEBUG_CHECKS", "1")
+    with pytest.raises(ValueError, match="found \\[77\\]"):
+        losses.balanced_seed_loss(logits, torch.full_like(seeds, 77), backend="reference")
+
+
+@pytest.mark.skipif("triton" not in FUSED or DEVICE.type != "cuda",
+                    reason="the interpreter compiles nothing: only Triton on CUDA has compiled kernels to reuse")
+def test_triton_losses_compile_nothing_for_a_new_number_of_positions():
+    """After every loss kernel has run at N = 8 * 8 (a multiple of 16), N = 7 * 9 and N = 1 reuse the
+    compiled kernels: N and the block count are not specialised on."""
+    def forward_and_backward(h, w):
+        logits = torch.randn(2, 21, h, w, device=DEVICE, requires_grad=True)
+        seeds = torch.randint(0, 21, (2, h, w), device=DEVICE)
+        crf_probs = torch.rand(2, 21, h, w, device=DEVICE)
+        total = (losses.seed_loss(logits[:, 1:], seeds, backend="triton")
+                 + losses.balanced_seed_loss(logits, seeds, backend="triton")
+                 + losses.boundary_loss(logits, crf_probs=crf_probs, backend="triton"))
+        total.backward()
+
+    forward_and_backward(8, 8)
+    with triton_compilations() as compiled:
+        forward_and_backward(7, 9)
+        forward_and_backward(1, 1)
+    assert compiled == []

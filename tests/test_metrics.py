@@ -3,8 +3,8 @@ import numpy as np
 import pytest
 import torch
 
+from sgan.data.voc_classes import SHORT_NAMES
 from sgan.metrics import (
-    VOC_SHORT_NAMES,
     ConfusionMatrix,
     confusion_matrix,
     format_class_table,
@@ -39,7 +39,7 @@ def test_iou_and_miou_match_mask_formula_over_several_images():
     meter = ConfusionMatrix(21)
     for i, (prediction, target) in enumerate(pairs):
         meter.update(prediction, target, name=f"img{i}")
-    scores = meter.scores(VOC_SHORT_NAMES)
+    scores = meter.scores(SHORT_NAMES)
     expected = mask_iou([p for p, _ in pairs], [t for _, t in pairs], 21)
     assert all(e is not None for e in expected)
     assert scores["iou"] == pytest.approx(expected, rel=1e-12)
@@ -102,10 +102,10 @@ def test_bad_label_values_and_sizes_are_named(bad, message):
 def test_table_has_one_column_per_class_and_the_mean_in_percent():
     rng = np.random.default_rng(2)
     prediction, target = random_pair(rng, (20, 20), 21)
-    scores = segmentation_scores(confusion_matrix(prediction, target), VOC_SHORT_NAMES)
+    scores = segmentation_scores(confusion_matrix(prediction, target), SHORT_NAMES)
     table = format_class_table([("SGAN", scores)])
     header, row = table.splitlines()
-    assert header.split() == ["method", *VOC_SHORT_NAMES, "mIoU"]
+    assert header.split() == ["method", *SHORT_NAMES, "mIoU"]
     values = [float(v) for v in row.split()[1:]]
     assert values == pytest.approx([round(100 * v, 1) for v in scores["iou"]] + [round(100 * scores["miou"], 1)],
                                    abs=0.051)

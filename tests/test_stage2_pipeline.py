@@ -11,8 +11,7 @@ import yaml
 from PIL import Image
 
 from sgan import cli
-from sgan.config import Config, load_config
-from sgan.crf import DenseCRFPool
+from sgan.config import load_config
 from sgan.infer import read_label_png
 from sgan.models.deeplab import build_deeplab
 from sgan.models.resnet import resnet_caffe_names
@@ -48,7 +47,7 @@ def stage2_config(dataset, work_dir, arch="vgg16", **sections):
         "data": {"root": dataset["voc"]},
         "train_seg": {"arch": arch, "width": 0.0625, "blocks": [1, 1, 1, 1], "iterations": 4,
                       "batch_size": 2, "resize": 57, "crop": 49, "checkpoint_every": 2, "log_every": 2,
-                      "crf_processes": 1, "crf_chunks": 2, "seeds_dir": dataset["seeds"]},
+                      "crf_processes": 1, "seeds_dir": dataset["seeds"]},
         "infer": {"crf_processes": 1},
     }
     for name, values in sections.items():
@@ -109,7 +108,7 @@ def test_resnet101_steps_with_caffe_weights_multi_scale_flip_and_no_crf(dataset,
                for model_key, file_key in resnet_caffe_names(layout).items()}
     torch.save(weights, tmp_path / "resnet101_caffe.pth")
     config = stage2_config(dataset, tmp_path, "resnet101",
-                           train_seg={"weights": str(tmp_path / "resnet101_caffe.pth"), "crf_chunks": 1},
+                           train_seg={"weights": str(tmp_path / "resnet101_caffe.pth")},
                            infer={"scales": [1.0, 48], "flip": True, "crf": False})
     run_steps(load_config(base=config))
     check_outputs(dataset, str(tmp_path), "resnet101")
@@ -152,7 +151,6 @@ def test_resume_after_interruption_gives_the_same_weights(dataset, tmp_path, mon
 
 def test_ddp_two_processes_match_one_process(dataset, tmp_path):
     # ResNet: no dropout, so both runs draw no random numbers after initialisation
-    # batch 4: two chunks of 2 images in one process, two chunks of 1 image on each of 2 ranks
     settings = {"iterations": 2, "batch_size": 4}
     single = stage2_config(dataset, tmp_path / "single", "resnet101", train_seg=settings)
     run_steps(load_config(base=single), ["train-seg"])
@@ -174,30 +172,15 @@ def test_ddp_two_processes_match_one_process(dataset, tmp_path):
         torch.testing.assert_close(two[key], one[key], rtol=1e-5, atol=1e-3 * trained)
 
 
-@pytest.mark.parametrize("chunks", [2, 3])
-def test_pipelined_chunks_give_the_full_batch_gradient(chunks):
-    """StageTwoLoss in the training loop's order (loss_fn, zero_grad, backward) gives the same
-    gradient with the batch split in chunks as in one piece; float32 sums in another order only."""
-    torch.manual_seed(0)
-    model = build_deeplab("resnet101", width=0.0625, blocks=[1, 1, 1, 1])
-    rng = np.random.default_rng(0)
-    batch = {"image": torch.randn(4, 3, 41, 41),
-             "seeds": torch.from_numpy(np.where(rng.random((4, 6, 6)) < 0.3, 255, rng.integers(0, 21, (4, 6, 6)))),
-             "crf_image": torch.from_numpy(rng.integers(0, 256, (4, 6, 6, 3)).astype(np.uint8))}
-    section = Config({"seed_loss_weight": 1.0, "boundary_loss_weight": 0.5, "crf_scale": 12.0, "crf_iterations": 10})
-    gradients, terms = {}, {}
-    with DenseCRFPool(1) as pool:
-        for count in (1, chunks):
-            model.zero_grad(set_to_none=True)
-            loss, terms[count] = train_seg_step.StageTwoLoss(section, "reference", pool, count)(
-                model, batch, torch.device("cpu"))
-            model.zero_grad(set_to_none=True)   # what sgan.train.train does between loss_fn and backward
-            loss.backward()
-            gradients[count] = [p.grad.clone() for p in model.parameters()]
-    assert terms[chunks]["seed"] == pytest.approx(terms[1]["seed"], rel=1e-5)
-    assert terms[chunks]["boundary"] == pytest.approx(terms[1]["boundary"], rel=1e-5)
-    for split, whole in zip(gradients[chunks], gradients[1]):
-        torch.testing.assert_close(split, whole, rtol=1e-4, atol=1e-5 * float(whole.abs().max()))
+def test_the_removed_crf_chunks_key_is_refused_by_name(dataset, tmp_path, capsys):
+    """train_seg.crf_chunks (micro-batches whose CRFs overlapped the network's work) is gone: a config
+    that still sets it is refused in one line before anything is trained."""
+    config_path = tmp_path / "old.yaml"
+    config_path.write_text(yaml.safe_dump(stage2_config(dataset, tmp_path / "work", train_seg={"crf_chunks": 2})))
+    assert cli.main(["train-seg", str(config_path)]) == 2
+    error = capsys.readouterr().err
+    assert "unknown key train_seg.crf_chunks" in error and "Traceback" not in error
+    assert not (tmp_path / "work" / "ckpt").exists()
 
 
 def test_missing_and_bad_seeds_are_named_before_training(dataset, tmp_path):

@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 
 from sgan import synthetic
-from sgan.synthetic import VOC_CLASSES
+from sgan.data.voc_classes import CLASS_NAMES, voc_palette
 
 SIZE = (64, 80)
 
@@ -84,7 +84,7 @@ def test_files_are_in_the_exact_voc_layout(dataset):
         image = Image.open(os.path.join(voc, "JPEGImages", image_id + ".jpg"))
         assert image.format == "JPEG" and image.mode == "RGB" and image.size == (SIZE[1], SIZE[0])
         seg = Image.open(os.path.join(voc, "SegmentationClass", image_id + ".png"))
-        assert seg.mode == "P" and seg.getpalette()[:3 * 256] == synthetic.voc_palette()
+        assert seg.mode == "P" and seg.getpalette()[:3 * 256] == voc_palette()
         for folder in (os.path.join(voc, "SegmentationClassAug"), dataset["saliency"]):
             gray = Image.open(os.path.join(folder, image_id + ".png"))
             assert gray.mode == "L" and gray.size == (SIZE[1], SIZE[0])
@@ -93,7 +93,7 @@ def test_files_are_in_the_exact_voc_layout(dataset):
 
 
 def test_voc_palette_matches_the_known_voc_colours():
-    palette = np.array(synthetic.voc_palette()).reshape(256, 3)
+    palette = np.array(voc_palette()).reshape(256, 3)
     assert palette[0].tolist() == [0, 0, 0]
     assert palette[1].tolist() == [128, 0, 0]        # aeroplane
     assert palette[15].tolist() == [192, 128, 128]   # person
@@ -101,7 +101,7 @@ def test_voc_palette_matches_the_known_voc_colours():
 
 
 def test_masks_labels_and_annotations_agree(dataset):
-    voc, allowed = dataset["voc"], {VOC_CLASSES.index(n) + 1 for n in dataset["classes"]}
+    voc, allowed = dataset["voc"], {CLASS_NAMES.index(n) + 1 for n in dataset["classes"]}
     two_class_images = multi_instance_images = 0
     for image_id in dataset["train_ids"] + dataset["val_ids"]:
         aug = np.array(Image.open(os.path.join(voc, "SegmentationClassAug", image_id + ".png")))
@@ -109,7 +109,7 @@ def test_masks_labels_and_annotations_agree(dataset):
         objects, size = _xml_objects(os.path.join(voc, "Annotations", image_id + ".xml"))
         assert size == SIZE and aug.shape == SIZE
         mask_classes = set(np.unique(aug).tolist()) - {0}
-        xml_classes = {VOC_CLASSES.index(obj[0]) + 1 for obj in objects}
+        xml_classes = {CLASS_NAMES.index(obj[0]) + 1 for obj in objects}
         assert mask_classes and mask_classes == xml_classes <= allowed
         # the palette PNG holds the same indices, with 255 only on the boundaries of objects
         void = palette_indices == 255
@@ -121,7 +121,7 @@ def test_masks_labels_and_annotations_agree(dataset):
         for label in mask_classes:
             inside = np.zeros(SIZE, bool)
             for name, x0, y0, x1, y1 in objects:
-                if VOC_CLASSES.index(name) + 1 == label:
+                if CLASS_NAMES.index(name) + 1 == label:
                     assert (aug[y0 - 1:y1, x0 - 1:x1] == label).any()
                     inside[y0 - 1:y1, x0 - 1:x1] = True
             assert inside[aug == label].all()

@@ -36,12 +36,10 @@ from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 
 from sgan.config import register_section
+from sgan.data.voc_classes import CLASS_NAMES, IGNORE_INDEX, NUM_CLASSES
 from sgan.data.zoom import zoom_linear, zoom_nearest
-from sgan.synthetic import VOC_CLASSES
 from sgan.utils.io import load_json
 
-NUM_CLASSES = len(VOC_CLASSES)  # foreground classes; label k in 1..20 is VOC_CLASSES[k - 1]
-IGNORE_INDEX = 255
 CAFFE_BGR_MEAN = (104.008, 116.669, 122.675)
 IMAGENET_RGB_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_RGB_STD = (0.229, 0.224, 0.225)
@@ -192,10 +190,10 @@ def labels_from_xml(path):
     """Sorted class indices (1..20) of the ``<object><name>`` entries of a VOC annotation."""
     root = ElementTree.parse(path).getroot()
     names = [(obj.findtext("name") or "").strip() for obj in root.iter("object")]
-    unknown = sorted({n for n in names if n not in VOC_CLASSES})
+    unknown = sorted({n for n in names if n not in CLASS_NAMES})
     if unknown:
-        raise ValueError(f"{path}: unknown class names {unknown}; expected names from {list(VOC_CLASSES)}")
-    return sorted({VOC_CLASSES.index(n) + 1 for n in names})
+        raise ValueError(f"{path}: unknown class names {unknown}; expected names from {list(CLASS_NAMES)}")
+    return sorted({CLASS_NAMES.index(n) + 1 for n in names})
 
 
 def image_labels(paths, image_id, source="xml", mask_dir="SegmentationClassAug"):
@@ -322,7 +320,8 @@ def sample_problems(paths, image_id, labels=None, pngs=(), decode=False):
                 continue
             bad = [] if values is None else [int(v) for v in values if v > NUM_CLASSES and v != IGNORE_INDEX]
             if bad:
-                problems.append(("bad seed values", f"{path} holds {bad[:10]}, expected 0..{NUM_CLASSES} or 255"))
+                problems.append(("bad seed values",
+                                 f"{path} holds {bad[:10]}, expected 0..{NUM_CLASSES} or {IGNORE_INDEX}"))
         if size is not None and tuple(found) != tuple(size):
             problems.append(("size mismatch", f"{path} is {found[0]}x{found[1]}, its image {image_path} "
                                               f"is {size[0]}x{size[1]} (W x H)"))

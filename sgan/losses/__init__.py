@@ -13,11 +13,10 @@ from sgan.losses.function import (
     resolve_backend,
     seed_loss,
 )
-from sgan.losses.reference import IGNORE_LABEL, PROB_FLOOR, floor_and_renormalise, floored_softmax
+from sgan.losses.reference import PROB_FLOOR, floor_and_renormalise, floored_softmax
 
 __all__ = [
     "BACKENDS",
-    "IGNORE_LABEL",
     "PROB_FLOOR",
     "balanced_seed_loss",
     "boundary_crf_targets",

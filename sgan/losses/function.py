@@ -3,9 +3,10 @@
 Every loss reduces to per-image statistics; the backends compute only those (and their gradient),
 the small combination into the loss is plain PyTorch, so autograd hands the backends the gradient
 of the statistics. Backend contract (``cpp``/``cuda`` in ``torch.ops.sgan_ext``, ``triton`` in
-``sgan.kernels.losses``); tensors are contiguous and on one device, ``acc`` is float64 for float64
-logits, else float32, and Phi is the softmax over the C channels floored at ``floor`` and
-renormalised:
+``sgan.kernels.losses``; the custom ops ``torch.ops.sgan.fused_<name>``, with autograd and fake
+tensors, take the backend's name as their last argument and call its ``<name>``); tensors are
+contiguous and on one device, ``acc`` is float64 for float64 logits, else float32, and Phi is the
+softmax over the C channels floored at ``floor`` and renormalised:
 
 ``seed_nll_forward(logits, seeds, label_offset, floor) -> (sums, counts, stats)``
     logits (B, C, N) float; seeds (B, N) int64. A position with label y != 255 whose channel
@@ -36,19 +37,24 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from sgan.data.voc_classes import IGNORE_INDEX, NUM_CLASSES
 from sgan.losses.reference import (
-    IGNORE_LABEL,
     KL_RATIO_MAX,
     KL_RATIO_MIN,
     PROB_FLOOR,
-    accumulate_dtype,
     boundary_kl_sums_reference,
     floored_softmax,
     seed_nll_stats_reference,
 )
-from sgan.ops.dispatch import BACKENDS, FLOAT_DTYPES, Dispatcher, describe  # noqa: F401  (BACKENDS re-exported)
+from sgan.ops.dispatch import (  # noqa: F401  (BACKENDS re-exported)
+    BACKENDS,
+    FLOAT_DTYPES,
+    Dispatcher,
+    accumulation_dtype,
+    describe,
+    values_checked,
+)
 
-NUM_CLASSES = 20  # PASCAL VOC foreground classes
 SEED_STATS, BOUNDARY_STATS = 4, 7  # per-position statistics rows of the fused forwards (see the contract)
 _DISPATCH = Dispatcher("sgan.losses", "losses",
                        ("seed_nll_forward", "seed_nll_backward", "boundary_kl_forward", "boundary_kl_backward"))
@@ -79,7 +85,7 @@ def _backend_module(backend):
 # custom ops (fused backends) with fake implementations and autograd
 
 
-@torch.library.custom_op("sgan::seed_nll_forward", mutates_args=())
+@torch.library.custom_op("sgan::fused_seed_nll_forward", mutates_args=())
 def _seed_nll_forward_op(logits: Tensor, seeds: Tensor, label_offset: int, floor: float, backend: str
                          ) -> tuple[Tensor, Tensor, Tensor]:
     sums, counts, stats = _backend_module(backend).seed_nll_forward(logits, seeds, label_offset, floor)
@@ -88,13 +94,13 @@ def _seed_nll_forward_op(logits: Tensor, seeds: Tensor, label_offset: int, floor
 
 @_seed_nll_forward_op.register_fake
 def _seed_nll_forward_fake(logits, seeds, label_offset, floor, backend):
-    acc = accumulate_dtype(logits.dtype)
+    acc = accumulation_dtype(logits.dtype)
     B, _, N = logits.shape
     return (logits.new_empty((B, 2), dtype=acc), logits.new_empty((B, 2), dtype=acc),
             logits.new_empty((B, SEED_STATS, N), dtype=acc))
 
 
-@torch.library.custom_op("sgan::seed_nll_backward", mutates_args=())
+@torch.library.custom_op("sgan::fused_seed_nll_backward", mutates_args=())
 def _seed_nll_backward_op(grad_sums: Tensor, logits: Tensor, seeds: Tensor, stats: Tensor, label_offset: int,
                           floor: float, backend: str) -> Tensor:
     return _backend_module(backend).seed_nll_backward(grad_sums, logits, seeds, stats, label_offset, floor)
@@ -121,7 +127,7 @@ def _seed_nll_backward(ctx, grad_sums, unused_grad_counts, unused_grad_stats):
 _seed_nll_forward_op.register_autograd(_seed_nll_backward, setup_context=_seed_nll_setup_context)
 
 
-@torch.library.custom_op("sgan::boundary_kl_forward", mutates_args=())
+@torch.library.custom_op("sgan::fused_boundary_kl_forward", mutates_args=())
 def _boundary_kl_forward_op(logits: Tensor, target: Tensor, floor: float, ratio_min: float, ratio_max: float,
                             backend: str) -> tuple[Tensor, Tensor]:
     sums, stats = _backend_module(backend).boundary_kl_forward(logits, target, floor, ratio_min, ratio_max)
@@ -130,12 +136,12 @@ def _boundary_kl_forward_op(logits: Tensor, target: Tensor, floor: float, ratio_
 
 @_boundary_kl_forward_op.register_fake
 def _boundary_kl_forward_fake(logits, target, floor, ratio_min, ratio_max, backend):
-    acc = accumulate_dtype(logits.dtype)
+    acc = accumulation_dtype(logits.dtype)
     B, _, N = logits.shape
     return logits.new_empty((B,), dtype=acc), logits.new_empty((B, BOUNDARY_STATS, N), dtype=acc)
 
 
-@torch.library.custom_op("sgan::boundary_kl_backward", mutates_args=())
+@torch.library.custom_op("sgan::fused_boundary_kl_backward", mutates_args=())
 def _boundary_kl_backward_op(grad_sums: Tensor, logits: Tensor, target: Tensor, stats: Tensor, floor: float,
                              ratio_min: float, ratio_max: float, backend: str) -> Tensor:
     return _backend_module(backend).boundary_kl_backward(grad_sums, logits, target, stats, floor, ratio_min,
@@ -194,11 +200,12 @@ def _check_seeds(seeds, logits, max_label):
     if seeds.device != logits.device:
         raise ValueError(f"seeds: expected device {logits.device} (the device of the logits), got {seeds.device}")
     seeds = seeds.to(torch.int64).contiguous()
-    bad = (seeds < 0) | ((seeds > max_label) & (seeds != IGNORE_LABEL))
-    if bool(bad.any()):
-        found = sorted(set(seeds[bad].unique().tolist()))[:10]
-        raise ValueError(f"seeds: expected labels in 0..{max_label} or {IGNORE_LABEL} (unlabelled), "
-                         f"found {found}")
+    if values_checked(seeds):
+        bad = (seeds < 0) | ((seeds > max_label) & (seeds != IGNORE_INDEX))
+        if bool(bad.any()):
+            found = sorted(set(seeds[bad].unique().tolist()))[:10]
+            raise ValueError(f"seeds: expected labels in 0..{max_label} or {IGNORE_INDEX} (unlabelled), "
+                             f"found {found}")
     return seeds
 
 
@@ -299,10 +306,10 @@ def classification_loss(cam_logits, labels, backend="auto"):
         raise ValueError(f"labels: expected shape {tuple(cam_logits.shape[:2])}, got {describe(labels)}")
     if labels.device != cam_logits.device:
         raise ValueError(f"labels: expected device {cam_logits.device}, got {labels.device}")
-    if not bool(((labels == 0) | (labels == 1)).all()):
+    if values_checked(labels) and not bool(((labels == 0) | (labels == 1)).all()):
         raise ValueError("labels: expected multi-hot values 0 or 1")
     resolve_backend(backend, cam_logits)
-    acc = accumulate_dtype(cam_logits.dtype)
+    acc = accumulation_dtype(cam_logits.dtype)
     pooled = cam_logits.to(acc)
     if pooled.dim() == 4:
         pooled = pooled.mean((2, 3))
@@ -413,6 +420,6 @@ def _check_crf_probs(crf_probs, logits):
                          f"got {describe(crf_probs)}")
     if not crf_probs.is_floating_point():
         raise TypeError(f"crf_probs: expected floating probabilities, got {crf_probs.dtype}")
-    if not bool(((crf_probs >= 0) & torch.isfinite(crf_probs)).all()):
+    if values_checked(crf_probs) and not bool(((crf_probs >= 0) & torch.isfinite(crf_probs)).all()):
         raise ValueError("crf_probs: expected finite, non-negative probabilities")
-    return crf_probs.detach().to(device=logits.device, dtype=accumulate_dtype(logits.dtype)).contiguous()
+    return crf_probs.detach().to(device=logits.device, dtype=accumulation_dtype(logits.dtype)).contiguous()

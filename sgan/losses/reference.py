@@ -6,14 +6,11 @@ without that tensor. Seeds are int64 (B, h, w): 0 = background, 1..20 = classes,
 """
 import torch
 
+from sgan.data.voc_classes import IGNORE_INDEX
+from sgan.ops.dispatch import accumulation_dtype
+
 PROB_FLOOR = 1e-5  # softmax probabilities are floored here and renormalised before any log
 KL_RATIO_MIN, KL_RATIO_MAX = 0.05, 20.0  # clip of R / Phi in the boundary loss (eq. 9)
-IGNORE_LABEL = 255
-
-
-def accumulate_dtype(dtype):
-    """float64 for float64 inputs, else float32."""
-    return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 def floor_and_renormalise(probs, floor=PROB_FLOOR, dim=1):
@@ -24,7 +21,7 @@ def floor_and_renormalise(probs, floor=PROB_FLOOR, dim=1):
 
 def floored_softmax(logits, floor=PROB_FLOOR, dim=1):
     """Softmax along ``dim`` floored at ``floor`` and renormalised, in the accumulation dtype."""
-    return floor_and_renormalise(torch.softmax(logits.to(accumulate_dtype(logits.dtype)), dim), floor, dim)
+    return floor_and_renormalise(torch.softmax(logits.to(accumulation_dtype(logits.dtype)), dim), floor, dim)
 
 
 def seed_nll_stats_reference(logits, seeds, label_offset, floor=PROB_FLOOR):
@@ -37,7 +34,7 @@ def seed_nll_stats_reference(logits, seeds, label_offset, floor=PROB_FLOOR):
     B, C = logits.shape[:2]
     log_probs = floored_softmax(logits, floor).log()
     channel = seeds - label_offset
-    counted = (seeds != IGNORE_LABEL) & (channel >= 0) & (channel < C)
+    counted = (seeds != IGNORE_INDEX) & (channel >= 0) & (channel < C)
     picked = log_probs.gather(1, channel.clamp(0, C - 1).unsqueeze(1)).squeeze(1)
     nll = torch.where(counted, -picked, torch.zeros_like(picked))
     background = seeds == 0
@@ -53,7 +50,7 @@ def boundary_kl_sums_reference(logits, target, floor=PROB_FLOOR, ratio_min=KL_RA
     logits, target: (B, C, h, w); R = target floored and renormalised (a constant), Phi the
     floored softmax of the logits.
     """
-    acc = accumulate_dtype(logits.dtype)
+    acc = accumulation_dtype(logits.dtype)
     probs = floored_softmax(logits, floor)
     reference = floor_and_renormalise(target.detach().to(acc), floor)
     kl = (reference * (reference / probs).clamp(ratio_min, ratio_max).log()).sum(1)

@@ -24,6 +24,7 @@ class SaliencyGuidedAttention(nn.Module):
         key_channels = channels // 2 if key_channels is None else key_channels
         if not isinstance(key_channels, int) or key_channels <= 0:
             raise ValueError(f"key_channels: expected a positive int or None, got {key_channels!r}")
+        self.preset = preset
         self.shift, self.background = resolve_options(preset, shift, background)
         self.key = nn.Conv2d(channels, key_channels, kernel_size=1)
         self.query = nn.Conv2d(channels, key_channels, kernel_size=1)
@@ -32,7 +33,7 @@ class SaliencyGuidedAttention(nn.Module):
 
     def forward(self, x, saliency_mask):
         return saliency_attention(x, self.key(x), self.query(x), saliency_mask, self.gamma,
-                                  preset="official", shift=self.shift, background=self.background,
+                                  preset=self.preset, shift=self.shift, background=self.background,
                                   scale=self.scale, eps=self.eps, backend=self.backend)
 
     def extra_repr(self):

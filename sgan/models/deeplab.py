@@ -14,7 +14,9 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from sgan.data.voc_classes import NUM_CLASSES_WITH_BACKGROUND
 from sgan.models.resnet import RESNET101_BLOCKS, DilatedResNet, resnet_caffe_names
+from sgan.models.width import check_width, scaled_channels
 from sgan.utils.io import load_torch
 
 ASPP_RATES = (6, 12, 18, 24)
@@ -34,15 +36,10 @@ AUTHORS_SGAN_KEYS = ("f_key.weight", "f_query.weight", "fc6_CAM.weight", "fc9.we
 ARCHS = ("vgg16", "resnet101")
 
 
-def _scaled(channels, width):
-    return max(1, int(round(channels * width)))
-
-
 def _check_common(num_classes, width, rates):
     if not isinstance(num_classes, int) or num_classes < 2:
         raise ValueError(f"num_classes: expected an int >= 2, got {num_classes!r}")
-    if not isinstance(width, (int, float)) or width <= 0:
-        raise ValueError(f"width: expected a positive number, got {width!r}")
+    check_width(width)
     if not rates or not all(isinstance(r, int) and r >= 1 for r in rates):
         raise ValueError(f"rates: expected a non-empty list of positive ints, got {rates!r}")
 
@@ -59,7 +56,7 @@ class VGG16Trunk(nn.Module):
         for block, convs in enumerate(VGG16_CONVS):
             dilation = 2 if block == 4 else 1
             for name, channels in convs:
-                out_channels = _scaled(channels, width)
+                out_channels = scaled_channels(channels, width)
                 self.add_module(name, nn.Conv2d(in_channels, out_channels, 3, padding=dilation,
                                                 dilation=dilation))
                 in_channels = out_channels
@@ -126,13 +123,14 @@ class DeepLabVGG16(_DeepLab):
 
     arch = "vgg16"
 
-    def __init__(self, num_classes=21, width=1.0, rates=ASPP_RATES, fc_channels=1024, dropout=0.5):
+    def __init__(self, num_classes=NUM_CLASSES_WITH_BACKGROUND, width=1.0, rates=ASPP_RATES, fc_channels=1024,
+                 dropout=0.5):
         super().__init__()
         _check_common(num_classes, width, rates)
         self._info = dict(arch=self.arch, num_classes=num_classes, width=width, rates=list(rates),
                           fc_channels=fc_channels, dropout=dropout)
         self.backbone = VGG16Trunk(width)
-        self.fc_channels = _scaled(fc_channels, width)
+        self.fc_channels = scaled_channels(fc_channels, width)
         self.aspp = nn.ModuleList(VGGASPPBranch(self.backbone.out_channels, self.fc_channels,
                                                 num_classes, rate, dropout) for rate in rates)
 
@@ -190,8 +188,8 @@ class DeepLabResNet101(_DeepLab):
 
     arch = "resnet101"
 
-    def __init__(self, num_classes=21, width=1.0, rates=ASPP_RATES, blocks=RESNET101_BLOCKS,
-                 stride_in_1x1=False):
+    def __init__(self, num_classes=NUM_CLASSES_WITH_BACKGROUND, width=1.0, rates=ASPP_RATES,
+                 blocks=RESNET101_BLOCKS, stride_in_1x1=False):
         super().__init__()
         _check_common(num_classes, width, rates)
         self._info = dict(arch=self.arch, num_classes=num_classes, width=width, rates=list(rates),

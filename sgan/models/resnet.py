@@ -7,6 +7,8 @@ Parameter names follow torchvision's ResNet (``conv1``, ``bn1``, ``layer{1-4}.{j
 import torch
 from torch import nn
 
+from sgan.models.width import check_width, scaled_channels
+
 RESNET101_BLOCKS = (3, 4, 23, 3)
 
 
@@ -81,9 +83,8 @@ class DilatedResNet(nn.Module):
         blocks = tuple(blocks)
         if len(blocks) != 4 or not all(isinstance(n, int) and n >= 1 for n in blocks):
             raise ValueError(f"blocks: expected four positive ints (blocks per stage), got {blocks!r}")
-        if not isinstance(width, (int, float)) or width <= 0:
-            raise ValueError(f"width: expected a positive number, got {width!r}")
-        stem = max(1, int(round(64 * width)))
+        check_width(width)
+        stem = scaled_channels(64, width)
         self.blocks, self.width = blocks, width
         self.conv1 = nn.Conv2d(3, stem, 7, stride=2, padding=3, bias=False)
         self.bn1 = FrozenBatchNorm2d(stem)

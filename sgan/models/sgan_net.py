@@ -35,10 +35,11 @@ from torch import nn
 
 from sgan.config import register_section
 from sgan.data.saliency import MASK_RESIZES, saliency_to_mask
-from sgan.data.voc import NUM_CLASSES
+from sgan.data.voc_classes import NUM_CLASSES
 from sgan.models.attention import SaliencyGuidedAttention
 from sgan.models.deeplab import STAGE1_NAMINGS, detect_naming, load_pretrained, read_state_dict
-from sgan.models.vgg import VGG16_CONVS_PER_BLOCK, VGG16Stride8, convert_vgg16, scaled_channels
+from sgan.models.vgg import VGG16_CONVS_PER_BLOCK, VGG16Stride8, convert_vgg16
+from sgan.models.width import scaled_channels
 from sgan.utils.logging import get_logger
 
 VARIANTS = ("sgan", "sgan-seed", "sgan-sal-seed")

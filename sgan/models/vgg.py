@@ -13,12 +13,9 @@ import torch
 from torch import nn
 
 from sgan.models.deeplab import VGG16_CONVS, VGG16_TORCHVISION_INDICES
+from sgan.models.width import check_width, scaled_channels
 
 VGG16_CONVS_PER_BLOCK = tuple(len(block) for block in VGG16_CONVS)
-
-
-def scaled_channels(channels, width):
-    return max(1, int(round(channels * width)))
 
 
 class VGG16Stride8(nn.Module):
@@ -26,8 +23,7 @@ class VGG16Stride8(nn.Module):
 
     def __init__(self, width=1.0, convs_per_block=VGG16_CONVS_PER_BLOCK):
         super().__init__()
-        if not isinstance(width, (int, float)) or isinstance(width, bool) or width <= 0:
-            raise ValueError(f"width: expected a positive number, got {width!r}")
+        check_width(width)
         convs_per_block = tuple(convs_per_block)
         if len(convs_per_block) != 5 or not all(
                 isinstance(n, int) and 1 <= n <= full for n, full in zip(convs_per_block, VGG16_CONVS_PER_BLOCK)):

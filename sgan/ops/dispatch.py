@@ -11,6 +11,10 @@ A backend that is there but fails to load (sgan._C built against another torch, 
 (comma-separated from cpp, cuda, triton; CI sets cpp,triton) ``auto`` raises instead when a
 required backend cannot be loaded, and so does :func:`check_required_backends` (the test suite's
 start).
+
+The operators check the values of their inputs (labels in range, a 0/1 mask, finite probabilities)
+only where that is free: on CPU tensors, or everywhere with ``SGAN_DEBUG_CHECKS=1``. On a GPU such a
+check reads its answer back and so waits for every kernel queued before it (:func:`values_checked`).
 """
 import importlib
 import os
@@ -31,11 +35,24 @@ BACKEND_DTYPES = {
 }
 
 
+def accumulation_dtype(dtype):
+    """The dtype every backend accumulates and keeps statistics in: float64 for float64 inputs,
+    else float32 (also for bfloat16 / float16 inputs)."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def values_checked(tensor):
+    """Whether an operator checks the values of ``tensor``: always for CPU tensors, for others only
+    with SGAN_DEBUG_CHECKS=1 (shapes, dtypes and devices are checked always: they cost nothing)."""
+    return tensor.device.type == "cpu" or os.environ.get(DEBUG_CHECKS_VARIABLE, "0") == "1"
+
+
 def describe(t):
     """'shape (...), dtype ..., device ...' of a tensor, for error messages."""
     return f"shape {tuple(t.shape)}, dtype {t.dtype}, device {t.device}"
 
 
+DEBUG_CHECKS_VARIABLE = "SGAN_DEBUG_CHECKS"
 REQUIRE_VARIABLE = "SGAN_REQUIRE_BACKENDS"
 REQUIRABLE = ("cpp", "cuda", "triton")
 PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep  # .../sgan/

@@ -36,7 +36,8 @@ import yaml
 
 from sgan import synthetic
 from sgan.config import STAGE1_STEPS, STAGE2_STEPS, register_section, resolve
-from sgan.metrics import VOC_SHORT_NAMES, format_class_table
+from sgan.data.voc_classes import CLASS_NAMES, SHORT_NAMES
+from sgan.metrics import format_class_table
 from sgan.models.deeplab import VGG16_CONVS
 from sgan.pipeline import run_step, work_path
 from sgan.pipeline.eval_seeds import authors_mean
@@ -47,8 +48,8 @@ from sgan.utils.logging import get_logger
 
 STEP = "demo"
 
-# Table II variants: name -> train_sgan.variant (None: the baseline CAM network, no SGAN training).
-VARIANTS = {"Baseline": None, "SGAN-SAL-SEED": "sgan-sal-seed", "SGAN-SEED": "sgan-seed", "SGAN": "sgan"}
+# The rows of Table II: name -> its train_sgan.variant (None: the baseline CAM network, no SGAN training).
+TABLE_ROWS = {"Baseline": None, "SGAN-SAL-SEED": "sgan-sal-seed", "SGAN-SEED": "sgan-seed", "SGAN": "sgan"}
 CONFIG_FILE = os.path.join(os.path.dirname(__file__), os.pardir, os.pardir, "configs", "demo.yaml")
 
 register_section("demo", {
@@ -58,7 +59,7 @@ register_section("demo", {
     "image_size": [96, 96],
     "data_seed": 0,
     "classes": 6,
-    "variants": list(VARIANTS),
+    "variants": list(TABLE_ROWS),
     "stage2": True,
     "stage2_init": "baseline",
     "figures": True,
@@ -99,9 +100,10 @@ def _slug(name):
 
 
 def _check(section):
-    unknown = [name for name in section.variants if name not in VARIANTS]
+    unknown = [name for name in section.variants if name not in TABLE_ROWS]
     if unknown or not section.variants:
-        raise ValueError(f"demo.variants: expected a non-empty list from {list(VARIANTS)}, got {list(section.variants)}")
+        raise ValueError(f"demo.variants: expected a non-empty list from {list(TABLE_ROWS)}, "
+                         f"got {list(section.variants)}")
     if len(section.image_size) != 2:
         raise ValueError(f"demo.image_size: expected [height, width], got {list(section.image_size)}")
 
@@ -127,7 +129,7 @@ def prepare_data(cfg):
 def variant_configs(cfg, name):
     """The config of one variant's steps: its checkpoints, seeds, predictions and metrics files."""
     slug = _slug(name)
-    stage1_checkpoint = cfg.train_cam.checkpoint if VARIANTS[name] is None else f"ckpt/sgan_{slug}.pt"
+    stage1_checkpoint = cfg.train_cam.checkpoint if TABLE_ROWS[name] is None else f"ckpt/sgan_{slug}.pt"
     changes = {
         "seeds": {"checkpoint": stage1_checkpoint, "out_dir": f"seeds_{slug}"},
         "eval_seeds": {"seeds_dir": f"seeds_{slug}", "out": f"metrics/seeds_{slug}.json"},
@@ -136,9 +138,9 @@ def variant_configs(cfg, name):
         "infer": {"checkpoint": f"ckpt/deeplab_{slug}.pt", "output_dir": f"pred_{slug}"},
         "eval": {"predictions": f"pred_{slug}", "output": f"metrics/seg_{slug}.json", "name": name},
     }
-    if VARIANTS[name] is not None:
-        changes["train_sgan"] = {"variant": VARIANTS[name], "checkpoint": stage1_checkpoint}
-        if VARIANTS[name] != "sgan":   # only SGAN has a seed branch
+    if TABLE_ROWS[name] is not None:
+        changes["train_sgan"] = {"variant": TABLE_ROWS[name], "checkpoint": stage1_checkpoint}
+        if TABLE_ROWS[name] != "sgan":   # only SGAN has a seed branch
             changes["seeds"]["use_seed_branch"] = False
     return _derive(cfg, changes)
 
@@ -203,7 +205,7 @@ def class_table(rows, labels, metric, summary, summary_name):
     columns = [0] + sorted(labels)
     restricted = [(name, {metric: [scores[metric][c] for c in columns], summary: scores[summary]})
                   for name, scores in rows]
-    return format_class_table(restricted, [VOC_SHORT_NAMES[c] for c in columns], metric, summary, summary_name)
+    return format_class_table(restricted, [SHORT_NAMES[c] for c in columns], metric, summary, summary_name)
 
 
 def plot_losses(path, histories):
@@ -263,7 +265,7 @@ def run(cfg):
         step(name, cfg)
     variants = {name: variant_configs(cfg, name) for name in section.variants}
     for name, variant_cfg in variants.items():
-        if VARIANTS[name] is not None:
+        if TABLE_ROWS[name] is not None:
             step("train-sgan", variant_cfg, f"train-sgan {name}")
         step("seeds", variant_cfg, f"seeds {name}")
         step("eval-seeds", variant_cfg, f"eval-seeds {name}")
@@ -287,14 +289,14 @@ def run(cfg):
 
     histories = {"train-cam": load_checkpoint(work_path(cfg, cfg.train_cam.checkpoint))["history"]}
     for name, variant_cfg in variants.items():
-        if VARIANTS[name] is not None:
+        if TABLE_ROWS[name] is not None:
             histories[f"train-sgan {name}"] = load_checkpoint(work_path(variant_cfg, variant_cfg.train_sgan.checkpoint))["history"]
     if section.stage2:
         for name, variant_cfg in variants.items():
             histories[f"train-seg {name}"] = load_checkpoint(work_path(variant_cfg, variant_cfg.train_seg.checkpoint))["history"]
     loss_plot = plot_losses(work_path(cfg, section.loss_plot), histories)
 
-    labels = [synthetic.VOC_CLASSES.index(n) + 1 for n in synthetic.resolve_classes(section.classes)]
+    labels = [CLASS_NAMES.index(n) + 1 for n in synthetic.resolve_classes(section.classes)]
     seed_rows = [(name, load_json(work_path(c, c.eval_seeds.out))) for name, c in variants.items()]
     tables = {"seeds": seed_summary_table(seed_rows, labels),
               "seeds_per_class_iou": class_table(seed_rows, labels, "iou", "miou", "mIoU")}

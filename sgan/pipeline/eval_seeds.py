@@ -5,7 +5,8 @@ import numpy as np
 
 from sgan.config import register_section
 from sgan.data.voc import VOCPaths, read_gray, read_id_list, validate_samples
-from sgan.metrics import VOC_SHORT_NAMES, ConfusionMatrix, format_class_table
+from sgan.data.voc_classes import SHORT_NAMES
+from sgan.metrics import ConfusionMatrix, format_class_table
 from sgan.pipeline import work_path
 from sgan.utils.io import save_json
 from sgan.utils.logging import get_logger
@@ -63,7 +64,7 @@ def evaluate_seeds(paths, ids, seeds_dir, gt_dir):
     for image_id in progress(ids, desc=STEP, unit="img"):
         matrix.update(read_gray(os.path.join(seeds_dir, image_id + ".png")),
                       read_gray(os.path.join(gt_dir, image_id + ".png")), name=image_id)
-    scores = matrix.scores(class_names=VOC_SHORT_NAMES)
+    scores = matrix.scores(class_names=SHORT_NAMES)
     counts = np.asarray(scores["confusion_matrix"])
     correct = np.trace(counts[:, :-1])
     labelled, total = counts[:, :-1].sum(), counts.sum()
@@ -75,7 +76,7 @@ def evaluate_seeds(paths, ids, seeds_dir, gt_dir):
         scores[f"mean_{metric}_all21"] = authors_mean(counts, metric)
     scores["mean_conventions"] = dict(MEAN_CONVENTIONS)
     scores["num_images"] = len(ids)
-    scores["classes_without_seeds"] = classes_without_seeds(counts, VOC_SHORT_NAMES)
+    scores["classes_without_seeds"] = classes_without_seeds(counts, SHORT_NAMES)
     return scores
 
 

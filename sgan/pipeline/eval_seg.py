@@ -10,17 +10,16 @@ import os
 
 from sgan.config import register_section
 from sgan.data.voc import VOCPaths, raise_problems, read_id_list, validate_samples
+from sgan.data.voc_classes import CLASS_NAMES_WITH_BACKGROUND, NUM_CLASSES_WITH_BACKGROUND, SHORT_NAMES
 from sgan.infer import read_label_png
-from sgan.metrics import VOC_NUM_CLASSES, VOC_SHORT_NAMES, ConfusionMatrix, format_class_table
+from sgan.metrics import ConfusionMatrix, format_class_table
 from sgan.pipeline import work_path
-from sgan.synthetic import VOC_CLASSES
 from sgan.utils.io import save_json
 from sgan.utils.logging import get_logger
 from sgan.utils.progress import progress
 from sgan.utils.record import fingerprint, folder_fingerprint, make_record, reusable_json, settings_of
 
 STEP = "eval"
-CLASS_NAMES = ("background",) + tuple(VOC_CLASSES)
 
 register_section("eval", {
     "predictions": "pred",
@@ -32,7 +31,7 @@ register_section("eval", {
        "data.root; list null = data.val_list), output JSON (relative to work_dir), name of the table row")
 
 
-def evaluate_folder(prediction_dir, gt_dir, ids, num_classes=VOC_NUM_CLASSES):
+def evaluate_folder(prediction_dir, gt_dir, ids, num_classes=NUM_CLASSES_WITH_BACKGROUND):
     """ConfusionMatrix over ``ids``; one ValueError naming every missing or bad prediction."""
     meter, problems = ConfusionMatrix(num_classes), []
     for image_id in progress(ids, desc="eval", unit="img"):
@@ -67,11 +66,11 @@ def run(cfg):
     result = reusable_json(cfg, STEP, output, record)
     if result is None:
         validate_samples(paths, ids, gt_dir=gt_dir)
-        scores = evaluate_folder(prediction_dir, gt_dir, ids).scores(CLASS_NAMES)
+        scores = evaluate_folder(prediction_dir, gt_dir, ids).scores(CLASS_NAMES_WITH_BACKGROUND)
         result = {"name": section.name, "num_images": len(ids), "list": list_path,
                   "predictions": prediction_dir, "ground_truth": gt_dir, **scores, "record": record}
         save_json(output, result)
-    table = format_class_table([(result["name"], result)], VOC_SHORT_NAMES)
+    table = format_class_table([(result["name"], result)], SHORT_NAMES)
     logger.info("eval: mIoU %.2f%% over %d images, per-class IoU in %s", 100 * result["miou"],
                 result["num_images"], output)
     print(table, flush=True)

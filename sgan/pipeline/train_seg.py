@@ -11,37 +11,33 @@ Loss: ``seed_loss_weight`` · balanced seed loss (eq. 8) + ``boundary_loss_weigh
 (eq. 9). The CRF of the boundary loss takes the current prediction as its unary, so it cannot be
 computed before the forward pass of its own images, and the backward pass cannot start before it
 is done. What can be prepared ahead is: the DataLoader workers make the small uint8 CRF images of
-the next batches. The rest is pipelined (``StageTwoLoss``): the batch is split into ``crf_chunks``
-micro-batches, each image's CRF goes to its own worker of a ``sgan.crf.DenseCRFPool``
-(``crf_processes`` workers, default min(per-rank batch, cores per rank)) as soon as its chunk's
-forward pass is done, and runs while the next chunk's forward and the previous chunk's backward
-run. The time the step still waits for the CRF is measured (``crf_wait_ms`` in the log and
+the next batches, and each image's CRF goes to its own worker of a ``sgan.crf.DenseCRFPool``
+(``crf_processes`` workers, default min(per-rank batch, cores per rank)) as soon as the forward pass
+is done. The time the step still waits for the CRF is measured (``crf_wait_ms`` in the log and
 history) and its share of the step time is written to ``metrics/train_seg_timing.json``.
-Measured on one H100 (bench/results/seg_train_cuda_*.json, B = 15, 15 CRF workers): with 1 chunk
-the step waits 15-17 ms for the CRF with VGG-16 (18-23% of a 77-83 ms step) and 18-25 ms with
-ResNet-101 (15-18% of 119-136 ms); 2 chunks cut the wait to 0-2.5% but split the GPU work: the
-step was faster only with OMP_NUM_THREADS=1 (VGG-16: 80 vs 83 ms) and slower otherwise (median
-104-165 ms, very variable), hence the default of 1.
+Measured on one H100 (bench/results/seg_train_cuda_*.json, B = 15, 15 CRF workers): the step waits
+15-17 ms for the CRF with VGG-16 (18-23% of a 77-83 ms step) and 18-25 ms with ResNet-101 (15-18% of
+119-136 ms). (Splitting the batch into micro-batches whose CRFs overlap the other micro-batches'
+forward and backward passes cut that wait to 0-2.5% but was faster overall only with
+OMP_NUM_THREADS=1, 80 vs 83 ms, and slower otherwise, so it was removed.)
 
 Optimisation: SGD, momentum 0.9, weight decay 5e-4, batch 15, lr 1e-3 x 0.33 every 2000
 iterations, 12000 iterations; lr x1/x2 for the backbone's weights/biases and x10/x20 for the
 classifier layers (sgan.train.optim). Checkpoints, exact resume and DDP: sgan.train.loop.
 """
-import math
 import os
 import random
 import time
 
 import numpy as np
 import torch
-from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import Dataset
 
 from sgan.config import register_section
 from sgan.crf import DenseCRFPool, default_processes
 from sgan.data.voc import VOCPaths, load_rgb, normalise, read_gray, read_id_list, resize, validate_samples
+from sgan.data.voc_classes import NUM_CLASSES_WITH_BACKGROUND
 from sgan.losses import balanced_seed_loss, boundary_loss, crf_unary_probs, resize_images, resize_seeds
-from sgan.metrics import VOC_NUM_CLASSES
 from sgan.models.deeplab import ARCHS, NAMINGS, build_deeplab, detect_naming, load_pretrained, read_state_dict
 from sgan.models.resnet import RESNET101_BLOCKS
 from sgan.models.sgan_net import resolve_normalisation
@@ -77,18 +73,15 @@ register_section("train_seg", {
     "crf_scale": 12.0,
     "crf_iterations": 10,
     "crf_processes": None,
-    "crf_chunks": 1,
     "checkpoint": "ckpt/deeplab.pt",
     "timing_file": "metrics/train_seg_timing.json",
 }, choices={**OPTIM_CHOICES, "arch": ARCHS, "weights_naming": NAMINGS},
     bounds={**OPTIM_BOUNDS, "width": "(0, inf)", "blocks": "[1, inf)", "resize": "[1, inf)", "crop": "[1, inf)",
             "color_jitter": "[0, 1)", "seed_loss_weight": "[0, inf)", "boundary_loss_weight": "[0, inf)",
-            "crf_scale": "(0, inf)", "crf_iterations": "[1, inf)", "crf_processes": "[1, inf)",
-            "crf_chunks": "[1, inf)"},
+            "crf_scale": "(0, inf)", "crf_iterations": "[1, inf)", "crf_processes": "[1, inf)"},
     doc="stage 2: DeepLab-ASPP (arch vgg16|resnet101; width/blocks shrink it for tests) trained on "
         "the seeds of seeds_dir (relative to work_dir); weights: local ImageNet file; crf_processes: "
-        "CRF workers per rank (null = min(batch per rank, cores per rank)); crf_chunks: micro-batches "
-        "per step so the CRF overlaps the network's work (1 = wait for the CRF after the forward)")
+        "CRF workers per rank (null = min(batch per rank, cores per rank))")
 
 
 class SegTrainSet(Dataset):
@@ -158,7 +151,7 @@ def build_model(section, normalisation_setting, logger):
     if section.weights:
         state = read_state_dict(section.weights, "train_seg.weights")
         naming = detect_naming(state) if section.weights_naming == "auto" else section.weights_naming
-    options = {"num_classes": VOC_NUM_CLASSES, "width": section.width}
+    options = {"num_classes": NUM_CLASSES_WITH_BACKGROUND, "width": section.width}
     if section.arch == "resnet101":
         options.update(blocks=list(section.blocks), stride_in_1x1=naming == "caffe")
     model = build_deeplab(section.arch, **options)
@@ -180,119 +173,41 @@ def logits_size(model, crop, device):
     return size
 
 
-class _WithEarlierGradients(torch.autograd.Function):
-    """Identity on ``loss``; its backward also hands ``gradients`` (one per parameter, or None) to
-    ``params``, so gradients computed before by torch.autograd.grad join the same backward pass
-    (and, under DDP, the same all-reduce: each parameter's gradient is accumulated once)."""
-
-    @staticmethod
-    def forward(ctx, loss, gradients, *params):
-        ctx.gradients = gradients
-        return loss.clone()
-
-    @staticmethod
-    def backward(ctx, grad_output):
-        return (grad_output, None, *[None if g is None else g * grad_output for g in ctx.gradients])
-
-
 class StageTwoLoss:
-    """loss_fn of sgan.train.train for stage 2, pipelined so the CRF runs while the GPU works.
+    """loss_fn of sgan.train.train for stage 2: the weighted balanced seed loss plus, when
+    ``boundary_loss_weight`` > 0 and a CRF ``pool`` is given, the weighted boundary loss, whose CRF
+    targets ``pool`` computes from the batch's own logits (each image in its own worker).
 
-    The CRF of an image needs that image's current prediction, so it can only start after its
-    forward pass, and the step's backward pass can only start once it is done. The batch is
-    therefore split into ``chunks`` micro-batches: chunk i's CRF runs during chunk i+1's forward
-    and chunk i's backward overlaps chunk i+1's CRF. Every chunk's loss is scaled by its share of
-    the batch. The earlier chunks' parameter gradients are computed with torch.autograd.grad (so
-    the training loop's zero_grad, which comes after this call, cannot erase them, and no DDP hook
-    fires) and are added in the backward of the returned loss: the loop's single backward then
-    gives the full batch's gradient, all-reduced once under DDP. The last chunk goes through
-    ``net`` (the DDP wrapper when distributed); the previous chunk's backward runs in a forward
-    hook right after the last chunk's logits exist, when its CRF has been submitted.
-    Records the time spent waiting for the CRF in each step (``waits``) and the step times.
+    Records the time each step waits for the CRF (``waits``) and the time between calls (``steps``).
     """
 
-    def __init__(self, section, backend, pool, chunks=1):
-        if not isinstance(chunks, int) or chunks < 1:
-            raise ValueError(f"train_seg.crf_chunks: expected a positive int, got {chunks!r}")
-        self.section, self.backend, self.pool, self.chunks = section, backend, pool, chunks
+    def __init__(self, section, backend, pool):
+        self.section, self.backend, self.pool = section, backend, pool
         self.waits, self.steps = [], []
         self._last_start = None
-
-    def _forward(self, network, batch, part, device):
-        """Logits of one chunk and the future of its CRF (None without the boundary loss)."""
-        logits = network(batch["image"][part].to(device, non_blocking=True))
-        return logits, self._submit(logits, batch["crf_image"][part])
-
-    def _submit(self, logits, crf_images):
-        if self.pool is None or self.section.boundary_loss_weight <= 0:
-            return None
-        return self.pool.submit(crf_images.numpy(), crf_unary_probs(logits), scale=float(self.section.crf_scale),
-                                iterations=int(self.section.crf_iterations))
-
-    def _chunk_loss(self, logits, future, seeds, share, terms):
-        """share x (weighted balanced seed loss + weighted boundary loss) of one chunk; adds its terms."""
-        section = self.section
-        seed_term = balanced_seed_loss(logits, seeds, backend=self.backend)
-        loss = section.seed_loss_weight * seed_term
-        terms["seed"] = terms.get("seed", 0.0) + share * float(seed_term.detach())
-        if future is not None:
-            wait_start = time.perf_counter()
-            crf_probs = future.result()
-            terms["crf_wait_ms"] = terms.get("crf_wait_ms", 0.0) + 1000.0 * (time.perf_counter() - wait_start)
-            boundary_term = boundary_loss(logits, crf_probs=crf_probs, backend=self.backend)
-            loss = loss + section.boundary_loss_weight * boundary_term
-            terms["boundary"] = terms.get("boundary", 0.0) + share * float(boundary_term.detach())
-        return share * loss
 
     def __call__(self, net, batch, device):
         start = time.perf_counter()
         if self._last_start is not None:
             self.steps.append(start - self._last_start)
         self._last_start = start
-        model = net.module if isinstance(net, DistributedDataParallel) else net
-        count = batch["image"].shape[0]
-        chunks = min(self.chunks, count) if self.pool is not None else 1   # nothing to overlap without CRF
-        bounds = np.cumsum([0] + [count // chunks + (i < count % chunks) for i in range(chunks)])
-        parts = [slice(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:])]
-        seeds = batch["seeds"].to(device, non_blocking=True)
-        params = [p for p in model.parameters() if p.requires_grad]
-        terms, pending, earlier_gradients = {}, [], [None] * len(params)
-
-        def backward_previous():
-            part, logits, future = pending.pop()
-            loss = self._chunk_loss(logits, future, seeds[part], (part.stop - part.start) / count, terms)
-            if not math.isfinite(float(loss.detach())):
-                raise RuntimeError(f"train-seg: the loss of images {part.start}..{part.stop - 1} of the batch "
-                                   f"is {float(loss)}; terms {terms}")
-            gradients = torch.autograd.grad(loss, params, allow_unused=True)
-            for index, gradient in enumerate(gradients):
-                if gradient is not None:
-                    total = earlier_gradients[index]
-                    earlier_gradients[index] = gradient if total is None else total + gradient
-
-        for part in parts[:-1]:
-            logits, future = self._forward(model, batch, part, device)
-            if pending:
-                backward_previous()
-            pending.append((part, logits, future))
-        last = {}
-
-        def start_crf_then_backward_previous(module, inputs, logits):
-            last["future"] = self._submit(logits, batch["crf_image"][parts[-1]])
-            if pending:
-                backward_previous()
-
-        hook = model.register_forward_hook(start_crf_then_backward_previous)
-        try:
-            logits = net(batch["image"][parts[-1]].to(device, non_blocking=True))
-        finally:
-            hook.remove()
-        loss = self._chunk_loss(logits, last["future"], seeds[parts[-1]],
-                                (parts[-1].stop - parts[-1].start) / count, terms)
-        if "crf_wait_ms" in terms:
-            self.waits.append(terms["crf_wait_ms"] / 1000.0)
-        if len(parts) > 1:
-            loss = _WithEarlierGradients.apply(loss, earlier_gradients, *params)
+        section = self.section
+        logits = net(batch["image"].to(device, non_blocking=True))
+        crf_future = None
+        if self.pool is not None and section.boundary_loss_weight > 0:
+            crf_future = self.pool.submit(batch["crf_image"].numpy(), crf_unary_probs(logits),
+                                          scale=float(section.crf_scale), iterations=int(section.crf_iterations))
+        seed_term = balanced_seed_loss(logits, batch["seeds"].to(device, non_blocking=True), backend=self.backend)
+        loss = section.seed_loss_weight * seed_term
+        terms = {"seed": float(seed_term.detach())}
+        if crf_future is not None:
+            wait_start = time.perf_counter()
+            crf_probs = crf_future.result()
+            self.waits.append(time.perf_counter() - wait_start)
+            terms["crf_wait_ms"] = 1000.0 * self.waits[-1]
+            boundary_term = boundary_loss(logits, crf_probs=crf_probs, backend=self.backend)
+            loss = loss + section.boundary_loss_weight * boundary_term
+            terms["boundary"] = float(boundary_term.detach())
         return loss, terms
 
     def timing(self):
@@ -335,12 +250,13 @@ def run(cfg):
     if processes is None:
         processes = max(1, min(section.batch_size // world, default_processes() // world))
     pool = DenseCRFPool(processes) if section.boundary_loss_weight > 0 else None
-    loss_fn = StageTwoLoss(section, cfg.backend, pool, section.crf_chunks)
+    loss_fn = StageTwoLoss(section, cfg.backend, pool)
     try:
         if pool is not None:  # start the workers now, so their start-up is not counted as waiting
             warm = np.zeros((processes, *output_size, 3), np.uint8)
-            pool.submit(warm, np.full((processes, VOC_NUM_CLASSES, *output_size), 1.0 / VOC_NUM_CLASSES,
-                                      np.float32)).result()
+            uniform = np.full((processes, NUM_CLASSES_WITH_BACKGROUND, *output_size),
+                              1.0 / NUM_CLASSES_WITH_BACKGROUND, np.float32)
+            pool.submit(warm, uniform).result()
         train(cfg, "train_seg", name=STEP, model=model, dataset=dataset, loss_fn=loss_fn,
               checkpoint_path=checkpoint, model_info=model_info, device=device, record=record)
     finally:

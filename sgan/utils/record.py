@@ -22,7 +22,7 @@ from sgan.utils.logging import get_logger
 
 RECORD_FORMAT = "sgan-record-1"
 # keys that change how a step runs or reports, never what it writes
-EXECUTION_KEYS = frozenset({"checkpoint_every", "log_every", "crf_processes", "timing_file", "crf_chunks"})
+EXECUTION_KEYS = frozenset({"checkpoint_every", "log_every", "crf_processes", "timing_file"})
 _HASH_CACHE = {}   # (path, size, mtime_ns) -> sha256 hex of the content
 
 

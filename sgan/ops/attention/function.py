@@ -1,7 +1,9 @@
 """Public API of the saliency-guided attention: input checks, options, backend dispatch, autograd.
 
 Backend contract (``cpp``/``cuda`` in ``torch.ops.sgan_ext``, ``triton`` in ``sgan.kernels.attention``).
-All tensors are contiguous and on one device; ``acc`` is float64 for float64 inputs, else float32.
+The custom ops ``torch.ops.sgan.fused_saliency_attention_forward/backward`` (autograd, fake tensors for
+torch.compile) take the backend's name as their last argument and call its functions below. All
+tensors are contiguous and on one device; ``acc`` is float64 for float64 inputs, else float32.
 
 ``saliency_attention_forward(x, key, query, saliency_mask, gamma, scale, eps, shift, bg_mean)``
     x (B, C, N); key, query (B, Ck, N), x's dtype; saliency_mask (B, N) bool; gamma 0-dim, acc.
@@ -20,7 +22,7 @@ All tensors are contiguous and on one device; ``acc`` is float64 for float64 inp
 import torch
 from torch import Tensor
 
-from sgan.ops.dispatch import FLOAT_DTYPES, Dispatcher, describe
+from sgan.ops.dispatch import FLOAT_DTYPES, Dispatcher, accumulation_dtype, describe, values_checked
 from sgan.ops.attention.reference import attention_weights_reference, saliency_attention_reference
 
 PRESETS = {
@@ -75,7 +77,8 @@ def _check_inputs(x, key, query, saliency_mask, gamma):
         raise ValueError(f"saliency_mask: expected device {x.device} (the device of x), "
                          f"got {saliency_mask.device}")
     if saliency_mask.dtype != torch.bool:
-        if saliency_mask.is_complex() or not bool(((saliency_mask == 0) | (saliency_mask == 1)).all()):
+        if saliency_mask.is_complex() or (values_checked(saliency_mask) and
+                                          not bool(((saliency_mask == 0) | (saliency_mask == 1)).all())):
             raise ValueError("saliency_mask: expected a bool tensor or one holding only 0 and 1, got "
                              f"{describe(saliency_mask)} with other values")
         saliency_mask = saliency_mask != 0
@@ -93,10 +96,6 @@ def _check_inputs(x, key, query, saliency_mask, gamma):
     return x, key, query, saliency_mask, gamma
 
 
-def _accumulate_dtype(dtype):
-    return torch.float64 if dtype == torch.float64 else torch.float32
-
-
 def fused_backends(device_type):
     """Fused attention backends usable for tensors on ``device_type`` ("cpu" or "cuda") here."""
     return _DISPATCH.fused_backends(device_type)
@@ -111,7 +110,7 @@ def _backend_functions(backend):
     return ops.saliency_attention_forward, ops.saliency_attention_backward
 
 
-@torch.library.custom_op("sgan::saliency_attention_forward", mutates_args=())
+@torch.library.custom_op("sgan::fused_saliency_attention_forward", mutates_args=())
 def _forward_op(x: Tensor, key: Tensor, query: Tensor, saliency_mask: Tensor, gamma: Tensor,
                 scale: float, eps: float, shift: bool, bg_mean: bool, backend: str
                 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
@@ -123,13 +122,13 @@ def _forward_op(x: Tensor, key: Tensor, query: Tensor, saliency_mask: Tensor, ga
 def _forward_fake(x, key, query, saliency_mask, gamma, scale, eps, shift, bg_mean, backend):
     B, C, N = x.shape
     Ck = key.shape[1]
-    acc = _accumulate_dtype(x.dtype)
+    acc = accumulation_dtype(x.dtype)
     return (torch.empty_like(x), x.new_empty((B, 2, Ck, C), dtype=acc), x.new_empty((B, 2, Ck), dtype=acc),
             x.new_empty((B, 2, C), dtype=acc), x.new_empty((B, 2), dtype=acc),
             x.new_empty((B, N), dtype=acc), x.new_empty((B, N), dtype=torch.int64))
 
 
-@torch.library.custom_op("sgan::saliency_attention_backward", mutates_args=())
+@torch.library.custom_op("sgan::fused_saliency_attention_backward", mutates_args=())
 def _backward_op(grad_out: Tensor, x: Tensor, key: Tensor, query: Tensor, saliency_mask: Tensor,
                  gamma: Tensor, A: Tensor, q_sum: Tensor, x_sum: Tensor, count: Tensor, row_min: Tensor,
                  argmin: Tensor, scale: float, eps: float, shift: bool, bg_mean: bool, backend: str
@@ -174,7 +173,7 @@ def _prepare(x, key, query, saliency_mask, gamma, preset, shift, background, sca
     backend = _DISPATCH.resolve(backend, x, "x")
     flat = (x.reshape(B, C, H * W), key.reshape(B, Ck, H * W), query.reshape(B, Ck, H * W),
             saliency_mask.reshape(B, H * W))
-    gamma = gamma.reshape(()).to(_accumulate_dtype(x.dtype))
+    gamma = gamma.reshape(()).to(accumulation_dtype(x.dtype))
     return flat, gamma, float(scale), shift, background, backend
 
 
