@@ -5,7 +5,10 @@ import pytest
 import yaml
 
 from sgan import config as config_module
-from sgan.config import Config, load_config, parse_override, register_section, resolve, save_resolved
+from sgan.config import Config, parse_override, register_section, resolve, save_resolved
+from sgan.pipeline import load_config, register_sections
+
+register_sections()   # the root keys (work_dir, seed ...) that the tests of the mechanism below use
 
 register_section("test_section", {"lr": 1e-3, "iterations": 10, "flip": True, "name": "x",
                                   "scales": [1.0], "weights": None, "extra": {}},

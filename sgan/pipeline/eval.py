@@ -8,7 +8,6 @@ error before anything is written.
 """
 import os
 
-from sgan.config import register_section
 from sgan.data.voc import VOCPaths, raise_problems, read_id_list, validate_samples
 from sgan.infer import read_label_png
 from sgan.metrics import VOC_NUM_CLASSES, VOC_SHORT_NAMES, ConfusionMatrix, format_class_table
@@ -22,7 +21,7 @@ from sgan.utils.record import fingerprint, folder_fingerprint, make_record, sett
 STEP = "eval"
 CLASS_NAMES = ("background",) + tuple(VOC_CLASSES)
 
-register_section("eval", {
+SECTION = dict(defaults={
     "predictions": "pred",
     "list": None,
     "gt_dir": "SegmentationClass",
