@@ -10,7 +10,7 @@ import pytest
 from sgan import cli
 from sgan.config import sections
 from sgan.pipeline import STEP_NAMES, STEPS, load_config, load_step, register_sections
-from sgan.pipeline.demo import CONFIG_FILE, VARIANTS, chained_steps, variant_configs
+from sgan.pipeline.demo import CONFIG_FILE, chained_steps, variant_configs
 
 REPOSITORY = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = os.path.join(REPOSITORY, "configs")
@@ -75,7 +75,7 @@ def test_the_demo_chains_the_table_and_each_variant_reads_what_it_wrote():
     without = load_config(CONFIG_FILE, ["demo.stage2=false", "demo.figures=false"])
     assert [step.name for step in chained_steps(without.demo)] == [
         "labels", "train-cam", "initial-seeds", "train-sgan", "seeds", "eval-seeds"]
-    for variant in VARIANTS:
+    for variant in cfg.demo.variants:   # Baseline, SGAN-SAL-SEED, SGAN-SEED, SGAN
         check_wiring(variant_configs(cfg, variant), set(STEP_NAMES) - {"figures", "demo"})
 
 
