@@ -19,7 +19,7 @@ import torch
 from bench import harness
 from bench.harness import Column, MIB, int_list, positive_int
 from bench.registry import Benchmark, Plan, register
-from sgan.config import sections
+from sgan.models.sgan_net import MODEL_SECTION
 from sgan.losses import classification_loss, resize_seeds, seed_loss
 from sgan.models.sgan_net import SGANNet
 from sgan.ops import saliency_attention
@@ -30,7 +30,7 @@ MAX_SIZE_START, MAX_SIZE_STEP, MAX_SIZE_LIMIT = 321, 160, 4001
 
 def model_options(width):
     """The stage-1 model section's defaults (the full SGAN), at ``width``."""
-    return dict(sections()["model"]["defaults"], width=width)
+    return dict(MODEL_SECTION["defaults"], width=width)
 
 
 def fused_backend(device, wanted=None):

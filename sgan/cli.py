@@ -1,8 +1,8 @@
 """Command line: ``sgan run CONFIG.yaml [key=value ...]`` and ``sgan <step> CONFIG.yaml [key=value ...]``.
 
-The subcommands are generated from the step registry (sgan.pipeline.discover_steps), so a new step
-module appears here without editing this file. The config file may be left out for steps that
-define DEFAULT_CONFIG (e.g. ``sgan demo``) or when every needed key is given as an override.
+The subcommands are the steps of the step table (sgan.pipeline.STEPS), in its order, so a new step
+appears here without editing this file. The config file may be left out for steps that define
+CONFIG_FILE (``sgan demo``) or when every needed key is given as an override.
 ``--overwrite`` and ``--resume`` are shorthands for ``overwrite=true`` and ``resume=true``; flags
 and overrides may come in any order after the config file.
 ``sgan config CONFIG.yaml [key=value ...]`` prints the resolved config; ``sgan steps`` lists steps.
@@ -33,6 +33,7 @@ def _first_doc_line(module):
 
 
 def build_parser(steps):
+    """(parser, {command: its subparser}); steps: {name: step module}, in the table's order."""
     parser = argparse.ArgumentParser(prog="sgan", description=__doc__.strip().splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -47,9 +48,9 @@ def build_parser(steps):
 
     commands = {"run": add("run", "run the steps listed in the config's `steps` in order"),
                 "config": add("config", "print the resolved configuration (defaults <- file <- overrides) and exit")}
-    sub.add_parser("steps", help="list the registered steps")
-    for name in sorted(steps):
-        commands[name] = add(name, _first_doc_line(steps[name]))
+    sub.add_parser("steps", help="list the steps of the pipeline, in its order")
+    for name, module in steps.items():
+        commands[name] = add(name, _first_doc_line(module))
     return parser, commands
 
 
@@ -78,23 +79,24 @@ def resume_command(argv, cfg):
 
 
 def main(argv=None):
-    from sgan.config import load_config
-    from sgan.pipeline import discover_steps, run_steps
+    from sgan.pipeline import STEPS, load_config, load_step, run_steps
 
-    steps = discover_steps()
+    steps = {step.name: load_step(step) for step in STEPS}
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parse_args(steps, argv)
     if args.command == "steps":
-        for name in sorted(steps):
-            print(f"{name:16s} {_first_doc_line(steps[name])}")
+        for name, module in steps.items():
+            print(f"{name:16s} {_first_doc_line(module)}")
         return 0
     cfg = None
     try:
         path, overrides = _split_config_and_overrides(args.items)
         overrides += ["overwrite=true"] if args.overwrite else []
         overrides += ["resume=true"] if args.resume else []
-        base = getattr(steps.get(args.command), "DEFAULT_CONFIG", None)
-        cfg = load_config(path, overrides, base=base)
+        default_file = getattr(steps.get(args.command), "CONFIG_FILE", None)
+        if path is None and default_file and os.path.isfile(default_file):
+            path = default_file
+        cfg = load_config(path, overrides)
         if args.command == "config":
             print(yaml.safe_dump(cfg.to_dict(), sort_keys=False, default_flow_style=None), end="")
             return 0

@@ -1,23 +1,22 @@
 """Experiment configuration: one YAML file per experiment, ``key.sub=value`` overrides, validation.
 
-Schema. A config is a mapping of *sections*; every section is declared, with its defaults, by the
-module that uses it, through :func:`register_section` at import time, so a new step adds its own
-section without editing this file::
+Schema. A config is a mapping of *sections*, each declared with its defaults, choices and bounds
+through :func:`register_section`. This module holds the mechanism only and declares no section:
+the pipeline's schema (the root keys, the shared ``data`` and ``model`` sections and each step's
+section, all plain data in the modules that use them) is registered explicitly from the step
+table by :func:`sgan.pipeline.register_sections`, which :func:`sgan.pipeline.load_config` calls. ::
 
-    from sgan.config import register_section
     register_section("train_seg", {"iterations": 12000, "lr": 1e-3, "schedule": "step"},
                      choices={"schedule": ("step", "poly")},
                      bounds={"iterations": "[1, inf)", "lr": "(0, inf)"},
                      doc="stage 2 training (DeepLab-ASPP on the seeds)")
 
-The root section (name ``""``, keys at the top level of the YAML) is declared here: ``work_dir``
-(every output goes below it), ``seed``, ``overwrite``, ``resume``, ``device``, ``backend`` (kernel
-backend of the attention and the losses), ``num_workers`` and ``steps`` (what ``sgan run`` chains).
+The root section (name ``""``) holds the keys at the top level of the YAML file.
 
-Loading (:func:`load_config`): registered defaults <- the YAML file (laid over its ``_base_`` file, a
-path relative to it, recursively) <- ``key.sub=value`` overrides,
-each value parsed as YAML (safe loader; ``lr=1e-3`` is a float, ``scales=[1.0,0.75]`` a list,
-``weights=`` or ``weights=null`` is None). Validation collects every problem before raising one
+Reading (:func:`read_config`): the YAML file laid over its ``_base_`` file (a path relative to it,
+recursively). Resolving (:func:`resolve`): registered defaults <- that mapping <- ``key.sub=value``
+overrides, each value parsed as YAML (safe loader; ``lr=1e-3`` is a float, ``scales=[1.0,0.75]`` a
+list, ``weights=`` or ``weights=null`` is None). Validation collects every problem before raising one
 ``ValueError``: unknown sections and keys are named (with the closest known name), a value whose
 type does not match its default's (int is accepted for a float; a default of None accepts
 anything; a dict default is a free-form mapping), a value outside its declared choices and a
@@ -41,8 +40,6 @@ import yaml
 
 ROOT = ""  # name of the root section: keys at the top level of the YAML file
 RESOLVED_NAME = "config.resolved.yaml"
-STAGE1_STEPS = ["labels", "train-cam", "initial-seeds", "train-sgan", "seeds", "eval-seeds"]
-STAGE2_STEPS = ["train-seg", "infer", "eval"]
 
 _SECTIONS = {}  # name -> {"defaults": dict, "choices": dict, "bounds": dict, "doc": str}
 
@@ -66,14 +63,14 @@ def _yaml_load(text_or_stream):
 
 
 def register_section(name, defaults, choices=None, doc="", bounds=None):
-    """Declare a config section and its defaults (call once, at import of the owning module).
+    """Declare a config section and its defaults.
 
-    name: section name ("" for top-level keys, which only this module declares); defaults: mapping
+    name: section name ("" for the top-level keys); defaults: mapping
     key -> default value; choices: mapping key -> allowed values; bounds: mapping key -> interval
     of allowed numbers, written ``"[low, high]"`` with ``(``/``)`` for an open end and ``inf`` for
     none (``"[1, inf)"``: at least 1; ``"[0, 1)"``), applied to every element of a list and not to
-    None. Registering the same name again with identical content is a no-op (modules may be
-    imported twice under ``python -m``); a different content is an error, so two modules cannot
+    None. Registering the same name again with identical content is a no-op (the schema is
+    registered on every load); a different content is an error, so two declarations cannot
     silently fight over a section.
     """
     if not isinstance(name, str):
@@ -133,23 +130,6 @@ def _bound_problems(where, value, interval):
 def sections():
     """Registered sections: name -> {"defaults", "choices", "bounds", "doc"} (a copy)."""
     return copy.deepcopy(_SECTIONS)
-
-
-register_section(ROOT, {
-    "work_dir": None,
-    "seed": 0,
-    "overwrite": False,
-    "resume": False,
-    "resume_changed": False,
-    "device": "auto",
-    "backend": "auto",
-    "num_workers": 2,
-    "steps": STAGE1_STEPS + STAGE2_STEPS,
-}, choices={"backend": ("auto", "reference", "cpp", "cuda", "triton")}, bounds={"num_workers": "[0, inf)"},
-    doc="work_dir: output directory (required); seed: global seed; overwrite: redo finished work; "
-        "resume: continue an interrupted training from its last checkpoint (refused when its settings or inputs "
-        "changed, unless resume_changed); device: auto|cpu|cuda|cuda:N; "
-        "backend: kernels of the attention and the losses; steps: what `sgan run` chains")
 
 
 class Config(dict):
@@ -224,6 +204,9 @@ def resolve(data=None, overrides=(), source="<dict>"):
 
     Raises ValueError listing every unknown section/key and every bad value.
     """
+    if ROOT not in _SECTIONS:
+        raise RuntimeError("no config schema is registered: call sgan.pipeline.register_sections() first "
+                           "(sgan.pipeline.load_config does)")
     data = {} if data is None else data
     if not isinstance(data, dict):
         raise ValueError(f"{source}: expected a mapping of sections at the top level, got {type(data).__name__}")
@@ -295,19 +278,11 @@ def resolve(data=None, overrides=(), source="<dict>"):
     return Config(merged)
 
 
-def load_config(path=None, overrides=(), base=None):
-    """Read the YAML file ``path`` (or use ``base``, a mapping, when path is None) and resolve it.
-
-    All step modules are imported first (sgan.pipeline.discover_steps), so every section they
-    declare is known.
-    """
-    from sgan.pipeline import discover_steps  # the pipeline's modules register their sections
-    discover_steps()
-    if path is None:
-        return resolve(copy.deepcopy(base) if base is not None else {}, overrides, source="<defaults>")
+def read_config(path):
+    """The mapping in the YAML file ``path`` laid over its ``_base_`` files (not resolved yet)."""
     if not os.path.isfile(path):
         raise ValueError(f"config: file {path!r} does not exist")
-    return resolve(_read_with_bases(path), overrides, source=path)
+    return _read_with_bases(path)
 
 
 def _deep_merge(base, update):

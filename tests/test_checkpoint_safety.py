@@ -7,8 +7,8 @@ import torch
 from torch import nn
 
 from sgan import cli
-from sgan.config import resolve
 from sgan.models.deeplab import read_state_dict
+from sgan.pipeline import load_config
 from sgan.train.loop import CHECKPOINT_FORMAT, _checkpoint, load_checkpoint
 from sgan.utils.io import save_torch
 from tests.test_stage1_pipeline import make_tiny_voc, tiny_config, write_yaml
@@ -87,7 +87,7 @@ def test_checkpoints_hold_plain_values_only(tmp_path):
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
     model(torch.ones(1, 2)).sum().backward()
     optimizer.step()
-    cfg = resolve({"work_dir": str(tmp_path)})
+    cfg = load_config(base={"work_dir": str(tmp_path)})
     history = [{"iteration": np.int64(2), "lr": 0.1, "cls": np.float32(0.5)}]
     record = {"settings": {"train_cam": {"lr": np.float64(0.1)}}, "inputs": {"images": "files:ab"}}
     state = _checkpoint("train-cam", model, {"kind": "cam", "size": (np.int64(3), 4)}, 2, history, cfg,

@@ -22,7 +22,8 @@ def run_cli(args, cwd, **env):
 
 def test_demo_with_the_default_relative_work_dir(tmp_path):
     os.makedirs(tmp_path / "configs")
-    shutil.copy(CONFIG_FILE, tmp_path / "configs" / "demo.yaml")
+    for name in ("demo.yaml", "voc_sgan.yaml"):   # demo.yaml inherits voc_sgan.yaml (_base_)
+        shutil.copy(os.path.join(os.path.dirname(CONFIG_FILE), name), tmp_path / "configs" / name)
     status, out, err = run_cli(["demo", "configs/demo.yaml", *REDUCED], tmp_path, SGAN_NO_PROGRESS="1")
     assert status == 0, err[-3000:]
     assert "Table II style" in out and "Seeds on the 12 training images" in out

@@ -5,7 +5,10 @@ import pytest
 import yaml
 
 from sgan import config as config_module
-from sgan.config import Config, load_config, parse_override, register_section, resolve, save_resolved
+from sgan.config import Config, parse_override, register_section, resolve, save_resolved
+from sgan.pipeline import load_config, register_sections
+
+register_sections()   # the root keys (work_dir, seed ...) that the tests of the mechanism below use
 
 register_section("test_section", {"lr": 1e-3, "iterations": 10, "flip": True, "name": "x",
                                   "scales": [1.0], "weights": None, "extra": {}},
@@ -166,16 +169,35 @@ def test_base_cycles_and_missing_bases_are_one_line_errors(tmp_path, capsys):
         load_config(str(tmp_path / "d.yaml"))
 
 
-def test_the_authors_config_states_only_its_differences_from_the_papers():
-    here = os.path.join(os.path.dirname(__file__), os.pardir, "configs")
-    with open(os.path.join(here, "voc_sgan_authors.yaml")) as stream:
+CONFIGS = os.path.join(os.path.dirname(__file__), os.pardir, "configs")
+
+
+def stated_and_differing(name):
+    """(keys the file ``configs/<name>`` states itself, keys where it resolves otherwise than
+    voc_sgan.yaml), each a set of (section, key), section "" for the top-level keys."""
+    with open(os.path.join(CONFIGS, name)) as stream:
         own = yaml.safe_load(stream)
     assert own.pop("_base_") == "voc_sgan.yaml"
-    paper = load_config(os.path.join(here, "voc_sgan.yaml"))
-    authors = load_config(os.path.join(here, "voc_sgan_authors.yaml"))
-    differing = {(name, key) for name, section in authors.items() if isinstance(section, dict)
-                 for key in section if section[key] != paper[name][key]}
-    stated = {(name, key) for name, section in own.items() if isinstance(section, dict) for key in section}
+    paper = load_config(os.path.join(CONFIGS, "voc_sgan.yaml"))
+    derived = load_config(os.path.join(CONFIGS, name))
+    differing = {(section, key) for section, values in derived.items() if isinstance(values, dict)
+                 for key in values if values[key] != paper[section][key]}
+    differing |= {("", key) for key, value in derived.items() if not isinstance(value, dict) and value != paper[key]}
+    stated = {(section, key) for section, values in own.items() if isinstance(values, dict) for key in values}
+    stated |= {("", key) for key, value in own.items() if not isinstance(value, dict)}
+    return stated, differing
+
+
+def test_the_authors_config_states_only_its_differences_from_the_papers():
+    stated, differing = stated_and_differing("voc_sgan_authors.yaml")
     assert differing == stated - {("train_sgan", "seed_loss_weight")}   # lambda is the same, stated for the reader
+    paper = load_config(os.path.join(CONFIGS, "voc_sgan.yaml"))
+    authors = load_config(os.path.join(CONFIGS, "voc_sgan_authors.yaml"))
     assert (authors.seeds.rule, authors.seeds.resolution, authors.seeds.alpha) == ("authors", "feature", 0.25)
     assert (paper.seeds.rule, paper.seeds.resolution, paper.seeds.alpha) == ("paper", "image", 0.2)
+
+
+@pytest.mark.parametrize("name", ["voc_deeplab.yaml", "demo.yaml"])
+def test_the_stage2_and_demo_configs_state_only_their_differences_from_the_papers(name):
+    stated, differing = stated_and_differing(name)
+    assert differing == stated

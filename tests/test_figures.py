@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from sgan.config import load_config
 from sgan.figures import draw
 from sgan.models.sgan_net import build_network
+from sgan.pipeline import load_config
 from tests.test_stage1_pipeline import tiny_config
 
 HEIGHT, WIDTH = 40, 64  # not square: 1.6 wide

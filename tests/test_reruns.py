@@ -136,7 +136,7 @@ def test_eval_with_another_list_and_infer_never_mixes_two_models(tmp_path, monke
     import numpy as np
     from PIL import Image
 
-    import sgan.pipeline.infer_seg as infer_step
+    import sgan.pipeline.infer as infer_step
     from sgan.synthetic import generate
     info = generate(tmp_path / "voc", num_train=4, num_val=6, image_size=(64, 64), classes=3)
     seeds_dir = tmp_path / "seeds"

@@ -3,11 +3,11 @@ import numpy as np
 import pytest
 import torch
 
-from sgan.config import resolve
 from sgan.models import load_pretrained
 from sgan.models.deeplab import VGG16_CONVS, VGG16_TORCHVISION_INDICES
 from sgan.models.sgan_net import CAMNet, SGANNet, build_network
 from sgan.models.vgg import VGG16Stride8
+from sgan.pipeline import load_config
 from sgan.seeds import class_scores, make_seeds
 
 TINY = {"width": 0.0625, "convs_per_block": [2, 2, 3, 3, 3], "classifier": "paper", "classifier_hidden": 64,
@@ -54,7 +54,7 @@ def test_weights_load_in_both_namings(naming, tmp_path):
     state = _imagenet_state(naming, network)
     path = tmp_path / "vgg16.pth"
     torch.save(state, path)
-    config = resolve({"work_dir": str(tmp_path), "backend": "reference", "model": dict(TINY, weights=str(path))})
+    config = load_config(base={"work_dir": str(tmp_path), "backend": "reference", "model": dict(TINY, weights=str(path))})
     loaded, info = build_network(config, "sgan", "sgan")
     conv3_1 = "features.10" if naming == "torchvision" else "conv3_1"
     assert torch.equal(loaded.backbone.conv3_1.weight, state[f"{conv3_1}.weight"])

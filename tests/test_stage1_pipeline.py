@@ -8,8 +8,8 @@ import yaml
 from PIL import Image
 
 from sgan import cli
-from sgan.config import load_config
 from sgan.data.voc import VOCPaths, image_level_labels, read_id_list
+from sgan.pipeline import load_config
 from sgan.synthetic import generate
 
 STAGE1 = ["labels", "train-cam", "initial-seeds", "train-sgan", "seeds", "eval-seeds"]

@@ -215,7 +215,7 @@ def test_weights_of_another_width_name_the_width_that_fits(file_width):
 
 
 def test_train_seg_passes_its_width_key(tmp_path):
-    from sgan.config import load_config
+    from sgan.pipeline import load_config
     from sgan.pipeline.train_seg import build_model
     from sgan.utils.logging import get_logger
     path = tmp_path / "resnet.pth"

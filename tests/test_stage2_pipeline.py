@@ -11,11 +11,10 @@ import yaml
 from PIL import Image
 
 from sgan import cli
-from sgan.config import load_config
 from sgan.infer import read_label_png
 from sgan.models.deeplab import build_deeplab
 from sgan.models.resnet import resnet_caffe_names
-from sgan.pipeline import run_steps
+from sgan.pipeline import load_config, run_steps
 from sgan.pipeline import train_seg as train_seg_step
 from sgan.synthetic import generate
 from sgan.train import load_checkpoint

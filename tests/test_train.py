@@ -7,9 +7,8 @@ import torch
 import torch.multiprocessing as mp
 from torch import nn
 
-from sgan.config import load_config
 from sgan.models.sgan_net import build_network
-from sgan.pipeline import run_step, run_steps
+from sgan.pipeline import load_config, run_step, run_steps
 from sgan.train import BatchOrder, IterationBatchSampler, build_sgd, lr_factor, parameter_groups
 from sgan.utils.seeding import derive_seed, seed_everything
 from tests.test_stage1_pipeline import make_tiny_voc, tiny_config

@@ -7,9 +7,8 @@ import pytest
 from PIL import Image
 
 from sgan import cli, synthetic
-from sgan.config import STAGE1_STEPS, STAGE2_STEPS
 from sgan.data.voc import VOCPaths, read_id_list
-from sgan.pipeline import discover_steps
+from sgan.pipeline import STEP_NAMES, STEPS
 from sgan.pipeline._validate import STEP_INPUTS
 from sgan.pipeline.demo import CONFIG_FILE
 from tests.test_data_voc import has_problem, problem_groups
@@ -32,7 +31,7 @@ def voc(tmp_path):
 
 
 def test_every_step_has_an_entry_in_the_inputs_table():
-    assert set(STEP_INPUTS) == set(discover_steps())
+    assert tuple(STEP_INPUTS) == STEP_NAMES
 
 
 def test_run_names_every_bad_input_of_every_step_before_anything_trains(voc, tmp_path, capsys):
@@ -56,7 +55,7 @@ def test_run_names_every_bad_input_of_every_step_before_anything_trains(voc, tmp
     config = write_yaml(tmp_path / "exp.yaml", tiny_config(paths.root, saliency, work,
                                                            model={"weights": str(tmp_path / "vgg16.pth")}))
 
-    assert cli.main(["run", config, f"steps={STAGE1_STEPS + STAGE2_STEPS}"]) == 2
+    assert cli.main(["run", config, f"steps={[step.name for step in STEPS if step.default]}"]) == 2
     err = capsys.readouterr().err
     message = err[err.index("sgan run: error: ") + len("sgan run: error: "):]
     expected = [("unreadable image", f"{paths.image(ids[0])}: cannot decode the image, truncated or corrupt"),

@@ -35,7 +35,6 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 
-from sgan.config import register_section
 from sgan.data.voc_classes import CLASS_NAMES, IGNORE_INDEX, NUM_CLASSES
 from sgan.data.zoom import zoom_linear, zoom_nearest
 from sgan.utils.io import load_json
@@ -50,7 +49,8 @@ PROBLEMS_SHOWN_PER_KIND = 10
 DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, struct.error, Image.DecompressionBombError)
 RESIZES = ("pil", "corner_aligned")
 
-register_section("data", {
+# the config section `data`, registered by sgan.pipeline.register_sections
+DATA_SECTION = dict(defaults={
     "root": None,
     "saliency_dir": None,
     "train_list": "ImageSets/Segmentation/train_aug.txt",

@@ -33,7 +33,6 @@ import pickle
 import torch
 from torch import nn
 
-from sgan.config import register_section
 from sgan.data.saliency import MASK_RESIZES, saliency_to_mask
 from sgan.data.voc_classes import NUM_CLASSES
 from sgan.models.attention import SaliencyGuidedAttention
@@ -45,7 +44,8 @@ from sgan.utils.logging import get_logger
 VARIANTS = ("sgan", "sgan-seed", "sgan-sal-seed")
 CLASSIFIERS = ("paper", "authors")
 
-register_section("model", {
+# the config section `model`, registered by sgan.pipeline.register_sections
+MODEL_SECTION = dict(defaults={
     "weights": None,
     "weights_naming": "auto",
     "width": 1.0,

@@ -1,66 +1,150 @@
-"""The step registry and the runner.
+"""The pipeline as one ordered table of steps (:data:`STEPS`), the config schema it registers, the runner.
 
-A step is a module in this package (``sgan/pipeline/<anything>.py``) that defines::
+:data:`STEPS` is the single source of the step names and their order: the CLI's subcommands and
+``sgan steps``, the default ``steps`` that ``sgan run`` chains, the config schema, the demo's order
+and the input checks (``_validate.STEP_INPUTS``, one entry per step) all read it. Step ``name``
+lives in the module ``sgan.pipeline.<name with - as _>``, which defines::
 
-    STEP = "train-cam"     # the step's name: `sgan train-cam CONFIG.yaml key=value ...`
+    STEP = "train-cam"     # its name again, for its records and logs (checked against the table)
     def run(cfg): ...      # reads and writes files under cfg.work_dir; skips work already done
                            # from the same settings and inputs (sgan.utils.record) unless
                            # cfg.overwrite; cfg is a validated sgan.config.Config
+    SECTION = dict(defaults={...}, choices={...}, bounds={...}, doc="...")
+                           # its config section, plain data (when the table names one)
 
-and optionally::
+and optionally ``CONFIG_FILE``, the config used when the command line names none (``sgan demo``).
+The module's docstring's first line is the CLI help.
 
-    DISTRIBUTED = True     # under torchrun every rank runs it (training); otherwise (default) only
-                           # rank 0 runs it while the other ranks wait at a barrier
-    DEFAULT_CONFIG = {...} # the YAML content used when the command line names no config file
-                           # (e.g. `sgan demo`)
-
-The module's docstring's first line is the CLI help. Its config section is declared with
-``sgan.config.register_section`` at import. Modules are found by :func:`discover_steps`, so a new
-step (stage 2, the demo) is added by adding its module here, without editing this file or the CLI.
+Schema: :func:`register_sections` registers, explicitly, the root keys (:data:`ROOT_SECTION`), the
+shared sections (:data:`SHARED_SECTIONS`: ``data``, ``model``) and each step's section;
+:func:`load_config` does so before it reads a config. Importing a module registers nothing.
 
 Runner: :func:`run_steps` runs ``cfg.steps`` (or a given list) in order after :func:`prepare`
 (work dir, logging to ``<work_dir>/sgan.log``, ``config.resolved.yaml`` with the git revision).
 Helpers for steps: :func:`work_path` (paths relative to the work dir) and :func:`resolve_device`;
 what produced an output, and whether it is up to date, is sgan.utils.record's.
 """
+import copy
+import dataclasses
 import importlib
 import os
-import pkgutil
 import time
 
 import torch
 
-from sgan.config import save_resolved
+from sgan.config import ROOT, read_config, register_section, resolve, save_resolved
+from sgan.ops.dispatch import BACKENDS
 from sgan.pipeline._validate import validate_inputs
 from sgan.utils.io import remove_stale_temporaries
 from sgan.utils.logging import get_logger, setup_logging
 
-_STEPS = {}  # name -> module
+
+@dataclasses.dataclass(frozen=True)
+class Step:
+    """One step of the pipeline.
+
+    name: the CLI command (and the name in its records); section: the config section its module
+    declares (SECTION), or None; reads / writes: the config keys naming the files it reads that an
+    earlier step writes, and the files it writes (the user's own inputs are _validate.STEP_INPUTS');
+    stage: the method's stage (0 the baseline CAM and its seeds, 1 SGAN, 2 DeepLab; None: the demo,
+    which chains the others); default: one of the ``steps`` that ``sgan run`` chains by default;
+    distributed: under torchrun every rank runs it (training, inference), else rank 0 only while the
+    other ranks wait at a barrier.
+    """
+    name: str
+    section: str = None
+    reads: tuple = ()
+    writes: tuple = ()
+    stage: int = None
+    default: bool = True
+    distributed: bool = False
+
+    @property
+    def module(self):
+        """The module that defines the step: its name with - as _."""
+        return f"{__name__}.{self.name.replace('-', '_')}"
 
 
-def discover_steps():
-    """Import every module of this package and register those defining STEP; name -> module."""
-    for info in pkgutil.iter_modules(__path__):
-        if info.name.startswith("_"):
-            continue
-        module = importlib.import_module(f"{__name__}.{info.name}")
-        name = getattr(module, "STEP", None)
-        if name is None:
-            continue
-        if not callable(getattr(module, "run", None)):
-            raise TypeError(f"step module {module.__name__} defines STEP={name!r} but no run(cfg)")
-        other = _STEPS.get(name)
-        if other is not None and other is not module:
-            raise ValueError(f"step {name!r} is defined by both {other.__name__} and {module.__name__}")
-        _STEPS[name] = module
-    return dict(_STEPS)
+STEPS = (
+    Step("labels", writes=("data.labels_file",), stage=0),
+    Step("train-cam", "train_cam", reads=("data.labels_file",), writes=("train_cam.checkpoint",),
+         stage=0, distributed=True),
+    Step("initial-seeds", "initial_seeds", reads=("data.labels_file", "initial_seeds.checkpoint"),
+         writes=("initial_seeds.out_dir",), stage=0),
+    Step("train-sgan", "train_sgan", reads=("data.labels_file", "train_sgan.seeds_dir"),
+         writes=("train_sgan.checkpoint",), stage=1, distributed=True),
+    Step("seeds", "seeds", reads=("data.labels_file", "seeds.checkpoint"), writes=("seeds.out_dir",), stage=1),
+    Step("eval-seeds", "eval_seeds", reads=("eval_seeds.seeds_dir",), writes=("eval_seeds.out",), stage=1),
+    Step("figures", "figures", reads=("data.labels_file", "train_cam.checkpoint", "train_sgan.checkpoint",
+                                      "figures.initial_seeds_dir", "figures.seeds_dir"),
+         writes=("figures.out_dir",), stage=1, default=False),
+    Step("train-seg", "train_seg", reads=("train_seg.seeds_dir",),
+         writes=("train_seg.checkpoint", "train_seg.timing_file"), stage=2, distributed=True),
+    Step("infer", "infer", reads=("infer.checkpoint",), writes=("infer.output_dir",), stage=2, distributed=True),
+    Step("eval", "eval", reads=("eval.predictions",), writes=("eval.output",), stage=2),
+    Step("demo", "demo", writes=("demo.data_dir", "demo.loss_plot", "demo.results"), default=False),
+)
+STEP_NAMES = tuple(step.name for step in STEPS)
+
+# the top-level keys of a config
+ROOT_SECTION = dict(defaults={
+    "work_dir": None,
+    "seed": 0,
+    "overwrite": False,
+    "resume": False,
+    "resume_changed": False,
+    "device": "auto",
+    "backend": "auto",
+    "num_workers": 2,
+    "steps": [step.name for step in STEPS if step.default],
+}, choices={"backend": BACKENDS}, bounds={"num_workers": "[0, inf)"},
+    doc="work_dir: output directory (required); seed: global seed; overwrite: redo finished work; "
+        "resume: continue an interrupted training from its last checkpoint (refused when its settings or inputs "
+        "changed, unless resume_changed); device: auto|cpu|cuda|cuda:N; "
+        "backend: kernels of the attention and the losses; steps: what `sgan run` chains")
+
+# sections read by several steps: (name, module, attribute holding its spec)
+SHARED_SECTIONS = (("data", "sgan.data.voc", "DATA_SECTION"), ("model", "sgan.models.sgan_net", "MODEL_SECTION"))
 
 
-def get_step(name):
-    steps = discover_steps()
-    if name not in steps:
-        raise ValueError(f"step: unknown step {name!r}; known steps: {sorted(steps)}")
-    return steps[name]
+def step_named(name):
+    """The Step called ``name``; ValueError naming the known steps otherwise."""
+    for step in STEPS:
+        if step.name == name:
+            return step
+    raise ValueError(f"step: unknown step {name!r}; known steps: {list(STEP_NAMES)}")
+
+
+def load_step(step):
+    """Import the module of ``step`` (a Step), checked against the table; the module."""
+    module = importlib.import_module(step.module)
+    if getattr(module, "STEP", None) != step.name or not callable(getattr(module, "run", None)):
+        raise TypeError(f"step module {step.module}: expected STEP = {step.name!r} and run(cfg), "
+                        f"got STEP = {getattr(module, 'STEP', None)!r}")
+    if (step.section is None) != (getattr(module, "SECTION", None) is None):
+        raise TypeError(f"step module {step.module}: the step table says its config section is {step.section!r}, "
+                        f"but it {'defines' if step.section is None else 'lacks'} SECTION")
+    return module
+
+
+def register_sections():
+    """Register the config schema: the root keys, the shared sections and every step's section."""
+    register_section(ROOT, **ROOT_SECTION)
+    for name, module, attribute in SHARED_SECTIONS:
+        register_section(name, **getattr(importlib.import_module(module), attribute))
+    for step in STEPS:
+        module = load_step(step)
+        if step.section is not None:
+            register_section(step.section, **module.SECTION)
+
+
+def load_config(path=None, overrides=(), base=None):
+    """The validated Config of the YAML file ``path`` (with its ``_base_`` files; or of ``base``, a
+    mapping, when path is None) with ``overrides`` (``key.sub=value``), over the registered schema."""
+    register_sections()
+    if path is None:
+        return resolve(copy.deepcopy(base) if base is not None else {}, overrides, source="<defaults>")
+    return resolve(read_config(path), overrides, source=path)
 
 
 def work_path(cfg, path):
@@ -97,13 +181,14 @@ def prepare(cfg):
 
 
 def run_step(name, cfg):
-    """Run one step (only on rank 0 for non-DISTRIBUTED steps under torchrun)."""
+    """Run one step (under torchrun, only on rank 0 unless the step is distributed)."""
     from sgan.train.distributed import barrier, init_distributed
-    module = get_step(name)
+    step = step_named(name)
+    module = load_step(step)
     rank, world = init_distributed(cfg)
     logger = get_logger("pipeline")
     start = time.time()
-    if world == 1 or getattr(module, "DISTRIBUTED", False) or rank == 0:
+    if world == 1 or step.distributed or rank == 0:
         logger.info("step %s: start", name)
         module.run(cfg)
         logger.info("step %s: done in %.1f s", name, time.time() - start)
@@ -113,10 +198,9 @@ def run_step(name, cfg):
 def run_steps(cfg, names=None):
     """prepare(cfg), then run ``names`` (default ``cfg.steps``) in order; unknown names fail first."""
     names = list(cfg.steps if names is None else names)
-    known = discover_steps()
-    unknown = [n for n in names if n not in known]
+    unknown = [n for n in names if n not in STEP_NAMES]
     if unknown:
-        raise ValueError(f"steps: unknown step(s) {unknown}; known steps: {sorted(known)}")
+        raise ValueError(f"steps: unknown step(s) {unknown}; known steps: {list(STEP_NAMES)}")
     prepare(cfg)
     validate_inputs(cfg, names)
     for name in names:

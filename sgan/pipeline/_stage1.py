@@ -1,4 +1,4 @@
-"""Helpers shared by the stage-1 steps (not a step: the leading underscore keeps it out of discovery)."""
+"""Helpers shared by the stage-1 steps (not a step: only the modules of sgan.pipeline.STEPS are)."""
 import concurrent.futures
 import os
 

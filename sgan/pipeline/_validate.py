@@ -46,7 +46,8 @@ def _eval_list_key(cfg, section):
     return f"{section}.list" if cfg[section]["list"] else "data.val_list"
 
 
-# step -> the user-provided inputs it reads, as a function of the config (see each step's run).
+# step -> the user-provided inputs it reads, as a function of the config (see each step's run);
+# one entry per step of sgan.pipeline.STEPS, in its order
 STEP_INPUTS = {
     "labels": lambda cfg: [ListFiles(TRAIN_LIST, image=False, labels=True)],
     "train-cam": lambda cfg: [ListFiles(TRAIN_LIST), WeightsFile("model.weights")],
@@ -76,7 +77,7 @@ def validate_inputs(cfg, step_names):
     """Check every user-provided input of ``step_names`` (:data:`STEP_INPUTS`); one ValueError
     naming every problem, grouped by kind, when there is any."""
     names = list(dict.fromkeys(step_names))
-    needs = [need for name in names for need in STEP_INPUTS.get(name, lambda c: [])(cfg)]
+    needs = [need for name in names for need in STEP_INPUTS[name](cfg)]
     problems = []
     for key in dict.fromkeys(need.key for need in needs if isinstance(need, WeightsFile)):
         if _value(cfg, key):

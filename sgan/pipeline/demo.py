@@ -1,12 +1,13 @@
 """The whole method on a generated synthetic benchmark (CPU): stage 0, stage 1 variants, stage 2, tables.
 
 ``sgan demo`` (or ``python -m sgan.cli demo [configs/demo.yaml] [key=value ...]``) uses
-``configs/demo.yaml`` when no config file is given. It
+``configs/demo.yaml`` when no config file is given. It chains the steps of sgan.pipeline.STEPS in
+the table's order (:func:`chained_steps`):
 
 1. generates the synthetic VOC-layout dataset (sgan.synthetic) under ``demo.data_dir`` unless a
    complete one with the same parameters is there, and points ``data.root`` / ``data.saliency_dir``
    at it (whatever the config said);
-2. runs the stage-0/1 steps once: ``labels``, ``train-cam``, ``initial-seeds``;
+2. runs the stage-0 steps once: ``labels``, ``train-cam``, ``initial-seeds``;
 3. for each variant of ``demo.variants`` (Table II: Baseline, SGAN-SAL-SEED, SGAN-SEED, SGAN): its
    stage-1 network (Baseline is the CAM network of step 2; the others ``train-sgan`` with
    ``train_sgan.variant``), ``seeds`` and ``eval-seeds``, then with ``demo.stage2``:
@@ -32,14 +33,13 @@ import os
 import time
 
 import torch
-import yaml
 
 from sgan import synthetic
-from sgan.config import STAGE1_STEPS, STAGE2_STEPS, register_section, resolve
+from sgan.config import resolve
 from sgan.data.voc_classes import CLASS_NAMES, SHORT_NAMES
 from sgan.metrics import format_class_table
 from sgan.models.deeplab import VGG16_CONVS
-from sgan.pipeline import run_step, work_path
+from sgan.pipeline import STEPS, run_step, work_path
 from sgan.pipeline.eval_seeds import authors_mean
 from sgan.pipeline._validate import validate_inputs
 from sgan.train import load_checkpoint
@@ -50,9 +50,10 @@ STEP = "demo"
 
 # The rows of Table II: name -> its train_sgan.variant (None: the baseline CAM network, no SGAN training).
 TABLE_ROWS = {"Baseline": None, "SGAN-SAL-SEED": "sgan-sal-seed", "SGAN-SEED": "sgan-seed", "SGAN": "sgan"}
-CONFIG_FILE = os.path.join(os.path.dirname(__file__), os.pardir, os.pardir, "configs", "demo.yaml")
+# the config of `sgan demo` without a config file (absent when the package is installed without the repo)
+CONFIG_FILE = os.path.abspath(os.path.join(os.path.dirname(__file__), os.pardir, os.pardir, "configs", "demo.yaml"))
 
-register_section("demo", {
+SECTION = dict(defaults={
     "data_dir": "data",
     "num_train": 200,
     "num_val": 80,
@@ -75,24 +76,21 @@ register_section("demo", {
         "stand-in for ImageNet weights) or config (train_seg.weights as configured)")
 
 
-def _default_config():
-    """The content of configs/demo.yaml (None when the package is installed without the repo)."""
-    path = os.path.abspath(CONFIG_FILE)
-    if not os.path.isfile(path):
-        return None
-    with open(path, encoding="utf-8") as stream:
-        return yaml.safe_load(stream)
-
-
-DEFAULT_CONFIG = _default_config()
-
-
 def _derive(cfg, changes):
     """A new validated Config: ``cfg`` with ``changes`` ({section: {key: value}}) applied."""
     data = cfg.to_dict()
     for section, values in changes.items():
         data[section] = {**data[section], **values}
     return resolve(data, source="demo")
+
+
+def chained_steps(section):
+    """The Steps the demo chains, in the table's order: those `sgan run` chains by default (stage 2
+    with ``demo.stage2``) and ``figures`` with ``demo.figures``. Stage 0 runs once, stages 1 and 2 once
+    per variant (all of stage 1 before stage 2), figures once after stage 1."""
+    optional = {"figures": section.figures}
+    return [step for step in STEPS if step.stage is not None and (step.default or optional.get(step.name, False))
+            and (step.stage != 2 or section.stage2)]
 
 
 def _slug(name):
@@ -258,17 +256,20 @@ def run(cfg):
     began = time.time()
     cfg = prepare_data(cfg)
     timings["generate"] = round(time.time() - began, 1)
+    chained = chained_steps(section)
     # train_seg.weights: with stage2_init baseline, a file this run writes after train-cam
     checked = _derive(cfg, {"train_seg": {"weights": None}}) if section.stage2_init == "baseline" else cfg
-    validate_inputs(checked, STAGE1_STEPS + ["figures"] * section.figures + STAGE2_STEPS * section.stage2)
-    for name in ("labels", "train-cam", "initial-seeds"):
+    validate_inputs(checked, [s.name for s in chained])
+    once = [s.name for s in chained if s.stage == 0]
+    per_variant = [s.name for s in chained if s.stage == 1 and s.default]   # figures: once, after them all
+    stage2 = [s.name for s in chained if s.stage == 2]
+    for name in once:
         step(name, cfg)
     variants = {name: variant_configs(cfg, name) for name in section.variants}
     for name, variant_cfg in variants.items():
-        if TABLE_ROWS[name] is not None:
-            step("train-sgan", variant_cfg, f"train-sgan {name}")
-        step("seeds", variant_cfg, f"seeds {name}")
-        step("eval-seeds", variant_cfg, f"eval-seeds {name}")
+        for step_name in per_variant:
+            if step_name != "train-sgan" or TABLE_ROWS[name] is not None:   # the Baseline is train-cam's
+                step(step_name, variant_cfg, f"{step_name} {name}")
     if section.figures:
         last = variants[section.variants[-1]]
         figures_cfg = _derive(last, {"figures": {
@@ -283,9 +284,8 @@ def run(cfg):
                                           "data": {"normalisation": normalisation}})
                         for name, c in variants.items()}
         for name, variant_cfg in variants.items():
-            step("train-seg", variant_cfg, f"train-seg {name}")
-            step("infer", variant_cfg, f"infer {name}")
-            step("eval", variant_cfg, f"eval {name}")
+            for step_name in stage2:
+                step(step_name, variant_cfg, f"{step_name} {name}")
 
     histories = {"train-cam": load_checkpoint(work_path(cfg, cfg.train_cam.checkpoint))["history"]}
     for name, variant_cfg in variants.items():

@@ -3,7 +3,6 @@ import os
 
 import numpy as np
 
-from sgan.config import register_section
 from sgan.data.voc import VOCPaths, read_gray, read_id_list, validate_samples
 from sgan.data.voc_classes import SHORT_NAMES
 from sgan.metrics import ConfusionMatrix, format_class_table
@@ -15,7 +14,7 @@ from sgan.utils.record import fingerprint, folder_fingerprint, make_record, reus
 
 STEP = "eval-seeds"
 
-register_section("eval_seeds", {
+SECTION = dict(defaults={
     "seeds_dir": "seeds", "list": "ImageSets/Segmentation/train.txt", "gt_dir": "SegmentationClass",
     "out": "metrics/seeds.json",
 }, doc="seeds_dir and out relative to work_dir; list and gt_dir relative to data.root")

@@ -1,7 +1,6 @@
 """Stage 1: figures of inputs, saliency mask, initial/final seeds, CAMs and attention columns -> figures/."""
 import os
 
-from sgan.config import register_section
 from sgan.data.voc import load_rgb, read_gray
 from sgan.figures import render
 from sgan.pipeline import resolve_device, work_path
@@ -10,7 +9,7 @@ from sgan.utils.logging import get_logger
 
 STEP = "figures"
 
-register_section("figures", {
+SECTION = dict(defaults={
     "ids": [], "count": 4, "pixel": None, "variants": {}, "initial_seeds_dir": "seeds0",
     "seeds_dir": "seeds", "out_dir": "figures",
 }, bounds={"count": "[1, inf)", "pixel": "[0, 1]"},

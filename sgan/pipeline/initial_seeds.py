@@ -1,11 +1,10 @@
 """Stage 1: baseline CAM >= alpha * max (0.3) and saliency < beta (0.06) -> seeds0/*.png."""
-from sgan.config import register_section
 from sgan.pipeline._stage1 import write_seeds
 from sgan.seeds import SEED_RULES
 
 STEP = "initial-seeds"
 
-register_section("initial_seeds", {
+SECTION = dict(defaults={
     "checkpoint": "ckpt/cam.pt", "out_dir": "seeds0", "alpha": 0.3, "beta": 0.06, "rule": "paper",
     "scales": [1.0], "flip": False,
 }, choices={"rule": SEED_RULES}, bounds={"alpha": "(0, 1]", "beta": "[0, 1]", "scales": "(0, inf)"},

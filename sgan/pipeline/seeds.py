@@ -1,11 +1,10 @@
 """Stage 1: dense seeds from the SGAN CAM (+ seed branch), fg >= alpha * max, bg saliency < beta -> seeds/."""
-from sgan.config import register_section
 from sgan.pipeline._stage1 import write_seeds
 from sgan.seeds import SEED_RESOLUTIONS, SEED_RULES
 
 STEP = "seeds"
 
-register_section("seeds", {
+SECTION = dict(defaults={
     "checkpoint": "ckpt/sgan.pt", "out_dir": "seeds", "alpha": 0.2, "beta": 0.06, "rule": "paper",
     "use_seed_branch": False, "scales": [1.0], "flip": False, "resolution": "image",
 }, choices={"rule": SEED_RULES, "resolution": SEED_RESOLUTIONS},

@@ -1,5 +1,4 @@
 """Stage 1: the baseline CAM network (Table II "Baseline") on image-level labels -> ckpt/cam.pt."""
-from sgan.config import register_section
 from sgan.data.voc import VOCTrainSet, validate_samples
 from sgan.losses import classification_loss
 from sgan.models.sgan_net import build_network
@@ -10,11 +9,10 @@ from sgan.utils.record import images_fingerprint, labels_fingerprint, make_recor
 from sgan.utils.seeding import derive_seed, seed_everything
 
 STEP = "train-cam"
-DISTRIBUTED = True
 
-register_section("train_cam", {**OPTIM_DEFAULTS, "checkpoint": "ckpt/cam.pt"}, choices=OPTIM_CHOICES,
-                 bounds=OPTIM_BOUNDS,
-                 doc="baseline CAM training: SGD schedule keys of sgan.train.optim; checkpoint path in work_dir")
+SECTION = dict(defaults={**OPTIM_DEFAULTS, "checkpoint": "ckpt/cam.pt"}, choices=OPTIM_CHOICES,
+               bounds=OPTIM_BOUNDS,
+               doc="baseline CAM training: SGD schedule keys of sgan.train.optim; checkpoint path in work_dir")
 
 
 def run(cfg):

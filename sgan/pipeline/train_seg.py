@@ -33,7 +33,6 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from sgan.config import register_section
 from sgan.crf import DenseCRFPool, default_processes
 from sgan.data.voc import VOCPaths, load_rgb, normalise, read_gray, read_id_list, resize, validate_samples
 from sgan.data.voc_classes import NUM_CLASSES_WITH_BACKGROUND
@@ -51,9 +50,8 @@ from sgan.utils.record import folder_fingerprint, images_fingerprint, make_recor
 from sgan.utils.seeding import derive_seed, seed_everything
 
 STEP = "train-seg"
-DISTRIBUTED = True
 
-register_section("train_seg", {
+SECTION = dict(defaults={
     **OPTIM_DEFAULTS,
     "iterations": 12000,
     "step_size": 2000,

@@ -1,5 +1,4 @@
 """Stage 1: SGAN (or a Table II variant) with L = L_cls + lambda L_seed on seeds0 -> ckpt/sgan.pt."""
-from sgan.config import register_section
 from sgan.data.voc import VOCTrainSet, validate_samples
 from sgan.data.zoom import zoom_nearest
 from sgan.losses import classification_loss, resize_seeds, seed_loss
@@ -12,9 +11,8 @@ from sgan.utils.record import (folder_fingerprint, images_fingerprint, labels_fi
 from sgan.utils.seeding import derive_seed, seed_everything
 
 STEP = "train-sgan"
-DISTRIBUTED = True
 
-register_section("train_sgan", {
+SECTION = dict(defaults={
     **OPTIM_DEFAULTS, "checkpoint": "ckpt/sgan.pt", "variant": "sgan", "seeds_dir": "seeds0",
     "seed_loss_weight": 0.15, "seed_loss_reduction": "image",
 }, choices={**OPTIM_CHOICES, "variant": VARIANTS, "seed_loss_reduction": ("image", "batch")},

@@ -13,7 +13,6 @@ import os
 
 import numpy as np
 
-from sgan.config import register_section
 from sgan.crf import TEST_SCALE, DenseCRFPool, default_processes
 from sgan.data.voc import VOCPaths, load_rgb, normalise, read_id_list, validate_samples
 from sgan.infer import predict_probabilities, save_label_png
@@ -26,9 +25,8 @@ from sgan.utils.progress import progress
 from sgan.utils.record import fingerprint, finish_partial, images_fingerprint, make_record, settings_of, start_partial, up_to_date
 
 STEP = "infer"
-DISTRIBUTED = True
 
-register_section("infer", {
+SECTION = dict(defaults={
     "checkpoint": "ckpt/deeplab.pt",
     "list": None,
     "output_dir": "pred",

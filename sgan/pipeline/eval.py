@@ -8,7 +8,6 @@ error before anything is written.
 """
 import os
 
-from sgan.config import register_section
 from sgan.data.voc import VOCPaths, raise_problems, read_id_list, validate_samples
 from sgan.data.voc_classes import CLASS_NAMES_WITH_BACKGROUND, NUM_CLASSES_WITH_BACKGROUND, SHORT_NAMES
 from sgan.infer import read_label_png
@@ -21,7 +20,7 @@ from sgan.utils.record import fingerprint, folder_fingerprint, make_record, reus
 
 STEP = "eval"
 
-register_section("eval", {
+SECTION = dict(defaults={
     "predictions": "pred",
     "list": None,
     "gt_dir": "SegmentationClass",
