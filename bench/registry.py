@@ -7,7 +7,7 @@ import dataclasses
 import importlib
 from typing import Callable, Optional
 
-BENCHMARK_MODULES = ("bench.attention", "bench.losses", "bench.sgan_train", "bench.seg_train")
+BENCHMARK_MODULES = ("bench.attention", "bench.losses", "bench.sgan_train", "bench.seg_train", "bench.loaders")
 _REGISTRY = {}
 
 
