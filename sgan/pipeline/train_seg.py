@@ -256,7 +256,7 @@ def run(cfg):
                               1.0 / NUM_CLASSES_WITH_BACKGROUND, np.float32)
             pool.submit(warm, uniform).result()
         train(cfg, "train_seg", name=STEP, model=model, dataset=dataset, loss_fn=loss_fn,
-              checkpoint_path=checkpoint, model_info=model_info, device=device, record=record)
+              checkpoint_path=checkpoint, model_info=model_info, device=device, record=record, checked=True)
     finally:
         if pool is not None:
             pool.close()

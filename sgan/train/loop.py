@@ -71,7 +71,8 @@ def checkpoint_up_to_date(cfg, name, checkpoint_path, record):
     return up_to_date(cfg, name, checkpoint_path, load_checkpoint(checkpoint_path).get("record"), record)
 
 
-def train(cfg, section, *, name, model, dataset, loss_fn, checkpoint_path, model_info, device, record):
+def train(cfg, section, *, name, model, dataset, loss_fn, checkpoint_path, model_info, device, record,
+          checked=False):
     """Train ``model`` and write ``checkpoint_path``; returns it.
 
     section: the step's config section (its name or ``cfg.<name>``), with the keys of
@@ -83,6 +84,8 @@ def train(cfg, section, *, name, model, dataset, loss_fn, checkpoint_path, model
     loss_fn(model, batch, device) -> (loss tensor, {term: float}); ``model`` there may be the DDP
     wrapper, ``batch`` is the collated dict of this rank's samples.
     model_info: JSON-able dict stored with the weights to rebuild the network later.
+    checked: the caller has already found, with :func:`checkpoint_up_to_date`, that the
+    checkpoint must be (re)trained (the checkpoint is not loaded and compared a second time).
     """
     logger = get_logger("train")
     section_name = section if isinstance(section, str) else next((k for k, v in cfg.items() if v is section), None)
@@ -92,7 +95,7 @@ def train(cfg, section, *, name, model, dataset, loss_fn, checkpoint_path, model
     rank, world = init_distributed(cfg)
     last_path = last_checkpoint_path(checkpoint_path)
     interrupted = os.path.isfile(last_path) and not cfg.overwrite
-    if not interrupted and checkpoint_up_to_date(cfg, name, checkpoint_path, record):
+    if not interrupted and not checked and checkpoint_up_to_date(cfg, name, checkpoint_path, record):
         if cfg.resume:
             logger.info("%s: --resume: nothing to resume, %s is finished and up to date", name, checkpoint_path)
         return checkpoint_path

@@ -18,6 +18,7 @@ entry of a checkpoint or a JSON output, or the ``.done.json`` marker of an outpu
 import hashlib
 import os
 
+from sgan.utils.io import load_json, remove_done_marker, save_json, write_done_marker
 from sgan.utils.logging import get_logger
 
 RECORD_FORMAT = "sgan-record-1"
@@ -159,7 +160,6 @@ def start_partial(folder, record, overwrite, ids, suffix=".png"):
     that are there are removed first, so a folder never mixes the outputs of two runs. Returns
     whether the fill continues. Call on one process (rank 0); :func:`finish_partial` at the end.
     """
-    from sgan.utils.io import load_json, remove_done_marker, save_json
     marker = os.path.join(folder, PARTIAL_NAME)
     previous = load_json(marker) if os.path.isfile(marker) else None
     continuing = not overwrite and previous is not None and not changes(previous, record)
@@ -179,7 +179,6 @@ def start_partial(folder, record, overwrite, ids, suffix=".png"):
 
 def finish_partial(folder, record):
     """Mark ``folder`` complete (done marker with ``record``) and drop its ``.partial.json``."""
-    from sgan.utils.io import write_done_marker
     write_done_marker(folder, record)
     marker = os.path.join(folder, PARTIAL_NAME)
     if os.path.isfile(marker):
@@ -189,7 +188,6 @@ def finish_partial(folder, record):
 def reusable_json(cfg, what, path, record):
     """The JSON output at ``path`` (a dict with a "record" entry) when it is up to date with
     ``record`` (see :func:`up_to_date`), else None: the step computes it again."""
-    from sgan.utils.io import load_json
     if not os.path.isfile(path):
         return None
     stored = load_json(path)
