@@ -9,15 +9,19 @@ here. ``generate(root, ...)`` writes, under ``root``::
     VOC2012/Annotations/<id>.xml                VOC XML, one <object> per visible instance
     VOC2012/ImageSets/Segmentation/{train,train_aug,val}.txt
     saliency/<id>.png                           8-bit grayscale saliency maps (0..255)
+    parts/<id>.png                              the discriminative parts (1) of the objects, for the
+                                                benchmark's measured properties (no step reads it)
+    scenes.json                                 each image's background recipe
     synthetic.json                              the generation parameters, written last
 
 How the data tests the method's claims:
 
-* every object is a *body* whose shape (ellipse, polygon, star, blob) and texture are drawn from
-  one pool shared by all classes, plus a *part* (half the body's radius; typically a quarter to a
-  half of the object's area) whose colour and pattern are specific to the class: a classifier
-  needs only the part, so its CAMs favour it over the body, and the saliency-guided attention has
-  to spread them over the whole salient object;
+* every object is a large *body* whose shape (ellipse, polygon, star, blob) and texture are drawn
+  from one pool shared by all classes, plus a small *part* (about a third of the body's radius,
+  typically a tenth of the object's area) whose colour and pattern are specific to the class: a
+  classifier needs only the part, so its CAMs favour it over the body, and the saliency-guided
+  attention has to spread them over the whole salient object; at the demo's 160x160 an object
+  spans tens of positions of the 20x20 feature map, its part a few;
 * some classes come with a typical background in most images (aeroplane and bird with sky,
   boat with water, car, bus and train with road, cow, horse and sheep with grass), so CAMs leak
   into that background, as boats with water do in VOC; those backgrounds also appear, less
@@ -57,20 +61,21 @@ TYPICAL_BACKGROUND = {
 SCENE_BACKGROUNDS = ("sky", "water", "grass", "road")
 GENERIC_BACKGROUNDS = ("wall", "bricks", "tiles", "indoor")
 
-PROB_TYPICAL_BACKGROUND = 0.65  # image holding a class with a typical background gets it
+PROB_TYPICAL_BACKGROUND = 0.8   # image holding a class with a typical background gets it
 PROB_SCENE_BACKGROUND = 0.25    # any other image gets one of the scene backgrounds anyway
 # Object sizes, as fractions of min(H, W): body radius with at most two objects / with more;
 # the part's radius and its centre's offset from the body's centre, as fractions of the body radius.
-BODY_RADIUS = (0.14, 0.32)
-BODY_RADIUS_CROWDED = (0.11, 0.24)
-PART_RADIUS = (0.45, 0.6)
-PART_OFFSET = (0.15, 0.4)
+BODY_RADIUS = (0.2, 0.34)
+BODY_RADIUS_CROWDED = (0.15, 0.26)
+PART_RADIUS = (0.28, 0.38)
+PART_OFFSET = (0.2, 0.5)
 PROB_TWO_CLASSES = 0.35
 PROB_DISTRACTORS = 0.45
 PART_PATTERNS = ("solid", "stripes", "dots", "checker")
 BODY_SHAPES = ("ellipse", "polygon", "star", "blob")
 MANIFEST = "synthetic.json"
-FORMAT_VERSION = 2   # bumped whenever the drawn content changes, so stale datasets are redrawn
+SCENES = "scenes.json"
+FORMAT_VERSION = 3   # bumped whenever the drawn content changes, so stale datasets are redrawn
 
 
 def resolve_classes(classes):
@@ -309,7 +314,8 @@ def _place(rng, ys, xs, visible, radius_range, scale, attempts=12):
 
 
 def _draw_scene(rng, height, width, labels):
-    """One image: returns image (H, W, 3) float, mask (H, W) uint8, instances, distractor masks.
+    """One image: returns image (H, W, 3) float, mask (H, W) uint8, instances, distractor masks and
+    the background's kind.
 
     Each instance is a dict with 'label', 'mask' (visible pixels, bool) and 'part' (bool).
     """
@@ -367,7 +373,7 @@ def _draw_scene(rng, height, width, labels):
             seen.add(label)
         else:
             distractors.append(shape.copy())
-    return np.clip(image, 0, 1), mask, instances, distractors
+    return np.clip(image, 0, 1), mask, instances, distractors, kind
 
 
 def _saliency(rng, instances, distractors, height, width):
@@ -453,6 +459,8 @@ def layout(root):
         "annotations": os.path.join(voc, "Annotations"),
         "image_sets": os.path.join(voc, "ImageSets", "Segmentation"),
         "saliency": os.path.join(root, "saliency"),
+        "parts": os.path.join(root, "parts"),
+        "scenes": os.path.join(root, SCENES),
         "manifest": os.path.join(root, MANIFEST),
     }
 
@@ -489,14 +497,15 @@ def generate(root, num_train=64, num_val=32, image_size=(96, 96), seed=0, classe
     height, width = int(image_size[0]), int(image_size[1])
     paths = layout(os.fspath(root))
     for key in ("images", "segmentation_class", "segmentation_class_aug", "annotations",
-                "image_sets", "saliency"):
+                "image_sets", "saliency", "parts"):
         os.makedirs(paths[key], exist_ok=True)
     palette = voc_palette()
     ids = [f"2012_{index:06d}" for index in range(1, num_train + num_val + 1)]
+    scenes = {}
     for index, image_id in enumerate(ids):
         rng = np.random.default_rng(np.random.SeedSequence([seed, index]))
         labels = _image_labels(rng, label_pool)
-        image, mask, instances, distractors = _draw_scene(rng, height, width, labels)
+        image, mask, instances, distractors, scenes[image_id] = _draw_scene(rng, height, width, labels)
         saliency = _saliency(rng, instances, distractors, height, width)
         rgb = Image.fromarray(np.round(image * 255).astype(np.uint8), "RGB")
         _save_image(os.path.join(paths["images"], image_id + ".jpg"), rgb, "JPEG", quality=jpeg_quality)
@@ -507,9 +516,12 @@ def generate(root, num_train=64, num_val=32, image_size=(96, 96), seed=0, classe
         _save_image(os.path.join(paths["segmentation_class_aug"], image_id + ".png"),
                     Image.fromarray(mask, "L"), "PNG")
         _save_image(os.path.join(paths["saliency"], image_id + ".png"), Image.fromarray(saliency, "L"), "PNG")
+        parts = np.logical_or.reduce([inst["part"] for inst in instances]) if instances else np.zeros_like(mask, bool)
+        _save_image(os.path.join(paths["parts"], image_id + ".png"), Image.fromarray(parts.astype(np.uint8), "L"), "PNG")
         _save_text(os.path.join(paths["annotations"], image_id + ".xml"),
                    _annotation_xml(image_id, height, width, instances))
     train_ids, val_ids = ids[:num_train], ids[num_train:]
+    _save_text(paths["scenes"], json.dumps(scenes, indent=0) + "\n")
     for split, split_ids in (("train", train_ids), ("train_aug", train_ids), ("val", val_ids)):
         _save_text(os.path.join(paths["image_sets"], split + ".txt"), "".join(i + "\n" for i in split_ids))
     manifest = {"format_version": FORMAT_VERSION, "num_train": num_train, "num_val": num_val,

@@ -23,6 +23,8 @@ REDUCED = [
     "train_cam.batch_size=4", "train_sgan.batch_size=4", "train_seg.batch_size=4",
     "train_cam.checkpoint_every=3", "train_sgan.checkpoint_every=3", "train_seg.checkpoint_every=3",
     "train_seg.resize=72", "train_seg.crop=64", "train_seg.crf_processes=1", "infer.crf_processes=1",
+    "pretrain.iterations=4", "pretrain.num_images=16", "pretrain.batch_size=4", "pretrain.image_size=[48,48]",
+    "pretrain.checkpoint_every=2",
 ]
 
 
@@ -78,7 +80,7 @@ def test_reduced_demo_runs_end_to_end(tmp_path, capsys, monkeypatch):
 
     # a second run finds every output and skips the work: no checkpoint rewritten, same tables
     checkpoints = {path: path.stat().st_mtime_ns for path in (work_dir / "ckpt").iterdir()}
-    assert len(checkpoints) == 9   # cam, 3 SGAN variants, 4 DeepLabs, the stage-2 init
+    assert len(checkpoints) == 9   # the pretraining, cam, 3 SGAN variants, 4 DeepLabs
     assert main(["demo", os.path.abspath(CONFIG_FILE), f"work_dir={work_dir}", *REDUCED]) == 0
     assert {path: path.stat().st_mtime_ns for path in (work_dir / "ckpt").iterdir()} == checkpoints
     with open(work_dir / "metrics" / "demo.json") as stream:

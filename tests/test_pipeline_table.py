@@ -28,9 +28,10 @@ def test_sgan_steps_and_the_default_steps_follow_the_table(capsys):
     assert cli.main(["steps"]) == 0
     listed = [line.split()[0] for line in capsys.readouterr().out.splitlines()]
     assert listed == list(STEP_NAMES)
-    assert STEP_NAMES[:3] == ("labels", "train-cam", "initial-seeds") and STEP_NAMES[-1] == "demo"
+    assert STEP_NAMES[:4] == ("pretrain", "labels", "train-cam", "initial-seeds")
+    assert STEP_NAMES[-2:] == ("demo", "study")
     assert load_config().steps == [step.name for step in STEPS if step.default]
-    assert "figures" not in load_config().steps and "demo" not in load_config().steps
+    assert not {"pretrain", "figures", "demo", "study"} & set(load_config().steps)
 
 
 def test_every_step_module_is_named_like_its_step_and_declares_its_section():
@@ -70,13 +71,13 @@ def test_each_step_reads_what_an_earlier_step_writes_in_the_shipped_configs(name
 def test_the_demo_chains_the_table_and_each_variant_reads_what_it_wrote():
     cfg = load_config(CONFIG_FILE)
     assert [step.name for step in chained_steps(cfg.demo)] == [
-        "labels", "train-cam", "initial-seeds", "train-sgan", "seeds", "eval-seeds", "figures",
+        "pretrain", "labels", "train-cam", "initial-seeds", "train-sgan", "seeds", "eval-seeds", "figures",
         "train-seg", "infer", "eval"]
-    without = load_config(CONFIG_FILE, ["demo.stage2=false", "demo.figures=false"])
+    without = load_config(CONFIG_FILE, ["demo.stage2=false", "demo.figures=false", "demo.pretrain=false"])
     assert [step.name for step in chained_steps(without.demo)] == [
         "labels", "train-cam", "initial-seeds", "train-sgan", "seeds", "eval-seeds"]
     for variant in cfg.demo.variants:   # Baseline, SGAN-SAL-SEED, SGAN-SEED, SGAN
-        check_wiring(variant_configs(cfg, variant), set(STEP_NAMES) - {"figures", "demo"})
+        check_wiring(variant_configs(cfg, variant), set(STEP_NAMES) - {"figures", "demo", "study"})
 
 
 def test_a_wrong_wiring_is_caught():

@@ -155,13 +155,13 @@ def test_objects_have_a_class_specific_part_and_a_larger_body():
     for index in range(40):
         rng = np.random.default_rng(np.random.SeedSequence([0, index]))
         labels = synthetic._image_labels(rng, np.array([1, 4, 7, 10]))
-        image, mask, instances, _ = synthetic._draw_scene(rng, height, width, labels)
+        image, mask, instances, _, _ = synthetic._draw_scene(rng, height, width, labels)
         for inst in instances:
             assert (mask[inst["mask"]] == inst["label"]).all()
             if inst["part"].sum() >= 10:
                 part_fractions.append(inst["part"].sum() / inst["mask"].sum())
                 part_colours.setdefault(inst["label"], []).append(image[inst["part"]].mean(0))
-    assert 0.2 < np.median(part_fractions) < 0.5   # the part is the smaller piece of the object
+    assert 0.05 < np.median(part_fractions) < 0.25   # the part is a small piece of a large body
     means = {label: np.mean(colours, 0) for label, colours in part_colours.items()}
     assert len(means) == 4
     labels = sorted(means)

@@ -77,3 +77,41 @@ def convert_vgg16(backbone, state, naming, prefix="backbone."):
     heads = ("classifier.",) if naming == "torchvision" else ("fc6", "fc7", "fc8")
     ignored = {k for k in state if k.startswith(heads) or k in skipped_convs}
     return converted, used, ignored
+
+
+class PretrainClassifier(nn.Module):
+    """The backbone as a multi-label classifier for ``sgan pretrain``: every convolution followed by
+    batch normalisation (so the full depth trains from scratch), a 1×1 convolution to
+    ``num_classes`` CAM logits, global average pooling. forward(images (B, 3, H, W)) -> (B, num_classes).
+
+    :func:`folded_torchvision_state` folds each batch normalisation into its convolution, giving
+    plain VGG-16 weights that compute the same features (in eval mode) without it.
+    """
+
+    def __init__(self, num_classes, width=1.0, convs_per_block=VGG16_CONVS_PER_BLOCK):
+        super().__init__()
+        self.backbone = VGG16Stride8(width, convs_per_block)
+        for name in self.backbone.conv_names:
+            conv = getattr(self.backbone, name)
+            setattr(self.backbone, name, nn.Sequential(conv, nn.BatchNorm2d(conv.out_channels)))
+        self.classifier = nn.Conv2d(self.backbone.out_channels, num_classes, 1)
+
+    def forward(self, images):
+        return self.classifier(self.backbone(images)).mean(dim=(2, 3))
+
+
+def folded_torchvision_state(state, conv_names, prefix="backbone."):
+    """A PretrainClassifier state dict -> {``features.{i}.weight|bias``: tensor}: torchvision VGG-16
+    naming, each batch normalisation (eval mode: running statistics) folded into its convolution:
+    w' = w · g / sqrt(v + eps), b' = (b − m) · g / sqrt(v + eps) + beta, per output channel."""
+    all_names = [name for block in VGG16_CONVS for name, _ in block]
+    folded = {}
+    for name in conv_names:
+        index = VGG16_TORCHVISION_INDICES[all_names.index(name)]
+        conv, norm = f"{prefix}{name}.0.", f"{prefix}{name}.1."
+        scale = state[norm + "weight"].double() / torch.sqrt(state[norm + "running_var"].double() + 1e-5)
+        weight = state[conv + "weight"].double() * scale.view(-1, 1, 1, 1)
+        bias = (state[conv + "bias"].double() - state[norm + "running_mean"].double()) * scale + state[norm + "bias"]
+        folded[f"features.{index}.weight"] = weight.float().contiguous()
+        folded[f"features.{index}.bias"] = bias.float().contiguous()
+    return folded

@@ -46,8 +46,8 @@ class Step:
     name: the CLI command (and the name in its records); section: the config section its module
     declares (SECTION), or None; reads / writes: the config keys naming the files it reads that an
     earlier step writes, and the files it writes (the user's own inputs are _validate.STEP_INPUTS');
-    stage: the method's stage (0 the baseline CAM and its seeds, 1 SGAN, 2 DeepLab; None: the demo,
-    which chains the others); default: one of the ``steps`` that ``sgan run`` chains by default;
+    stage: the method's stage (0 the backbone's pretraining (demo), the baseline CAM and its seeds,
+    1 SGAN, 2 DeepLab; None: the demo and the study, which chain the others); default: one of the ``steps`` that ``sgan run`` chains by default;
     distributed: under torchrun every rank runs it (training, inference), else rank 0 only while the
     other ranks wait at a barrier.
     """
@@ -66,6 +66,8 @@ class Step:
 
 
 STEPS = (
+    Step("pretrain", "pretrain", writes=("pretrain.checkpoint", "pretrain.weights"), stage=0, default=False,
+         distributed=True),
     Step("labels", writes=("data.labels_file",), stage=0),
     Step("train-cam", "train_cam", reads=("data.labels_file",), writes=("train_cam.checkpoint",),
          stage=0, distributed=True),
@@ -83,6 +85,7 @@ STEPS = (
     Step("infer", "infer", reads=("infer.checkpoint",), writes=("infer.output_dir",), stage=2, distributed=True),
     Step("eval", "eval", reads=("eval.predictions",), writes=("eval.output",), stage=2),
     Step("demo", "demo", writes=("demo.data_dir", "demo.loss_plot", "demo.results"), default=False),
+    Step("study", "study", writes=("study.out_dir",), default=False),
 )
 STEP_NAMES = tuple(step.name for step in STEPS)
 

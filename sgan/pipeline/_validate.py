@@ -49,6 +49,7 @@ def _eval_list_key(cfg, section):
 # step -> the user-provided inputs it reads, as a function of the config (see each step's run);
 # one entry per step of sgan.pipeline.STEPS, in its order
 STEP_INPUTS = {
+    "pretrain": lambda cfg: [],   # draws its own images (sgan.synthetic_pretrain)
     "labels": lambda cfg: [ListFiles(TRAIN_LIST, image=False, labels=True)],
     "train-cam": lambda cfg: [ListFiles(TRAIN_LIST), WeightsFile("model.weights")],
     "initial-seeds": lambda cfg: [ListFiles(TRAIN_LIST, saliency=True)],
@@ -61,6 +62,7 @@ STEP_INPUTS = {
     "infer": lambda cfg: [ListFiles(_eval_list_key(cfg, "infer"))],
     "eval": lambda cfg: [ListFiles(_eval_list_key(cfg, "eval"), gt_key="eval.gt_dir")],
     "demo": lambda cfg: [],  # generates its data, then validates the steps it runs (demo.run)
+    "study": lambda cfg: [],  # runs the demo, which validates
 }
 
 

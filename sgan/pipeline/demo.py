@@ -57,16 +57,17 @@ SECTION = dict(defaults={
     "data_dir": "data",
     "num_train": 200,
     "num_val": 80,
-    "image_size": [96, 96],
+    "image_size": [160, 160],
     "data_seed": 0,
     "classes": 6,
     "variants": list(TABLE_ROWS),
+    "pretrain": True,
     "stage2": True,
-    "stage2_init": "baseline",
+    "stage2_init": "pretrained",
     "figures": True,
     "loss_plot": "figures/losses.png",
     "results": "metrics/demo.json",
-}, choices={"stage2_init": ("baseline", "config")},
+}, choices={"stage2_init": ("pretrained", "baseline", "config")},
     bounds={"num_train": "[1, inf)", "num_val": "[1, inf)", "image_size": "[32, inf)", "data_seed": "[0, inf)",
             "classes": "[1, 20]"},
     doc="the demo: data_dir (relative to work_dir) receives the synthetic dataset of num_train/num_val "
@@ -88,7 +89,7 @@ def chained_steps(section):
     """The Steps the demo chains, in the table's order: those `sgan run` chains by default (stage 2
     with ``demo.stage2``) and ``figures`` with ``demo.figures``. Stage 0 runs once, stages 1 and 2 once
     per variant (all of stage 1 before stage 2), figures once after stage 1."""
-    optional = {"figures": section.figures}
+    optional = {"figures": section.figures, "pretrain": section.pretrain}
     return [step for step in STEPS if step.stage is not None and (step.default or optional.get(step.name, False))
             and (step.stage != 2 or section.stage2)]
 
@@ -104,6 +105,9 @@ def _check(section):
                          f"got {list(section.variants)}")
     if len(section.image_size) != 2:
         raise ValueError(f"demo.image_size: expected [height, width], got {list(section.image_size)}")
+    if section.stage2 and section.stage2_init == "pretrained" and not section.pretrain:
+        raise ValueError("demo.stage2_init: 'pretrained' needs demo.pretrain=true (the weights it reads are "
+                         "the pretrain step's); set demo.stage2_init=baseline or config")
 
 
 def prepare_data(cfg):
@@ -122,6 +126,15 @@ def prepare_data(cfg):
                     section.num_val, root, time.time() - start)
     paths = synthetic.layout(root)
     return _derive(cfg, {"data": {"root": paths["voc"], "saliency_dir": paths["saliency"]}})
+
+
+def stage1_config(cfg):
+    """cfg with data.root / data.saliency_dir at the demo's dataset (generated unless present) and,
+    with demo.pretrain, model.weights at the pretrain step's weights (torchvision naming)."""
+    cfg = prepare_data(cfg)
+    if cfg.demo.pretrain:
+        cfg = _derive(cfg, {"model": {"weights": work_path(cfg, cfg.pretrain.weights), "weights_naming": "torchvision"}})
+    return cfg
 
 
 def variant_configs(cfg, name):
@@ -219,7 +232,7 @@ def plot_losses(path, histories):
     for axis, (name, history) in zip(axes.ravel(), histories.items()):
         iterations = [entry["iteration"] for entry in history]
         for term in history[0]:
-            if term in ("iteration", "lr") or term.endswith("_ms"):
+            if term in ("iteration", "lr", "top1") or term.endswith("_ms"):
                 continue
             axis.plot(iterations, [entry[term] for entry in history], marker=".", markersize=3, label=term)
         axis.set_title(name, fontsize=10)
@@ -254,12 +267,15 @@ def run(cfg):
         timings[label or name] = round(time.time() - began, 1)
 
     began = time.time()
-    cfg = prepare_data(cfg)
+    cfg = stage1_config(cfg)
     timings["generate"] = round(time.time() - began, 1)
     chained = chained_steps(section)
-    # train_seg.weights: with stage2_init baseline, a file this run writes after train-cam
-    checked = _derive(cfg, {"train_seg": {"weights": None}}) if section.stage2_init == "baseline" else cfg
-    validate_inputs(checked, [s.name for s in chained])
+    unwritten = {}   # weights files this run writes before the steps that read them
+    if section.pretrain:
+        unwritten["model"] = {"weights": None}
+    if section.stage2_init != "config":
+        unwritten["train_seg"] = {"weights": None}
+    validate_inputs(_derive(cfg, unwritten), [s.name for s in chained])
     once = [s.name for s in chained if s.stage == 0]
     per_variant = [s.name for s in chained if s.stage == 1 and s.default]   # figures: once, after them all
     stage2 = [s.name for s in chained if s.stage == 2]
@@ -277,7 +293,10 @@ def run(cfg):
             "seeds_dir": last.seeds.out_dir}})
         step("figures", figures_cfg)
     if section.stage2:
-        if section.stage2_init == "baseline":
+        if section.stage2_init == "pretrained":
+            variants = {name: _derive(c, {"train_seg": {"weights": c.model.weights, "weights_naming": "torchvision"}})
+                        for name, c in variants.items()}
+        elif section.stage2_init == "baseline":
             init, normalisation = write_stage2_init(work_path(cfg, cfg.train_cam.checkpoint),
                                                     work_path(cfg, "ckpt/stage2_init.pt"))
             variants = {name: _derive(c, {"train_seg": {"weights": init, "weights_naming": "caffe"},
@@ -287,7 +306,8 @@ def run(cfg):
             for step_name in stage2:
                 step(step_name, variant_cfg, f"{step_name} {name}")
 
-    histories = {"train-cam": load_checkpoint(work_path(cfg, cfg.train_cam.checkpoint))["history"]}
+    histories = {"pretrain": load_checkpoint(work_path(cfg, cfg.pretrain.checkpoint))["history"]} if section.pretrain else {}
+    histories["train-cam"] = load_checkpoint(work_path(cfg, cfg.train_cam.checkpoint))["history"]
     for name, variant_cfg in variants.items():
         if TABLE_ROWS[name] is not None:
             histories[f"train-sgan {name}"] = load_checkpoint(work_path(variant_cfg, variant_cfg.train_sgan.checkpoint))["history"]
