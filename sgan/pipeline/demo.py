@@ -7,22 +7,24 @@ the table's order (:func:`chained_steps`):
 1. generates the synthetic VOC-layout dataset (sgan.synthetic) under ``demo.data_dir`` unless a
    complete one with the same parameters is there, and points ``data.root`` / ``data.saliency_dir``
    at it (whatever the config said);
-2. runs the stage-0 steps once: ``labels``, ``train-cam``, ``initial-seeds``;
+2. runs the stage-0 steps once: with ``demo.pretrain``, ``pretrain`` (the backbone as a classifier
+   on a synthetic set disjoint from the benchmark: the stand-in for ImageNet weights, which
+   ``model.weights`` then names, so every stage-1 network starts from it), then ``labels``,
+   ``train-cam``, ``initial-seeds``;
 3. for each variant of ``demo.variants`` (Table II: Baseline, SGAN-SAL-SEED, SGAN-SEED, SGAN): its
    stage-1 network (Baseline is the CAM network of step 2; the others ``train-sgan`` with
    ``train_sgan.variant``), ``seeds`` and ``eval-seeds``, then with ``demo.stage2``:
-   ``train-seg`` on those seeds, ``infer`` on the val list and ``eval``;
-
-   No ImageNet weights exist on a fresh machine, and every stage-1 network trains from scratch
-   (all variants alike). A DeepLab VGG-16 from scratch does not learn in the demo's budget, so
-   with ``demo.stage2_init: baseline`` its backbone starts, for every variant alike, from the
-   baseline CAM network's backbone (trained on image-level labels only), deepened to VGG-16's 13
-   convolutions with identity kernels (:func:`write_stage2_init`): the stand-in for ImageNet;
+   ``train-seg`` on those seeds, ``infer`` on the val list and ``eval``; DeepLab's VGG-16 starts,
+   for every variant alike, from the pretrain weights (``demo.stage2_init: pretrained``), from the
+   baseline CAM network's backbone deepened with identity convolutions (``baseline``,
+   :func:`write_stage2_init`) or from ``train_seg.weights`` (``config``);
 4. ``figures`` for the variants (with ``demo.figures``) and a plot of every training loss;
-5. prints the seed table (the authors' mean precision / recall over all 21 classes and the mIoU of
-   the seeds on the training images) and the
-   Table II style table (per-class IoU and mIoU of stage 2 on val), and saves them with the wall
-   time of every step in ``<work_dir>/metrics/demo.json``.
+5. prints the seed table (the authors' mean precision / recall over background and the dataset's
+   classes and the mIoU of the seeds on the training images) and the Table II style table
+   (per-class IoU and mIoU of stage 2 on val), and saves them with the wall time of every step in
+   ``<work_dir>/metrics/demo.json``.
+
+One run is one training seed; ``sgan study`` runs it over several on held-out data.
 
 Every step writes its own files under the work dir, one name per variant (``ckpt/sgan_<v>.pt``,
 ``seeds_<v>/``, ``pred_<v>/``, ``metrics/seg_<v>.json`` ...), and skips what is already done, so an
