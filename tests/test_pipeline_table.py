@@ -45,7 +45,7 @@ def test_every_step_module_is_named_like_its_step_and_declares_its_section():
             assert registered[step.section]["defaults"] == module.SECTION["defaults"]
     declared = {step.section for step in STEPS if step.section} | {"", "data", "model"}
     assert set(registered) >= declared
-    assert {step.name for step in STEPS if step.distributed} == {"train-cam", "train-sgan", "train-seg", "infer"}
+    assert {step.name for step in STEPS if step.distributed} == {"pretrain", "train-cam", "train-sgan", "train-seg", "infer"}
 
 
 def check_wiring(cfg, names):

@@ -30,7 +30,6 @@ Every step writes its own files under the work dir, one name per variant (``ckpt
 ``seeds_<v>/``, ``pred_<v>/``, ``metrics/seg_<v>.json`` ...), and skips what is already done, so an
 interrupted demo continues where it stopped; ``--overwrite`` redoes everything.
 """
-import io
 import os
 import time
 
@@ -45,7 +44,7 @@ from sgan.pipeline import STEPS, run_step, work_path
 from sgan.pipeline.eval_seeds import authors_mean
 from sgan.pipeline._validate import validate_inputs
 from sgan.train import load_checkpoint
-from sgan.utils.io import atomic_writer, load_json, save_json
+from sgan.utils.io import atomic_writer, load_json, save_json, save_torch_if_changed
 from sgan.utils.logging import get_logger
 
 STEP = "demo"
@@ -184,11 +183,7 @@ def write_stage2_init(cam_checkpoint, path):
                 torch.nn.init.dirac_(identity)
                 weights[f"{name}.weight"], weights[f"{name}.bias"] = identity, torch.zeros(channels)
             previous = name
-    serialised = io.BytesIO()
-    torch.save(weights, serialised)
-    if not os.path.isfile(path) or open(path, "rb").read() != serialised.getvalue():
-        with atomic_writer(path, "wb") as stream:
-            stream.write(serialised.getvalue())
+    save_torch_if_changed(path, weights)
     return path, state["model_info"]["normalisation"]
 
 
@@ -244,11 +239,9 @@ def plot_losses(path, histories):
     for axis in axes.ravel()[count:]:
         axis.axis("off")
     figure.tight_layout()
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=90)
-    pyplot.close(figure)
     with atomic_writer(path, "wb") as stream:
-        stream.write(buffer.getvalue())
+        figure.savefig(stream, format="png", dpi=90)
+    pyplot.close(figure)
     return path
 
 

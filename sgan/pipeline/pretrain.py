@@ -12,10 +12,6 @@ convolutions), which ``model.weights`` and ``train_seg.weights`` read like Image
 weights file is rewritten whenever its bytes would differ, so what reads it sees a change exactly
 when the pretraining changed.
 """
-import io
-import os
-
-import torch
 import torch.nn.functional as F
 
 from sgan.config import resolve
@@ -23,7 +19,8 @@ from sgan.models.vgg import PretrainClassifier, folded_torchvision_state
 from sgan.pipeline import resolve_device, work_path
 from sgan.synthetic_pretrain import NUM_CLASSES, PretrainSet
 from sgan.train import OPTIM_BOUNDS, OPTIM_CHOICES, OPTIM_DEFAULTS, load_checkpoint, train
-from sgan.utils.io import atomic_writer
+from sgan.train.distributed import barrier, init_distributed
+from sgan.utils.io import save_torch_if_changed
 from sgan.utils.logging import get_logger
 from sgan.utils.record import make_record, settings_of
 from sgan.utils.seeding import derive_seed, seed_everything
@@ -46,11 +43,7 @@ def write_weights(checkpoint, path):
     differ from the file there. Returns path."""
     state = load_checkpoint(checkpoint)
     weights = folded_torchvision_state(state["model"], state["model_info"]["conv_names"])
-    serialised = io.BytesIO()
-    torch.save(weights, serialised)
-    if not os.path.isfile(path) or open(path, "rb").read() != serialised.getvalue():
-        with atomic_writer(path, "wb") as stream:
-            stream.write(serialised.getvalue())
+    save_torch_if_changed(path, weights)
     return path
 
 
@@ -78,6 +71,10 @@ def run(cfg):
     checkpoint = train(cfg, "pretrain", name=STEP, model=network, dataset=dataset, loss_fn=loss_fn,
                        checkpoint_path=work_path(cfg, section.checkpoint), model_info=info, device=device,
                        record=record)
-    path = write_weights(checkpoint, work_path(cfg, section.weights))
-    get_logger("pretrain").info("pretrain: weights (torchvision VGG-16 naming) in %s", path)
+    path = work_path(cfg, section.weights)
+    rank, _ = init_distributed(cfg)
+    if rank == 0:   # under torchrun: one writer, and no rank reads the file before it is there
+        write_weights(checkpoint, path)
+        get_logger("pretrain").info("pretrain: weights (torchvision VGG-16 naming) in %s", path)
+    barrier()
     return path

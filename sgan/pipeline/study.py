@@ -14,15 +14,14 @@
    config's, SGAN's stage 1 again in the same ``seed_<s>/`` (``ckpt/sgan_sgan_lambda<λ>.pt``,
    its seeds and their scores); stage 2 is not run for these;
 4. :func:`benchmark_properties` on the held-out data and each variant's seeds (object and part
-   sizes in feature positions, seed recall on parts and on bodies, co-occurrence, saliency
-   quality);
+   sizes in feature positions, seed recall on parts and on bodies (mean ± std over the training
+   seeds), co-occurrence, saliency quality);
 5. mean ± sample std over the training seeds of every figure (per class too), the paper's
    qualitative findings checked against those error bars (:func:`findings`), the tables printed
    and saved with the per-run values in ``metrics/study.json``, and a plot ``figures/study.png``.
 
 Each run skips what is already done, so an interrupted study continues where it stopped.
 """
-import json
 import os
 import time
 
@@ -35,6 +34,7 @@ from sgan.data.voc import VOCPaths, read_id_list
 from sgan.data.voc_classes import CLASS_NAMES, SHORT_NAMES
 from sgan.pipeline import run_step, run_steps, work_path
 from sgan.pipeline import demo
+from sgan.pipeline.eval_seeds import authors_mean
 from sgan.utils.io import atomic_writer, load_json, save_json
 from sgan.utils.logging import get_logger, setup_logging
 
@@ -157,6 +157,23 @@ def benchmark_properties(data_root, ids, seeds_dirs, classes, image_size):
     }
 
 
+def format_properties(properties):
+    """The study's benchmark properties as lines of text (recalls as mean ± std over training seeds)."""
+    h, w = properties["feature_map"]
+    recall = ", ".join(f"{name} {_cell(properties['seed_recall_part'][name])} / {_cell(properties['seed_recall_body'][name])}"
+                       for name in properties["seed_recall_part"])
+    typical = ", ".join(f"{name} {100 * share:.0f}%" for name, share in properties["typical_background_share"].items())
+    return "\n".join([
+        f"  feature map {h}x{w}; an object covers {properties['object_area_positions_median']:.1f} feature positions "
+        f"(median), its discriminative part {properties['part_area_positions_median']:.1f} "
+        f"({100 * properties['part_share_of_object_median']:.0f}% of the object)",
+        f"  seed recall on part / body pixels (%): {recall}",
+        f"  images of the class on its typical background: {typical}",
+        f"  images with two classes: {100 * properties['two_class_image_share']:.0f}%; saliency >= 0.5 against the "
+        f"objects: precision {100 * properties['saliency_precision_at_0.5']:.0f}%, "
+        f"recall {100 * properties['saliency_recall_at_0.5']:.0f}%"])
+
+
 def findings(summary, classes):
     """The paper's qualitative findings (Table II) checked on the study's means and stds.
 
@@ -244,7 +261,6 @@ def plot(path, summary, lambda_summary, classes):
     matplotlib.use("Agg")
     from matplotlib import pyplot
 
-    import io
     figure, axes = pyplot.subplots(1, 3, figsize=(15, 4))
     names = list(summary)
     x = np.arange(len(names))
@@ -276,11 +292,9 @@ def plot(path, summary, lambda_summary, classes):
     else:
         axes[2].axis("off")
     figure.tight_layout()
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=90)
-    pyplot.close(figure)
     with atomic_writer(path, "wb") as stream:
-        stream.write(buffer.getvalue())
+        figure.savefig(stream, format="png", dpi=90)
+    pyplot.close(figure)
     return path
 
 
@@ -289,8 +303,8 @@ def _run_scores(variant_cfg, classes, with_segmentation):
     and ``classes``), seed mIoU and IoU per VOC index, and with_segmentation stage 2's mIoU and IoU."""
     seeds = load_json(work_path(variant_cfg, variant_cfg.eval_seeds.out))
     columns = [0] + list(classes)
-    scores = {"seeds": {"mean_precision_authors": demo.authors_mean(seeds["confusion_matrix"], "precision", columns),
-                        "mean_recall_authors": demo.authors_mean(seeds["confusion_matrix"], "recall", columns),
+    scores = {"seeds": {"mean_precision_authors": authors_mean(seeds["confusion_matrix"], "precision", columns),
+                        "mean_recall_authors": authors_mean(seeds["confusion_matrix"], "recall", columns),
                         "miou": seeds["miou"]},
               "seed_iou": seeds["iou"]}
     if with_segmentation:
@@ -308,7 +322,7 @@ def run(cfg):
     logger = get_logger("study")
     start, timings = time.time(), {}
     classes = [CLASS_NAMES.index(n) + 1 for n in synthetic.resolve_classes(cfg.demo.classes)]
-    runs, lambda_runs, seed_dirs = [], {}, {}
+    runs, lambda_runs, seed_dirs = [], {}, []
     default_lambda = cfg.train_sgan.seed_loss_weight
     for seed in section.training_seeds:
         seed_cfg = _config(cfg, root, seed)
@@ -326,16 +340,17 @@ def run(cfg):
                 for step_name in ("train-sgan", "seeds", "eval-seeds"):
                     run_step(step_name, lambda_cfg)
                 lambda_runs.setdefault(value, []).append(_run_scores(lambda_cfg, classes, False))
-        if not seed_dirs:
-            seed_dirs = {name: work_path(c, c.seeds.out_dir) for name, c in variant_cfgs.items()}
-            training_ids = read_id_list(VOCPaths(stage1_cfg.data.root).resolve(stage1_cfg.data.train_list))
+        seed_dirs.append({name: work_path(c, c.seeds.out_dir) for name, c in variant_cfgs.items()})
+        training_ids = read_id_list(VOCPaths(stage1_cfg.data.root).resolve(stage1_cfg.data.train_list))
         timings[f"seed {seed}"] = round(time.time() - began, 1)
     setup_logging(root)
     summary = _summarise(runs, classes)
     lambda_summary = [(value, _summarise([{"SGAN": v} for v in values], classes)["SGAN"])
                       for value, values in sorted(lambda_runs.items())]
-    properties = benchmark_properties(os.path.join(root, "data"), training_ids, seed_dirs, classes,
-                                      cfg.demo.image_size)
+    measured = [benchmark_properties(os.path.join(root, "data"), training_ids, dirs, classes, cfg.demo.image_size)
+                for dirs in seed_dirs]
+    properties = {**measured[0], **{key: {name: _mean_std([m[key][name] for m in measured]) for name in measured[0][key]}
+                                    for key in ("seed_recall_part", "seed_recall_body")}}
     tables = _tables(summary, lambda_summary, classes, len(runs))
     checks = findings(summary, classes)
     timings["total"] = round(time.time() - start, 1)
@@ -357,7 +372,8 @@ def run(cfg):
     report += [tables["note"], "", "Findings:"]
     report += [f"  {'yes' if c['holds'] else 'NO '} {'(beyond one std)' if c['beyond_one_std'] else ''} "
                f"{c['finding']}: difference {100 * c['difference']:+.1f}" for c in checks]
-    report += ["", "Benchmark properties: " + json.dumps(properties), f"results: {results_path}", f"plot: {plot_path}",
+    report += ["", "Benchmark properties (held-out data, training images):", format_properties(properties),
+               f"results: {results_path}", f"plot: {plot_path}",
                f"study wall time: {timings['total']:.0f} s"]
     print("\n".join(report), flush=True)
     logger.info("study: done in %.1f s (%s)", timings["total"], ", ".join(f"{k} {v}s" for k, v in timings.items()))

@@ -14,6 +14,7 @@ deletes those whose writer is gone, telling them apart from a live writer's (ano
 second run on the same work dir) by the pid and host in the name.
 """
 import contextlib
+import io
 import json
 import os
 import pickle
@@ -140,6 +141,17 @@ def save_torch(path, obj):
     """torch.save to ``path`` atomically (checkpoints)."""
     with atomic_writer(path, "wb") as stream:
         torch.save(obj, stream)
+
+
+def save_torch_if_changed(path, obj):
+    """torch.save to ``path`` atomically unless the file there already holds the same bytes, so that
+    its modification time (and what records its content hash) changes only when its content does."""
+    serialised = io.BytesIO()
+    torch.save(obj, serialised)
+    if not os.path.isfile(path) or open(path, "rb").read() != serialised.getvalue():
+        with atomic_writer(path, "wb") as stream:
+            stream.write(serialised.getvalue())
+    return path
 
 
 def load_torch(path, what):
