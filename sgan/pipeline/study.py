@@ -35,6 +35,7 @@ from sgan.data.voc_classes import CLASS_NAMES, SHORT_NAMES
 from sgan.pipeline import run_step, run_steps, work_path
 from sgan.pipeline import demo
 from sgan.pipeline.eval_seeds import authors_mean
+from sgan.train import DivergedError
 from sgan.utils.io import atomic_writer, load_json, save_json
 from sgan.utils.logging import get_logger, setup_logging
 
@@ -232,6 +233,15 @@ def _summarise(runs, classes):
     return summary
 
 
+def _lambda_row(values, classes):
+    """Table III's row of one λ: SGAN's figures over its finished runs (``values``: scores, or None
+    for a run that diverged), with how many diverged."""
+    finished = [{"SGAN": value} for value in values if value is not None]
+    row = _summarise(finished, classes)["SGAN"] if finished else \
+        {"mean_precision_authors": None, "mean_recall_authors": None, "seed_miou": None}
+    return {**row, "diverged": len(values) - len(finished), "runs": len(values)}
+
+
 def _tables(summary, lambda_summary, classes, seeds_count):
     columns = ["background"] + [CLASS_NAMES[c - 1] for c in classes]
     short = ["bkg"] + [SHORT_NAMES[c] for c in classes]
@@ -246,9 +256,9 @@ def _tables(summary, lambda_summary, classes, seeds_count):
             ["variant"] + short, [[name] + [_cell(s["segmentation_iou"][c], 0) for c in columns]
                                   for name, s in summary.items()])
     if lambda_summary:
-        tables["table3"] = _table(("λ", "seed precision", "seed recall", "seed mIoU"),
+        tables["table3"] = _table(("λ", "seed precision", "seed recall", "seed mIoU", "diverged"),
                                   [(f"{value:g}", _cell(s["mean_precision_authors"]), _cell(s["mean_recall_authors"]),
-                                    _cell(s["seed_miou"])) for value, s in lambda_summary])
+                                    _cell(s["seed_miou"]), f"{s['diverged']}/{s['runs']}") for value, s in lambda_summary])
     tables["note"] = (f"mean ± sample std over {seeds_count} training seeds (%); seed precision / recall: the authors' "
                       "convention over background and the dataset's classes; seeds on the training images, "
                       "stage 2 on val")
@@ -282,10 +292,10 @@ def plot(path, summary, lambda_summary, classes):
     axes[1].set_xticks(np.arange(len(columns)), ["bkg"] + [SHORT_NAMES[c] for c in classes], fontsize=8)
     axes[1].set_title("seed IoU per class")
     axes[1].legend(fontsize=7)
-    if lambda_summary:
-        values = [v for v, _ in lambda_summary]
-        axes[2].errorbar(values, [100 * s["seed_miou"]["mean"] for _, s in lambda_summary],
-                         yerr=[100 * s["seed_miou"]["std"] for _, s in lambda_summary], marker="o", capsize=3)
+    finished = [(value, s["seed_miou"]) for value, s in lambda_summary if s["seed_miou"] is not None]
+    if finished:
+        axes[2].errorbar([v for v, _ in finished], [100 * m["mean"] for _, m in finished],
+                         yerr=[100 * m["std"] for _, m in finished], marker="o", capsize=3)
         axes[2].set_xscale("log")
         axes[2].set_xlabel("λ (seed loss weight)")
         axes[2].set_title("Table III: SGAN seed mIoU")
@@ -337,16 +347,20 @@ def run(cfg):
                     lambda_runs.setdefault(value, []).append(runs[-1]["SGAN"])
                     continue
                 lambda_cfg = lambda_config(variant_cfgs["SGAN"], value)
-                for step_name in ("train-sgan", "seeds", "eval-seeds"):
-                    run_step(step_name, lambda_cfg)
+                try:
+                    for step_name in ("train-sgan", "seeds", "eval-seeds"):
+                        run_step(step_name, lambda_cfg)
+                except DivergedError as error:   # a result of this λ, not a failure of the study
+                    logger.warning("study: SGAN with λ = %g diverged for training seed %d (%s)", value, seed, error)
+                    lambda_runs.setdefault(value, []).append(None)
+                    continue
                 lambda_runs.setdefault(value, []).append(_run_scores(lambda_cfg, classes, False))
         seed_dirs.append({name: work_path(c, c.seeds.out_dir) for name, c in variant_cfgs.items()})
         training_ids = read_id_list(VOCPaths(stage1_cfg.data.root).resolve(stage1_cfg.data.train_list))
         timings[f"seed {seed}"] = round(time.time() - began, 1)
     setup_logging(root)
     summary = _summarise(runs, classes)
-    lambda_summary = [(value, _summarise([{"SGAN": v} for v in values], classes)["SGAN"])
-                      for value, values in sorted(lambda_runs.items())]
+    lambda_summary = [(value, _lambda_row(values, classes)) for value, values in sorted(lambda_runs.items())]
     measured = [benchmark_properties(os.path.join(root, "data"), training_ids, dirs, classes, cfg.demo.image_size)
                 for dirs in seed_dirs]
     properties = {**measured[0], **{key: {name: _mean_std([m[key][name] for m in measured]) for name in measured[0][key]}

@@ -49,6 +49,10 @@ def last_checkpoint_path(path):
     return f"{root}.last{ext or '.pt'}"
 
 
+class DivergedError(RuntimeError):
+    """A training whose loss became NaN or infinite (raised by :func:`train`, which stops there)."""
+
+
 def load_checkpoint(path):
     """Read a checkpoint written by :func:`train` (on the CPU) without running code from the file.
 
@@ -146,7 +150,7 @@ def train(cfg, section, *, name, model, dataset, loss_fn, checkpoint_path, model
         torch.manual_seed(derive_seed(cfg.seed, name, "step", iteration, rank))
         loss, terms = loss_fn(net, batch, device)
         if not math.isfinite(loss.item()):
-            raise RuntimeError(f"{name}: the loss is {loss.item()} at iteration {iteration}; terms {terms}")
+            raise DivergedError(f"{name}: the loss is {loss.item()} at iteration {iteration}; terms {terms}")
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
