@@ -9,7 +9,7 @@ from PIL import Image
 from sgan import synthetic
 from sgan.cli import main
 from sgan.pipeline.demo import CONFIG_FILE, TABLE_ROWS
-from sgan.pipeline.study import _mean_std, benchmark_properties, findings
+from sgan.pipeline.study import _lambda_row, _mean_std, benchmark_properties, findings
 from tests.test_demo import REDUCED
 
 
@@ -98,3 +98,12 @@ def test_benchmark_properties_measure_parts_and_bodies(tmp_path):
     assert props["feature_map"] == [8, 8] and 0 < props["part_share_of_object_median"] < 0.5
     assert 0 <= props["two_class_image_share"] <= 1 and set(props["typical_background_share"]) <= {
         "aeroplane", "boat", "car", "cow"}
+
+
+def test_a_diverged_lambda_is_counted_not_averaged():
+    scores = {"seeds": {"mean_precision_authors": 0.5, "mean_recall_authors": 0.4, "miou": 0.3},
+              "seed_iou": [0.6] + [None] * 20}
+    row = _lambda_row([None, scores], [1])
+    assert row["diverged"] == 1 and row["runs"] == 2
+    assert row["seed_miou"] == {"mean": 0.3, "std": 0.0, "n": 1}
+    assert _lambda_row([None, None], [1])["seed_miou"] is None

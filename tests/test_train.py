@@ -149,3 +149,30 @@ def test_ddp_two_processes_match_one_process(tiny_voc, tmp_path):
     single_log, ddp_log = (torch.load(tmp_path / w / "ckpt" / "cam.pt", weights_only=True)["history"]
                            for w in ("single", "ddp"))
     assert [h["cls"] for h in ddp_log] == pytest.approx([h["cls"] for h in single_log], rel=1e-5)
+
+
+def test_a_non_finite_loss_stops_training_with_diverged_error(tmp_path):
+    from sgan.pipeline import register_sections
+    from sgan.train import DivergedError, train
+
+    register_sections()
+    cfg = load_config(None, [f"work_dir={tmp_path}", "train_cam.iterations=4", "num_workers=0"])
+    model = nn.Linear(2, 1)
+
+    class Ones(torch.utils.data.Dataset):   # the batch sampler yields (index, draw seed) keys
+        def __len__(self):
+            return 8
+
+        def __getitem__(self, key):
+            return {"x": torch.ones(2)}
+
+    dataset = Ones()
+
+    def loss_fn(net, batch, device):
+        loss = net(batch["x"]).sum() * float("nan")
+        return loss, {"loss": loss.item()}
+
+    with pytest.raises(DivergedError, match="the loss is nan at iteration 0"):
+        train(cfg, "train_cam", name="train-cam", model=model, dataset=dataset, loss_fn=loss_fn,
+              checkpoint_path=str(tmp_path / "ckpt.pt"), model_info={}, device=torch.device("cpu"), record={})
+    assert not (tmp_path / "ckpt.pt").exists()
