@@ -72,7 +72,10 @@ def test_ctrl_c_during_training_prints_the_resume_command(labelled):
                  "train_cam.checkpoint_every=1", "num_workers=1", "--overwrite"]
     process = subprocess.Popen([sys.executable, "-m", "sgan.cli", *arguments], cwd=REPOSITORY, text=True,
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
-                               env={**os.environ, "PYTHONPATH": REPOSITORY, "SGAN_NO_PROGRESS": "1"})
+                               env={**os.environ, "PYTHONPATH": REPOSITORY, "SGAN_NO_PROGRESS": "1"},
+                               # a suite started in the background (nohup, `&`) ignores SIGINT, and
+                               # children inherit that; a terminal's Ctrl-C reaches a default handler
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     seen = []
     try:
         for line in process.stderr:
