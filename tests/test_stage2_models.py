@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from sgan.models.deeplab import DeepLabResNet101, DeepLabVGG16, load_pretrained
+from sgan.models.deeplab import DeepLabResNet101, DeepLabVGG16, ElementwiseDropout, load_pretrained
 from sgan.models.resnet import resnet_caffe_names
 
 TV_VGG_CONVS = (0, 2, 5, 7, 10, 12, 14, 17, 19, 21, 24, 26, 28)   # torchvision vgg16().features
@@ -56,7 +56,34 @@ def test_vgg_architecture_matches_deeplab_v2():
     assert [branch.fc6.dilation[0] for branch in model.aspp] == [6, 12, 18, 24]
     assert all(b.fc6.weight.shape == (1024, 512, 3, 3) and b.fc7.weight.shape == (1024, 1024, 1, 1)
                and b.fc8.weight.shape == (21, 1024, 1, 1) for b in model.aspp)
-    assert model.aspp[0].dropout.p == 0.5
+    assert all(isinstance(b.dropout, ElementwiseDropout) and b.dropout.p == 0.5 for b in model.aspp)
+
+
+@pytest.mark.parametrize("p", [0.5, 0.2])
+def test_elementwise_dropout_is_caffe_dropout(p):
+    """Caffe's Dropout: each element zeroed with probability p on its own (not whole channels, as
+    nn.Dropout2d), the rest scaled by 1/(1-p); the gradient is the same mask; eval is the identity."""
+    torch.manual_seed(0)
+    dropout = ElementwiseDropout(p)
+    x = (torch.rand(16, 64, 32, 32) + 0.5).requires_grad_()   # no zeros of its own
+    y = dropout(x)
+    dropped = y == 0
+    n = dropped.numel()
+    # binomial(n, p): 5 standard deviations of the dropped fraction
+    assert abs(dropped.float().mean().item() - p) < 5 * (p * (1 - p) / n) ** 0.5
+    assert torch.equal(y[~dropped], x[~dropped] * (1 / (1 - p)))
+    per_channel = dropped.float().mean(dim=(2, 3))   # whole-channel dropout would give only 0 and 1
+    assert 0.3 * p < per_channel.min() and per_channel.max() < 1 - 0.3 * (1 - p)
+    y.sum().backward()
+    assert torch.equal(x.grad, (~dropped).float() * (1 / (1 - p)))
+    dropout.eval()
+    assert dropout(x) is x
+    assert ElementwiseDropout(0.0).train()(x) is x
+
+
+def test_elementwise_dropout_rejects_a_bad_probability():
+    with pytest.raises(ValueError, match=r"dropout: expected a probability in \[0, 1\), got 1"):
+        ElementwiseDropout(1)
 
 
 def test_resnet_architecture_matches_deeplab_v2():

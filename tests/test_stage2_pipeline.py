@@ -3,6 +3,7 @@ train-seg -> infer -> eval, exact resume, DDP with torchrun, and the errors for 
 import os
 import subprocess
 import sys
+from concurrent.futures import Future
 
 import numpy as np
 import pytest
@@ -11,6 +12,7 @@ import yaml
 from PIL import Image
 
 from sgan import cli
+from sgan.config import Config
 from sgan.infer import read_label_png
 from sgan.models.deeplab import build_deeplab
 from sgan.models.resnet import resnet_caffe_names
@@ -119,11 +121,14 @@ def final_weights(work_dir):
     return load_checkpoint(os.path.join(work_dir, "ckpt", "deeplab.pt"))["model"]
 
 
-def test_resume_after_interruption_gives_the_same_weights(dataset, tmp_path, monkeypatch):
+@pytest.mark.parametrize("warmup", [0, 3], ids=["paper", "boundary-warmup"])
+def test_resume_after_interruption_gives_the_same_weights(dataset, tmp_path, monkeypatch, warmup):
+    """Also with the boundary loss ramped in: its weight follows the iteration, not the calls."""
     steps = ["train-seg"]
-    run_steps(load_config(base=stage2_config(dataset, tmp_path / "straight")), steps)
+    ramp = {"boundary_loss_warmup": warmup}
+    run_steps(load_config(base=stage2_config(dataset, tmp_path / "straight", train_seg=ramp)), steps)
 
-    interrupted = stage2_config(dataset, tmp_path / "interrupted")
+    interrupted = stage2_config(dataset, tmp_path / "interrupted", train_seg=ramp)
     original_call = train_seg_step.StageTwoLoss.__call__
     calls = []
 
@@ -228,3 +233,40 @@ def test_shipped_stage2_config_resolves_to_the_paper_settings():
         (12000, 15, 1e-3, 2000, 0.33)
     assert (section.resize, section.crop, section.crf_scale, cfg.infer.crf_scale) == (353, 321, 12.0, 1.0)
     assert cfg.steps == ["train-seg", "infer", "eval"]
+
+
+class CountingPool:
+    """A stand-in for DenseCRFPool whose CRF target is the uniform distribution."""
+
+    def __init__(self):
+        self.calls = 0
+
+    def submit(self, images, probs, **options):
+        self.calls += 1
+        future = Future()
+        future.set_result(np.full_like(probs, 1.0 / probs.shape[1]))
+        return future
+
+
+def test_boundary_warmup_ramps_the_weight_and_skips_the_crf_at_zero():
+    section = Config({"seed_loss_weight": 1.0, "boundary_loss_weight": 2.0, "boundary_loss_warmup": 4,
+                      "crf_scale": 12.0, "crf_iterations": 10})
+    assert [train_seg_step.boundary_weight(section, i) for i in (0, 1, 2, 4, 9)] == [0.0, 0.5, 1.0, 2.0, 2.0]
+    paper = Config({**section, "boundary_loss_warmup": 0})
+    assert [train_seg_step.boundary_weight(paper, i) for i in (0, 9)] == [2.0, 2.0]
+
+    torch.manual_seed(0)
+    net = torch.nn.Conv2d(3, 21, 1)
+    batch = {"image": torch.randn(2, 3, 5, 5), "seeds": torch.randint(0, 21, (2, 5, 5)),
+             "crf_image": torch.zeros(2, 5, 5, 3, dtype=torch.uint8)}
+    pool = CountingPool()
+    loss_fn = train_seg_step.StageTwoLoss(section, "reference", pool)
+    losses = {}
+    for iteration in (0, 2):
+        loss, terms = loss_fn(net, {**batch, "iteration": iteration}, torch.device("cpu"))
+        losses[iteration] = (loss, terms)
+    assert pool.calls == 1 and "boundary" not in losses[0][1]   # weight 0: no CRF at iteration 0
+    seed_term = losses[2][1]["seed"]
+    assert losses[0][0].item() == pytest.approx(seed_term, rel=1e-6)
+    assert losses[2][1]["boundary"] > 0.01
+    assert losses[2][0].item() == pytest.approx(seed_term + 1.0 * losses[2][1]["boundary"], rel=1e-6)

@@ -76,15 +76,44 @@ class VGG16Trunk(nn.Module):
         return x
 
 
+class ElementwiseDropout(nn.Module):
+    """Element-wise dropout (as Caffe's ``Dropout`` layer): in training, each element is zeroed with
+    probability ``p`` and the others are scaled by 1 / (1 - p); the identity in eval mode.
+
+    Same distribution as ``nn.Dropout``, drawn as ``uniform >= p``: on CPU that is about 4x faster
+    than ``nn.Dropout``'s Bernoulli sampling (1.3 vs 5.4 ms forward + backward for (8, 128, 16, 16),
+    torch 2.13, 2 threads), which made DeepLab's eight dropouts a third of the demo's step time.
+    """
+
+    def __init__(self, p):
+        super().__init__()
+        if not 0 <= p < 1:
+            raise ValueError(f"dropout: expected a probability in [0, 1), got {p!r}")
+        self.p = p
+
+    def forward(self, x):
+        if not self.training or self.p == 0:
+            return x
+        keep = torch.rand_like(x).ge_(self.p)
+        return x * keep.to(x.dtype).mul_(1.0 / (1.0 - self.p))
+
+    def extra_repr(self):
+        return f"p={self.p}"
+
+
 class VGGASPPBranch(nn.Module):
-    """One ASPP branch of DeepLab-v2 VGG: fc6 3x3 (dilation r) -> fc7 1x1 -> fc8 1x1, ReLU + dropout."""
+    """One ASPP branch of DeepLab-v2 VGG: fc6 3x3 (dilation r) -> fc7 1x1 -> fc8 1x1, ReLU + dropout.
+
+    The dropout is element-wise, as Caffe's ``Dropout`` layer in DeepLab's prototxt (each unit at
+    each position dropped on its own), not channel-wise (``nn.Dropout2d`` drops whole feature maps).
+    """
 
     def __init__(self, in_channels, fc_channels, num_classes, rate, dropout):
         super().__init__()
         self.fc6 = nn.Conv2d(in_channels, fc_channels, 3, padding=rate, dilation=rate)
         self.fc7 = nn.Conv2d(fc_channels, fc_channels, 1)
         self.fc8 = nn.Conv2d(fc_channels, num_classes, 1)
-        self.dropout = nn.Dropout2d(dropout) if dropout > 0 else nn.Identity()
+        self.dropout = ElementwiseDropout(dropout)
         for layer in (self.fc6, self.fc7):
             nn.init.kaiming_normal_(layer.weight, nonlinearity="relu")
             nn.init.zeros_(layer.bias)

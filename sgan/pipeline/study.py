@@ -44,7 +44,7 @@ CONFIG_FILE = demo.CONFIG_FILE
 FEATURE_STRIDE = 8   # the backbone's output stride (sgan.models.vgg)
 
 SECTION = dict(defaults={
-    "training_seeds": [0, 1, 2],
+    "training_seeds": [0, 1, 2, 3, 4],
     "data_seed": 1,
     "lambdas": [0.05, 0.15, 0.5],
     "out_dir": "study",

@@ -7,8 +7,15 @@ and saturation factors drawn uniformly in 1 ± ``color_jitter``), all drawn from
 so a resumed run sees the same samples. The seeds are brought to the logits' size by nearest
 neighbour; the image the CRF sees is the jittered crop resized to the logits' size.
 
-Loss: ``seed_loss_weight`` · balanced seed loss (eq. 8) + ``boundary_loss_weight`` · boundary loss
-(eq. 9). The CRF of the boundary loss takes the current prediction as its unary, so it cannot be
+Loss: ``seed_loss_weight`` · balanced seed loss (eq. 8) + w · boundary loss (eq. 9), where w is
+``boundary_loss_weight`` from the first iteration (``boundary_loss_warmup`` 0, the paper) or ramps
+linearly from 0 at iteration 0 to ``boundary_loss_weight`` at iteration ``boundary_loss_warmup``
+(the demo: with its randomly initialised heads and the boundary loss from the start, the seed loss
+mostly stayed at the value of one flat prediction everywhere, ~log 6 + 2 log 2; without the
+boundary loss it learnt; a flat prediction is nearly a fixed point of the CRF, so the boundary loss
+does not push away from it).
+
+The CRF of the boundary loss takes the current prediction as its unary, so it cannot be
 computed before the forward pass of its own images, and the backward pass cannot start before it
 is done. What can be prepared ahead is: the DataLoader workers make the small uint8 CRF images of
 the next batches, and each image's CRF goes to its own worker of a ``sgan.crf.DenseCRFPool``
@@ -68,6 +75,7 @@ SECTION = dict(defaults={
     "color_jitter": 0.3,
     "seed_loss_weight": 1.0,
     "boundary_loss_weight": 1.0,
+    "boundary_loss_warmup": 0,
     "crf_scale": 12.0,
     "crf_iterations": 10,
     "crf_processes": None,
@@ -76,9 +84,11 @@ SECTION = dict(defaults={
 }, choices={**OPTIM_CHOICES, "arch": ARCHS, "weights_naming": NAMINGS},
     bounds={**OPTIM_BOUNDS, "width": "(0, inf)", "blocks": "[1, inf)", "resize": "[1, inf)", "crop": "[1, inf)",
             "color_jitter": "[0, 1)", "seed_loss_weight": "[0, inf)", "boundary_loss_weight": "[0, inf)",
+            "boundary_loss_warmup": "[0, inf)",
             "crf_scale": "(0, inf)", "crf_iterations": "[1, inf)", "crf_processes": "[1, inf)"},
     doc="stage 2: DeepLab-ASPP (arch vgg16|resnet101; width/blocks shrink it for tests) trained on "
-        "the seeds of seeds_dir (relative to work_dir); weights: local ImageNet file; crf_processes: "
+        "the seeds of seeds_dir (relative to work_dir); weights: local ImageNet file; boundary_loss_warmup: "
+        "iterations over which the boundary loss weight ramps in from 0 (0 = the paper); crf_processes: "
         "CRF workers per rank (null = min(batch per rank, cores per rank))")
 
 
@@ -171,10 +181,18 @@ def logits_size(model, crop, device):
     return size
 
 
+def boundary_weight(section, iteration):
+    """The boundary loss weight at ``iteration`` (0-based): ``boundary_loss_weight``, ramped
+    linearly from 0 over the first ``boundary_loss_warmup`` iterations."""
+    warmup = section.boundary_loss_warmup
+    return section.boundary_loss_weight * (min(1.0, iteration / warmup) if warmup > 0 else 1.0)
+
+
 class StageTwoLoss:
-    """loss_fn of sgan.train.train for stage 2: the weighted balanced seed loss plus, when
-    ``boundary_loss_weight`` > 0 and a CRF ``pool`` is given, the weighted boundary loss, whose CRF
-    targets ``pool`` computes from the batch's own logits (each image in its own worker).
+    """loss_fn of sgan.train.train for stage 2: the weighted balanced seed loss plus, when the
+    boundary weight (:func:`boundary_weight`) is > 0 and a CRF ``pool`` is given, the weighted
+    boundary loss, whose CRF targets ``pool`` computes from the batch's own logits (each image in
+    its own worker).
 
     Records the time each step waits for the CRF (``waits``) and the time between calls (``steps``).
     """
@@ -192,7 +210,8 @@ class StageTwoLoss:
         section = self.section
         logits = net(batch["image"].to(device, non_blocking=True))
         crf_future = None
-        if self.pool is not None and section.boundary_loss_weight > 0:
+        weight = boundary_weight(section, batch["iteration"])
+        if self.pool is not None and weight > 0:
             crf_future = self.pool.submit(batch["crf_image"].numpy(), crf_unary_probs(logits),
                                           scale=float(section.crf_scale), iterations=int(section.crf_iterations))
         seed_term = balanced_seed_loss(logits, batch["seeds"].to(device, non_blocking=True), backend=self.backend)
@@ -204,7 +223,7 @@ class StageTwoLoss:
             self.waits.append(time.perf_counter() - wait_start)
             terms["crf_wait_ms"] = 1000.0 * self.waits[-1]
             boundary_term = boundary_loss(logits, crf_probs=crf_probs, backend=self.backend)
-            loss = loss + section.boundary_loss_weight * boundary_term
+            loss = loss + weight * boundary_term
             terms["boundary"] = float(boundary_term.detach())
         return loss, terms
 

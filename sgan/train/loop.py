@@ -148,6 +148,7 @@ def train(cfg, section, *, name, model, dataset, loss_fn, checkpoint_path, model
                            section.poly_power)
         set_learning_rate(optimizer, section.lr, factor)
         torch.manual_seed(derive_seed(cfg.seed, name, "step", iteration, rank))
+        batch["iteration"] = iteration   # for losses whose weights follow the iteration
         loss, terms = loss_fn(net, batch, device)
         if not math.isfinite(loss.item()):
             raise DivergedError(f"{name}: the loss is {loss.item()} at iteration {iteration}; terms {terms}")
