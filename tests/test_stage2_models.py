@@ -108,12 +108,41 @@ def test_frozen_batchnorm_does_not_change_in_training():
     assert all(torch.equal(before[k], after[k]) for k in before)
 
 
-def test_classifier_parameters_are_the_new_layers():
-    vgg = DeepLabVGG16(width=WIDTH)
-    assert {id(p) for p in vgg.classifier_parameters()} == {
-        id(p) for b in vgg.aspp for p in b.fc8.parameters()}
+def stage2_groups(tmp_path, state, arch="vgg16"):
+    """{group name: set of parameter names} of the optimiser train-seg builds from ``state``."""
+    from sgan.pipeline import load_config
+    from sgan.pipeline.train_seg import build_model
+    from sgan.train import parameter_groups
+    from sgan.utils.logging import get_logger
+    path = tmp_path / "weights.pth"
+    torch.save(state, path)
+    overrides = [f"train_seg.arch={arch}", "train_seg.blocks=[1, 1, 1, 1]", f"train_seg.width={WIDTH}"]
+    cfg = load_config(None, overrides + ([f"train_seg.weights={path}"] if state is not None else []))
+    model, _, new_names = build_model(cfg.train_seg, "auto", get_logger("test"))
+    names = {id(p): n for n, p in model.named_parameters()}
+    return {g["name"]: {names[id(p)] for p in g["params"]} for g in parameter_groups(model, new_names=new_names)}
+
+
+def test_stage2_new_layer_rates_go_to_the_layers_the_weights_do_not_provide(tmp_path):
+    """DeepLab's prototxt: fc6/fc7 loaded from ImageNet's fc layers train at x1/x2, fc8 at x10/x20;
+    fc6/fc7 absent from the file (convolutions only, as the demo's weights) are new layers too."""
+    fc8 = {f"aspp.{b}.fc8.{k}" for b in range(4) for k in ("weight", "bias")}
+    fc67 = {f"aspp.{b}.{layer}.{k}" for b in range(4) for layer in ("fc6", "fc7") for k in ("weight", "bias")}
+    full = torchvision_vgg_state(WIDTH, torch.Generator().manual_seed(0))
+    groups = stage2_groups(tmp_path, full)
+    assert groups["new_weight"] | groups["new_bias"] == fc8
+    assert fc67 <= groups["backbone_weight"] | groups["backbone_bias"]
+    convs_only = {k: v for k, v in full.items() if k.startswith("features.")}
+    groups = stage2_groups(tmp_path, convs_only)
+    assert groups["new_weight"] | groups["new_bias"] == fc8 | fc67
+    assert all(name.startswith("backbone.") for name in groups["backbone_weight"] | groups["backbone_bias"])
+    assert stage2_groups(tmp_path, None)["new_weight"] == {n for n in fc8 | fc67 if n.endswith("weight")}
     resnet = DeepLabResNet101(width=WIDTH, blocks=(1, 1, 1, 1))
-    assert {id(p) for p in resnet.classifier_parameters()} == {id(p) for p in resnet.aspp.parameters()}
+    shapes = resnet.backbone.state_dict()
+    caffe = {file_key: torch.ones(shapes[model_key].shape)
+             for model_key, file_key in resnet_caffe_names(resnet.backbone).items()}
+    groups = stage2_groups(tmp_path, caffe, arch="resnet101")
+    assert groups["new_weight"] | groups["new_bias"] == {n for n, _ in resnet.named_parameters() if n.startswith("aspp.")}
 
 
 def test_vgg_torchvision_weights_load_and_fc_layers_are_decimated(tmp_path):

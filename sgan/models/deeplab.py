@@ -141,10 +141,6 @@ class _DeepLab(nn.Module):
         """JSON-able constructor arguments: ``build_deeplab(**model.model_info())`` rebuilds the network."""
         return dict(self._info)
 
-    def classifier_parameters(self):
-        """Parameters of the layers that predict the classes (trained at 10x/20x lr in DeepLab)."""
-        return [p for module in self._classifier_layers() for p in module.parameters()]
-
 
 class DeepLabVGG16(_DeepLab):
     """DeepLab-v2 ASPP-L with VGG-16: four branches (rates 6/12/18/24) of fc6 3x3 1024 -> fc7 1x1
@@ -162,9 +158,6 @@ class DeepLabVGG16(_DeepLab):
         self.fc_channels = scaled_channels(fc_channels, width)
         self.aspp = nn.ModuleList(VGGASPPBranch(self.backbone.out_channels, self.fc_channels,
                                                 num_classes, rate, dropout) for rate in rates)
-
-    def _classifier_layers(self):
-        return [branch.fc8 for branch in self.aspp]
 
     def convert_pretrained(self, state, naming):
         """ImageNet state dict -> ({model key: tensor}, file keys used, file keys ignored on purpose).
@@ -233,9 +226,6 @@ class DeepLabResNet101(_DeepLab):
         for conv in self.aspp:
             nn.init.normal_(conv.weight, std=0.01)
             nn.init.zeros_(conv.bias)
-
-    def _classifier_layers(self):
-        return list(self.aspp)
 
     def convert_pretrained(self, state, naming):
         """ImageNet state dict -> ({model key: tensor}, file keys used, file keys ignored on purpose).

@@ -29,8 +29,11 @@ forward and backward passes cut that wait to 0-2.5% but was faster overall only 
 OMP_NUM_THREADS=1, 80 vs 83 ms, and slower otherwise, so it was removed.)
 
 Optimisation: SGD, momentum 0.9, weight decay 5e-4, batch 15, lr 1e-3 x 0.33 every 2000
-iterations, 12000 iterations; lr x1/x2 for the backbone's weights/biases and x10/x20 for the
-classifier layers (sgan.train.optim). Checkpoints, exact resume and DDP: sgan.train.loop.
+iterations, 12000 iterations; lr x1/x2 (weights/biases) for the layers loaded from
+``train_seg.weights`` and x10/x20 for the layers it does not provide, as in DeepLab's prototxt:
+VGG-16's fc8 (fc6/fc7 come from ImageNet's fc layers), ResNet-101's ASPP, and fc6/fc7 too when
+the file has only convolutions (the demo's pretrained weights); without weights, x10/x20 for
+everything outside the backbone (sgan.train.optim). Checkpoints, exact resume and DDP: sgan.train.loop.
 """
 import os
 import random
@@ -154,8 +157,9 @@ def jitter_colours(image, rng, strength):
 
 
 def build_model(section, normalisation_setting, logger):
-    """(DeepLab network with its ImageNet weights, the resolved input normalisation)."""
-    naming, state = None, None
+    """(DeepLab network with its ImageNet weights, the resolved input normalisation, the names of
+    the parameters the weights did not provide or None without weights: the new layers)."""
+    naming, state, new_names = None, None, None
     if section.weights:
         state = read_state_dict(section.weights, "train_seg.weights")
         naming = detect_naming(state) if section.weights_naming == "auto" else section.weights_naming
@@ -166,9 +170,10 @@ def build_model(section, normalisation_setting, logger):
     if state is not None:
         report = load_pretrained(model, state, naming, width_option=("train_seg.width", section.width))
         logger.info("train-seg: %s", report.summary().replace("\n", "; "))
+        new_names = set(report.initialised)
     else:
         logger.warning("train_seg.weights is not set: DeepLab (%s) starts from random weights", section.arch)
-    return model, resolve_normalisation(normalisation_setting, naming)
+    return model, resolve_normalisation(normalisation_setting, naming), new_names
 
 
 @torch.no_grad()
@@ -256,7 +261,7 @@ def run(cfg):
     validate_samples(paths, ids, seeds_dir=seeds_dir)
     device = resolve_device(cfg)
     seed_everything(derive_seed(cfg.seed, STEP, "init"))
-    model, normalisation = build_model(section, cfg.data.normalisation, logger)
+    model, normalisation, new_names = build_model(section, cfg.data.normalisation, logger)
     model.to(device)
     output_size = logits_size(model, section.crop, device)
     dataset = SegTrainSet(paths, ids, seeds_dir, resize_to=section.resize, crop=section.crop,
@@ -275,7 +280,8 @@ def run(cfg):
                               1.0 / NUM_CLASSES_WITH_BACKGROUND, np.float32)
             pool.submit(warm, uniform).result()
         train(cfg, "train_seg", name=STEP, model=model, dataset=dataset, loss_fn=loss_fn,
-              checkpoint_path=checkpoint, model_info=model_info, device=device, record=record, checked=True)
+              checkpoint_path=checkpoint, model_info=model_info, device=device, record=record, checked=True,
+              new_parameters=new_names)
     finally:
         if pool is not None:
             pool.close()

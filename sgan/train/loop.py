@@ -76,7 +76,7 @@ def checkpoint_up_to_date(cfg, name, checkpoint_path, record):
 
 
 def train(cfg, section, *, name, model, dataset, loss_fn, checkpoint_path, model_info, device, record,
-          checked=False):
+          checked=False, new_parameters=None):
     """Train ``model`` and write ``checkpoint_path``; returns it.
 
     section: the step's config section (its name or ``cfg.<name>``), with the keys of
@@ -90,6 +90,8 @@ def train(cfg, section, *, name, model, dataset, loss_fn, checkpoint_path, model
     model_info: JSON-able dict stored with the weights to rebuild the network later.
     checked: the caller has already found, with :func:`checkpoint_up_to_date`, that the
     checkpoint must be (re)trained (the checkpoint is not loaded and compared a second time).
+    new_parameters: names of the parameters trained at the new-layer rates (sgan.train.optim;
+    default: those outside ``model.backbone``).
     """
     logger = get_logger("train")
     section_name = section if isinstance(section, str) else next((k for k, v in cfg.items() if v is section), None)
@@ -105,7 +107,8 @@ def train(cfg, section, *, name, model, dataset, loss_fn, checkpoint_path, model
         return checkpoint_path
     total = int(section.iterations)  # >= 1: the config's bounds (sgan.train.optim.OPTIM_BOUNDS)
     model.to(device)
-    optimizer = build_sgd(model, section.lr, section.momentum, section.weight_decay, section.lr_mult)
+    optimizer = build_sgd(model, section.lr, section.momentum, section.weight_decay, section.lr_mult,
+                          new_parameters)
     start, history = 0, []
     if os.path.isfile(last_path) and cfg.overwrite and rank == 0:
         os.remove(last_path)  # a crash before the first new checkpoint must not resume the old run

@@ -3,7 +3,8 @@
 Groups: backbone weights (lr x lr_mult[0]), backbone biases (x lr_mult[1]), new-layer weights
 (x lr_mult[2]) and new-layer biases (x lr_mult[3]); the default (1, 2, 10, 20) is the authors'.
 Biases get no weight decay (Caffe's decay_mult 0). A parameter is a bias when its name ends in
-``bias``; it is a backbone parameter when it belongs to ``model.backbone``.
+``bias``; it is a new-layer parameter when its name is in ``new_names`` if that is given (stage 2:
+the layers the weights file did not provide), else when it is outside ``model.backbone``.
 
 Schedules (a pure function of the iteration, so resuming needs only the iteration number):
 ``step``: lr * step_gamma ** (iteration // step_size)  (stage 1: 0.1 every 2000; stage 2: 0.33)
@@ -36,8 +37,9 @@ OPTIM_BOUNDS = {"iterations": "[1, inf)", "batch_size": "[1, inf)", "lr": "(0, i
                 "log_every": "[1, inf)"}
 
 
-def parameter_groups(model, lr_mult=(1.0, 2.0, 10.0, 20.0)):
-    """The four groups as dicts {"name", "params", "lr_mult", "decay"}; empty groups are dropped."""
+def parameter_groups(model, lr_mult=(1.0, 2.0, 10.0, 20.0), new_names=None):
+    """The four groups as dicts {"name", "params", "lr_mult", "decay"}; empty groups are dropped.
+    new_names: the parameter names of the new layers (default: every parameter outside model.backbone)."""
     if len(lr_mult) != 4 or not all(isinstance(v, (int, float)) and v >= 0 for v in lr_mult):
         raise ValueError(f"lr_mult: expected 4 non-negative numbers (backbone weight/bias, new weight/bias), "
                          f"got {lr_mult!r}")
@@ -47,17 +49,18 @@ def parameter_groups(model, lr_mult=(1.0, 2.0, 10.0, 20.0)):
     for name, param in model.named_parameters():
         if not param.requires_grad:
             continue
-        where = "backbone" if id(param) in backbone_ids else "new"
+        is_new = name in new_names if new_names is not None else id(param) not in backbone_ids
+        where = "new" if is_new else "backbone"
         kind = "bias" if name.endswith("bias") else "weight"
         buckets[f"{where}_{kind}"].append(param)
     return [{"name": name, "params": buckets[name], "lr_mult": float(mult), "decay": name.endswith("weight")}
             for name, mult in zip(GROUP_NAMES, lr_mult) if buckets[name]]
 
 
-def build_sgd(model, lr, momentum, weight_decay, lr_mult):
-    """torch.optim.SGD over parameter_groups(model); each group keeps its ``lr_mult``."""
+def build_sgd(model, lr, momentum, weight_decay, lr_mult, new_names=None):
+    """torch.optim.SGD over parameter_groups(model, lr_mult, new_names); each group keeps its ``lr_mult``."""
     groups = []
-    for group in parameter_groups(model, lr_mult):
+    for group in parameter_groups(model, lr_mult, new_names):
         groups.append({"params": group["params"], "name": group["name"], "lr_mult": group["lr_mult"],
                        "lr": lr * group["lr_mult"], "weight_decay": weight_decay if group["decay"] else 0.0})
     return torch.optim.SGD(groups, lr=lr, momentum=momentum, weight_decay=weight_decay)
