@@ -297,6 +297,8 @@ def plot(path, summary, lambda_summary, classes):
         axes[2].errorbar([v for v, _ in finished], [100 * m["mean"] for _, m in finished],
                          yerr=[100 * m["std"] for _, m in finished], marker="o", capsize=3)
         axes[2].set_xscale("log")
+        axes[2].set_xticks([v for v, _ in finished], [f"{v:g}" for v, _ in finished])
+        axes[2].minorticks_off()   # log-scale minor labels overlap between close λ values
         axes[2].set_xlabel("λ (seed loss weight)")
         axes[2].set_title("Table III: SGAN seed mIoU")
     else:
