@@ -12,8 +12,8 @@ Loss: ``seed_loss_weight`` · balanced seed loss (eq. 8) + w · boundary loss (e
 linearly from 0 at iteration 0 to ``boundary_loss_weight`` at iteration ``boundary_loss_warmup``
 (the demo: with its randomly initialised heads and the boundary loss from the start, the seed loss
 mostly stayed at the value of one flat prediction everywhere, ~log 6 + 2 log 2; without the
-boundary loss it learnt; a flat prediction is nearly a fixed point of the CRF, so the boundary loss
-does not push away from it).
+boundary loss it learnt; presumably because a flat prediction is nearly a fixed point of the CRF,
+so the boundary loss does not push away from it).
 
 The CRF of the boundary loss takes the current prediction as its unary, so it cannot be
 computed before the forward pass of its own images, and the backward pass cannot start before it

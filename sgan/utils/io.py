@@ -148,9 +148,12 @@ def save_torch_if_changed(path, obj):
     its modification time (and what records its content hash) changes only when its content does."""
     serialised = io.BytesIO()
     torch.save(obj, serialised)
-    if not os.path.isfile(path) or open(path, "rb").read() != serialised.getvalue():
-        with atomic_writer(path, "wb") as stream:
-            stream.write(serialised.getvalue())
+    if os.path.isfile(path):
+        with open(path, "rb") as existing:
+            if existing.read() == serialised.getvalue():
+                return path
+    with atomic_writer(path, "wb") as stream:
+        stream.write(serialised.getvalue())
     return path
 
 
