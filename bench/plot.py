@@ -36,7 +36,7 @@ COMPARISON_BACKENDS = ("sdpa",)
 # One fixed colour per backend, so a backend looks the same in every image.
 COLOURS = {"reference": "#444444", "cpp": "#1f77b4", "triton": "#d62728", "cuda": "#2ca02c", "sdpa": "#9467bd"}
 OTHER_COLOURS = ("#ff7f0e", "#8c564b", "#e377c2", "#17becf")
-FIGURE_SIZE = (11.0, 4.8)  # inches
+PANEL_SIZE = (5.5, 4.8)  # inches per (dtype, preset) panel; the figure is one row of panels
 DPI = 100
 MIB = 2 ** 20
 METRICS = {
@@ -133,7 +133,8 @@ def draw(payload, source, metric, out_path):
     sizes = sorted({row["size"] for row in rows})
     extra = iter(OTHER_COLOURS)
     colours = {}
-    figure, axes = pyplot.subplots(1, max(len(panels), 1), figsize=FIGURE_SIZE, squeeze=False)
+    columns = max(len(panels), 1)
+    figure, axes = pyplot.subplots(1, columns, figsize=(PANEL_SIZE[0] * columns, PANEL_SIZE[1]), squeeze=False)
     for axis, ((dtype, preset), lines) in zip(axes[0], panels.items()):
         for backend, points in lines.items():
             comparison = any(is_comparison(r) for r in rows if r["backend"] == backend)
