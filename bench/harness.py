@@ -22,6 +22,7 @@ import datetime
 import gc
 import os
 import platform
+import re
 import statistics
 import sys
 import time
@@ -332,10 +333,23 @@ class Context:
         self._case_values.clear()
 
 
+# What CUDA, cuBLAS and cuDNN say when an allocation fails: near the memory limit a library's own
+# workspace allocation can fail first, raised as a plain RuntimeError rather than OutOfMemoryError.
+ALLOCATION_FAILURE = re.compile(r"out of memory|CUBLAS_STATUS_ALLOC_FAILED|CUDNN_STATUS_\w*ALLOC\w*", re.IGNORECASE)
+
+
+def is_allocation_failure(error):
+    """True for an error that means "does not fit in memory": torch's OutOfMemoryError, or a
+    RuntimeError whose message is a CUDA / cuBLAS / cuDNN allocation failure."""
+    if isinstance(error, torch.cuda.OutOfMemoryError):
+        return True
+    return isinstance(error, RuntimeError) and ALLOCATION_FAILURE.search(str(error)) is not None
+
+
 def status_of(error):
     if isinstance(error, Skip):
         return f"skipped: {error}"
-    if isinstance(error, torch.cuda.OutOfMemoryError):
+    if is_allocation_failure(error):
         return "out of memory"
     return f"failed: {type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
 
@@ -418,13 +432,18 @@ def run_benchmark(benchmark, args, device, warmup, repeats, clock=time.perf_coun
         print(format_table(rows, benchmark.columns, benchmark.status_column))
         for backend, reason in plan.not_measured.items():
             print(f"{backend}: not measured ({reason})")
-        extras = benchmark.summarize(rows, plan, ctx) if benchmark.summarize else {}
-    payload = dict(header, benchmark=benchmark.name, load_average_at_end=os.getloadavg()[0], warmup=warmup,
-                   repeats=repeats, baseline=benchmark.baseline, backends=plan.backends, memory_method=memory_method,
-                   config=plan.config, not_measured=plan.not_measured)
-    payload[benchmark.results_key] = rows
-    payload.update(extras)
-    path = args.output or os.path.join(RESULTS_DIR, benchmark.output(header))
+        path = args.output or os.path.join(RESULTS_DIR, benchmark.output(header))
+        payload = dict(header, benchmark=benchmark.name, warmup=warmup, repeats=repeats,
+                       baseline=benchmark.baseline, backends=plan.backends, memory_method=memory_method,
+                       config=plan.config, not_measured=plan.not_measured)
+        payload[benchmark.results_key] = rows
+        if benchmark.summarize:
+            # the rows are on disk before the summary runs: a summary that fails or is interrupted
+            # (a long --find-max-size search) keeps them
+            save_json(path, dict(payload, load_average_at_end=os.getloadavg()[0]))
+            print(f"wrote {path} (the rows; the summary follows)", flush=True)
+            payload.update(benchmark.summarize(rows, plan, ctx))
+    payload["load_average_at_end"] = os.getloadavg()[0]
     save_json(path, payload)
     print(f"wrote {path}")
     return payload
