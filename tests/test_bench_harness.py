@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from bench import harness, registry, run, sgan_train
+from bench import attention, harness, registry, run, sgan_train
 from bench.child import ChildFailed, run_in_child
 from bench.harness import Column
 from bench.registry import Benchmark, Plan
@@ -195,6 +195,35 @@ def test_cli_attention_end_to_end_at_a_tiny_size(tmp_path):
         for field in ("forward_ms", "forward_min_ms", "forward_backward_ms", "forward_backward_min_ms",
                       "speedup_forward", "speedup_forward_backward", "memory_ratio"):
             assert row[field] > 0, field
+
+
+def test_cli_attention_has_the_sdpa_comparison_row_measured_like_the_backends(tmp_path):
+    path = tmp_path / "attention.json"
+    assert run.main(["attention", "--device", "cpu", "--shapes", "5", "--channels", "8", "--key-channels", "4",
+                     "--presets", "official", "--warmup", "0", "--repeats", "2", "--output", str(path)]) == 0
+    written = json.loads(path.read_text())
+    assert attention.SDPA in written["backends"]
+    rows = {row["backend"]: row for row in written["results"]}
+    sdpa = rows[attention.SDPA]
+    assert sdpa["status"] == "ok" and sdpa["comparison"] == attention.SDPA_NOTE
+    assert "comparison" not in rows["reference"]
+    for field in ("forward_ms", "forward_backward_ms", "peak_bytes", "speedup_forward_backward", "memory_ratio"):
+        assert sdpa[field] > 0, field
+    assert run.main(["attention", "--device", "cpu", "--shapes", "5", "--channels", "8", "--key-channels", "4",
+                     "--presets", "official", "--warmup", "0", "--repeats", "1", "--no-sdpa",
+                     "--output", str(path)]) == 0
+    assert attention.SDPA not in {row["backend"] for row in json.loads(path.read_text())["results"]}
+
+
+def test_sdpa_comparison_is_softmax_attention_with_query_key_and_x_as_values():
+    (x, key, query), _, _, grad_out = attention.make_inputs(2, 6, 3, 4, torch.float64, torch.device("cpu"),
+                                                            "official")
+    out = attention.sdpa_forward([x, key, query], grad_out)
+    q, k, v = (t.detach().flatten(2).transpose(1, 2) for t in (query, key, x))  # (B, N, channels)
+    expected = torch.softmax(q @ k.transpose(1, 2) / 3 ** 0.5, dim=-1) @ v
+    assert out.shape == (2, 1, 16, 6)
+    torch.testing.assert_close(out[:, 0].detach(), expected, rtol=1e-12, atol=1e-12)
+    assert x.grad is not None and key.grad is not None and query.grad is not None
 
 
 def test_a_failing_summary_keeps_the_measured_rows_on_disk(tmp_path):
