@@ -144,13 +144,15 @@ def fits(backend, batch, size, ctx):
     one_iteration = harness.Context(ctx.device, 0, 1, ctx.args)
     try:
         measure({"batch": batch, "input_size": [size, size]}, [backend], one_iteration)
-        return True
+        found = True
     except RuntimeError as error:
-        if harness.is_allocation_failure(error):
-            return False
-        raise
+        if not harness.is_allocation_failure(error):
+            raise
+        found = False
     finally:
         harness.free_memory(ctx.device)
+    print(f"{backend:10s} B={batch} {size}²: {'fits' if found else 'does not fit'}", flush=True)
+    return found
 
 
 def find_max_size(backend, batch, ctx, start=MAX_SIZE_START, step=MAX_SIZE_STEP, limit=MAX_SIZE_LIMIT):

@@ -110,7 +110,8 @@ def test_run_benchmark_prints_the_speedup_column_and_writes_every_header_field(t
     assert "failed: RuntimeError: no kernel for this" in printed and "second line" not in printed
     written = json.loads(path.read_text())
     assert written == json.loads(json.dumps(payload))
-    for field in ("benchmark", "device", "device_type", "cpu", "threads", "cpu_cores", "versions", "git", "command",
+    assert written["complete"] is True
+    for field in ("benchmark", "complete", "device", "device_type", "cpu", "threads", "cpu_cores", "versions", "git", "command",
                   "started_at", "load_average_at_start", "load_average_at_end", "warmup", "repeats", "baseline", "backends",
                   "memory_method", "config", "not_measured", "results"):
         assert field in written, field
@@ -238,7 +239,28 @@ def test_a_failing_summary_keeps_the_measured_rows_on_disk(tmp_path):
         harness.run_benchmark(benchmark, argparse.Namespace(output=str(path)), torch.device("cpu"),
                               warmup=1, repeats=3, clock=clock)
     written = json.loads(path.read_text())
+    assert written["complete"] is False
     assert [row["backend"] for row in written["results"]] == ["reference", "fast", "broken"] * 2
+    assert written["results"][1]["speedup"] == pytest.approx(4.0)
+
+
+def test_a_run_stopped_in_its_second_case_keeps_the_first_cases_rows(tmp_path):
+    clock = FakeClock()
+    benchmark = fake_benchmark(clock, {"reference": 0.012, "fast": 0.003})
+
+    def measure(case, backends, ctx):
+        if case["scale"] == 2:
+            raise KeyboardInterrupt  # what SIGINT from `timeout -s INT` raises
+        return benchmark.measure(case, backends, ctx)
+
+    path = tmp_path / "fake.json"
+    with pytest.raises(KeyboardInterrupt):
+        harness.run_benchmark(dataclasses.replace(benchmark, measure=measure), argparse.Namespace(output=str(path)),
+                              torch.device("cpu"), warmup=1, repeats=3, clock=clock)
+    written = json.loads(path.read_text())
+    assert written["complete"] is False
+    assert [(row["scale"], row["backend"]) for row in written["results"]] == [
+        (1, "reference"), (1, "fast"), (1, "broken")]
     assert written["results"][1]["speedup"] == pytest.approx(4.0)
 
 
@@ -273,7 +295,7 @@ def test_find_max_size_counts_library_allocation_failures_as_not_fitting(tmp_pat
     harness.run_benchmark(benchmark, argparse.Namespace(output=str(path), find_max_size=True), torch.device("cpu"),
                           warmup=0, repeats=1)
     written = json.loads(path.read_text())
-    assert [row["status"] for row in written["results"]] == ["ok"]
+    assert written["complete"] is True and [row["status"] for row in written["results"]] == ["ok"]
     # 321, 481, 641 fit, 801 does not; bisection on multiples of 8 above 641 ends at 697 (705 > 700)
     assert written["max_size"] == {"reference": {"max_size": 697, "capped_at_limit": False}}
 
@@ -283,6 +305,16 @@ def test_find_max_size_raises_an_error_that_is_not_an_allocation_failure(monkeyp
     ctx = harness.Context(torch.device("cpu"), 0, 1, argparse.Namespace())
     with pytest.raises(RuntimeError, match="BAD_PARAM"):
         sgan_train.find_max_size("reference", 1, ctx)
+
+
+def test_sgan_train_measures_every_fused_backend_named_and_records_the_unusable(capsys):
+    benchmark = registry.get("sgan_train")
+    args = run.build_parser(benchmark, "sgan_train").parse_args(["--device", "cpu", "--fused", "cpp,nosuch"])
+    plan = benchmark.plan(args, torch.device("cpu"))
+    expected = ["reference", "cpp"] if _ext.available("cpu") else ["reference"]
+    assert plan.backends == expected
+    assert set(plan.not_measured) == ({"nosuch"} if _ext.available("cpu") else {"cpp", "nosuch"})
+    assert plan.not_measured["nosuch"].startswith("not usable on cpu: ")
 
 
 def test_allocation_failures_are_reported_as_out_of_memory():
