@@ -2,7 +2,7 @@
 # One GPU session in one command, the most important evidence first. Every part runs under its own
 # time limit and writes into $OUT as it goes, so a run cut at any point keeps what came before it.
 #
-#   bash bench/gpu_run.sh [--dry-run] [--budget SECONDS]        (any directory; it runs from the repository root)
+#   bash bench/gpu_run.sh [--dry-run] [--budget SECONDS]     (from any directory: it runs from the repository root)
 #
 #   part 1  device, versions, the build with SGAN_CUDA=1, whether the extension loads  summary.txt build.log
 #   part 2  the attention and loss tests, SGAN_REQUIRE_BACKENDS=cpp,cuda,triton          tests.log
@@ -30,7 +30,10 @@ while [ $# -gt 0 ]; do
     --dry-run) dry=1 ;;
     --budget)
       budget=${2:-}
-      [[ $budget =~ ^[0-9]+$ ]] || { echo "bench/gpu_run.sh: --budget: expected whole seconds, got '$budget'" >&2; exit 2; }
+      if ! [[ $budget =~ ^[0-9]+$ ]]; then
+        echo "bench/gpu_run.sh: --budget: expected whole seconds, got '$budget'" >&2
+        exit 2
+      fi
       shift ;;
     -h | --help) usage; exit 0 ;;
     *) echo "bench/gpu_run.sh: unknown argument '$1' (expected --dry-run, --budget SECONDS or --help)" >&2; exit 2 ;;
@@ -133,7 +136,9 @@ if [ $dry = 1 ]; then
 else
   say "$(nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>&1)"
 fi
-say "$("$PY" -c "import platform, torch, triton; print('python', platform.python_version(), 'torch', torch.__version__, 'triton', triton.__version__, 'cuda', torch.version.cuda)" 2>&1)"
+say "$("$PY" -c "import platform, torch, triton
+print('python', platform.python_version(), 'torch', torch.__version__, 'triton', triton.__version__,
+      'cuda', torch.version.cuda)" 2>&1)"
 if [ $dry = 0 ] && compgen -G ".whl/*.whl" >/dev/null; then
   step "wheels from .whl" "$BUILD_LOG" 60 \
     "$PY" -m pip install --no-index --no-deps --no-compile --upgrade --target /tmp/sgan_site .whl/*.whl
@@ -152,7 +157,8 @@ from sgan import _ext
 print('sgan._C: cpu', _ext.available('cpu'), '| cuda', _ext.available('cuda'), '|', _ext.problem('$device'))
 sys.exit(0 if _ext.available('$device') else 1)"
 say "   $(grep '^sgan._C:' "$BUILD_LOG" | tail -n 1)"
-say "   pydensecrf (the CRF of stage 2 and of the losses benchmark): $("$PY" -c 'import pydensecrf; print("imports")' 2>&1 | tail -n 1)"
+crf_import=$("$PY" -c 'import pydensecrf; print("imports")' 2>&1 | tail -n 1)
+say "   pydensecrf (the CRF of stage 2 and of the losses benchmark): $crf_import"
 
 part 2 "the attention and loss tests, SGAN_REQUIRE_BACKENDS=$require"
 step "pytest" "$TESTS_LOG" 100 env SGAN_REQUIRE_BACKENDS=$require "$PY" -m pytest -q -rfEs --durations=10 \
@@ -200,5 +206,7 @@ else
   bench sgan_train_max_size 300 sgan_train --device cuda --batch 15 --fused $fused --find-max-size
 fi
 
-say "== done in $(($(date +%s) - start)) s of $budget s; $([ $failed = 0 ] && echo 'every step of parts 1 to 5 passed' || echo 'some step failed: see above')"
+verdict="every step of parts 1 to 5 passed"
+[ $failed = 0 ] || verdict="some step failed: see above"
+say "== done in $(($(date +%s) - start)) s of $budget s; $verdict"
 exit $failed
