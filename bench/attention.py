@@ -12,6 +12,9 @@ reference is skipped where its N x N tensors would not fit (CPU: an estimate aga
 --memory-cap-gb; CUDA: out of memory is caught and reported). On CUDA also: torch.matmul's
 throughput on the factorised GEMM shapes and the fused backends' GEMM-like work as a fraction of
 it, and at S = 161 the absolute peak over the bytes of the inputs, output and their gradients.
+Beside the backends, a comparison row ``sdpa (comparison)`` (unless --no-sdpa): torch's
+scaled_dot_product_attention at the same B, N, Ck and C, timed and measured the same way, marked
+with a ``comparison`` field; it is softmax attention without the mask, not the same function.
 """
 import torch
 
@@ -29,6 +32,11 @@ IO_RATIO_SIZE = 161  # the size at which the peak over the inputs + outputs + gr
 # CPU whether it can run under the memory cap.
 REFERENCE_DENSE_COPIES = 8
 CPU_DTYPES = (torch.float32, torch.float64)
+# The comparison row (not a backend of the operator): what a user calls today for self-attention
+# over conv5 features, torch's fastest built-in attention, at the same B, N, Ck (q, k) and C (v).
+SDPA = "sdpa (comparison)"
+SDPA_NOTE = ("torch.nn.functional.scaled_dot_product_attention: softmax attention over all positions, no "
+             "saliency mask, q/k with Ck channels, v with C; a comparison at the same shapes, not the same function")
 
 
 def salient_disc(batch, size, device):
@@ -68,6 +76,24 @@ def forward_backward(backend, preset, leaves, mask, gamma, grad_out):
         t.grad = None
     out = saliency_attention(*leaves, mask, gamma, preset=preset, backend=backend)
     out.backward(grad_out)
+    return out
+
+
+def sdpa_forward(leaves, grad_out=None):
+    """The comparison row: torch.nn.functional.scaled_dot_product_attention at the operator's shapes,
+    softmax attention over all N positions without a mask (not the saliency-guided function).
+
+    leaves: x (B, C, S, S) as the values, key (B, Ck, S, S) as the keys, query (B, Ck, S, S) as the
+    queries, one head; returns the output (B, 1, N, C); with ``grad_out`` (B, C, S, S) it also
+    runs the backward.
+    """
+    x, key, query = leaves
+    heads = lambda t: t.flatten(2).transpose(1, 2).unsqueeze(1)  # noqa: E731  (B, C, S, S) -> (B, 1, N, C)
+    for t in leaves:
+        t.grad = None
+    out = torch.nn.functional.scaled_dot_product_attention(heads(query), heads(key), heads(x))
+    if grad_out is not None:
+        out.backward(heads(grad_out))
     return out
 
 
@@ -133,6 +159,8 @@ def add_arguments(parser):
     parser.add_argument("--key-channels", type=positive_int, default=256)
     parser.add_argument("--memory-cap-gb", type=float, default=8.0,
                         help="CPU: skip the reference when its N x N tensors would need more than this")
+    parser.add_argument("--no-sdpa", action="store_true",
+                        help=f"leave out the comparison row {SDPA!r} (torch's scaled_dot_product_attention)")
 
 
 def plan(args, device):
@@ -157,6 +185,8 @@ def plan(args, device):
                               "key_channels": args.key_channels, "dtype": str(dtype).replace("torch.", ""),
                               "preset": preset, "salient_fraction": salient_fraction})
     backends, missing = available_backends(device)
+    if not args.no_sdpa:
+        backends.append(SDPA)
     config = {"batch": batch, "channels": args.channels, "key_channels": args.key_channels,
               "mask": "centred disc of radius 0.35 S",
               "memory_cap_gb": args.memory_cap_gb if device.type == "cpu" else None}
@@ -179,11 +209,17 @@ def measure(case, backends, ctx):
         if not fits:
             raise harness.Skip(f"its N x N tensors need about {estimate / 2**30:.1f} GiB "
                                f"> cap {ctx.args.memory_cap_gb:.1f} GiB")
-    forward = ctx.time(lambda: forward_only(backend, preset, leaves, mask, gamma))
-    step = lambda: forward_backward(backend, preset, leaves, mask, gamma, grad_out)  # noqa: E731
+    if backend == SDPA:
+        forward = ctx.time(lambda: torch.no_grad()(sdpa_forward)(leaves))
+        step = lambda: sdpa_forward(leaves, grad_out)  # noqa: E731
+    else:
+        forward = ctx.time(lambda: forward_only(backend, preset, leaves, mask, gamma))
+        step = lambda: forward_backward(backend, preset, leaves, mask, gamma, grad_out)  # noqa: E731
     both = ctx.time(step)
     result = {"forward_ms": forward.median_ms, "forward_min_ms": forward.min_ms,
               "forward_backward_ms": both.median_ms, "forward_backward_min_ms": both.min_ms}
+    if backend == SDPA:
+        result["comparison"] = SDPA_NOTE
     for t in list(leaves) + [gamma]:  # the memory measured from here on includes the new gradients
         t.grad = None
     harness.free_memory(device)
@@ -191,7 +227,7 @@ def measure(case, backends, ctx):
         with harness.cuda_peak(device) as peak:
             step()
         result.update(peak_bytes=peak.above_start_bytes, absolute_peak_bytes=peak.peak_bytes)
-        if backend != "reference":
+        if backend not in ("reference", SDPA):
             shift, background = resolve_options(preset)
             flops = gemm_flops(mask, case["channels"], case["key_channels"], shift, background == "mean")
             io_bytes = 2 * sum(t.numel() * t.element_size() for t in leaves) + \

@@ -13,7 +13,8 @@ does the rest, the same for every benchmark:
   ``cpu_memory="rss"``, the peak resident set size of a child process that runs one (case,
   backend) alone (``run_in_child``): an RSS peak belongs to a whole process, so each case needs its own;
 - speed-up columns: the baseline backend's value over each backend's, per case (``add_speedups``);
-- a printed table and ``bench/results/<name>.json``, written atomically.
+- a printed table and ``bench/results/<name>.json``, written atomically after every case
+  (``"complete": false``) and at the end (``"complete": true``), so a stopped run keeps its rows.
 """
 import argparse
 import contextlib
@@ -22,6 +23,7 @@ import datetime
 import gc
 import os
 import platform
+import re
 import statistics
 import sys
 import time
@@ -332,10 +334,23 @@ class Context:
         self._case_values.clear()
 
 
+# What CUDA, cuBLAS and cuDNN say when an allocation fails: near the memory limit a library's own
+# workspace allocation can fail first, raised as a plain RuntimeError rather than OutOfMemoryError.
+ALLOCATION_FAILURE = re.compile(r"out of memory|CUBLAS_STATUS_ALLOC_FAILED|CUDNN_STATUS_\w*ALLOC\w*", re.IGNORECASE)
+
+
+def is_allocation_failure(error):
+    """True for an error that means "does not fit in memory": torch's OutOfMemoryError, or a
+    RuntimeError whose message is a CUDA / cuBLAS / cuDNN allocation failure."""
+    if isinstance(error, torch.cuda.OutOfMemoryError):
+        return True
+    return isinstance(error, RuntimeError) and ALLOCATION_FAILURE.search(str(error)) is not None
+
+
 def status_of(error):
     if isinstance(error, Skip):
         return f"skipped: {error}"
-    if isinstance(error, torch.cuda.OutOfMemoryError):
+    if is_allocation_failure(error):
         return "out of memory"
     return f"failed: {type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
 
@@ -407,7 +422,12 @@ def run_benchmark(benchmark, args, device, warmup, repeats, clock=time.perf_coun
     for note in plan.notes:
         print(note)
     ctx = Context(device, warmup, repeats, args, clock=clock)
+    path = args.output or os.path.join(RESULTS_DIR, benchmark.output(header))
     rows = []
+    payload = dict(header, benchmark=benchmark.name, complete=False, warmup=warmup, repeats=repeats,
+                   baseline=benchmark.baseline, backends=plan.backends, memory_method=memory_method,
+                   config=plan.config, not_measured=plan.not_measured)
+    payload[benchmark.results_key] = rows
     with benchmark.setup(args, ctx) if benchmark.setup else contextlib.nullcontext() as state:
         ctx.state = state
         for case in plan.cases:
@@ -415,16 +435,15 @@ def run_benchmark(benchmark, args, device, warmup, repeats, clock=time.perf_coun
             rows += case_rows
             for row in case_rows:
                 print(format_row(row, benchmark.columns, benchmark.status_column), flush=True)
+            # on disk after every case, "complete": false until the end: a run that is stopped or
+            # fails later (a long --find-max-size search in the summary) keeps what it measured
+            save_json(path, dict(payload, load_average_at_end=os.getloadavg()[0]))
         print(format_table(rows, benchmark.columns, benchmark.status_column))
         for backend, reason in plan.not_measured.items():
             print(f"{backend}: not measured ({reason})")
-        extras = benchmark.summarize(rows, plan, ctx) if benchmark.summarize else {}
-    payload = dict(header, benchmark=benchmark.name, load_average_at_end=os.getloadavg()[0], warmup=warmup,
-                   repeats=repeats, baseline=benchmark.baseline, backends=plan.backends, memory_method=memory_method,
-                   config=plan.config, not_measured=plan.not_measured)
-    payload[benchmark.results_key] = rows
-    payload.update(extras)
-    path = args.output or os.path.join(RESULTS_DIR, benchmark.output(header))
+        if benchmark.summarize:
+            payload.update(benchmark.summarize(rows, plan, ctx))
+    payload.update(complete=True, load_average_at_end=os.getloadavg()[0])
     save_json(path, payload)
     print(f"wrote {path}")
     return payload

@@ -17,7 +17,7 @@ iteration of batch B fits in GPU memory with each path.
 import torch
 
 from bench import harness
-from bench.harness import Column, MIB, int_list, positive_int
+from bench.harness import Column, MIB, int_list, name_list, positive_int
 from bench.registry import Benchmark, Plan, register
 from sgan.models.sgan_net import MODEL_SECTION
 from sgan.losses import classification_loss, resize_seeds, seed_loss
@@ -33,24 +33,28 @@ def model_options(width):
     return dict(MODEL_SECTION["defaults"], width=width)
 
 
-def fused_backend(device, wanted=None):
-    """The fused attention backend usable for ``device`` (probed with a tiny call), or None, and
-    the reason each candidate is not usable.
+def fused_backends(device, wanted=None):
+    """The fused attention backends to measure on ``device`` (each probed with a tiny call), and
+    the reason each candidate left out is not usable.
 
-    wanted: a backend name to use instead of the first usable of cuda/triton (GPU) or cpp (CPU).
+    wanted: backend names to measure, each that is usable; without it, the first usable of
+    cuda/triton (GPU) or cpp (CPU).
     """
-    candidates = [wanted] if wanted else (["cpp"] if device.type == "cpu" else ["cuda", "triton"])
+    candidates = list(wanted) if wanted else (["cpp"] if device.type == "cpu" else ["cuda", "triton"])
     x = torch.randn(1, 4, 3, 3, device=device)
     mask = torch.zeros(1, 3, 3, dtype=torch.bool, device=device)
     mask[0, 1, 1] = True
-    unusable = {}
+    usable, unusable = [], {}
     for backend in candidates:
         try:
             saliency_attention(x, x[:, :2], x[:, 2:], mask, 0.5, backend=backend)
-            return backend, unusable
         except (RuntimeError, ValueError, ImportError, NotImplementedError) as error:
             unusable[backend] = f"not usable on {device.type}: {str(error).splitlines()[0]}"
-    return None, unusable
+            continue
+        usable.append(backend)
+        if not wanted:
+            break
+    return usable, unusable
 
 
 def make_batch(batch, size, device, seed=0):
@@ -84,7 +88,8 @@ def add_arguments(parser):
                         help="square input sizes, comma separated (default 321)")
     parser.add_argument("--width", type=float, default=1.0, help="backbone width factor (1 = VGG-16)")
     parser.add_argument("--loss-backend", default="auto")
-    parser.add_argument("--fused", default=None, help="fused attention backend (default: the first usable)")
+    parser.add_argument("--fused", type=name_list, default=None,
+                        help="fused attention backends, comma separated (default: the first usable)")
     parser.add_argument("--find-max-size", action="store_true", help="CUDA only: largest input that fits")
 
 
@@ -96,8 +101,8 @@ def plan(args, device):
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # the same for both paths: only the attention differs
     batch = args.batch or (15 if device.type == "cuda" else 2)
-    fused, unusable = fused_backend(device, args.fused)
-    backends = ["reference"] + ([fused] if fused else [])
+    fused, unusable = fused_backends(device, args.fused)
+    backends = ["reference"] + fused
     notes = [] if fused else [f"no fused attention backend is available on {device.type}: only the reference"]
     cases = [{"batch": batch, "input_size": [size, size], "feature_size": [(size - 1) // 8 + 1] * 2}
              for size in args.sizes]
@@ -133,15 +138,21 @@ def measure(case, backends, ctx):
 
 
 def fits(backend, batch, size, ctx):
-    """True when one training iteration at ``size`` runs without running out of GPU memory."""
+    """True when one training iteration at ``size`` runs without running out of GPU memory; an
+    allocation failure of cuBLAS or cuDNN (harness.is_allocation_failure) counts as not fitting,
+    any other error is raised."""
     one_iteration = harness.Context(ctx.device, 0, 1, ctx.args)
     try:
         measure({"batch": batch, "input_size": [size, size]}, [backend], one_iteration)
-        return True
-    except torch.cuda.OutOfMemoryError:
-        return False
+        found = True
+    except RuntimeError as error:
+        if not harness.is_allocation_failure(error):
+            raise
+        found = False
     finally:
         harness.free_memory(ctx.device)
+    print(f"{backend:10s} B={batch} {size}²: {'fits' if found else 'does not fit'}", flush=True)
+    return found
 
 
 def find_max_size(backend, batch, ctx, start=MAX_SIZE_START, step=MAX_SIZE_STEP, limit=MAX_SIZE_LIMIT):

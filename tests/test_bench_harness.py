@@ -1,12 +1,13 @@
 """The benchmark harness (bench/harness.py, bench/registry.py, bench/run.py): its statistics on a
 fake clock, the speed-up column, the peak RSS of a child process, the registrations and the CLI."""
 import argparse
+import dataclasses
 import json
 
 import pytest
 import torch
 
-from bench import harness, registry, run
+from bench import attention, harness, registry, run, sgan_train
 from bench.child import ChildFailed, run_in_child
 from bench.harness import Column
 from bench.registry import Benchmark, Plan
@@ -109,7 +110,8 @@ def test_run_benchmark_prints_the_speedup_column_and_writes_every_header_field(t
     assert "failed: RuntimeError: no kernel for this" in printed and "second line" not in printed
     written = json.loads(path.read_text())
     assert written == json.loads(json.dumps(payload))
-    for field in ("benchmark", "device", "device_type", "cpu", "threads", "cpu_cores", "versions", "git", "command",
+    assert written["complete"] is True
+    for field in ("benchmark", "complete", "device", "device_type", "cpu", "threads", "cpu_cores", "versions", "git", "command",
                   "started_at", "load_average_at_start", "load_average_at_end", "warmup", "repeats", "baseline", "backends",
                   "memory_method", "config", "not_measured", "results"):
         assert field in written, field
@@ -194,3 +196,128 @@ def test_cli_attention_end_to_end_at_a_tiny_size(tmp_path):
         for field in ("forward_ms", "forward_min_ms", "forward_backward_ms", "forward_backward_min_ms",
                       "speedup_forward", "speedup_forward_backward", "memory_ratio"):
             assert row[field] > 0, field
+
+
+def test_cli_attention_has_the_sdpa_comparison_row_measured_like_the_backends(tmp_path):
+    path = tmp_path / "attention.json"
+    assert run.main(["attention", "--device", "cpu", "--shapes", "5", "--channels", "8", "--key-channels", "4",
+                     "--presets", "official", "--warmup", "0", "--repeats", "2", "--output", str(path)]) == 0
+    written = json.loads(path.read_text())
+    assert attention.SDPA in written["backends"]
+    rows = {row["backend"]: row for row in written["results"]}
+    sdpa = rows[attention.SDPA]
+    assert sdpa["status"] == "ok" and sdpa["comparison"] == attention.SDPA_NOTE
+    assert "comparison" not in rows["reference"]
+    for field in ("forward_ms", "forward_backward_ms", "peak_bytes", "speedup_forward_backward", "memory_ratio"):
+        assert sdpa[field] > 0, field
+    assert run.main(["attention", "--device", "cpu", "--shapes", "5", "--channels", "8", "--key-channels", "4",
+                     "--presets", "official", "--warmup", "0", "--repeats", "1", "--no-sdpa",
+                     "--output", str(path)]) == 0
+    assert attention.SDPA not in {row["backend"] for row in json.loads(path.read_text())["results"]}
+
+
+def test_sdpa_comparison_is_softmax_attention_with_query_key_and_x_as_values():
+    (x, key, query), _, _, grad_out = attention.make_inputs(2, 6, 3, 4, torch.float64, torch.device("cpu"),
+                                                            "official")
+    out = attention.sdpa_forward([x, key, query], grad_out)
+    q, k, v = (t.detach().flatten(2).transpose(1, 2) for t in (query, key, x))  # (B, N, channels)
+    expected = torch.softmax(q @ k.transpose(1, 2) / 3 ** 0.5, dim=-1) @ v
+    assert out.shape == (2, 1, 16, 6)
+    torch.testing.assert_close(out[:, 0].detach(), expected, rtol=1e-12, atol=1e-12)
+    assert x.grad is not None and key.grad is not None and query.grad is not None
+
+
+def test_a_failing_summary_keeps_the_measured_rows_on_disk(tmp_path):
+    clock = FakeClock()
+
+    def summarize(rows, plan, ctx):
+        raise RuntimeError("CUDA error: an illegal memory access was encountered")
+
+    benchmark = dataclasses.replace(fake_benchmark(clock, {"reference": 0.012, "fast": 0.003}), summarize=summarize)
+    path = tmp_path / "fake.json"
+    with pytest.raises(RuntimeError, match="illegal memory access"):
+        harness.run_benchmark(benchmark, argparse.Namespace(output=str(path)), torch.device("cpu"),
+                              warmup=1, repeats=3, clock=clock)
+    written = json.loads(path.read_text())
+    assert written["complete"] is False
+    assert [row["backend"] for row in written["results"]] == ["reference", "fast", "broken"] * 2
+    assert written["results"][1]["speedup"] == pytest.approx(4.0)
+
+
+def test_a_run_stopped_in_its_second_case_keeps_the_first_cases_rows(tmp_path):
+    clock = FakeClock()
+    benchmark = fake_benchmark(clock, {"reference": 0.012, "fast": 0.003})
+
+    def measure(case, backends, ctx):
+        if case["scale"] == 2:
+            raise KeyboardInterrupt  # what SIGINT from `timeout -s INT` raises
+        return benchmark.measure(case, backends, ctx)
+
+    path = tmp_path / "fake.json"
+    with pytest.raises(KeyboardInterrupt):
+        harness.run_benchmark(dataclasses.replace(benchmark, measure=measure), argparse.Namespace(output=str(path)),
+                              torch.device("cpu"), warmup=1, repeats=3, clock=clock)
+    written = json.loads(path.read_text())
+    assert written["complete"] is False
+    assert [(row["scale"], row["backend"]) for row in written["results"]] == [
+        (1, "reference"), (1, "fast"), (1, "broken")]
+    assert written["results"][1]["speedup"] == pytest.approx(4.0)
+
+
+ALLOCATION_FAILURES = [
+    RuntimeError("CUDA error: CUBLAS_STATUS_ALLOC_FAILED when calling `cublasCreate(handle)`"),
+    RuntimeError("cuDNN error: CUDNN_STATUS_INTERNAL_ERROR_HOST_ALLOCATION_FAILED"),
+    RuntimeError("cuDNN error: CUDNN_STATUS_ALLOC_FAILED"),
+    RuntimeError("CUDA error: out of memory"),
+    torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"),
+]
+
+
+def fake_training_step(limit, error):
+    """A sgan_train measure that raises ``error`` above ``limit`` pixels of side, else returns a row."""
+    def measure(case, backends, ctx):
+        if case["input_size"][0] > limit:
+            raise error
+        return {backends[0]: {"median_ms": float(case["input_size"][0]), "min_ms": 1.0, "iterations_timed": 1}}
+    return measure
+
+
+@pytest.mark.parametrize("error", ALLOCATION_FAILURES, ids=lambda e: str(e)[:30])
+def test_find_max_size_counts_library_allocation_failures_as_not_fitting(tmp_path, monkeypatch, error):
+    """The whole sgan_train run with --find-max-size, its measure faked: rows and the largest size are written."""
+    fake = fake_training_step(700, error)
+    monkeypatch.setattr(sgan_train, "measure", fake)
+    benchmark = dataclasses.replace(
+        registry.get("sgan_train"), measure=fake, cpu_memory=None,
+        plan=lambda args, device: Plan(config={"batch": 1}, cases=[{"batch": 1, "input_size": [321, 321]}],
+                                       backends=["reference"]))
+    path = tmp_path / "sgan_train.json"
+    harness.run_benchmark(benchmark, argparse.Namespace(output=str(path), find_max_size=True), torch.device("cpu"),
+                          warmup=0, repeats=1)
+    written = json.loads(path.read_text())
+    assert written["complete"] is True and [row["status"] for row in written["results"]] == ["ok"]
+    # 321, 481, 641 fit, 801 does not; bisection on multiples of 8 above 641 ends at 697 (705 > 700)
+    assert written["max_size"] == {"reference": {"max_size": 697, "capped_at_limit": False}}
+
+
+def test_find_max_size_raises_an_error_that_is_not_an_allocation_failure(monkeypatch):
+    monkeypatch.setattr(sgan_train, "measure", fake_training_step(700, RuntimeError("CUDNN_STATUS_BAD_PARAM")))
+    ctx = harness.Context(torch.device("cpu"), 0, 1, argparse.Namespace())
+    with pytest.raises(RuntimeError, match="BAD_PARAM"):
+        sgan_train.find_max_size("reference", 1, ctx)
+
+
+def test_sgan_train_measures_every_fused_backend_named_and_records_the_unusable(capsys):
+    benchmark = registry.get("sgan_train")
+    args = run.build_parser(benchmark, "sgan_train").parse_args(["--device", "cpu", "--fused", "cpp,nosuch"])
+    plan = benchmark.plan(args, torch.device("cpu"))
+    expected = ["reference", "cpp"] if _ext.available("cpu") else ["reference"]
+    assert plan.backends == expected
+    assert set(plan.not_measured) == ({"nosuch"} if _ext.available("cpu") else {"cpp", "nosuch"})
+    assert plan.not_measured["nosuch"].startswith("not usable on cpu: ")
+
+
+def test_allocation_failures_are_reported_as_out_of_memory():
+    for error in ALLOCATION_FAILURES:
+        assert harness.status_of(error) == "out of memory", error
+    assert harness.status_of(RuntimeError("CUDNN_STATUS_BAD_PARAM")).startswith("failed: RuntimeError")
