@@ -499,6 +499,57 @@ def test_losses_on_the_gpu_do_not_synchronise_with_it(monkeypatch):
         losses.balanced_seed_loss(logits, torch.full_like(seeds, 77), backend="reference")
 
 
+def test_launch_device_is_the_tensors_cuda_device():
+    """Triton launches on the current CUDA device: launch_device makes the tensor's current (a CUDA
+    tensor stands in by its device attributes; no GPU is touched before the context is entered)."""
+    from types import SimpleNamespace
+
+    from sgan.ops.dispatch import launch_device
+
+    on_second_gpu = SimpleNamespace(is_cuda=True, device=torch.device("cuda", 1))
+    context = launch_device(on_second_gpu)
+    assert isinstance(context, torch.cuda.device) and context.idx == 1
+    with launch_device(torch.zeros(1)):  # CPU tensors: nothing to switch
+        pass
+
+
+@pytest.mark.skipif("triton" not in FUSED, reason="needs the Triton loss kernels")
+def test_triton_loss_launchers_run_on_the_logits_device(monkeypatch):
+    """Each of the four loss launchers enters launch_device with the logits before it launches."""
+    from sgan.kernels import losses as triton_losses
+
+    entered = []
+    real_launch_device = triton_losses.launch_device
+
+    def recording_launch_device(tensor):
+        entered.append(tensor)
+        return real_launch_device(tensor)
+
+    monkeypatch.setattr(triton_losses, "launch_device", recording_launch_device)
+    generator = torch.Generator().manual_seed(15)
+    logits = make_logits(2, 21, 3, 4, generator).float().to(DEVICE).requires_grad_(True)
+    seeds = make_seeds(2, 3, 4, "random", generator).to(DEVICE)
+    crf_probs = make_crf_probs(2, 21, 3, 4, generator).to(DEVICE)
+    total = (losses.balanced_seed_loss(logits, seeds, backend="triton")
+             + losses.boundary_loss(logits, crf_probs=crf_probs, backend="triton"))
+    total.backward()
+    assert len(entered) == 4 and all(t.shape == (2, 21, 12) for t in entered)
+
+
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two GPUs: logits on cuda:1, cuda:0 current")
+def test_loss_backends_on_the_second_gpu():
+    generator = torch.Generator().manual_seed(16)
+    logits = make_logits(2, 21, 5, 6, generator).float()
+    seeds = make_seeds(2, 5, 6, "random", generator)
+    reference = losses.balanced_seed_loss(logits, seeds, backend="reference")
+    definition = balanced_seed_loss_definition(logits.double(), seeds)
+    torch.cuda.set_device(0)
+    for backend in losses.fused_backends("cuda"):
+        got = losses.balanced_seed_loss(logits.to("cuda:1"), seeds.to("cuda:1"), backend=backend)
+        assert got.device == torch.device("cuda", 1)
+        assert_within_reference_error(backend, got.cpu(), reference, definition, torch.float32)
+
+
 @pytest.mark.skipif("triton" not in FUSED or DEVICE.type != "cuda",
                     reason="the interpreter compiles nothing: only Triton on CUDA has compiled kernels to reuse")
 def test_triton_losses_compile_nothing_for_a_new_number_of_positions():
