@@ -30,7 +30,7 @@ PAPER_CONFIG = os.path.join(os.path.dirname(__file__), os.pardir, "configs", "vo
 TINY_AUTHORS = {"width": 0.0625, "convs_per_block": [1, 1, 1, 1, 1], "classifier": "authors",
                 "classifier_hidden": 256, "dropout": 0.5, "attention_preset": "official", "key_channels": "half",
                 "saliency_threshold": 0.06, "saliency_border": True, "saliency_resize": "corner_aligned",
-                "seed_branch_kernel": 1}
+                "seed_branch_kernel": 1, "init": "pytorch"}
 # the authors' SGAN module -> this project's (their f_query is on the row side: our key)
 AUTHORS_NAMES = {"f_query": "attention.key", "f_key": "attention.query", "fc6_CAM": "classifier.layers.0",
                  "fc8": "classifier.layers.3", "fc9": "seed_branch"}
