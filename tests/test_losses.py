@@ -279,6 +279,7 @@ def test_nan_logit_at_a_counted_position_gives_nan(backend):
     crf_probs = make_crf_probs(2, 21, 3, 4, generator).to(DEVICE)
     seeds = seeds.to(DEVICE)
     for C, fn in ((20, lambda lg: losses.seed_loss(lg, seeds, backend=backend)),
+                  (20, lambda lg: losses.seed_loss(lg, seeds, backend=backend, floor=0)),
                   (21, lambda lg: losses.balanced_seed_loss(lg, seeds, backend=backend)),
                   (21, lambda lg: losses.boundary_loss(lg, crf_probs=crf_probs, backend=backend))):
         logits = make_logits(2, C, 3, 4, generator).float()
