@@ -6,27 +6,55 @@ reads the logits once, keeps the floored softmax in registers and writes per-blo
 (reduced by torch in a fixed order, so results are deterministic) and a few statistics per
 position; the backward reads the logits once more and writes the gradient. Accumulation is float32, or
 float64 for float64 logits. N and the block count derived from it are not specialised on (a new image
-size compiles nothing).
+size compiles nothing). Offsets into the (B, C, N) tensors are int64, so B * C * N may exceed 2^31.
+Compiled, exp and log are libdevice's (within a few ulp, as ::exp / ::log in C++ and CUDA): compiled Triton
+lowers ``tl.exp`` of float32 to an approximate exp2 of x * log2(e), off by up to |x| ulp. The interpreter
+cannot call libdevice; there ``tl.exp`` / ``tl.log`` are numpy's, which are as accurate. Launches run on
+the logits' CUDA device (``launch_device``).
 """
 import functools
 
 import torch
 import triton
 import triton.language as tl
+from triton.language.extra import libdevice
 
 from sgan.data import voc_classes
-from sgan.ops.dispatch import accumulation_dtype
+from sgan.kernels.autotuning import INTERPRETED
+from sgan.ops.dispatch import accumulation_dtype, launch_device
 
 IGNORE_INDEX = tl.constexpr(voc_classes.IGNORE_INDEX)  # a seed without a label
+_NUMPY_MATH = tl.constexpr(INTERPRETED)  # the interpreter runs tl.exp / tl.log as numpy's exp / log
 _ELEMENTS_PER_PROGRAM = 4096  # BLOCK_C * BLOCK_N
+
+
+@triton.jit
+def _exp(x):
+    """exp within a few ulp: libdevice's when compiled, numpy's when interpreted."""
+    if _NUMPY_MATH:
+        value = tl.exp(x)
+    else:
+        value = libdevice.exp(x)
+    return value
+
+
+@triton.jit
+def _log(x):
+    """log within a few ulp: libdevice's when compiled, numpy's when interpreted."""
+    if _NUMPY_MATH:
+        value = tl.log(x)
+    else:
+        value = libdevice.log(x)
+    return value
 
 
 @triton.jit
 def _block_offsets(C, N, BLOCK_C: tl.constexpr, BLOCK_N: tl.constexpr):
     """This program's (block, b, offs_c, offs_n, c_mask, n_mask): positions block * BLOCK_N + [0, BLOCK_N)
-    of image b, all channels padded to BLOCK_C. Grid (blocks per image, B)."""
+    of image b, all channels padded to BLOCK_C. Grid (blocks per image, B). b is int64, so every offset
+    computed from it (b * C * N) is too."""
     block = tl.program_id(0)
-    b = tl.program_id(1)
+    b = tl.program_id(1).to(tl.int64)
     offs_n = block * BLOCK_N + tl.arange(0, BLOCK_N)
     offs_c = tl.arange(0, BLOCK_C)
     return block, b, offs_c, offs_n, offs_c < C, offs_n < N
@@ -35,15 +63,15 @@ def _block_offsets(C, N, BLOCK_C: tl.constexpr, BLOCK_N: tl.constexpr):
 @triton.jit
 def _store_tile(pointer, values, b, C, N, offs_c, offs_n, c_mask, n_mask):
     """Store a (BLOCK_C, BLOCK_N) tile into a (B, C, N) tensor, in its dtype."""
-    tl.store(pointer + b * C * N + offs_c[:, None] * N + offs_n[None, :], values.to(pointer.dtype.element_ty),
-             mask=c_mask[:, None] & n_mask[None, :])
+    tl.store(pointer + b * C * N + offs_c[:, None].to(tl.int64) * N + offs_n[None, :],
+             values.to(pointer.dtype.element_ty), mask=c_mask[:, None] & n_mask[None, :])
 
 
 @triton.jit
 def _load_tile(pointer, b, C, N, offs_c, offs_n, c_mask, n_mask, other, IS_FP64: tl.constexpr):
     """A (BLOCK_C, BLOCK_N) tile of a (B, C, N) tensor in the accumulation dtype; ``other`` where the
     channel is padding, 0 where the position is."""
-    values = tl.load(pointer + b * C * N + offs_c[:, None] * N + offs_n[None, :],
+    values = tl.load(pointer + b * C * N + offs_c[:, None].to(tl.int64) * N + offs_n[None, :],
                      mask=c_mask[:, None] & n_mask[None, :], other=0.0)
     if IS_FP64:
         values = values.to(tl.float64)
@@ -61,14 +89,16 @@ def _floor(values, floor):
 @triton.jit
 def _floored_softmax(z, c_mask, floor):
     """Softmax over the channels of a tile of logits (padding channels -inf): (p, M = max_c z_c,
-    1 / E with E = sum_c exp(z_c - M), S = sum max(p, floor), T = sum of p over the channels with
+    E = sum_c exp(z_c - M), 1 / E, S = sum max(p, floor), T = sum of p over the channels with
     p >= floor, kept = p >= floor). The backward recomputes p exactly as exp(z - M) * (1 / E)."""
     row_max = tl.max(z, axis=0)
-    inverse_total = 1.0 / tl.sum(tl.exp(z - row_max[None, :]), axis=0)
-    p = tl.exp(z - row_max[None, :]) * inverse_total[None, :]
+    total = tl.sum(_exp(z - row_max[None, :]), axis=0)
+    inverse_total = 1.0 / total
+    p = _exp(z - row_max[None, :]) * inverse_total[None, :]
     floored = tl.where(c_mask[:, None], _floor(p, floor), 0.0)
     kept = c_mask[:, None] & (p >= floor)
-    return (p, row_max, inverse_total, tl.sum(floored, axis=0), tl.sum(tl.where(kept, p, 0.0), axis=0), kept)
+    return (p, row_max, total, inverse_total, tl.sum(floored, axis=0), tl.sum(tl.where(kept, p, 0.0), axis=0),
+            kept)
 
 
 @triton.jit
@@ -86,10 +116,14 @@ def _seed_nll_forward_kernel(logits_ptr, seeds_ptr, sums_ptr, counts_ptr, stats_
     block, b, offs_c, offs_n, c_mask, n_mask = _block_offsets(C, N, BLOCK_C, BLOCK_N)
     floor = tl.load(params_ptr)
     z = _load_tile(logits_ptr, b, C, N, offs_c, offs_n, c_mask, n_mask, float("-inf"), IS_FP64)
-    p, row_max, inverse_total, floored_sum, kept_sum, kept = _floored_softmax(z, c_mask, floor)
+    p, row_max, total, inverse_total, floored_sum, kept_sum, kept = _floored_softmax(z, c_mask, floor)
     labels, channel, counted = _seed_labels(seeds_ptr, b, N, offs_n, n_mask, label_offset, C)
-    picked = tl.sum(tl.where(offs_c[:, None] == channel[None, :], p, 0.0), axis=0)
-    nll = tl.log(floored_sum) - tl.log(_floor(picked, floor))
+    is_label = offs_c[:, None] == channel[None, :]
+    picked = tl.sum(tl.where(is_label, p, 0.0), axis=0)
+    floored_nll = _log(floored_sum) - _log(_floor(picked, floor))
+    # no floor: -log p_y = log E - (z_y - M), finite and exact however small p_y is
+    plain_nll = _log(total) - (tl.sum(tl.where(is_label, z, 0.0), axis=0) - row_max)
+    nll = tl.where(floor > 0, floored_nll, plain_nll)
     nll = tl.where(counted, nll, 0.0)
     background = labels == 0
     out = (b * num_blocks + block) * 2
@@ -118,7 +152,7 @@ def _seed_nll_backward_kernel(grad_sums_ptr, logits_ptr, seeds_ptr, stats_ptr, g
     kept_sum = tl.load(stats + 3 * N, mask=counted, other=0.0)
     z = _load_tile(logits_ptr, b, C, N, offs_c, offs_n, c_mask, n_mask, float("-inf"), IS_FP64)
     # the statistics hold only at counted positions: p = 0 elsewhere
-    p = tl.exp(tl.where(counted[None, :], z - row_max[None, :], float("-inf"))) * inverse_total[None, :]
+    p = _exp(tl.where(counted[None, :], z - row_max[None, :], float("-inf"))) * inverse_total[None, :]
     kept = c_mask[:, None] & (p >= floor)
     grad_background = tl.load(grad_sums_ptr + b * 2)
     grad_foreground = tl.load(grad_sums_ptr + b * 2 + 1)
@@ -140,7 +174,7 @@ def _boundary_kl_forward_kernel(logits_ptr, target_ptr, sums_ptr, stats_ptr, par
     block, b, offs_c, offs_n, c_mask, n_mask = _block_offsets(C, N, BLOCK_C, BLOCK_N)
     floor, ratio_min, ratio_max = tl.load(params_ptr), tl.load(params_ptr + 1), tl.load(params_ptr + 2)
     z = _load_tile(logits_ptr, b, C, N, offs_c, offs_n, c_mask, n_mask, float("-inf"), IS_FP64)
-    p, row_max, inverse_total, floored_sum, kept_sum, kept = _floored_softmax(z, c_mask, floor)
+    p, row_max, _, inverse_total, floored_sum, kept_sum, kept = _floored_softmax(z, c_mask, floor)
     target = tl.where(c_mask[:, None], _floor(_load_tile(target_ptr, b, C, N, offs_c, offs_n, c_mask, n_mask, 0.0,
                                                          IS_FP64), floor), 0.0)
     reference_scale = 1.0 / tl.sum(target, axis=0)
@@ -149,7 +183,7 @@ def _boundary_kl_forward_kernel(logits_ptr, target_ptr, sums_ptr, stats_ptr, par
     inside = c_mask[:, None] & (ratio >= ratio_min) & (ratio <= ratio_max)
     clipped = tl.minimum(tl.maximum(ratio, ratio_min, propagate_nan=tl.PropagateNan.ALL), ratio_max,
                          propagate_nan=tl.PropagateNan.ALL)
-    terms = tl.where(c_mask[:, None] & n_mask[None, :], reference * tl.log(clipped), 0.0)
+    terms = tl.where(c_mask[:, None] & n_mask[None, :], reference * _log(clipped), 0.0)
     tl.store(sums_ptr + b * num_blocks + block, tl.sum(tl.sum(terms, axis=0), axis=0))
     # w_c = R_c inside the clip range (else the term is constant): W = sum_c w_c, U = sum_{c: p_c >= floor} w_c
     weight = tl.where(inside, reference, 0.0)
@@ -177,7 +211,7 @@ def _boundary_kl_backward_kernel(grad_sums_ptr, logits_ptr, target_ptr, stats_pt
     kept_weight_sum = tl.load(stats + 5 * N, mask=n_mask, other=0.0)
     reference_scale = tl.load(stats + 6 * N, mask=n_mask, other=0.0)
     z = _load_tile(logits_ptr, b, C, N, offs_c, offs_n, c_mask, n_mask, float("-inf"), IS_FP64)
-    p = tl.exp(z - row_max[None, :]) * inverse_total[None, :]
+    p = _exp(z - row_max[None, :]) * inverse_total[None, :]
     kept = c_mask[:, None] & (p >= floor)
     target = _floor(_load_tile(target_ptr, b, C, N, offs_c, offs_n, c_mask, n_mask, 0.0, IS_FP64), floor)
     reference = target * reference_scale[None, :]
@@ -213,50 +247,54 @@ def _params_for(logits, floor, ratio_min=0.0, ratio_max=0.0):
 
 def seed_nll_forward(logits, seeds, label_offset, floor):
     """(sums, counts, stats): (B, 2), (B, 2) and (B, 4, N); see the contract."""
-    B, C, N = logits.shape
-    block_c, block_n, num_blocks, is_fp64 = _blocks(logits)
-    acc = accumulation_dtype(logits.dtype)
-    sums = torch.empty((B, num_blocks, 2), dtype=acc, device=logits.device)
-    counts = torch.empty((B, num_blocks, 2), dtype=acc, device=logits.device)
-    stats = torch.empty((B, 4, N), dtype=acc, device=logits.device)
-    _seed_nll_forward_kernel[(num_blocks, B)](logits, seeds, sums, counts, stats, _params_for(logits, floor), C, N,
-                                              num_blocks, int(label_offset), BLOCK_C=block_c, BLOCK_N=block_n,
-                                              IS_FP64=is_fp64)
+    with launch_device(logits):
+        B, C, N = logits.shape
+        block_c, block_n, num_blocks, is_fp64 = _blocks(logits)
+        acc = accumulation_dtype(logits.dtype)
+        sums = torch.empty((B, num_blocks, 2), dtype=acc, device=logits.device)
+        counts = torch.empty((B, num_blocks, 2), dtype=acc, device=logits.device)
+        stats = torch.empty((B, 4, N), dtype=acc, device=logits.device)
+        _seed_nll_forward_kernel[(num_blocks, B)](logits, seeds, sums, counts, stats, _params_for(logits, floor), C, N,
+                                                  num_blocks, int(label_offset), BLOCK_C=block_c, BLOCK_N=block_n,
+                                                  IS_FP64=is_fp64)
     return sums.sum(1), counts.sum(1), stats
 
 
 def seed_nll_backward(grad_sums, logits, seeds, stats, label_offset, floor):
     """Gradient of the sums with respect to the logits, the logits' shape and dtype."""
-    B, C, N = logits.shape
-    block_c, block_n, num_blocks, is_fp64 = _blocks(logits)
-    grad = torch.empty_like(logits)
-    grad_sums = grad_sums.to(accumulation_dtype(logits.dtype)).contiguous()
-    _seed_nll_backward_kernel[(num_blocks, B)](grad_sums, logits, seeds, stats, grad, _params_for(logits, floor), C,
-                                               N, int(label_offset), BLOCK_C=block_c, BLOCK_N=block_n,
-                                               IS_FP64=is_fp64)
+    with launch_device(logits):
+        B, C, N = logits.shape
+        block_c, block_n, num_blocks, is_fp64 = _blocks(logits)
+        grad = torch.empty_like(logits)
+        grad_sums = grad_sums.to(accumulation_dtype(logits.dtype)).contiguous()
+        _seed_nll_backward_kernel[(num_blocks, B)](grad_sums, logits, seeds, stats, grad, _params_for(logits, floor), C,
+                                                   N, int(label_offset), BLOCK_C=block_c, BLOCK_N=block_n,
+                                                   IS_FP64=is_fp64)
     return grad
 
 
 def boundary_kl_forward(logits, target, floor, ratio_min, ratio_max):
     """(sums (B,), stats (B, 7, N)): per-image sums of sum_c R log clip(R / Phi); see the contract."""
-    B, C, N = logits.shape
-    block_c, block_n, num_blocks, is_fp64 = _blocks(logits)
-    acc = accumulation_dtype(logits.dtype)
-    sums = torch.empty((B, num_blocks), dtype=acc, device=logits.device)
-    stats = torch.empty((B, 7, N), dtype=acc, device=logits.device)
-    _boundary_kl_forward_kernel[(num_blocks, B)](logits, target, sums, stats,
-                                                 _params_for(logits, floor, ratio_min, ratio_max), C, N, num_blocks,
-                                                 BLOCK_C=block_c, BLOCK_N=block_n, IS_FP64=is_fp64)
+    with launch_device(logits):
+        B, C, N = logits.shape
+        block_c, block_n, num_blocks, is_fp64 = _blocks(logits)
+        acc = accumulation_dtype(logits.dtype)
+        sums = torch.empty((B, num_blocks), dtype=acc, device=logits.device)
+        stats = torch.empty((B, 7, N), dtype=acc, device=logits.device)
+        _boundary_kl_forward_kernel[(num_blocks, B)](logits, target, sums, stats,
+                                                     _params_for(logits, floor, ratio_min, ratio_max), C, N, num_blocks,
+                                                     BLOCK_C=block_c, BLOCK_N=block_n, IS_FP64=is_fp64)
     return sums.sum(1), stats
 
 
 def boundary_kl_backward(grad_sums, logits, target, stats, floor, ratio_min, ratio_max):
     """Gradient of the per-image KL sums with respect to the logits."""
-    B, C, N = logits.shape
-    block_c, block_n, num_blocks, is_fp64 = _blocks(logits)
-    grad = torch.empty_like(logits)
-    grad_sums = grad_sums.to(accumulation_dtype(logits.dtype)).contiguous()
-    _boundary_kl_backward_kernel[(num_blocks, B)](grad_sums, logits, target, stats, grad,
-                                                  _params_for(logits, floor, ratio_min, ratio_max), C, N,
-                                                  BLOCK_C=block_c, BLOCK_N=block_n, IS_FP64=is_fp64)
+    with launch_device(logits):
+        B, C, N = logits.shape
+        block_c, block_n, num_blocks, is_fp64 = _blocks(logits)
+        grad = torch.empty_like(logits)
+        grad_sums = grad_sums.to(accumulation_dtype(logits.dtype)).contiguous()
+        _boundary_kl_backward_kernel[(num_blocks, B)](grad_sums, logits, target, stats, grad,
+                                                      _params_for(logits, floor, ratio_min, ratio_max), C, N,
+                                                      BLOCK_C=block_c, BLOCK_N=block_n, IS_FP64=is_fp64)
     return grad

@@ -1,35 +1,46 @@
 """Saliency-guided attention: every backend against a float64 definition, values and gradients."""
+import functools
+
 import pytest
 import torch
 
 from sgan.ops import attention_column, saliency_attention
-from sgan.ops.attention import attention_weights_reference, resolve_options
+from sgan.ops.attention import resolve_options
 from tests.helpers import assert_within_reference_error, device_under_test, fused_backends, relative_error
 
 OPTIONS = [  # (shift, background): the two presets and the two other combinations
     (True, "mean"), (False, "attend"), (True, "attend"), (False, "mean")]
 
 
-def definition(x, key, query, mask, gamma, shift, background, scale, eps=1e-5):
-    """DESIGN.md §2 written row by row in float64, independently of the package's reference."""
-    x, key, query, gamma = x.double(), key.double(), query.double(), float(gamma)
-    B, C, H, W = x.shape
-    xs, ks, qs, ms = x.reshape(B, C, -1), key.reshape(B, key.shape[1], -1), query.reshape(
-        B, key.shape[1], -1), mask.reshape(B, -1)
-    out = torch.empty_like(xs)
+def weights_definition(key, query, mask, shift, background, scale, eps=1e-5):
+    """The attention weights (B, N, N) of DESIGN.md §2 written row by row in float64, independently
+    of the package's reference: row i holds the weights position i gives every position j."""
+    key, query = key.double(), query.double()
+    B, Ck = key.shape[:2]
+    ks, qs, ms = key.reshape(B, Ck, -1), query.reshape(B, Ck, -1), mask.reshape(B, -1)
+    N = ks.shape[2]
+    weights = torch.empty(B, N, N, dtype=torch.float64)
     for b in range(B):
         n_bg = float((~ms[b]).sum())
-        for i in range(xs.shape[2]):
+        for i in range(N):
             if background == "mean" and not ms[b, i]:
-                row = (~ms[b]).double() / (n_bg + eps)
+                weights[b, i] = (~ms[b]).double() / (n_bg + eps)
             else:
                 same = (ms[b] == ms[b, i]).double()
                 z = scale * (ks[b, :, i:i + 1] * qs[b]).sum(0) * same
                 shifted = z - z.min() if shift else z
                 w = shifted * same
-                row = w / (w.sum() + eps)
-            out[b, :, i] = gamma * (xs[b] * row).sum(1) + xs[b, :, i]
-    return out.reshape(B, C, H, W)
+                weights[b, i] = w / (w.sum() + eps)
+    return weights
+
+
+def definition(x, key, query, mask, gamma, shift, background, scale, eps=1e-5):
+    """DESIGN.md §2 in float64: out_i = gamma * sum_j W_ij x_j + x_i with the weights above."""
+    x = x.double()
+    B, C, H, W = x.shape
+    weights = weights_definition(key, query, mask, shift, background, scale, eps)
+    xs = x.reshape(B, C, -1)
+    return (float(gamma) * xs @ weights.transpose(1, 2) + xs).reshape(B, C, H, W)
 
 
 def make_mask(kind, B, H, W, generator):
@@ -99,19 +110,37 @@ def test_reference_matches_definition(shift, background, mask_kind):
 
 SIZES = [(2, 7, 5, "random"), (1, 13, 11, "random"), (1, 41, 41, "random"), (2, 7, 5, "all"),
          (2, 7, 5, "none"), (2, 9, 6, "one"), (3, 7, 5, "mixed")]
+FUSED_CASES = [pytest.param(backend, dtype, shift, background, B, H, W, mask_kind,
+                            id=f"{backend}-{str(dtype)[6:]}-{shift}-{background}-{B}x{H}x{W}-{mask_kind}")
+               for B, H, W, mask_kind in SIZES for shift, background in OPTIONS
+               for dtype in (torch.float32, torch.float64) for backend in fused_backends()]
+PERTURBATION = 0.01  # a fused output this far off (relative) must fail its comparison
 
 
-@pytest.mark.parametrize("backend", fused_backends())
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-@pytest.mark.parametrize("shift,background", OPTIONS)
-@pytest.mark.parametrize("B,H,W,mask_kind", SIZES)
-def test_fused_matches_reference(backend, dtype, shift, background, B, H, W, mask_kind):
-    if backend == "triton" and device_under_test().type == "cpu" and H * W > 200 and dtype == torch.float64:
-        pytest.skip("the Triton interpreter is slow; 41x41 runs in float32 only on CPU")
+def upstream_gradient(x, out, gamma, dtype, generator):
+    """grad_out: noise, plus in float32 the context (out - x) / gamma scaled to the noise's size, so
+    that grad_gamma = sum_i g_i . ctx_i sums terms mostly of one sign. With noise alone that sum can
+    cancel to a condition number of 1e6, where any float32 evaluation may be off by 8% (the bound
+    allows it) and a 1% error would pass; in float64 the same cancellation allows 1e-10."""
+    noise = torch.randn(x.shape, generator=generator).double()
+    if dtype == torch.float64:
+        return noise
+    context = (out - x) / gamma
+    return noise + 2.0 * context * (noise.norm() / context.norm().clamp_min(1e-30))
+
+
+@functools.lru_cache(maxsize=None)
+def fused_comparisons(backend, dtype, shift, background, B, H, W, mask_kind):
+    """For one case of test_fused_matches_reference, each output's (name, fused, reference in dtype,
+    float64 definition, reference error scale, condition): the fused backend's result and what
+    assert_within_reference_error compares it with."""
     device = device_under_test()
     C, Ck = 12, 8
     x, key, query, mask = make_inputs(B, C, Ck, H, W, mask_kind, shift, seed=B * 100 + H, dtype=dtype, device=device)
-    grad_out = torch.randn(x.shape, generator=torch.Generator().manual_seed(7)).to(device=device, dtype=dtype)
+    with torch.no_grad():
+        out64 = definition(x.cpu(), key.cpu(), query.cpu(), mask.cpu(), 0.7, shift, background, scale=Ck ** -0.5)
+    grad_out = upstream_gradient(x.double().cpu(), out64, 0.7, dtype, torch.Generator().manual_seed(7))
+    grad_out = grad_out.to(device=device, dtype=dtype)
     fused = run_with_grads(backend, x, key, query, mask, 0.7, grad_out, shift, background)
     exact = definition_with_grads(x, key, query, mask, 0.7, grad_out, shift, background)
     if dtype == torch.float64:  # the reference's own float64 error, estimated from float32
@@ -124,10 +153,37 @@ def test_fused_matches_reference(backend, dtype, shift, background, B, H, W, mas
     # grad_gamma = sum_i g_i . ctx_i is a signed sum; its condition number bounds any evaluation's accuracy
     gamma_terms = grad_out.double().cpu() * (exact[0].cpu() - x.double().cpu()) / 0.7
     conditions = [None] * 4 + [float(gamma_terms.abs().sum() / gamma_terms.sum().abs())]
-    for name, got, ref, ref64, condition in zip(NAMES, fused, same_dtype, exact, conditions):
+    return [(name, got, ref, ref64.to(got.device), error_scale, condition)
+            for name, got, ref, ref64, condition in zip(NAMES, fused, same_dtype, exact, conditions)]
+
+
+@pytest.mark.parametrize("backend,dtype,shift,background,B,H,W,mask_kind", FUSED_CASES)
+def test_fused_matches_reference(backend, dtype, shift, background, B, H, W, mask_kind):
+    if backend == "triton" and device_under_test().type == "cpu" and H * W > 200 and dtype == torch.float64:
+        pytest.skip("the Triton interpreter is slow; 41x41 runs in float32 only on CPU")
+    for name, got, ref, ref64, error_scale, condition in fused_comparisons(
+            backend, dtype, shift, background, B, H, W, mask_kind):
         assert got.dtype == dtype and got.shape == ref.shape, name
         assert torch.isfinite(got).all(), f"{name}: non-finite values"
-        assert_within_reference_error(name, got, ref, ref64.to(got.device), dtype, error_scale, condition)
+        assert_within_reference_error(name, got, ref, ref64, dtype, error_scale, condition)
+
+
+@pytest.mark.parametrize("backend,dtype,shift,background,B,H,W,mask_kind", FUSED_CASES)
+def test_fused_comparison_fails_a_one_percent_error(backend, dtype, shift, background, B, H, W, mask_kind):
+    """The test above must be able to fail: each fused output off by 1% (scaled by 1.01; where the
+    exact output is 0, moved by 0.01 in norm) fails its comparison."""
+    if backend == "triton" and device_under_test().type == "cpu" and H * W > 200 and dtype == torch.float64:
+        pytest.skip("the Triton interpreter is slow; 41x41 runs in float32 only on CPU")
+    generator = torch.Generator().manual_seed(17)
+    for name, got, ref, ref64, error_scale, condition in fused_comparisons(
+            backend, dtype, shift, background, B, H, W, mask_kind):
+        if bool(ref64.any()):
+            wrong = got * (1 + PERTURBATION)
+        else:
+            direction = torch.randn(got.shape, generator=generator, dtype=torch.float64)
+            wrong = got + (PERTURBATION / direction.norm() * direction).to(device=got.device, dtype=got.dtype)
+        with pytest.raises(AssertionError, match=name):
+            assert_within_reference_error(name, wrong, ref, ref64, dtype, error_scale, condition)
 
 
 @pytest.mark.parametrize("backend", fused_backends())
@@ -164,13 +220,12 @@ def test_attention_column(backend, preset):
     device = device_under_test()
     shift, background = resolve_options(preset)
     x, key, query, mask = make_inputs(2, 6, 4, 6, 7, "random", shift, seed=5, device=device)
-    weights = attention_weights_reference(key.reshape(2, 4, -1), query.reshape(2, 4, -1), mask.reshape(2, -1),
-                                          shift=shift, background=background, scale=0.5, eps=1e-5)
+    weights = weights_definition(key.cpu(), query.cpu(), mask.cpu(), shift, background, scale=4 ** -0.5)
     for index in (0, 17, (5, 6)):
         flat = index if isinstance(index, int) else index[0] * 7 + index[1]
         got = attention_column(x, key, query, mask, index, preset=preset, backend=backend)
         assert got.shape == (2, 6, 7)
-        assert relative_error(got, weights[:, :, flat].reshape(2, 6, 7)) < 1e-12
+        assert relative_error(got.cpu(), weights[:, :, flat].reshape(2, 6, 7)) < 1e-12
 
 
 @pytest.mark.parametrize("backend", ["reference"] + fused_backends())

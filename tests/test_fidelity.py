@@ -15,18 +15,22 @@ from PIL import Image
 
 from sgan import cli
 from sgan.data.saliency import saliency_to_mask
+from sgan.losses import PROB_FLOOR
 from sgan.data.voc import CAFFE_BGR_MEAN, VOCTrainSet, VOCPaths, resize_as
 from sgan.data.zoom import zoom_linear, zoom_nearest
 from sgan.models import load_pretrained
 from sgan.models.sgan_net import SGANNet
+from sgan.models.vgg import VGG16Stride8
+from sgan.pipeline import load_config
 from sgan.seeds import class_scores, make_seeds
 from tests.test_stage1_pipeline import make_tiny_voc, tiny_config, write_yaml
 
 AUTHORS_CONFIG = os.path.join(os.path.dirname(__file__), os.pardir, "configs", "voc_sgan_authors.yaml")
+PAPER_CONFIG = os.path.join(os.path.dirname(__file__), os.pardir, "configs", "voc_sgan.yaml")
 TINY_AUTHORS = {"width": 0.0625, "convs_per_block": [1, 1, 1, 1, 1], "classifier": "authors",
                 "classifier_hidden": 256, "dropout": 0.5, "attention_preset": "official", "key_channels": "half",
                 "saliency_threshold": 0.06, "saliency_border": True, "saliency_resize": "corner_aligned",
-                "seed_branch_kernel": 1}
+                "seed_branch_kernel": 1, "init": "pytorch"}
 # the authors' SGAN module -> this project's (their f_query is on the row side: our key)
 AUTHORS_NAMES = {"f_query": "attention.key", "f_key": "attention.query", "fc6_CAM": "classifier.layers.0",
                  "fc8": "classifier.layers.3", "fc9": "seed_branch"}
@@ -375,3 +379,110 @@ def test_seeds_step_under_the_authors_config_reproduces_their_seeds(tmp_path):
         written = np.asarray(Image.open(tmp_path / "work" / "seeds" / f"{image_id}.png"))
         np.testing.assert_array_equal(written, expected, err_msg=image_id)
         assert len(np.unique(written)) >= 2
+
+
+# ------------------------------------------------------------------------------------------------
+# the new layers' initialisation and the stage-1 seed loss
+
+def _plain_construction(options, init):
+    """The layers of SGANNet(options, "sgan") built as plain modules in the network's order, from the
+    current RNG state: VGG-16 backbone, fc6_CAM (3x3 conv C -> hidden), fc8 (1x1 conv hidden -> 20, no
+    bias), f_query (our key), f_key (our query), fc9 (the seed branch); with ``init`` "xavier" each
+    classifier / seed conv re-drawn right after its branch is built (xavier-uniform weights, zero biases)."""
+    backbone = VGG16Stride8(options["width"], options["convs_per_block"])
+    channels = backbone.out_channels
+    hidden = max(1, int(round(options["classifier_hidden"] * options["width"])))
+    fc6 = torch.nn.Conv2d(channels, hidden, 3, padding=1)
+    fc8 = torch.nn.Conv2d(hidden, 20, 1, bias=False)
+    if init == "xavier":
+        for conv in (fc6, fc8):
+            torch.nn.init.xavier_uniform_(conv.weight)
+            if conv.bias is not None:
+                torch.nn.init.zeros_(conv.bias)
+    key, query = torch.nn.Conv2d(channels, channels // 2, 1), torch.nn.Conv2d(channels, channels // 2, 1)
+    fc9 = torch.nn.Conv2d(channels, 20, 1)
+    if init == "xavier":
+        torch.nn.init.xavier_uniform_(fc9.weight)
+        torch.nn.init.zeros_(fc9.bias)
+    return {"fc6_CAM": fc6, "fc8": fc8, "f_query": key, "f_key": query, "fc9": fc9}
+
+
+def test_configs_state_the_seed_loss_floor_and_the_init():
+    paper, authors = load_config(PAPER_CONFIG), load_config(AUTHORS_CONFIG)
+    assert paper.train_sgan.seed_loss_floor == PROB_FLOOR and paper.model.init == "xavier"
+    assert authors.train_sgan.seed_loss_floor == 0 and authors.model.init == "pytorch"
+
+
+@pytest.mark.parametrize("init", ["pytorch", "xavier"])
+def test_new_layers_are_what_plain_construction_gives(init):
+    """init pytorch (the authors'): f_key, f_query, fc6_CAM, fc8, fc9 bit-identical to freshly
+    constructed nn.Conv2d under the same RNG state, so weights and biases uniform in ±1/sqrt(fan_in);
+    init xavier (the paper config): the classifier and seed convs xavier-uniform with zero biases,
+    drawn as before this setting existed."""
+    options = dict(TINY_AUTHORS, init=init)
+    torch.manual_seed(3)
+    network = SGANNet(options, "sgan", backend="reference")
+    torch.manual_seed(3)
+    plain = _plain_construction(options, init)
+    modules = dict(network.named_modules())
+    for theirs, ours in AUTHORS_NAMES.items():
+        layer = modules[ours]
+        assert torch.equal(layer.weight, plain[theirs].weight), theirs
+        assert (layer.bias is None) == (plain[theirs].bias is None), theirs
+        if layer.bias is not None:
+            assert torch.equal(layer.bias, plain[theirs].bias), theirs
+        fan_in = layer.weight[0].numel()
+        bound = 1 / fan_in ** 0.5
+        if init == "pytorch" or theirs in ("f_key", "f_query"):
+            for values in [layer.weight.detach()] + ([layer.bias.detach()] if layer.bias is not None else []):
+                assert float(values.abs().max()) <= bound, theirs
+            assert float(layer.weight.detach().abs().max()) > 0.9 * bound, theirs        # spread over the whole range
+        else:
+            fan_out = layer.weight.shape[0] * layer.weight[0, 0].numel()
+            assert float(layer.weight.detach().abs().max()) <= (6 / (fan_in + fan_out)) ** 0.5, theirs
+            assert layer.bias is None or not layer.bias.any(), theirs
+
+
+def test_train_sgan_under_the_authors_config_uses_their_seed_loss_and_init(tmp_path, monkeypatch, capsys):
+    """Through the CLI: train-sgan under voc_sgan_authors.yaml computes the seed term without the
+    floor (their cross-entropy; null is no floor too) from nn.Conv2d-initialised layers; the paper
+    config floors at 1e-5; a floor outside [0, 0.05) is refused naming the key."""
+    from sgan.pipeline import train_sgan
+
+    voc, saliency_dir = make_tiny_voc(tmp_path / "voc", num_train=4, size=48)
+    floors = []
+    real_seed_loss = train_sgan.seed_loss
+
+    def recording_seed_loss(*args, **kwargs):
+        floors.append(kwargs["floor"])
+        return real_seed_loss(*args, **kwargs)
+
+    monkeypatch.setattr(train_sgan, "seed_loss", recording_seed_loss)
+    for name, base, overrides, floor, init in (("authors", AUTHORS_CONFIG, [], 0.0, "pytorch"),
+                                               ("null", AUTHORS_CONFIG, ["train_sgan.seed_loss_floor=null"], 0.0,
+                                                "pytorch"),
+                                               ("paper", PAPER_CONFIG, [], PROB_FLOOR, "xavier")):
+        config = tiny_config(voc, saliency_dir, tmp_path / name, iterations=1)
+        config.update({"_base_": os.path.abspath(base)})
+        config["model"].update({"weights": None})
+        path = write_yaml(tmp_path / f"{name}.yaml", config)
+        assert cli.main(["labels", path]) == 0
+        seeds_dir = tmp_path / name / "seeds0"
+        seeds_dir.mkdir()
+        with open(tmp_path / name / "labels.json") as stream:
+            labels = json.load(stream)["labels"]
+        rng = np.random.default_rng(0)
+        for image_id in labels:                               # initial seeds: random labels at the image's size
+            size = Image.open(VOCPaths(voc).image(image_id)).size
+            Image.fromarray(rng.choice([0, 1, 2, 3, 255], size=size[::-1]).astype(np.uint8)).save(
+                seeds_dir / f"{image_id}.png")
+        floors.clear()
+        assert cli.main(["train-sgan", path] + overrides) == 0
+        assert floors and set(floors) == {floor}, name
+        state = torch.load(tmp_path / name / "ckpt" / "sgan.pt", weights_only=True)
+        assert state["model_info"]["options"]["init"] == init
+    capsys.readouterr()
+    for bad in ("-1e-5", "0.05"):
+        assert cli.main(["train-sgan", path, f"train_sgan.seed_loss_floor={bad}"]) == 2
+        error = capsys.readouterr().err
+        assert "train_sgan.seed_loss_floor: expected a number in [0, 0.05)" in error and "Traceback" not in error

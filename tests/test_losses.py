@@ -176,6 +176,48 @@ def test_seed_losses_match_definition(backend, dtype, loss, pattern):
                              lambda lg: definition(lg, seeds), logits, dtype, backend)
 
 
+SEED_LOGIT_GAPS = (40.0, 40.0, 120.0, 800.0)  # p ~ 4e-18, 8e-53 (below float32's range), 0 in float64
+
+
+def confident_logits_and_seeds(generator):
+    """Seed-branch logits x16 (B, 20, 6, 7) float64 with seeds (B, 6, 7) where many foreground seeds
+    have p < 1e-5, as in a confident network early in training, and four whose channel lies
+    SEED_LOGIT_GAPS below the maximum (p < 1e-14; a log of p would be -inf for the last two in float32
+    and the last in float64); and the authors' targets: channel y - 1 at foreground seeds, 20 (their
+    ignore_index) at background and unlabelled positions. The logits are float32 values, so float32
+    and float64 runs see the same inputs."""
+    B, h, w = 3, 6, 7
+    logits = torch.randn(B, 20, h, w, generator=generator, dtype=torch.float64) * 16
+    seeds = make_seeds(B, h, w, "random", generator)
+    seeds[0, 0, :4] = torch.tensor([3, 9, 14, 20])
+    for j, (y, gap) in enumerate(zip((3, 9, 14, 20), SEED_LOGIT_GAPS)):
+        logits[0, y - 1, 0, j] = logits[0, :, 0, j].max() - gap
+    targets = torch.where((seeds >= 1) & (seeds <= 20), seeds - 1, torch.full_like(seeds, 20))
+    return logits.float().double(), seeds, targets
+
+
+def authors_seed_loss(logits, targets):
+    """The authors' stage-1 seed loss: torch's CrossEntropyLoss(ignore_index=20) on the 20 channels."""
+    return torch.nn.functional.cross_entropy(logits, targets, ignore_index=20)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_seed_loss_without_floor_is_the_authors_cross_entropy(backend, dtype):
+    """floor=0, reduction="batch": value and gradient of F.cross_entropy(ignore_index=20) on the 20
+    channels, down to seeds with p < 1e-14 (each contributes -log p ~ 40 and a gradient p - 1, where
+    the 1e-5 floor gives about 11.5 and almost none)."""
+    logits, seeds, targets = confident_logits_and_seeds(torch.Generator().manual_seed(21))
+    foreground = targets != 20
+    p_seed = torch.softmax(logits, 1).gather(1, targets.clamp(max=19)[:, None])[:, 0][foreground]
+    assert int((p_seed < 1e-14).sum()) >= 4 and int((p_seed < FLOOR).sum()) >= foreground.sum() // 4
+    seeds_device = seeds.to(DEVICE)
+    fn = lambda lg, be: losses.seed_loss(lg, seeds_device, reduction="batch", backend=be, floor=0)  # noqa: E731
+    check_against_definition("seed/no floor", fn, lambda lg: authors_seed_loss(lg, targets), logits, dtype, backend)
+    floored = float(losses.seed_loss(logits.to(DEVICE), seeds_device, reduction="batch", backend=backend))
+    assert float(authors_seed_loss(logits, targets)) > floored + 1.0  # the floor does change the loss here
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 def test_boundary_loss_matches_definition(backend, dtype):
@@ -237,6 +279,7 @@ def test_nan_logit_at_a_counted_position_gives_nan(backend):
     crf_probs = make_crf_probs(2, 21, 3, 4, generator).to(DEVICE)
     seeds = seeds.to(DEVICE)
     for C, fn in ((20, lambda lg: losses.seed_loss(lg, seeds, backend=backend)),
+                  (20, lambda lg: losses.seed_loss(lg, seeds, backend=backend, floor=0)),
                   (21, lambda lg: losses.balanced_seed_loss(lg, seeds, backend=backend)),
                   (21, lambda lg: losses.boundary_loss(lg, crf_probs=crf_probs, backend=backend))):
         logits = make_logits(2, C, 3, 4, generator).float()
@@ -281,6 +324,7 @@ def test_gradcheck_float64(backend):
     crf_probs = make_crf_probs(2, 21, 3, 3, generator)
     checks = [
         (20, lambda lg: losses.seed_loss(lg, seeds, backend=backend)),
+        (20, lambda lg: losses.seed_loss(lg, seeds, backend=backend, floor=0)),
         (21, lambda lg: losses.balanced_seed_loss(lg, seeds, backend=backend)),
         (21, lambda lg: losses.boundary_loss(lg, crf_probs=crf_probs, backend=backend)),
     ]
@@ -300,6 +344,7 @@ def test_fused_ops_pass_opcheck(backend):
     seeds = make_seeds(2, 12, 12, "random", generator).reshape(2, -1).to(DEVICE)
     target = make_crf_probs(2, 21, 12, 12, generator).float().reshape(2, 21, -1).to(DEVICE)
     torch.library.opcheck(function._seed_nll_forward_op, (logits, seeds, 0, FLOOR, backend))
+    torch.library.opcheck(function._seed_nll_forward_op, (logits, seeds, 0, 0.0, backend))
     torch.library.opcheck(function._boundary_kl_forward_op, (logits, target, FLOOR, 0.05, 20.0, backend))
 
 
@@ -376,6 +421,12 @@ def _seeds(*shape, value=0, dtype=torch.int64):
      ["reduction", "'image'"]),
     (lambda: losses.seed_loss(torch.zeros(2, 20, 3, 3), _seeds(2, 3, 3), backend="fast"), ValueError,
      ["backend", "'fast'"]),
+    (lambda: losses.seed_loss(torch.zeros(2, 20, 3, 3), _seeds(2, 3, 3), floor=-1e-5), ValueError,
+     ["floor", "[0, 0.05)", "-1e-05"]),
+    (lambda: losses.seed_loss(torch.zeros(2, 20, 3, 3), _seeds(2, 3, 3), floor=0.05), ValueError,
+     ["floor", "[0, 0.05)", "0.05"]),
+    (lambda: losses.seed_loss(torch.zeros(2, 20, 3, 3), _seeds(2, 3, 3), floor=None), ValueError,
+     ["floor", "None"]),
     (lambda: losses.seed_loss(torch.zeros(2, 20, 3, 3, dtype=torch.int32), _seeds(2, 3, 3)), TypeError,
      ["logits", "floating"]),
     (lambda: losses.seed_loss(torch.zeros(2, 20, 3, 3).numpy(), _seeds(2, 3, 3)), TypeError,
@@ -447,6 +498,57 @@ def test_losses_on_the_gpu_do_not_synchronise_with_it(monkeypatch):
     monkeypatch.setenv("SGAN_DEBUG_CHECKS", "1")
     with pytest.raises(ValueError, match="found \\[77\\]"):
         losses.balanced_seed_loss(logits, torch.full_like(seeds, 77), backend="reference")
+
+
+def test_launch_device_is_the_tensors_cuda_device():
+    """Triton launches on the current CUDA device: launch_device makes the tensor's current (a CUDA
+    tensor stands in by its device attributes; no GPU is touched before the context is entered)."""
+    from types import SimpleNamespace
+
+    from sgan.ops.dispatch import launch_device
+
+    on_second_gpu = SimpleNamespace(is_cuda=True, device=torch.device("cuda", 1))
+    context = launch_device(on_second_gpu)
+    assert isinstance(context, torch.cuda.device) and context.idx == 1
+    with launch_device(torch.zeros(1)):  # CPU tensors: nothing to switch
+        pass
+
+
+@pytest.mark.skipif("triton" not in FUSED, reason="needs the Triton loss kernels")
+def test_triton_loss_launchers_run_on_the_logits_device(monkeypatch):
+    """Each of the four loss launchers enters launch_device with the logits before it launches."""
+    from sgan.kernels import losses as triton_losses
+
+    entered = []
+    real_launch_device = triton_losses.launch_device
+
+    def recording_launch_device(tensor):
+        entered.append(tensor)
+        return real_launch_device(tensor)
+
+    monkeypatch.setattr(triton_losses, "launch_device", recording_launch_device)
+    generator = torch.Generator().manual_seed(15)
+    logits = make_logits(2, 21, 3, 4, generator).float().to(DEVICE).requires_grad_(True)
+    seeds = make_seeds(2, 3, 4, "random", generator).to(DEVICE)
+    crf_probs = make_crf_probs(2, 21, 3, 4, generator).to(DEVICE)
+    total = (losses.balanced_seed_loss(logits, seeds, backend="triton")
+             + losses.boundary_loss(logits, crf_probs=crf_probs, backend="triton"))
+    total.backward()
+    assert len(entered) == 4 and all(t.shape == (2, 21, 12) for t in entered)
+
+
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two GPUs: logits on cuda:1, cuda:0 current")
+def test_loss_backends_on_the_second_gpu():
+    generator = torch.Generator().manual_seed(16)
+    logits = make_logits(2, 21, 5, 6, generator).float()
+    seeds = make_seeds(2, 5, 6, "random", generator)
+    reference = losses.balanced_seed_loss(logits, seeds, backend="reference")
+    definition = balanced_seed_loss_definition(logits.double(), seeds)
+    torch.cuda.set_device(0)
+    for backend in losses.fused_backends("cuda"):
+        got = losses.balanced_seed_loss(logits.to("cuda:1"), seeds.to("cuda:1"), backend=backend)
+        assert got.device == torch.device("cuda", 1)
+        assert_within_reference_error(backend, got.cpu(), reference, definition, torch.float32)
 
 
 @pytest.mark.skipif("triton" not in FUSED or DEVICE.type != "cuda",

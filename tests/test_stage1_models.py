@@ -12,7 +12,7 @@ from sgan.seeds import class_scores, make_seeds
 
 TINY = {"width": 0.0625, "convs_per_block": [2, 2, 3, 3, 3], "classifier": "paper", "classifier_hidden": 64,
         "dropout": 0.5, "attention_preset": "official", "key_channels": "half", "saliency_threshold": 0.06,
-        "saliency_border": True, "saliency_resize": "bilinear", "seed_branch_kernel": 1}
+        "saliency_border": True, "saliency_resize": "bilinear", "seed_branch_kernel": 1, "init": "xavier"}
 CONV_NAMES = [name for block in VGG16_CONVS for name, _ in block]
 
 

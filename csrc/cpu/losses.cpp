@@ -102,13 +102,12 @@ SGAN_INLINE double log_positive(double x) { return std::log(x); }
 
 // Softmax of one tile of `len` positions starting at `start` of one image (logits at `image`,
 // channel stride N). Fills prob[c * kTile + t] with the softmax p, and per position row_max[t] with
-// M, inverse_total[t] with 1 / E, floored_sum[t] with S = sum_c max(p_c, floor) and kept_sum[t] with
-// T = sum over {c : p_c >= floor} of p_c.
+// M, exp_sum[t] with E = sum_c exp(z_c - M), inverse_total[t] with 1 / E, floored_sum[t] with
+// S = sum_c max(p_c, floor) and kept_sum[t] with T = sum over {c : p_c >= floor} of p_c.
 template <typename acc_t, typename scalar_t>
 SGAN_INLINE void tile_softmax(const scalar_t* image, int64_t C, int64_t N, int64_t start, int64_t len, acc_t floor,
-                              acc_t* prob, acc_t* row_max, acc_t* inverse_total, acc_t* floored_sum,
+                              acc_t* prob, acc_t* row_max, acc_t* exp_sum, acc_t* inverse_total, acc_t* floored_sum,
                               acc_t* kept_sum) {
-  acc_t exp_sum[kTile];
   for (int64_t t = 0; t < len; ++t) row_max[t] = static_cast<acc_t>(image[start + t]);
   for (int64_t c = 1; c < C; ++c) {
     const scalar_t* __restrict z = image + c * N + start;
@@ -160,20 +159,30 @@ bool tile_channels(const int64_t* seeds, int64_t start, int64_t len, int64_t lab
 // ---- one tile of positions: the hot loops, outside any lambda so that the pragma above applies ----
 
 // Seed losses, forward: adds -log Phi_c at the counted positions to sums[g], counts[g]; writes the
-// tile's statistics (M, 1 / E, S, T) to the image's rows of `stats`.
+// tile's statistics (M, 1 / E, S, T) to the image's rows of `stats`. With floor 0, -log p_c is
+// log E - (z_c - M): finite and exact however small p_c is.
 template <typename acc_t, typename scalar_t>
 SGAN_TILE_KERNEL void seed_tile_forward(const scalar_t* image, const int64_t* seeds, const int64_t* channel, int64_t C,
                                         int64_t N, int64_t start, int64_t len, acc_t floor, acc_t* prob,
                                         acc_t* stats, double* sums, double* counts) {
+  acc_t* row_max = stats + kRowMax * N + start;
   acc_t* floored_sum = stats + kFlooredSum * N + start;
-  tile_softmax<acc_t>(image, C, N, start, len, floor, prob, stats + kRowMax * N + start,
-                      stats + kInverseTotal * N + start, floored_sum, stats + kKeptSum * N + start);
+  acc_t exp_sum[kTile];
+  tile_softmax<acc_t>(image, C, N, start, len, floor, prob, row_max, exp_sum, stats + kInverseTotal * N + start,
+                      floored_sum, stats + kKeptSum * N + start);
   acc_t picked[kTile], nll[kTile];
-  for (int64_t t = 0; t < len; ++t) {
-    const acc_t p = channel[t] >= 0 ? prob[channel[t] * kTile + t] : acc_t(1);
-    picked[t] = p < floor ? floor : p;
+  if (floor > 0) {
+    for (int64_t t = 0; t < len; ++t) {
+      const acc_t p = channel[t] >= 0 ? prob[channel[t] * kTile + t] : acc_t(1);
+      picked[t] = p < floor ? floor : p;
+    }
+    for (int64_t t = 0; t < len; ++t) nll[t] = log_positive(floored_sum[t]) - log_positive(picked[t]);
+  } else {
+    for (int64_t t = 0; t < len; ++t) {
+      picked[t] = channel[t] >= 0 ? static_cast<acc_t>(image[channel[t] * N + start + t]) - row_max[t] : acc_t(0);
+    }
+    for (int64_t t = 0; t < len; ++t) nll[t] = log_positive(exp_sum[t]) - picked[t];
   }
-  for (int64_t t = 0; t < len; ++t) nll[t] = log_positive(floored_sum[t]) - log_positive(picked[t]);
   for (int64_t t = 0; t < len; ++t) {
     if (channel[t] < 0) continue;
     const int64_t group = seeds[start + t] == 0 ? 0 : 1;
@@ -253,7 +262,8 @@ SGAN_TILE_KERNEL double kl_tile_forward(const scalar_t* image, const acc_t* targ
   acc_t* floored_sum = stats + kFlooredSum * N + start;
   acc_t* weight_sum = stats + kWeightSum * N + start;
   acc_t* kept_weight_sum = stats + kKeptWeightSum * N + start;
-  tile_softmax<acc_t>(image, C, N, start, len, floor, prob, stats + kRowMax * N + start,
+  acc_t exp_sum[kTile];
+  tile_softmax<acc_t>(image, C, N, start, len, floor, prob, stats + kRowMax * N + start, exp_sum,
                       stats + kInverseTotal * N + start, floored_sum, stats + kKeptSum * N + start);
   tile_reference<acc_t>(target_image, C, N, start, len, floor, reference, stats + kReferenceScale * N + start);
   acc_t kl[kTile];

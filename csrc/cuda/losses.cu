@@ -33,17 +33,18 @@ constexpr int kRowMax = 0, kInverseTotal = 1, kFlooredSum = 2, kKeptSum = 3;   /
 constexpr int kWeightSum = 4, kKeptWeightSum = 5, kReferenceScale = 6;          // boundary only
 constexpr int kSeedStats = 4, kBoundaryStats = 7;
 
-// Softmax statistics of one position: M, 1 / E, S = sum_c max(p_c, floor) and T = sum of the p_c >= floor.
+// Softmax statistics of one position: M, E = sum_c exp(z_c - M), 1 / E, S = sum_c max(p_c, floor) and
+// T = sum of the p_c >= floor.
 template <typename scalar_t, typename acc_t>
 __device__ __forceinline__ void softmax_stats(const scalar_t* __restrict__ z, int64_t C, int64_t N, acc_t floor,
-                                              acc_t& row_max, acc_t& inverse_total, acc_t& floored_sum,
+                                              acc_t& row_max, acc_t& total, acc_t& inverse_total, acc_t& floored_sum,
                                               acc_t& kept_sum) {
   row_max = static_cast<acc_t>(z[0]);
   for (int64_t c = 1; c < C; ++c) {
     const acc_t v = static_cast<acc_t>(z[c * N]);
     row_max = v > row_max ? v : row_max;
   }
-  acc_t total = 0;
+  total = 0;
   for (int64_t c = 0; c < C; ++c) total += ::exp(static_cast<acc_t>(z[c * N]) - row_max);
   inverse_total = acc_t(1) / total;
   floored_sum = 0;
@@ -85,10 +86,12 @@ __global__ void seed_nll_forward_kernel(const scalar_t* __restrict__ logits, con
     const int64_t channel = label - label_offset;
     if (label != kIgnoreLabel && channel >= 0 && channel < C) {  // statistics only where the backward reads them
       const scalar_t* z = logits + b * C * N + n;
-      acc_t row_max, inverse_total, floored_sum, kept_sum;
-      softmax_stats(z, C, N, floor, row_max, inverse_total, floored_sum, kept_sum);
-      const acc_t p = ::exp(static_cast<acc_t>(z[channel * N]) - row_max) * inverse_total;
-      nll = ::log(floored_sum) - ::log(max_of(p, floor));
+      acc_t row_max, total, inverse_total, floored_sum, kept_sum;
+      softmax_stats(z, C, N, floor, row_max, total, inverse_total, floored_sum, kept_sum);
+      const acc_t shifted = static_cast<acc_t>(z[channel * N]) - row_max;
+      // no floor: -log p = log E - (z - M), finite and exact however small p is
+      nll = floor > acc_t(0) ? ::log(floored_sum) - ::log(max_of(::exp(shifted) * inverse_total, floor))
+                             : ::log(total) - shifted;
       counted = 1;
       acc_t* out = stats + b * kSeedStats * N + n;
       out[kRowMax * N] = row_max;
@@ -155,8 +158,8 @@ __global__ void boundary_kl_forward_kernel(const scalar_t* __restrict__ logits, 
   if (n < N) {
     const scalar_t* z = logits + b * C * N + n;
     const acc_t* r = target + b * C * N + n;
-    acc_t row_max, inverse_total, floored_sum, kept_sum;
-    softmax_stats(z, C, N, floor, row_max, inverse_total, floored_sum, kept_sum);
+    acc_t row_max, total, inverse_total, floored_sum, kept_sum;
+    softmax_stats(z, C, N, floor, row_max, total, inverse_total, floored_sum, kept_sum);
     acc_t reference_total = 0;
     for (int64_t c = 0; c < C; ++c) reference_total += max_of(r[c * N], floor);
     const acc_t reference_scale = acc_t(1) / reference_total;

@@ -11,7 +11,9 @@ softmax over the C channels floored at ``floor`` and renormalised:
 ``seed_nll_forward(logits, seeds, label_offset, floor) -> (sums, counts, stats)``
     logits (B, C, N) float; seeds (B, N) int64. A position with label y != 255 whose channel
     c = y - label_offset lies in [0, C) counts in group g = 0 if y == 0 else 1:
-    sums[b, g] += -log Phi_c, counts[b, g] += 1. sums, counts: (B, 2) acc. stats (B, 4, N) acc holds,
+    sums[b, g] += -log Phi_c, counts[b, g] += 1; with ``floor`` 0 (no floor) -log Phi_c is computed
+    as log E - (z_c - M), never as the log of p_c, so it stays finite and exact however small p_c is.
+    sums, counts: (B, 2) acc. stats (B, 4, N) acc holds,
     per position, M = max_c z_c, 1 / E with E = sum_c exp(z_c - M) (so p_c = exp(z_c - M) / E),
     S = sum_c max(p_c, floor) and T = sum of the p_c >= floor; it must be valid at counted positions
     and is passed back to the backward.
@@ -229,14 +231,22 @@ def resize_seeds(seeds, size):
 # seed losses (eq. 5 and eq. 8)
 
 
-def _seed_stats(logits, seeds, label_offset, backend):
+def _seed_stats(logits, seeds, label_offset, backend, floor=PROB_FLOOR):
     """(sums, counts), (B, 2) each: group 0 background, group 1 foreground (see the contract)."""
     if backend == "reference":
-        return seed_nll_stats_reference(logits, seeds, label_offset)
+        return seed_nll_stats_reference(logits, seeds, label_offset, floor)
     B, C, h, w = logits.shape
     sums, counts, _ = _seed_nll_forward_op(logits.reshape(B, C, h * w).contiguous(), seeds.reshape(B, h * w),
-                                           label_offset, PROB_FLOOR, backend)
+                                           label_offset, floor, backend)
     return sums, counts
+
+
+def check_floor(floor, num_channels=NUM_CLASSES, name="floor"):
+    """``floor`` as a float in [0, 1 / num_channels): 0 is no floor; at 1 / num_channels or above every
+    probability would be floored and Phi uniform."""
+    if isinstance(floor, bool) or not isinstance(floor, (int, float)) or not 0 <= floor < 1 / num_channels:
+        raise ValueError(f"{name}: expected a number in [0, {1 / num_channels:g}) (0 = no floor), got {floor!r}")
+    return float(floor)
 
 
 def _per_image_mean(sums, counts):
@@ -244,8 +254,10 @@ def _per_image_mean(sums, counts):
     return sums / counts.clamp_min(1)
 
 
-def seed_loss(logits, seeds, reduction="image", backend="auto"):
-    """Seed loss of stage 1 (eq. 5): -log Phi at the foreground seeds, Phi the floored softmax.
+def seed_loss(logits, seeds, reduction="image", backend="auto", floor=PROB_FLOOR):
+    """Seed loss of stage 1 (eq. 5): -log Phi at the foreground seeds, Phi the softmax floored at
+    ``floor`` and renormalised (1e-5, the SEC/DSRG convention); ``floor`` 0 is the plain
+    cross-entropy of the authors' stage 1 (-log_softmax, finite at any probability).
 
     logits: (B, 20, h, w), the 20 foreground classes, no background channel.
     seeds: (B, h, w) integer at the logits' size (see ``resize_seeds``); a label c in 1..20 selects
@@ -257,10 +269,11 @@ def seed_loss(logits, seeds, reduction="image", backend="auto"):
     """
     if reduction not in ("image", "batch"):
         raise ValueError(f"reduction: expected 'image' or 'batch', got {reduction!r}")
+    floor = check_floor(floor)
     _check_logits(logits, NUM_CLASSES)
     seeds = _check_seeds(seeds, logits, NUM_CLASSES)
     backend = resolve_backend(backend, logits)
-    sums, counts = _seed_stats(logits, seeds, 1, backend)
+    sums, counts = _seed_stats(logits, seeds, 1, backend, floor)
     if reduction == "image":
         return _per_image_mean(sums[:, 1], counts[:, 1]).mean()
     return sums[:, 1].sum() / counts[:, 1].sum().clamp_min(1)

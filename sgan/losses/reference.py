@@ -1,8 +1,9 @@
 """Plain PyTorch reference of the SGAN losses (DESIGN.md §3), differentiated by autograd.
 
 Everything is computed in the accumulation dtype (float64 for float64 logits, else float32) and
-materialises the floored softmax; the fused backends compute the same per-image statistics
-without that tensor. Seeds are int64 (B, h, w): 0 = background, 1..20 = classes, 255 = unlabelled.
+materialises the floored softmax (or, with floor 0, the log-softmax); the fused backends compute the
+same per-image statistics without that tensor. Seeds are int64 (B, h, w): 0 = background, 1..20 =
+classes, 255 = unlabelled.
 """
 import torch
 
@@ -24,15 +25,24 @@ def floored_softmax(logits, floor=PROB_FLOOR, dim=1):
     return floor_and_renormalise(torch.softmax(logits.to(accumulation_dtype(logits.dtype)), dim), floor, dim)
 
 
+def seed_log_probs(logits, floor=PROB_FLOOR, dim=1):
+    """log Phi along ``dim`` in the accumulation dtype: the log of the floored softmax, or with
+    ``floor`` 0 the plain log-softmax z - max - log sum exp (finite however small the probability)."""
+    if floor > 0:
+        return floored_softmax(logits, floor, dim).log()
+    return torch.log_softmax(logits.to(accumulation_dtype(logits.dtype)), dim)
+
+
 def seed_nll_stats_reference(logits, seeds, label_offset, floor=PROB_FLOOR):
     """Per-image sums and counts of -log Phi at the seeds, split into background and foreground.
 
     logits (B, C, h, w); seeds (B, h, w) int64. A position with label y != 255 and channel
     c = y - label_offset in [0, C) counts, in group 0 if y == 0 (background) else group 1.
+    Phi is the softmax floored at ``floor`` and renormalised (no floor when 0).
     Returns (sums, counts), both (B, 2) in the accumulation dtype.
     """
     B, C = logits.shape[:2]
-    log_probs = floored_softmax(logits, floor).log()
+    log_probs = seed_log_probs(logits, floor)
     channel = seeds - label_offset
     counted = (seeds != IGNORE_INDEX) & (channel >= 0) & (channel < C)
     picked = log_probs.gather(1, channel.clamp(0, C - 1).unsqueeze(1)).squeeze(1)

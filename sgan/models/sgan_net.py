@@ -18,7 +18,10 @@ ReLU, dropout, 1×1 conv -> 20 without bias. ``key_channels: half`` (authors, Ck
 feature size (``saliency_resize``: bilinear, or the authors' corner_aligned zoom), /255 >
 ``saliency_threshold``, with the 1-pixel border forced non-salient when ``saliency_border``
 (authors). The seed branch is one ``seed_branch_kernel``×``seed_branch_kernel``
-conv C -> 20 on the enhanced features.
+conv C -> 20 on the enhanced features. ``init``: the classifier and seed-branch convolutions get
+xavier-uniform weights and zero biases (``xavier``), or keep ``nn.Conv2d``'s own initialisation,
+weights and biases uniform in ±1/sqrt(fan_in) (``pytorch``, the authors'); the attention's key and
+query convolutions keep ``nn.Conv2d``'s in both.
 
 :func:`build_network` builds either from the config and loads ImageNet weights; the returned
 ``model_info`` (stored in checkpoints) rebuilds it with :func:`network_from_info`.
@@ -43,6 +46,7 @@ from sgan.utils.logging import get_logger
 
 VARIANTS = ("sgan", "sgan-seed", "sgan-sal-seed")
 CLASSIFIERS = ("paper", "authors")
+INITS = ("xavier", "pytorch")  # of the new layers: xavier-uniform / zero bias, or nn.Conv2d's defaults
 
 # the config section `model`, registered by sgan.pipeline.register_sections
 MODEL_SECTION = dict(defaults={
@@ -59,7 +63,8 @@ MODEL_SECTION = dict(defaults={
     "saliency_border": True,
     "saliency_resize": "bilinear",
     "seed_branch_kernel": 1,
-}, choices={"weights_naming": STAGE1_NAMINGS, "classifier": CLASSIFIERS,
+    "init": "xavier",
+}, choices={"weights_naming": STAGE1_NAMINGS, "classifier": CLASSIFIERS, "init": INITS,
             "attention_preset": ("official", "paper"), "key_channels": ("half", "full"),
             "saliency_resize": MASK_RESIZES, "seed_branch_kernel": (1, 3)},
     bounds={"width": "(0, inf)", "convs_per_block": "[1, 3]", "classifier_hidden": "[1, inf)",
@@ -67,13 +72,30 @@ MODEL_SECTION = dict(defaults={
     doc="stage-1 networks (baseline CAM and SGAN): weights is a local ImageNet VGG-16 file (or the "
         "authors' vgg_init.pth / SGAN checkpoint, naming authors); width and convs_per_block shrink "
         "the backbone (demo/tests); classifier_hidden is scaled by width; saliency_resize: how the "
-        "saliency reaches the feature size for the mask (bilinear, or corner_aligned as the authors)")
+        "saliency reaches the feature size for the mask (bilinear, or corner_aligned as the authors); init: "
+        "xavier (xavier-uniform weights, zero biases) or pytorch (nn.Conv2d's defaults, the authors') for "
+        "the classifier and seed-branch convolutions")
+
+
+def initialise(module, init):
+    """Re-initialise every nn.Conv2d in ``module`` for ``init`` 'xavier' (xavier-uniform weights, zero
+    biases); 'pytorch' leaves nn.Conv2d's own initialisation (uniform in ±1/sqrt(fan_in))."""
+    if init not in INITS:
+        raise ValueError(f"init: expected one of {INITS}, got {init!r}")
+    if init == "pytorch":
+        return
+    for conv in module.modules():
+        if isinstance(conv, nn.Conv2d):
+            nn.init.xavier_uniform_(conv.weight)
+            if conv.bias is not None:
+                nn.init.zeros_(conv.bias)
 
 
 class ClassificationBranch(nn.Module):
-    """Features (B, C, h, w) -> CAM logits (B, 20, h, w); ``kind`` 'paper' or 'authors' (module doc)."""
+    """Features (B, C, h, w) -> CAM logits (B, 20, h, w); ``kind`` 'paper' or 'authors', ``init``
+    'xavier' or 'pytorch' (module doc)."""
 
-    def __init__(self, in_channels, kind="paper", hidden=1024, dropout=0.5):
+    def __init__(self, in_channels, kind="paper", hidden=1024, dropout=0.5, init="xavier"):
         super().__init__()
         if kind not in CLASSIFIERS:
             raise ValueError(f"classifier: expected one of {CLASSIFIERS}, got {kind!r}")
@@ -82,11 +104,7 @@ class ClassificationBranch(nn.Module):
         else:
             self.layers = nn.Sequential(nn.Conv2d(in_channels, hidden, 3, padding=1), nn.ReLU(inplace=True),
                                         nn.Dropout2d(dropout), nn.Conv2d(hidden, NUM_CLASSES, 1, bias=False))
-        for module in self.modules():
-            if isinstance(module, nn.Conv2d):
-                nn.init.xavier_uniform_(module.weight)
-                if module.bias is not None:
-                    nn.init.zeros_(module.bias)
+        initialise(self, init)
 
     def forward(self, features):
         return self.layers(features)
@@ -95,9 +113,10 @@ class ClassificationBranch(nn.Module):
 class _Stage1Net(nn.Module):
     def _build_backbone_and_classifier(self, options):
         self.backbone = VGG16Stride8(options["width"], options["convs_per_block"])
+        # options.get: "init" is absent from the model_info of older checkpoints
         self.classifier = ClassificationBranch(self.backbone.out_channels, options["classifier"],
                                                scaled_channels(options["classifier_hidden"], options["width"]),
-                                               options["dropout"])
+                                               options["dropout"], options.get("init", "xavier"))
 
     def convert_pretrained(self, state, naming):
         """For sgan.models.load_pretrained: ImageNet VGG-16 (or the authors' SGAN) keys -> model keys."""
@@ -142,8 +161,7 @@ class SGANNet(_Stage1Net):
         if variant == "sgan":
             kernel = int(options["seed_branch_kernel"])
             self.seed_branch = nn.Conv2d(channels, NUM_CLASSES, kernel, padding=kernel // 2)
-            nn.init.xavier_uniform_(self.seed_branch.weight)
-            nn.init.zeros_(self.seed_branch.bias)
+            initialise(self.seed_branch, options.get("init", "xavier"))
 
     def saliency_mask(self, saliency, features):
         """Bool (B, h, w) mask at the features' size; all True for the variant without saliency."""

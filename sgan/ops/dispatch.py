@@ -16,6 +16,7 @@ The operators check the values of their inputs (labels in range, a 0/1 mask, fin
 only where that is free: on CPU tensors, or everywhere with ``SGAN_DEBUG_CHECKS=1``. On a GPU such a
 check reads its answer back and so waits for every kernel queued before it (:func:`values_checked`).
 """
+import contextlib
 import importlib
 import os
 import sys
@@ -45,6 +46,13 @@ def values_checked(tensor):
     """Whether an operator checks the values of ``tensor``: always for CPU tensors, for others only
     with SGAN_DEBUG_CHECKS=1 (shapes, dtypes and devices are checked always: they cost nothing)."""
     return tensor.device.type == "cpu" or os.environ.get(DEBUG_CHECKS_VARIABLE, "0") == "1"
+
+
+def launch_device(tensor):
+    """A context that makes ``tensor``'s CUDA device current, for kernel launches (Triton launches on the
+    current device, so a tensor on cuda:1 would otherwise be read by a kernel running on cuda:0); a
+    no-op for CPU tensors."""
+    return torch.cuda.device(tensor.device) if tensor.is_cuda else contextlib.nullcontext()
 
 
 def describe(t):

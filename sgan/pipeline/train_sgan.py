@@ -1,7 +1,8 @@
 """Stage 1: SGAN (or a Table II variant) with L = L_cls + lambda L_seed on seeds0 -> ckpt/sgan.pt."""
 from sgan.data.voc import VOCTrainSet, validate_samples
 from sgan.data.zoom import zoom_nearest
-from sgan.losses import classification_loss, resize_seeds, seed_loss
+from sgan.data.voc_classes import NUM_CLASSES
+from sgan.losses import PROB_FLOOR, classification_loss, resize_seeds, seed_loss
 from sgan.models.sgan_net import VARIANTS, build_network
 from sgan.pipeline import resolve_device, work_path
 from sgan.pipeline._stage1 import TRAINING_DATA_KEYS, saliency_folder, training_images
@@ -14,11 +15,12 @@ STEP = "train-sgan"
 
 SECTION = dict(defaults={
     **OPTIM_DEFAULTS, "checkpoint": "ckpt/sgan.pt", "variant": "sgan", "seeds_dir": "seeds0",
-    "seed_loss_weight": 0.15, "seed_loss_reduction": "image",
+    "seed_loss_weight": 0.15, "seed_loss_reduction": "image", "seed_loss_floor": PROB_FLOOR,
 }, choices={**OPTIM_CHOICES, "variant": VARIANTS, "seed_loss_reduction": ("image", "batch")},
-    bounds={**OPTIM_BOUNDS, "seed_loss_weight": "[0, inf)"},
+    bounds={**OPTIM_BOUNDS, "seed_loss_weight": "[0, inf)", "seed_loss_floor": f"[0, {1 / NUM_CLASSES})"},
     doc="SGAN training: variant sgan | sgan-seed | sgan-sal-seed; seeds_dir (work_dir-relative) holds "
-        "the initial seeds; seed_loss_reduction image (eq. 5) or batch (authors)")
+        "the initial seeds; seed_loss_reduction image (eq. 5) or batch (authors); seed_loss_floor: the "
+        "softmax floor before the log of the seed loss (1e-5, SEC/DSRG), 0 or null for none (authors)")
 
 
 def run(cfg):
@@ -51,7 +53,8 @@ def run(cfg):
         if "seed" not in out:
             return cls, terms
         seeds = to_logits(batch["seeds"].to(device), tuple(out["seed"].shape[-2:]))
-        seed = seed_loss(out["seed"], seeds, reduction=section.seed_loss_reduction, backend=cfg.backend)
+        seed = seed_loss(out["seed"], seeds, reduction=section.seed_loss_reduction, backend=cfg.backend,
+                         floor=section.seed_loss_floor or 0.0)
         terms["seed"] = seed.item()
         total = cls + section.seed_loss_weight * seed.to(cls.dtype)
         terms["total"] = total.item()
