@@ -6,7 +6,6 @@ op. The algorithm lives in the kernels: attention_forward.py (group sums, stream
 output) and attention_backward.py (row terms, group sums of the gradients, argmin scatter, grad_query,
 grad_x), over the group-sorted layout of attention_layout.py. Nothing of size N x N is allocated.
 """
-import contextlib
 
 import torch
 import triton
@@ -17,7 +16,7 @@ from sgan.kernels.attention_backward import (argmin_scatter_kernel, grad_query_k
 from sgan.kernels.attention_forward import EPS, GAMMA, SCALE, group_sums_kernel, output_kernel, row_min_kernel
 from sgan.kernels.attention_layout import group_order
 from sgan.kernels.autotuning import MIN_DOT_SIZE
-from sgan.ops.dispatch import accumulation_dtype
+from sgan.ops.dispatch import accumulation_dtype, launch_device
 
 SCATTER_BLOCK_I, SCATTER_BLOCK_CK = 64, 32  # argmin_scatter_kernel is memory-bound and not autotuned
 
@@ -49,11 +48,6 @@ def _pass_inputs(x, saliency_mask, gamma, scale, eps):
     return acc, acc_tl, stat_precision, order, background_size, _scalars(gamma, scale, eps, acc)
 
 
-def _on_device(tensor):
-    """Make the tensor's CUDA device current for the launches (Triton launches on the current device)."""
-    return torch.cuda.device(tensor.device) if tensor.is_cuda else contextlib.nullcontext()
-
-
 def saliency_attention_forward(x, key, query, saliency_mask, gamma, scale, eps, shift, bg_mean):
     """x (B, C, N); key, query (B, Ck, N); saliency_mask (B, N) bool; gamma 0-dim acc.
 
@@ -61,7 +55,7 @@ def saliency_attention_forward(x, key, query, saliency_mask, gamma, scale, eps, 
     """
     B, C, N = x.shape
     Ck = key.shape[1]
-    with _on_device(x):
+    with launch_device(x):
         acc, acc_tl, stat_precision, order, background_size, scalars = _pass_inputs(
             x, saliency_mask, gamma, scale, eps)
 
@@ -90,7 +84,7 @@ def saliency_attention_backward(grad_out, x, key, query, saliency_mask, gamma, A
     """Gradients of saliency_attention_forward's out: (grad_x, grad_key, grad_query, grad_gamma)."""
     B, C, N = x.shape
     Ck = key.shape[1]
-    with _on_device(x):
+    with launch_device(x):
         acc, acc_tl, stat_precision, order, background_size, scalars = _pass_inputs(
             x, saliency_mask, gamma, scale, eps)
 
