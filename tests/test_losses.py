@@ -593,15 +593,17 @@ def test_losses_take_the_bfloat16_logits_of_an_autocast_network_on_the_default_b
     features = torch.randn(2, 4, 5, 6, generator=generator).to(DEVICE)
     seeds = make_seeds(2, 5, 6, "random", generator).to(DEVICE)
     crf_probs = make_crf_probs(2, 21, 5, 6, generator).to(DEVICE)
+    labels = torch.eye(20, device=DEVICE)[[3, 11]]
     with torch.autocast(DEVICE.type, torch.bfloat16):
         logits = conv(features)
         logits.register_hook(lambda grad: grads.append(grad.dtype))
         total = (losses.balanced_seed_loss(logits, seeds) + losses.seed_loss(logits[:, 1:], seeds)
-                 + losses.boundary_loss(logits, crf_probs=crf_probs))
+                 + losses.boundary_loss(logits, crf_probs=crf_probs) + losses.classification_loss(logits[:, 1:], labels))
     grads = []
     total.backward()
     assert logits.dtype == torch.bfloat16 and total.dtype == torch.float32 and grads == [torch.bfloat16]
     expected = (losses.balanced_seed_loss(logits.float(), seeds, backend="reference")
                 + losses.seed_loss(logits[:, 1:].float(), seeds, backend="reference")
-                + losses.boundary_loss(logits.float(), crf_probs=crf_probs, backend="reference"))
+                + losses.boundary_loss(logits.float(), crf_probs=crf_probs, backend="reference")
+                + losses.classification_loss(logits[:, 1:].float(), labels, backend="reference"))
     assert relative_error(total.detach(), expected.detach()) <= 1e-6

@@ -340,7 +340,7 @@ def classification_loss(cam_logits, labels, backend="auto"):
         raise ValueError(f"labels: expected device {cam_logits.device}, got {labels.device}")
     if values_checked(labels) and not bool(((labels == 0) | (labels == 1)).all()):
         raise ValueError("labels: expected multi-hot values 0 or 1")
-    resolve_backend(backend, cam_logits)
+    _resolve_for_logits(backend, cam_logits)
     acc = accumulation_dtype(cam_logits.dtype)
     pooled = cam_logits.to(acc)
     if pooled.dim() == 4:
