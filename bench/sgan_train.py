@@ -158,7 +158,8 @@ def plan(args, device):
 
 
 def measure(case, backends, ctx):
-    """Median / min time of one training iteration of one backend; CUDA: the allocator's peak."""
+    """Median / min time of one training iteration of one backend (in the case's precision, with the
+    --channels-last and --checkpointing options); CUDA: the allocator's peak."""
     (backend,) = backends
     device = ctx.device
     torch.manual_seed(0)
@@ -166,11 +167,11 @@ def measure(case, backends, ctx):
                       checkpointing=ctx.args.checkpointing).to(device)
     with torch.no_grad():
         network.attention.gamma.fill_(0.1)  # non-zero, as after a few iterations
-    optimizer = build_sgd(network, 1e-3, 0.9, 5e-4, [1, 2, 10, 20])
     inputs = make_batch(case["batch"], case["input_size"][0], device)
     if ctx.args.channels_last:
         network.to(memory_format=torch.channels_last)
         inputs[0] = inputs[0].contiguous(memory_format=torch.channels_last)
+    optimizer = build_sgd(network, 1e-3, 0.9, 5e-4, [1, 2, 10, 20])
     precision, losses = case.get("precision", "fp32"), []
     step = lambda: losses.append(  # noqa: E731
         train_step(network, optimizer, *inputs, ctx.args.loss_backend, precision))
