@@ -350,7 +350,8 @@ def test_sgan_train_measure_builds_and_feeds_the_network_as_the_options_say(monk
     monkeypatch.setattr(sgan_train, "SGANNet", Spy)
     for options, expected in (([], (False, False, False, False)),
                               (["--channels-last", "--checkpointing"], (False, True, True, True)),
-                              (["--precision", "bf16", "--channels-last", "--checkpointing"], (True, True, True, True))):
+                              (["--precision", "bf16", "--channels-last", "--checkpointing"],
+                               (True, True, True, True))):
         seen.clear()
         args = sgan_train_args(*options)
         ctx = harness.Context(torch.device("cpu"), 0, 1, args)

@@ -598,7 +598,8 @@ def test_losses_take_the_bfloat16_logits_of_an_autocast_network_on_the_default_b
         logits = conv(features)
         logits.register_hook(lambda grad: grads.append(grad.dtype))
         total = (losses.balanced_seed_loss(logits, seeds) + losses.seed_loss(logits[:, 1:], seeds)
-                 + losses.boundary_loss(logits, crf_probs=crf_probs) + losses.classification_loss(logits[:, 1:], labels))
+                 + losses.boundary_loss(logits, crf_probs=crf_probs)
+                 + losses.classification_loss(logits[:, 1:], labels))
     grads = []
     total.backward()
     assert logits.dtype == torch.bfloat16 and total.dtype == torch.float32 and grads == [torch.bfloat16]
