@@ -379,6 +379,18 @@ def _measure_in_child(name, case, backend, args, device_type, threads, warmup, r
         return measure_guarded(benchmark, case, [backend], ctx)[backend], before
 
 
+def measure_in_child(name, case, backend, args, device_type, warmup, repeats):
+    """One backend of benchmark ``name`` on one case in a spawned child process: its row fields, with
+    ``peak_memory_mb`` (the child's peak RSS) and ``memory_at_start_mb`` when its status is ok.
+    Raises bench.child.ChildFailed when the child dies."""
+    child = run_in_child(_measure_in_child, name, case, backend, args, device_type, torch.get_num_threads(),
+                         warmup, repeats)
+    fields, before_case = child.value
+    if fields["status"] == "ok":
+        fields.update(peak_memory_mb=child.peak_rss_bytes / MIB, memory_at_start_mb=before_case / MIB)
+    return fields
+
+
 def measure_case(benchmark, case, plan, ctx):
     """The rows of one case, one per backend, with their speed-ups against the baseline."""
     device = ctx.device
@@ -389,12 +401,8 @@ def measure_case(benchmark, case, plan, ctx):
     for backends in calls:
         if in_child:
             try:
-                child = run_in_child(_measure_in_child, benchmark.name, case, backends[0], ctx.args, device.type,
-                                     torch.get_num_threads(), ctx.warmup, ctx.repeats)
-                fields, before_case = child.value
-                if fields["status"] == "ok":
-                    fields.update(peak_memory_mb=child.peak_rss_bytes / MIB, memory_at_start_mb=before_case / MIB)
-                measured = {backends[0]: fields}
+                measured = {backends[0]: measure_in_child(benchmark.name, case, backends[0], ctx.args, device.type,
+                                                          ctx.warmup, ctx.repeats)}
             except ChildFailed as error:
                 measured = {backends[0]: {"status": status_of(error)}}
         else:

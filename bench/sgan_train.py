@@ -13,10 +13,22 @@ and the peak memory: on CUDA the allocator's peak over those iterations; on the 
 resident set size of a child process that builds the network and runs them (one per size and
 backend). With ``--find-max-size`` (CUDA): the largest square input (8k + 1, like 321) at which one
 iteration of batch B fits in GPU memory with each path.
+
+For larger inputs: ``--precision fp32,bf16`` runs each size in float32 and under bfloat16 autocast
+(the networks' layers; the losses compute in float32); ``--channels-last`` puts the network and the
+images in channels-last layout; ``--checkpointing`` recomputes the backbone's conv blocks in the
+backward pass. ``--memory-budget 8GiB`` (CPU): the largest square input (8k + 1) whose one training
+iteration peaks under that resident set size, each size tried in its own child process, with the
+search of --find-max-size.
 """
+import argparse
+import contextlib
+import re
+
 import torch
 
 from bench import harness
+from bench.child import ChildFailed
 from bench.harness import Column, MIB, int_list, name_list, positive_int
 from bench.registry import Benchmark, Plan, register
 from sgan.models.sgan_net import MODEL_SECTION
@@ -26,6 +38,26 @@ from sgan.ops import saliency_attention
 from sgan.train.optim import build_sgd
 
 MAX_SIZE_START, MAX_SIZE_STEP, MAX_SIZE_LIMIT = 321, 160, 4001
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16}  # name -> autocast dtype (None: no autocast)
+BYTE_UNITS = {"B": 1, "KiB": 2 ** 10, "MiB": 2 ** 20, "GiB": 2 ** 30}
+
+
+def byte_size(text):
+    """'8GiB' -> 8 * 2**30 (units B, KiB, MiB, GiB; a positive number before them)."""
+    found = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*(B|KiB|MiB|GiB)\s*", text)
+    if found is None or float(found.group(1)) <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive size with a unit in {list(BYTE_UNITS)} "
+                                         f"such as 8GiB, got {text!r}")
+    return int(float(found.group(1)) * BYTE_UNITS[found.group(2)])
+
+
+def precision_list(text):
+    """'fp32,bf16' -> ['fp32', 'bf16'] (each a key of PRECISIONS)."""
+    values = name_list(text)
+    unknown = [value for value in values if value not in PRECISIONS]
+    if unknown:
+        raise argparse.ArgumentTypeError(f"expected precisions among {list(PRECISIONS)}, got {unknown}")
+    return values
 
 
 def model_options(width):
@@ -71,11 +103,15 @@ def make_batch(batch, size, device, seed=0):
     return [t.to(device) for t in (images, saliency, labels, seeds)]
 
 
-def train_step(network, optimizer, images, saliency, labels, seeds, loss_backend):
-    out = network(images, saliency)
-    cls = classification_loss(out["cam"], labels, backend=loss_backend)
-    seed = seed_loss(out["seed"], resize_seeds(seeds, out["seed"].shape[-2:]), backend=loss_backend)
-    loss = cls + 0.15 * seed
+def train_step(network, optimizer, images, saliency, labels, seeds, loss_backend, precision="fp32"):
+    """One iteration; the forward and the losses under autocast to the ``precision``'s dtype (if any)."""
+    dtype = PRECISIONS[precision]
+    autocast = torch.autocast(images.device.type, dtype) if dtype is not None else contextlib.nullcontext()
+    with autocast:
+        out = network(images, saliency)
+        cls = classification_loss(out["cam"], labels, backend=loss_backend)
+        seed = seed_loss(out["seed"], resize_seeds(seeds, out["seed"].shape[-2:]), backend=loss_backend)
+        loss = cls + 0.15 * seed
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()
@@ -91,11 +127,20 @@ def add_arguments(parser):
     parser.add_argument("--fused", type=name_list, default=None,
                         help="fused attention backends, comma separated (default: the first usable)")
     parser.add_argument("--find-max-size", action="store_true", help="CUDA only: largest input that fits")
+    parser.add_argument("--precision", type=precision_list, default=["fp32"],
+                        help="comma separated: fp32 and/or bf16 (autocast of the networks); default fp32")
+    parser.add_argument("--channels-last", action="store_true", help="network and images in channels-last layout")
+    parser.add_argument("--checkpointing", action="store_true",
+                        help="recompute the backbone's conv blocks in the backward pass")
+    parser.add_argument("--memory-budget", type=byte_size, default=None,
+                        help="CPU only: the largest input whose iteration peaks under this RSS, e.g. 8GiB")
 
 
 def plan(args, device):
     if args.find_max_size and device.type != "cuda":
         raise ValueError("--find-max-size needs --device cuda")
+    if args.memory_budget is not None and device.type != "cpu":
+        raise ValueError("--memory-budget needs --device cpu (on CUDA, --find-max-size searches the GPU's memory)")
     if not args.width > 0:
         raise ValueError(f"--width: expected a positive number, got {args.width}")
     if device.type == "cuda":
@@ -104,24 +149,32 @@ def plan(args, device):
     fused, unusable = fused_backends(device, args.fused)
     backends = ["reference"] + fused
     notes = [] if fused else [f"no fused attention backend is available on {device.type}: only the reference"]
-    cases = [{"batch": batch, "input_size": [size, size], "feature_size": [(size - 1) // 8 + 1] * 2}
-             for size in args.sizes]
-    config = {"batch": batch, "loss_backend": args.loss_backend, "model": model_options(args.width)}
+    cases = [{"batch": batch, "input_size": [size, size], "feature_size": [(size - 1) // 8 + 1] * 2,
+              "precision": precision} for size in args.sizes for precision in args.precision]
+    config = {"batch": batch, "loss_backend": args.loss_backend, "model": model_options(args.width),
+              "channels_last": args.channels_last, "checkpointing": args.checkpointing,
+              "memory_budget_mib": None if args.memory_budget is None else args.memory_budget / MIB}
     return Plan(config=config, cases=cases, backends=backends, not_measured=unusable, notes=notes)
 
 
 def measure(case, backends, ctx):
-    """Median / min time of one training iteration of one backend; CUDA: the allocator's peak."""
+    """Median / min time of one training iteration of one backend (in the case's precision, with the
+    --channels-last and --checkpointing options); CUDA: the allocator's peak."""
     (backend,) = backends
     device = ctx.device
     torch.manual_seed(0)
-    network = SGANNet(model_options(ctx.args.width), "sgan", backend=backend).to(device)
+    network = SGANNet(model_options(ctx.args.width), "sgan", backend=backend,
+                      checkpointing=ctx.args.checkpointing).to(device)
     with torch.no_grad():
         network.attention.gamma.fill_(0.1)  # non-zero, as after a few iterations
-    optimizer = build_sgd(network, 1e-3, 0.9, 5e-4, [1, 2, 10, 20])
     inputs = make_batch(case["batch"], case["input_size"][0], device)
-    losses = []
-    step = lambda: losses.append(train_step(network, optimizer, *inputs, ctx.args.loss_backend))  # noqa: E731
+    if ctx.args.channels_last:
+        network.to(memory_format=torch.channels_last)
+        inputs[0] = inputs[0].contiguous(memory_format=torch.channels_last)
+    optimizer = build_sgd(network, 1e-3, 0.9, 5e-4, [1, 2, 10, 20])
+    precision, losses = case.get("precision", "fp32"), []
+    step = lambda: losses.append(  # noqa: E731
+        train_step(network, optimizer, *inputs, ctx.args.loss_backend, precision))
     if device.type == "cuda":
         torch.cuda.empty_cache()
         with harness.cuda_peak(device) as peak:
@@ -137,33 +190,53 @@ def measure(case, backends, ctx):
     return {backend: result}
 
 
-def fits(backend, batch, size, ctx):
-    """True when one training iteration at ``size`` runs without running out of GPU memory; an
-    allocation failure of cuBLAS or cuDNN (harness.is_allocation_failure) counts as not fitting,
-    any other error is raised."""
-    one_iteration = harness.Context(ctx.device, 0, 1, ctx.args)
-    try:
-        measure({"batch": batch, "input_size": [size, size]}, [backend], one_iteration)
-        found = True
-    except RuntimeError as error:
-        if not harness.is_allocation_failure(error):
-            raise
-        found = False
-    finally:
-        harness.free_memory(ctx.device)
-    print(f"{backend:10s} B={batch} {size}²: {'fits' if found else 'does not fit'}", flush=True)
+def fits(backend, batch, size, ctx, precision="fp32", budget=None):
+    """True when one training iteration at ``size`` fits. Without ``budget`` (CUDA): it runs here
+    without running out of memory; an allocation failure of cuBLAS or cuDNN
+    (harness.is_allocation_failure) counts as not fitting, any other error is raised. With a
+    ``budget`` in bytes (CPU): it runs in a child process whose peak resident set size stays at or
+    under the budget; a child killed (out of memory) does not fit, any other failure is raised."""
+    case, detail = {"batch": batch, "input_size": [size, size], "precision": precision}, ""
+    if budget is None:
+        one_iteration = harness.Context(ctx.device, 0, 1, ctx.args)
+        try:
+            measure(case, [backend], one_iteration)
+            found = True
+        except RuntimeError as error:
+            if not harness.is_allocation_failure(error):
+                raise
+            found = False
+        finally:
+            harness.free_memory(ctx.device)
+    else:
+        try:
+            fields = harness.measure_in_child("sgan_train", case, backend, ctx.args, ctx.device.type, 0, 1)
+        except ChildFailed as error:
+            if "killed" not in str(error):
+                raise
+            fields = {"status": "out of memory"}
+        if fields["status"] not in ("ok", "out of memory"):
+            raise RuntimeError(f"{backend} {precision} at {size}²: {fields['status']}")
+        found = fields["status"] == "ok" and fields["peak_memory_mb"] * MIB <= budget
+        detail = f" (peak RSS {fields['peak_memory_mb']:.0f} MiB)" if fields["status"] == "ok" else " (killed)"
+    print(f"{backend:10s} {precision} B={batch} {size}²: {'fits' if found else 'does not fit'}{detail}", flush=True)
     return found
 
 
-def find_max_size(backend, batch, ctx, start=MAX_SIZE_START, step=MAX_SIZE_STEP, limit=MAX_SIZE_LIMIT):
-    """Largest 8k + 1 side that fits: grow by ``step`` from ``start``, then bisect on multiples of 8."""
-    if not fits(backend, batch, start, ctx):
+def find_max_size(backend, batch, ctx, start=MAX_SIZE_START, step=MAX_SIZE_STEP, limit=MAX_SIZE_LIMIT,
+                  precision="fp32", budget=None):
+    """Largest 8k + 1 side that fits (:func:`fits`): grow by ``step`` from ``start``, then bisect on
+    multiples of 8."""
+    def fits_at(size):
+        return fits(backend, batch, size, ctx, precision, budget)
+
+    if not fits_at(start):
         low, high = 9, start
     else:
         low, high = start, None
         while high is None and low + step <= limit:
             candidate = low + step
-            if fits(backend, batch, candidate, ctx):
+            if fits_at(candidate):
                 low = candidate
             else:
                 high = candidate
@@ -171,7 +244,7 @@ def find_max_size(backend, batch, ctx, start=MAX_SIZE_START, step=MAX_SIZE_STEP,
             return {"max_size": low, "capped_at_limit": True}
     while high - low > 8:
         middle = low + ((high - low) // 16) * 8
-        if fits(backend, batch, middle, ctx):
+        if fits_at(middle):
             low = middle
         else:
             high = middle
@@ -179,13 +252,17 @@ def find_max_size(backend, batch, ctx, start=MAX_SIZE_START, step=MAX_SIZE_STEP,
 
 
 def summarize(rows, plan, ctx):
-    """With --find-max-size: the largest input of each backend."""
-    if not ctx.args.find_max_size:
+    """With --find-max-size (CUDA) or --memory-budget (CPU): the largest input of each backend and
+    precision, keyed by the backend (fp32) or 'backend/precision'."""
+    budget = ctx.args.memory_budget
+    if not ctx.args.find_max_size and budget is None:
         return {}
     batch, found = plan.config["batch"], {}
     for backend in plan.backends:
-        found[backend] = find_max_size(backend, batch, ctx)
-        print(f"{backend:10s} largest input for B={batch}: {found[backend]['max_size']}²")
+        for precision in ctx.args.precision:
+            key = backend if precision == "fp32" else f"{backend}/{precision}"
+            found[key] = find_max_size(backend, batch, ctx, precision=precision, budget=budget)
+            print(f"{key:10s} largest input for B={batch}: {found[key]['max_size']}²")
     return {"max_size": found}
 
 
@@ -198,7 +275,8 @@ register(Benchmark(
     measure=measure,
     compare={"median_ms": "speedup", "min_ms": "speedup_min"},
     columns=[Column("input_size", "input", lambda s: f"{s[0]}²"), Column("batch", "B"),
-             Column("backend", "backend"), Column("median_ms", "median ms", "{:.1f}"),
+             Column("precision", "precision"), Column("backend", "backend"),
+             Column("median_ms", "median ms", "{:.1f}"),
              Column("min_ms", "min ms", "{:.1f}"), Column("peak_memory_mb", "peak MiB", "{:.0f}"),
              Column("speedup", "ref / it", "{:.2f}x"), Column("speedup_min", "(min)", "{:.2f}x")],
     status_column="median_ms",

@@ -292,8 +292,8 @@ def test_find_max_size_counts_library_allocation_failures_as_not_fitting(tmp_pat
         plan=lambda args, device: Plan(config={"batch": 1}, cases=[{"batch": 1, "input_size": [321, 321]}],
                                        backends=["reference"]))
     path = tmp_path / "sgan_train.json"
-    harness.run_benchmark(benchmark, argparse.Namespace(output=str(path), find_max_size=True), torch.device("cpu"),
-                          warmup=0, repeats=1)
+    args = argparse.Namespace(output=str(path), find_max_size=True, memory_budget=None, precision=["fp32"])
+    harness.run_benchmark(benchmark, args, torch.device("cpu"), warmup=0, repeats=1)
     written = json.loads(path.read_text())
     assert written["complete"] is True and [row["status"] for row in written["results"]] == ["ok"]
     # 321, 481, 641 fit, 801 does not; bisection on multiples of 8 above 641 ends at 697 (705 > 700)
@@ -321,3 +321,118 @@ def test_allocation_failures_are_reported_as_out_of_memory():
     for error in ALLOCATION_FAILURES:
         assert harness.status_of(error) == "out of memory", error
     assert harness.status_of(RuntimeError("CUDNN_STATUS_BAD_PARAM")).startswith("failed: RuntimeError")
+
+
+# ---------------------------------------------------------------------------------------------
+# sgan_train for larger inputs: precision, channels-last, checkpointing, the CPU memory budget
+
+
+def sgan_train_args(*options):
+    return run.build_parser(registry.get("sgan_train"), "sgan_train").parse_args(
+        ["--device", "cpu", "--batch", "1", "--sizes", "33", "--width", "0.0625", *options])
+
+
+def test_sgan_train_measure_builds_and_feeds_the_network_as_the_options_say(monkeypatch):
+    """--precision bf16 --channels-last --checkpointing reach the network: a spy sees autocast on, the
+    images in channels-last layout, checkpointing on; without them, none of that."""
+    seen = []
+
+    class Spy(sgan_train.SGANNet):
+        def forward(self, images, saliency=None):
+            seen.append((torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16,
+                         images.is_contiguous(memory_format=torch.channels_last) and not images.is_contiguous(),
+                         self.conv_weight_is_channels_last(), self.backbone.checkpointing))
+            return super().forward(images, saliency)
+
+        def conv_weight_is_channels_last(self):
+            return self.backbone.conv1_1.weight.is_contiguous(memory_format=torch.channels_last)
+
+    monkeypatch.setattr(sgan_train, "SGANNet", Spy)
+    for options, expected in (([], (False, False, False, False)),
+                              (["--channels-last", "--checkpointing"], (False, True, True, True)),
+                              (["--precision", "bf16", "--channels-last", "--checkpointing"],
+                               (True, True, True, True))):
+        seen.clear()
+        args = sgan_train_args(*options)
+        ctx = harness.Context(torch.device("cpu"), 0, 1, args)
+        precision = args.precision[0]
+        row = sgan_train.measure({"batch": 1, "input_size": [33, 33], "precision": precision}, ["reference"], ctx)
+        assert row["reference"]["iterations_timed"] == 1 and seen == [expected], options
+
+
+def test_sgan_train_cli_runs_each_precision_with_channels_last_and_checkpointing(tmp_path):
+    """Every size x precision x backend is a row; the reference attention runs in both precisions. The
+    cpp attention in bfloat16 is either measured or its row names the missing dtype support of x."""
+    path = tmp_path / "sgan_train.json"
+    assert run.main(["sgan_train", "--device", "cpu", "--batch", "1", "--sizes", "33", "--width", "0.0625",
+                     "--precision", "fp32,bf16", "--channels-last", "--checkpointing",
+                     "--warmup", "0", "--repeats", "1", "--output", str(path)]) == 0
+    written = json.loads(path.read_text())
+    assert written["config"]["channels_last"] is True and written["config"]["checkpointing"] is True
+    rows = {(row["precision"], row["backend"]): row for row in written["results"]}
+    fused = ["cpp"] if _ext.available("cpu") else []
+    assert sorted(rows) == sorted((p, b) for p in ("fp32", "bf16") for b in ["reference"] + fused)
+    for (precision, backend), row in rows.items():
+        if (precision, backend) == ("bf16", "cpp") and row["status"] != "ok":
+            assert row["status"].startswith("failed: TypeError: x: backend 'cpp' supports dtypes"), row["status"]
+            continue
+        assert row["status"] == "ok" and row["peak_memory_mb"] > row["memory_at_start_mb"] > 0, row
+
+
+@pytest.mark.parametrize("text, expected", [("8GiB", 8 * 2 ** 30), ("1.5MiB", 3 * 2 ** 19), ("512 KiB", 2 ** 19),
+                                            ("100B", 100)])
+def test_memory_budget_reads_binary_units(text, expected):
+    assert sgan_train.byte_size(text) == expected
+
+
+@pytest.mark.parametrize("options, words", [
+    (["--memory-budget", "8GB"], "expected a positive size with a unit in ['B', 'KiB', 'MiB', 'GiB'] such as 8GiB, "
+                                 "got '8GB'"),
+    (["--memory-budget", "0GiB"], "got '0GiB'"),
+    (["--precision", "fp16"], "expected precisions among ['fp32', 'bf16'], got ['fp16']"),
+])
+def test_sgan_train_bad_option_values_are_one_line_errors(capsys, options, words):
+    with pytest.raises(SystemExit) as stopped:
+        sgan_train_args(*options)
+    assert stopped.value.code == 2
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and words in error
+
+
+def test_memory_budget_on_cuda_is_refused_before_anything_runs():
+    args = sgan_train_args("--memory-budget", "8GiB")
+    with pytest.raises(ValueError, match=r"--memory-budget needs --device cpu"):
+        registry.get("sgan_train").plan(args, torch.device("cuda"))
+
+
+def test_memory_budget_search_keeps_the_largest_size_under_the_budget(monkeypatch, capsys):
+    """The search of --find-max-size with the child's peak RSS against the budget (children faked:
+    peak = 100 MiB + size² · 1 KiB); a child killed by the kernel counts as not fitting."""
+    probes = []
+
+    def fake_child(name, case, backend, args, device_type, warmup, repeats):
+        size = case["input_size"][0]
+        probes.append((name, backend, case["precision"], size, warmup, repeats))
+        if size > 900:
+            raise ChildFailed("the child process died (exit code -9; killed, perhaps out of memory)")
+        return {"status": "ok", "peak_memory_mb": 100 + size * size / 1024}
+
+    monkeypatch.setattr(harness, "measure_in_child", fake_child)
+    args = sgan_train_args("--memory-budget", "400MiB", "--precision", "bf16")
+    ctx = harness.Context(torch.device("cpu"), 0, 1, args)
+    plan = Plan(config={"batch": 1}, cases=[], backends=["reference"])
+    found = sgan_train.summarize([], plan, ctx)
+    # 100 + s²/1024 <= 400 up to s = 554: 321, 481 fit, 641 does not; bisection ends at 553
+    assert found == {"max_size": {"reference/bf16": {"max_size": 553, "capped_at_limit": False}}}
+    assert {probe[:3] for probe in probes} == {("sgan_train", "reference", "bf16")}
+    assert {probe[4:] for probe in probes} == {(0, 1)}
+    monkeypatch.setattr(harness, "measure_in_child", fake_child)
+    assert not sgan_train.fits("reference", 1, 961, ctx, "fp32", 2 ** 40)
+    assert "961²: does not fit (killed)" in capsys.readouterr().out
+
+
+def test_memory_budget_probe_runs_one_iteration_in_a_child_and_compares_its_peak_rss():
+    args = sgan_train_args("--memory-budget", "8GiB")
+    ctx = harness.Context(torch.device("cpu"), 0, 1, args)
+    assert sgan_train.fits("reference", 1, 33, ctx, "fp32", budget=2 ** 40)
+    assert not sgan_train.fits("reference", 1, 33, ctx, "fp32", budget=2 ** 20)  # torch alone needs more

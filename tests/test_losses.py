@@ -302,19 +302,32 @@ def test_channels_last_logits_give_the_same_result(backend):
 
 
 @pytest.mark.parametrize("backend", FUSED)
-def test_fused_half_precision(backend):
-    """bf16/fp16 logits with float32 accumulation (CUDA backends; Triton also through the interpreter)."""
-    if backend == "cpp":
-        pytest.skip("the C++ CPU backend supports float32 and float64 only")
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("loss", sorted(SEED_LOSSES) + ["boundary"])
+def test_fused_half_precision(backend, dtype, loss):
+    """bf16/fp16 logits on every fused backend (the cpp kernels get them cast to float32 inside): value
+    and gradient within twice the reference's error in that dtype against the float64 definition, a
+    float32 loss and a gradient in the logits' dtype."""
     generator = torch.Generator().manual_seed(8)
-    logits = make_logits(3, 21, 5, 6, generator)
-    seeds = make_seeds(3, 5, 6, "random", generator)
-    seeds_device = seeds.to(DEVICE)
-    fn = lambda lg, be: losses.balanced_seed_loss(lg, seeds_device, backend=be)  # noqa: E731
-    for dtype in (torch.float16, torch.bfloat16):
-        rounded = logits.to(dtype).double()  # the definition sees the same rounded inputs
-        check_against_definition(f"balanced/{dtype}", fn, lambda lg: balanced_seed_loss_definition(lg, seeds),
-                                 rounded, dtype, backend)
+    B, h, w = 3, 5, 6
+    if loss == "boundary":
+        C = 21
+        crf_probs = make_crf_probs(B, C, h, w, generator)
+        target = crf_probs.to(DEVICE)
+        fn = lambda lg, be: losses.boundary_loss(lg, crf_probs=target, backend=be)  # noqa: E731
+        definition = lambda lg: boundary_loss_definition(lg, crf_probs)  # noqa: E731
+    else:
+        C, loss_fn, seed_definition = SEED_LOSSES[loss]
+        seeds = make_seeds(B, h, w, "random", generator)
+        seeds_device = seeds.to(DEVICE)
+        fn = lambda lg, be: loss_fn(lg, seeds_device, be)  # noqa: E731
+        definition = lambda lg: seed_definition(lg, seeds)  # noqa: E731
+    rounded = make_logits(B, C, h, w, generator).to(dtype).double()  # the definition sees the same rounded inputs
+    check_against_definition(f"{loss}/{dtype}", fn, definition, rounded, dtype, backend)
+    leaf = rounded.to(device=DEVICE, dtype=dtype).requires_grad_(True)
+    value = fn(leaf, backend)
+    value.backward()
+    assert value.dtype == torch.float32 and leaf.grad.dtype == dtype
 
 
 @pytest.mark.parametrize("backend", ["reference"] + [b for b in FUSED if b == "cpp"])
@@ -570,3 +583,28 @@ def test_triton_losses_compile_nothing_for_a_new_number_of_positions():
         forward_and_backward(7, 9)
         forward_and_backward(1, 1)
     assert compiled == []
+
+
+def test_losses_take_the_bfloat16_logits_of_an_autocast_network_on_the_default_backend():
+    """Under torch.autocast the network's logits are bfloat16; the losses (backend 'auto', cpp on the
+    CPU) compute them in float32 and hand the convolution a bfloat16 gradient."""
+    generator = torch.Generator().manual_seed(9)
+    conv = torch.nn.Conv2d(4, 21, 1).to(DEVICE)
+    features = torch.randn(2, 4, 5, 6, generator=generator).to(DEVICE)
+    seeds = make_seeds(2, 5, 6, "random", generator).to(DEVICE)
+    crf_probs = make_crf_probs(2, 21, 5, 6, generator).to(DEVICE)
+    labels = torch.eye(20, device=DEVICE)[[3, 11]]
+    with torch.autocast(DEVICE.type, torch.bfloat16):
+        logits = conv(features)
+        logits.register_hook(lambda grad: grads.append(grad.dtype))
+        total = (losses.balanced_seed_loss(logits, seeds) + losses.seed_loss(logits[:, 1:], seeds)
+                 + losses.boundary_loss(logits, crf_probs=crf_probs)
+                 + losses.classification_loss(logits[:, 1:], labels))
+    grads = []
+    total.backward()
+    assert logits.dtype == torch.bfloat16 and total.dtype == torch.float32 and grads == [torch.bfloat16]
+    expected = (losses.balanced_seed_loss(logits.float(), seeds, backend="reference")
+                + losses.seed_loss(logits[:, 1:].float(), seeds, backend="reference")
+                + losses.boundary_loss(logits.float(), crf_probs=crf_probs, backend="reference")
+                + losses.classification_loss(logits[:, 1:].float(), labels, backend="reference"))
+    assert relative_error(total.detach(), expected.detach()) <= 1e-6

@@ -76,6 +76,23 @@ def resolve_backend(backend, logits):
     return _DISPATCH.resolve(backend, logits, "logits")
 
 
+# Backends whose loss kernels read bfloat16 / float16 logits themselves (accumulating in float32); the
+# cpp kernels read float32 and float64 only.
+_HALF_NATIVE = ("reference", "cuda", "triton")
+
+
+def _resolve_for_logits(backend, logits):
+    """(concrete backend, the logits it computes with). Half-precision (bfloat16 / float16) logits are
+    accepted on every backend: the softmax, its log and every sum run in float32 (the accumulation
+    dtype) in all of them, and a backend that reads float32 only (cpp) gets the logits cast to
+    float32 here, a cast whose backward hands the gradient back in the logits' dtype."""
+    acc = accumulation_dtype(logits.dtype)
+    backend = resolve_backend(backend, logits.new_empty(0, dtype=acc))
+    if logits.dtype != acc and backend not in _HALF_NATIVE:
+        logits = logits.to(acc)
+    return backend, logits
+
+
 def _backend_module(backend):
     if backend == "triton":
         from sgan.kernels import losses as triton_losses
@@ -265,14 +282,15 @@ def seed_loss(logits, seeds, reduction="image", backend="auto", floor=PROB_FLOOR
     reduction: "image" normalises by each image's seed count then averages over the batch (the
     equation); "batch" normalises by all seeds of the batch (the authors' cross-entropy). An image
     without seeds contributes 0 (and a batch without seeds gives 0).
-    Returns a 0-dim tensor, float64 for float64 logits, else float32.
+    Returns a 0-dim tensor, float64 for float64 logits, else float32 (bfloat16 / float16 logits are
+    computed in float32 on every backend; their gradient comes back in their dtype).
     """
     if reduction not in ("image", "batch"):
         raise ValueError(f"reduction: expected 'image' or 'batch', got {reduction!r}")
     floor = check_floor(floor)
     _check_logits(logits, NUM_CLASSES)
     seeds = _check_seeds(seeds, logits, NUM_CLASSES)
-    backend = resolve_backend(backend, logits)
+    backend, logits = _resolve_for_logits(backend, logits)
     sums, counts = _seed_stats(logits, seeds, 1, backend, floor)
     if reduction == "image":
         return _per_image_mean(sums[:, 1], counts[:, 1]).mean()
@@ -285,11 +303,12 @@ def balanced_seed_loss(logits, seeds, backend="auto"):
 
     logits: (B, 21, h, w), channel 0 background; seeds (B, h, w) integer at the logits' size,
     0 background, 1..20 classes, 255 ignored. A term without seeds in an image contributes 0.
-    Returns a 0-dim tensor, float64 for float64 logits, else float32.
+    Returns a 0-dim tensor, float64 for float64 logits, else float32 (bfloat16 / float16 logits are
+    computed in float32 on every backend; their gradient comes back in their dtype).
     """
     _check_logits(logits, NUM_CLASSES + 1)
     seeds = _check_seeds(seeds, logits, NUM_CLASSES)
-    backend = resolve_backend(backend, logits)
+    backend, logits = _resolve_for_logits(backend, logits)
     sums, counts = _seed_stats(logits, seeds, 0, backend)
     return _per_image_mean(sums, counts).mean(0).sum()
 
@@ -321,7 +340,7 @@ def classification_loss(cam_logits, labels, backend="auto"):
         raise ValueError(f"labels: expected device {cam_logits.device}, got {labels.device}")
     if values_checked(labels) and not bool(((labels == 0) | (labels == 1)).all()):
         raise ValueError("labels: expected multi-hot values 0 or 1")
-    resolve_backend(backend, cam_logits)
+    _resolve_for_logits(backend, cam_logits)
     acc = accumulation_dtype(cam_logits.dtype)
     pooled = cam_logits.to(acc)
     if pooled.dim() == 4:
@@ -400,7 +419,8 @@ def boundary_loss(logits, images=None, *, crf_probs=None, crf_scale=12.0, crf_it
       crf_probs: the CRF output R (B, 21, h, w), tensor or array, computed ahead of time (e.g. in a
         ``sgan.crf.DenseCRFPool``).
     R is floored at 1e-5, renormalised and treated as a constant (no gradient through the CRF).
-    Returns a 0-dim tensor, float64 for float64 logits, else float32.
+    Returns a 0-dim tensor, float64 for float64 logits, else float32 (bfloat16 / float16 logits are
+    computed in float32 on every backend; their gradient comes back in their dtype).
     """
     if not isinstance(logits, Tensor):
         raise TypeError(f"logits: expected a torch.Tensor, got {type(logits).__name__}")
@@ -408,7 +428,7 @@ def boundary_loss(logits, images=None, *, crf_probs=None, crf_scale=12.0, crf_it
     if (images is None) == (crf_probs is None):
         raise ValueError("boundary_loss: give exactly one of images= (run the CRF here) and crf_probs= "
                          "(the CRF output computed ahead of time)")
-    backend = resolve_backend(backend, logits)
+    backend, logits = _resolve_for_logits(backend, logits)
     if crf_probs is None:
         crf_probs = boundary_crf_targets(logits, images, scale=crf_scale, iterations=crf_iterations,
                                          processes=crf_processes)

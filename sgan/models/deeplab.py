@@ -6,6 +6,12 @@ weights) and ``aspp.*`` (the ASPP head). :func:`load_pretrained` reads a local s
 torchvision naming or in the Caffe-converted DeepLab-init naming and reports which keys were
 loaded, which head keys were left freshly initialised and which file keys were ignored; missing
 backbone keys, unknown file keys and shape mismatches raise one ``ValueError`` listing all of them.
+
+Larger inputs: ``checkpointing=True`` (constructor argument, off by default) recomputes in the
+backward pass each backbone block (VGG-16 conv block, ResNet bottleneck) and each VGG ASPP branch
+instead of keeping their activations (sgan.models.checkpoint; a branch's dropout draws the same
+mask again). It is how the network runs, not what it is: ``model_info`` leaves it out. Channels-last:
+``model.to(memory_format=torch.channels_last)`` with images in that layout; every layer keeps it.
 """
 import math
 import os
@@ -15,6 +21,7 @@ import torch
 from torch import nn
 
 from sgan.data.voc_classes import NUM_CLASSES_WITH_BACKGROUND
+from sgan.models.checkpoint import run_block, run_blocks
 from sgan.models.resnet import RESNET101_BLOCKS, DilatedResNet, resnet_caffe_names
 from sgan.models.width import check_width, scaled_channels
 from sgan.utils.io import load_torch
@@ -47,11 +54,13 @@ def _check_common(num_classes, width, rates):
 class VGG16Trunk(nn.Module):
     """DeepLab-v2's VGG-16: 3x3 max pools, pool1-3 stride 2, pool4 and pool5 stride 1, conv5 dilation 2.
 
-    Input (B, 3, H, W), output (B, 512·width, h, w), h = 41 for H = 321.
+    Input (B, 3, H, W), output (B, 512·width, h, w), h = 41 for H = 321. checkpointing: recompute
+    each conv block (its convolutions, ReLUs and pool) in the backward pass.
     """
 
-    def __init__(self, width=1.0):
+    def __init__(self, width=1.0, checkpointing=False):
         super().__init__()
+        self.checkpointing = bool(checkpointing)
         in_channels = 3
         for block, convs in enumerate(VGG16_CONVS):
             dilation = 2 if block == 4 else 1
@@ -68,12 +77,14 @@ class VGG16Trunk(nn.Module):
                 nn.init.kaiming_normal_(module.weight, nonlinearity="relu")
                 nn.init.zeros_(module.bias)
 
+    def _block(self, x, block):
+        for name, _ in VGG16_CONVS[block]:
+            x = torch.relu(getattr(self, name)(x))
+        return getattr(self, f"pool{block + 1}")(x)
+
     def forward(self, x):
-        for block, convs in enumerate(VGG16_CONVS):
-            for name, _ in convs:
-                x = torch.relu(getattr(self, name)(x))
-            x = getattr(self, f"pool{block + 1}")(x)
-        return x
+        blocks = [lambda x, block=block: self._block(x, block) for block in range(len(VGG16_CONVS))]
+        return run_blocks(blocks, x, self.checkpointing)
 
 
 class ElementwiseDropout(nn.Module):
@@ -127,14 +138,17 @@ class VGGASPPBranch(nn.Module):
 
 
 class _DeepLab(nn.Module):
-    """Shared forward: ASPP branches applied to the backbone features and summed."""
+    """Shared forward: ASPP branches applied to the backbone features and summed; with
+    ``checkpoint_aspp`` each branch is recomputed in the backward pass."""
+
+    checkpoint_aspp = False
 
     def forward(self, images):
         """images (B, 3, H, W) -> logits (B, num_classes, h, w) at output stride 8."""
         features = self.backbone(images)
-        logits = self.aspp[0](features)
+        logits = run_block(self.aspp[0], features, self.checkpoint_aspp)
         for branch in self.aspp[1:]:
-            logits = logits + branch(features)
+            logits = logits + run_block(branch, features, self.checkpoint_aspp)
         return logits
 
     def model_info(self):
@@ -144,17 +158,19 @@ class _DeepLab(nn.Module):
 
 class DeepLabVGG16(_DeepLab):
     """DeepLab-v2 ASPP-L with VGG-16: four branches (rates 6/12/18/24) of fc6 3x3 1024 -> fc7 1x1
-    1024 -> fc8 1x1 num_classes with dropout 0.5, summed. ``width`` scales every channel count."""
+    1024 -> fc8 1x1 num_classes with dropout 0.5, summed. ``width`` scales every channel count.
+    ``checkpointing``: recompute each backbone conv block and each ASPP branch in the backward pass."""
 
     arch = "vgg16"
 
     def __init__(self, num_classes=NUM_CLASSES_WITH_BACKGROUND, width=1.0, rates=ASPP_RATES, fc_channels=1024,
-                 dropout=0.5):
+                 dropout=0.5, checkpointing=False):
         super().__init__()
         _check_common(num_classes, width, rates)
         self._info = dict(arch=self.arch, num_classes=num_classes, width=width, rates=list(rates),
                           fc_channels=fc_channels, dropout=dropout)
-        self.backbone = VGG16Trunk(width)
+        self.backbone = VGG16Trunk(width, checkpointing)
+        self.checkpoint_aspp = bool(checkpointing)
         self.fc_channels = scaled_channels(fc_channels, width)
         self.aspp = nn.ModuleList(VGGASPPBranch(self.backbone.out_channels, self.fc_channels,
                                                 num_classes, rate, dropout) for rate in rates)
@@ -206,17 +222,19 @@ class DeepLabResNet101(_DeepLab):
     """DeepLab-v2 ASPP with ResNet-101 at output stride 8 (dilations 2 and 4, frozen BN): four 3x3
     convolutions 2048 -> num_classes with rates 6/12/18/24, summed. ``width`` scales the channels,
     ``blocks`` sets the bottleneck blocks per stage; ``stride_in_1x1`` selects the MSRA/Caffe
-    placement of the stride (use it with Caffe weights)."""
+    placement of the stride (use it with Caffe weights). ``checkpointing``: recompute each bottleneck
+    block in the backward pass (the ASPP heads are single convolutions whose input the backward keeps
+    anyway, so they run as they are)."""
 
     arch = "resnet101"
 
     def __init__(self, num_classes=NUM_CLASSES_WITH_BACKGROUND, width=1.0, rates=ASPP_RATES,
-                 blocks=RESNET101_BLOCKS, stride_in_1x1=False):
+                 blocks=RESNET101_BLOCKS, stride_in_1x1=False, checkpointing=False):
         super().__init__()
         _check_common(num_classes, width, rates)
         self._info = dict(arch=self.arch, num_classes=num_classes, width=width, rates=list(rates),
                           blocks=list(blocks), stride_in_1x1=stride_in_1x1)
-        self.backbone = DilatedResNet(blocks, width, stride_in_1x1)
+        self.backbone = DilatedResNet(blocks, width, stride_in_1x1, checkpointing)
         self.aspp = nn.ModuleList(
             nn.Conv2d(self.backbone.out_channels, num_classes, 3, padding=rate, dilation=rate)
             for rate in rates)

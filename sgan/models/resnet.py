@@ -7,6 +7,7 @@ Parameter names follow torchvision's ResNet (``conv1``, ``bn1``, ``layer{1-4}.{j
 import torch
 from torch import nn
 
+from sgan.models.checkpoint import run_blocks
 from sgan.models.width import check_width, scaled_channels
 
 RESNET101_BLOCKS = (3, 4, 23, 3)
@@ -75,11 +76,14 @@ class DilatedResNet(nn.Module):
     blocks: bottleneck blocks per stage ((3, 4, 23, 3) is ResNet-101); width: multiplier on the
     channel counts (1.0 is the real network: 64 stem channels, 2048 output channels); smaller
     values and fewer blocks run the same code at test size. Input (B, 3, H, W); output
-    (B, out_channels, h, w) with h ≈ H / 8 (41 x 41 at 321²).
+    (B, out_channels, h, w) with h ≈ H / 8 (41 x 41 at 321²). checkpointing: recompute each
+    bottleneck block in the backward pass instead of keeping its activations (frozen BN has no
+    running statistics to update twice).
     """
 
-    def __init__(self, blocks=RESNET101_BLOCKS, width=1.0, stride_in_1x1=False):
+    def __init__(self, blocks=RESNET101_BLOCKS, width=1.0, stride_in_1x1=False, checkpointing=False):
         super().__init__()
+        self.checkpointing = bool(checkpointing)
         blocks = tuple(blocks)
         if len(blocks) != 4 or not all(isinstance(n, int) and n >= 1 for n in blocks):
             raise ValueError(f"blocks: expected four positive ints (blocks per stage), got {blocks!r}")
@@ -104,7 +108,8 @@ class DilatedResNet(nn.Module):
 
     def forward(self, x):
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
-        return self.layer4(self.layer3(self.layer2(self.layer1(x))))
+        blocks = [block for stage in (self.layer1, self.layer2, self.layer3, self.layer4) for block in stage]
+        return run_blocks(blocks, x, self.checkpointing)
 
 
 def _caffe_block_name(stage, index, count):

@@ -26,6 +26,13 @@ query convolutions keep ``nn.Conv2d``'s in both.
 :func:`build_network` builds either from the config and loads ImageNet weights; the returned
 ``model_info`` (stored in checkpoints) rebuilds it with :func:`network_from_info`.
 
+Larger inputs: ``checkpointing=True`` (constructor argument of both networks, off by default)
+recomputes each backbone conv block in the backward pass instead of keeping its activations
+(sgan.models.checkpoint); it is how the network runs, not what it is, so it stays out of the options
+and the model_info. Channels-last: ``network.to(memory_format=torch.channels_last)`` with images in
+that layout; the attention operator reads its inputs as contiguous (B, C, H·W), so it copies them
+out of channels-last and returns contiguous NCHW (the classifier's convolutions take either).
+
 The authors' weights (yaoqi-zd/SGAN): their ``vgg_init.pth`` names the backbone like Caffe
 (``conv1_1`` ... ``conv5_3``) and loads as such; their SGAN checkpoints (``model_iter_8000.pth``)
 load with naming ``authors`` (:func:`convert_authors`) into ``SGANNet`` with ``classifier: authors``
@@ -111,8 +118,8 @@ class ClassificationBranch(nn.Module):
 
 
 class _Stage1Net(nn.Module):
-    def _build_backbone_and_classifier(self, options):
-        self.backbone = VGG16Stride8(options["width"], options["convs_per_block"])
+    def _build_backbone_and_classifier(self, options, checkpointing):
+        self.backbone = VGG16Stride8(options["width"], options["convs_per_block"], checkpointing)
         # options.get: "init" is absent from the model_info of older checkpoints
         self.classifier = ClassificationBranch(self.backbone.out_channels, options["classifier"],
                                                scaled_channels(options["classifier_hidden"], options["width"]),
@@ -126,24 +133,28 @@ class _Stage1Net(nn.Module):
 
 
 class CAMNet(_Stage1Net):
-    """Baseline (Table II): modified VGG-16 + classification branch. forward(images) -> {"cam"}."""
+    """Baseline (Table II): modified VGG-16 + classification branch. forward(images) -> {"cam"}.
+
+    checkpointing: recompute the backbone's conv blocks in the backward pass (module doc)."""
 
     kind = "cam"
 
-    def __init__(self, options):
+    def __init__(self, options, checkpointing=False):
         super().__init__()
-        self._build_backbone_and_classifier(options)
+        self._build_backbone_and_classifier(options, checkpointing)
 
     def forward(self, images, saliency=None):
         return {"cam": self.classifier(self.backbone(images))}
 
 
 class SGANNet(_Stage1Net):
-    """SGAN and its variants; forward(images, saliency) -> {"cam", ["seed"]} (module doc)."""
+    """SGAN and its variants; forward(images, saliency) -> {"cam", ["seed"]} (module doc).
+
+    checkpointing: recompute the backbone's conv blocks in the backward pass (module doc)."""
 
     kind = "sgan"
 
-    def __init__(self, options, variant="sgan", backend="auto"):
+    def __init__(self, options, variant="sgan", backend="auto", checkpointing=False):
         super().__init__()
         if variant not in VARIANTS:
             raise ValueError(f"variant: expected one of {VARIANTS}, got {variant!r}")
@@ -152,7 +163,7 @@ class SGANNet(_Stage1Net):
         self.saliency_threshold = float(options["saliency_threshold"])
         self.saliency_border = bool(options["saliency_border"])
         self.saliency_resize = options.get("saliency_resize", "bilinear")   # absent in older checkpoints
-        self._build_backbone_and_classifier(options)
+        self._build_backbone_and_classifier(options, checkpointing)
         channels = self.backbone.out_channels
         key_channels = max(1, channels // 2) if options["key_channels"] == "half" else channels
         self.attention = SaliencyGuidedAttention(channels, key_channels, preset=options["attention_preset"],

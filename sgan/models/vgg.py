@@ -8,9 +8,16 @@ with the same code path for the demo and the tests. Convolutions are named like 
 (``conv1_1`` ... ``conv5_3``), so ImageNet weights load with :func:`sgan.models.load_pretrained` in
 torchvision naming (``features.{i}.*``) or Caffe-converted naming (``conv1_1.weight`` ...); the
 networks built on this backbone implement ``convert_pretrained`` through :func:`convert_vgg16`.
+
+Larger inputs: ``checkpointing=True`` keeps only each conv block's input for the backward pass and
+recomputes the block's activations there (:func:`sgan.models.checkpoint.run_blocks`); the gradients
+are the same. Channels-last: ``model.to(memory_format=torch.channels_last)`` and images converted
+likewise; every layer here keeps that layout.
 """
 import torch
 from torch import nn
+
+from sgan.models.checkpoint import run_blocks
 
 from sgan.models.deeplab import VGG16_CONVS, VGG16_TORCHVISION_INDICES
 from sgan.models.width import check_width, scaled_channels
@@ -19,25 +26,31 @@ VGG16_CONVS_PER_BLOCK = tuple(len(block) for block in VGG16_CONVS)
 
 
 class VGG16Stride8(nn.Module):
-    """VGG-16 conv1_1..conv5_3 with pool1-3 only (stride 8, no dilation); see the module doc."""
+    """VGG-16 conv1_1..conv5_3 with pool1-3 only (stride 8, no dilation); see the module doc.
 
-    def __init__(self, width=1.0, convs_per_block=VGG16_CONVS_PER_BLOCK):
+    checkpointing: recompute each conv block (pool + its convolutions + ReLUs) in the backward pass
+    instead of keeping its activations (off by default).
+    """
+
+    def __init__(self, width=1.0, convs_per_block=VGG16_CONVS_PER_BLOCK, checkpointing=False):
         super().__init__()
+        self.checkpointing = bool(checkpointing)
         check_width(width)
         convs_per_block = tuple(convs_per_block)
         if len(convs_per_block) != 5 or not all(
                 isinstance(n, int) and 1 <= n <= full for n, full in zip(convs_per_block, VGG16_CONVS_PER_BLOCK)):
             raise ValueError(f"convs_per_block: expected 5 ints, each between 1 and VGG-16's "
                              f"{list(VGG16_CONVS_PER_BLOCK)}, got {list(convs_per_block)}")
-        self.conv_names, self._pool_before = [], []
+        self.conv_names, self._blocks = [], []
         in_channels = 3
         for block, count in enumerate(convs_per_block):
-            for position, (name, channels) in enumerate(VGG16_CONVS[block][:count]):
+            names = [name for name, _ in VGG16_CONVS[block][:count]]
+            for name, channels in VGG16_CONVS[block][:count]:
                 out_channels = scaled_channels(channels, width)
                 self.add_module(name, nn.Conv2d(in_channels, out_channels, 3, padding=1))
-                self.conv_names.append(name)
-                self._pool_before.append(position == 0 and block in (1, 2, 3))  # pool1, pool2, pool3
                 in_channels = out_channels
+            self.conv_names += names
+            self._blocks.append((block in (1, 2, 3), names))  # blocks 2-4 start with pool1, pool2, pool3
         self.pool = nn.MaxPool2d(3, stride=2, padding=1)
         self.out_channels = in_channels
         for module in self.modules():
@@ -45,13 +58,17 @@ class VGG16Stride8(nn.Module):
                 nn.init.kaiming_normal_(module.weight, nonlinearity="relu")
                 nn.init.zeros_(module.bias)
 
-    def forward(self, images):
-        x = images
-        for name, pool_before in zip(self.conv_names, self._pool_before):
-            if pool_before:
-                x = self.pool(x)
+    def _block(self, x, pool_before, names):
+        if pool_before:
+            x = self.pool(x)
+        for name in names:
             x = torch.relu(getattr(self, name)(x))
         return x
+
+    def forward(self, images):
+        """images (B, 3, H, W) -> features (B, out_channels, ceil(H/8), ceil(W/8))."""
+        blocks = [lambda x, block=block: self._block(x, *block) for block in self._blocks]
+        return run_blocks(blocks, images, self.checkpointing)
 
 
 def convert_vgg16(backbone, state, naming, prefix="backbone."):
