@@ -121,7 +121,7 @@ def reference_fits_on_cpu(batch, size, dtype, cap_bytes):
 
 
 def gemm_flops(mask, channels, key_channels, shift, bg_mean):
-    """FLOPs of the GEMM-like work of the factorised forward + backward (DESIGN.md §2.1).
+    """FLOPs of the GEMM-like work of the factorised forward + backward (docs/design.md §2.1).
 
     Forward: A_g for both groups (2 N Ck C) and the numerators of the attending rows; backward:
     H, dA, dQ, dX over the attending rows; the row minimum's n_g^2 Ck products when shifting.

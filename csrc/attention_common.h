@@ -1,4 +1,4 @@
-// Saliency-guided attention, factorised algorithm of DESIGN.md §2.1: the device-independent driver.
+// Saliency-guided attention, factorised algorithm of docs/design.md §2.1: the device-independent driver.
 //
 // The driver is written once with ATen GEMMs (MKL / cuBLAS) and calls a kernel policy `K`
 // (CpuKernels in cpu/attention.cpp, CudaKernels in cuda/attention.cu) for everything that is not
@@ -102,7 +102,7 @@ C10_HOST_DEVICE inline void apply_masked_zero(bool other_group_nonempty, acc_t& 
   }
 }
 
-// Per-row scalars of the backward (DESIGN.md §2.1 in the centred form above), with
+// Per-row scalars of the backward (docs/design.md §2.1 in the centred form above), with
 // H_i = Atilde_g G_i and t_i = G_i . (ctx_i - xbar_g) = (s K_i . H_i - eps G_i . xbar_g) / den_i:
 //   dot_i = G_i . ctx_i = G_i . xbar_g + t_i                          (dgamma contribution)
 //   dden_i = -gamma t_i / den_i,  dm_i = -n_g dden_i

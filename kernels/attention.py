@@ -1,4 +1,4 @@
-"""Triton backend of the saliency-guided attention (DESIGN.md §2), selected by ``backend="triton"``.
+"""Triton backend of the saliency-guided attention (docs/design.md §2), selected by ``backend="triton"``.
 
 The two functions below follow the backend contract in sgan/ops/attention/function.py (shapes,
 dtypes, the meaning of every statistic); sgan.ops wires them into autograd as a torch.library custom

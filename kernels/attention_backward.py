@@ -1,4 +1,4 @@
-"""Backward kernels of the saliency-guided attention (DESIGN.md §2.1), O(N Ck C), nothing quadratic.
+"""Backward kernels of the saliency-guided attention (docs/design.md §2.1), O(N Ck C), nothing quadratic.
 
 Derived from the centred forward of attention_forward.py (ctx_i = xbar_g + (s Atilde_g^T K_i - eps xbar_g)
 / den_i). With g_i = dL/dE_i, per row i of an attending group g:

@@ -1,4 +1,4 @@
-"""Forward kernels of the saliency-guided attention (DESIGN.md §2.1), factorised per saliency group.
+"""Forward kernels of the saliency-guided attention (docs/design.md §2.1), factorised per saliency group.
 
 Notation (per image b; g = 0 non-salient, 1 salient; s = scale; i a row, j a column, both positions):
     A_g = sum_{j in g} Q_j X_j^T  (Ck, C)     q_g = sum_{j in g} Q_j     x_g = sum_{j in g} X_j     n_g = |g|

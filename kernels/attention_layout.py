@@ -6,7 +6,7 @@ The launch code sorts each image's positions by saliency group, stably (``group_
     order[b, n_background:]   the salient positions (group 1), increasing
 
 so group g of image b is one contiguous rank range of ``order[b]``. Kernels walk ranks and gather
-(load) or scatter (store) the positions ``order[b, rank]``: every "sum over j in g" of DESIGN.md §2.1
+(load) or scatter (store) the positions ``order[b, rank]``: every "sum over j in g" of docs/design.md §2.1
 is a loop over one rank range, and no work is spent on masked-out pairs of the other group.
 
 All (channels, N) matrices are row-major per image: element (c, n) of image b at (b * channels + c) * N + n.

@@ -1,4 +1,4 @@
-"""Dense CRF (Krähenbühl & Koltun, via pydensecrf) on batches, in a process pool (DESIGN.md §3).
+"""Dense CRF (Krähenbühl & Koltun, via pydensecrf) on batches, in a process pool (docs/design.md §3).
 
 Constants: unary -log p (p clipped at 1e-5); Gaussian term sxy = 3/s, compat 3; bilateral term
 sxy = 80/s, srgb = 13, compat 10; 10 mean-field iterations. s = 12 for the boundary loss at the

@@ -2,7 +2,7 @@
 optional dense-CRF post-processing, and predictions written as VOC palette PNGs.
 
 The network's logits are upsampled bilinearly to the image's size before the softmax and the
-argmax (DESIGN.md §5); with several scales or the flip, the probabilities are averaged.
+argmax (docs/design.md §5); with several scales or the flip, the probabilities are averaged.
 """
 import numpy as np
 import torch

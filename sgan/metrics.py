@@ -1,7 +1,7 @@
 """Segmentation metrics: the 21-class confusion matrix, per-class IoU / precision / recall, mIoU,
 and the per-class table in the layout of the paper's Table II.
 
-Conventions (DESIGN.md §5): ground-truth value 255 is ignored; rows of the matrix are the ground
+Conventions (docs/design.md §5): ground-truth value 255 is ignored; rows of the matrix are the ground
 truth, columns the prediction; IoU_c = diag / (row + col − diag); mIoU is the mean over all
 classes. The only classes left out of the mean are those whose IoU is undefined (0/0: absent from
 both the ground truth and the predictions, which never happens on VOC val); they are listed in

@@ -1,4 +1,4 @@
-"""Seeds from CAMs and saliency (DESIGN.md §5): class scores, thresholds, conflicts, resolution.
+"""Seeds from CAMs and saliency (docs/design.md §5): class scores, thresholds, conflicts, resolution.
 
 :func:`class_scores` runs a stage-0/1 network on one image (optionally at several scales and
 flipped, summed) and returns per-class scores (20, ·, ·), zero for classes the image does not hold.

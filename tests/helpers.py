@@ -28,7 +28,7 @@ ROUNDING_FLOOR = {torch.float64: 1e-13, torch.float32: 1e-6, torch.bfloat16: 1e-
 
 def assert_within_reference_error(name, fused, reference_same_dtype, reference_float64, dtype,
                                   reference_error_scale=1.0, condition=None):
-    """DESIGN.md §7: the fused error against float64 is at most 2x the reference's own + a floor.
+    """docs/design.md §7: the fused error against float64 is at most 2x the reference's own + a floor.
 
     In float64 the reference *is* the definition, so its own error is estimated instead from the
     float32 reference's error rescaled to float64 rounding (the caller passes the float32 reference

@@ -13,7 +13,7 @@ OPTIONS = [  # (shift, background): the two presets and the two other combinatio
 
 
 def weights_definition(key, query, mask, shift, background, scale, eps=1e-5):
-    """The attention weights (B, N, N) of DESIGN.md §2 written row by row in float64, independently
+    """The attention weights (B, N, N) of docs/design.md §2 written row by row in float64, independently
     of the package's reference: row i holds the weights position i gives every position j."""
     key, query = key.double(), query.double()
     B, Ck = key.shape[:2]
@@ -35,7 +35,7 @@ def weights_definition(key, query, mask, shift, background, scale, eps=1e-5):
 
 
 def definition(x, key, query, mask, gamma, shift, background, scale, eps=1e-5):
-    """DESIGN.md §2 in float64: out_i = gamma * sum_j W_ij x_j + x_i with the weights above."""
+    """docs/design.md §2 in float64: out_i = gamma * sum_j W_ij x_j + x_i with the weights above."""
     x = x.double()
     B, C, H, W = x.shape
     weights = weights_definition(key, query, mask, shift, background, scale, eps)

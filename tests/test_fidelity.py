@@ -1,6 +1,6 @@
-"""Faithful to the authors' code where the config says so (configs/voc_sgan_authors.yaml, DESIGN.md §5).
+"""Faithful to the authors' code where the config says so (configs/voc_sgan_authors.yaml, docs/design.md §5).
 
-The authors' rules are stated here again, from DESIGN.md, with scipy.ndimage.zoom (the function
+The authors' rules are stated here again, from docs/design.md and docs/fidelity.md, with scipy.ndimage.zoom (the function
 their code resizes with) as the independent reference for corner-aligned resizing; the project's
 code (torch) must agree with these statements on every pixel and every mask position.
 """
@@ -37,7 +37,7 @@ AUTHORS_NAMES = {"f_query": "attention.key", "f_key": "attention.query", "fc6_CA
 
 
 # ------------------------------------------------------------------------------------------------
-# statements of the authors' rules (DESIGN.md §5), with scipy
+# statements of the authors' rules (docs/design.md §5), with scipy
 
 def authors_mask(saliency, input_size, feature_size, threshold=0.06):
     """Saliency uint8 (H, W) -> bool mask: zoomed (order 1) to input_size², then to feature_size²,
@@ -286,7 +286,7 @@ def _authors_state(network):
 
 
 def authors_attention(x, state, mask, eps=1e-5):
-    """Their attention (DESIGN.md §2 'official', with their names): Q = f_query(x), K = f_key(x),
+    """Their attention (docs/design.md §2 'official', with their names): Q = f_query(x), K = f_key(x),
     sim_ij = Ck^-1/2 Q_i · K_j; salient rows: (sim_ij − min_j(sim_ij·m_j)) · m_j / (Σ_j … + eps);
     non-salient rows: (1 − m_j) / (n_bg + eps); E = gamma · sim V + x with V = x."""
     B, C, H, W = x.shape

@@ -159,7 +159,7 @@ def attention_bias_conditions():
 @pytest.mark.parametrize("name", sorted(NETWORKS))
 def test_channels_last_matches_contiguous_within_float_rounding(name):
     """float32 channels-last outputs and gradients against float64: within twice the error of the
-    float32 contiguous run (DESIGN.md §7). In eval mode: a dropout draws its mask in the memory order
+    float32 contiguous run (docs/design.md §7). In eval mode: a dropout draws its mask in the memory order
     of its input, so in train mode the layouts (and the dtypes) draw different masks."""
     exact = train_step(NETWORKS[name], False, torch.float64, train=False)
     contiguous = train_step(NETWORKS[name], False, torch.float32, train=False)

@@ -16,7 +16,7 @@ DEVICE = device_under_test()
 FUSED = losses.fused_backends(DEVICE.type)
 BACKENDS = ["reference"] + FUSED
 # The float32 reference's own error against the float64 definitions on these small inputs is ~1e-7;
-# 2e-6 leaves room for sums over a few hundred positions (DESIGN.md §7 floor for float32 is 1e-6).
+# 2e-6 leaves room for sums over a few hundred positions (docs/design.md §7 floor for float32 is 1e-6).
 REFERENCE_FLOAT32_TOLERANCE = 2e-6
 
 

@@ -1,4 +1,4 @@
-"""Re-runs (DESIGN.md §5): an output is reused only when it was made from the same settings and
+"""Re-runs (docs/design.md §5): an output is reused only when it was made from the same settings and
 inputs; anything else is redone, naming what changed. Each case is one a user met (issue 11.2)."""
 import json
 import os

@@ -9,7 +9,7 @@ MASK_RESIZES = ("bilinear", "corner_aligned")
 
 
 def saliency_to_mask(saliency, size, threshold=0.06, zero_border=True, resize="bilinear"):
-    """Binarise a saliency map at feature resolution (DESIGN.md §5).
+    """Binarise a saliency map at feature resolution (docs/design.md §5).
 
     saliency: (H, W), (B, H, W) or (B, 1, H, W) tensor or array, uint8 in 0..255 or float in [0, 1].
     size: (h, w) of the features. The map is resized to ``size``, scaled to [0, 1] (uint8 / 255 in

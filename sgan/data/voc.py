@@ -1,4 +1,4 @@
-"""PASCAL VOC 2012 in its own layout (DESIGN.md §4): ids, image-level labels, validation, datasets.
+"""PASCAL VOC 2012 in its own layout (docs/design.md §4): ids, image-level labels, validation, datasets.
 
 Layout under ``data.root`` (the ``VOC2012`` folder)::
 

@@ -1,4 +1,4 @@
-"""Corner-aligned resizing, value for value what the authors' ``scipy.ndimage.zoom`` gives (DESIGN.md §5).
+"""Corner-aligned resizing, value for value what the authors' ``scipy.ndimage.zoom`` gives (docs/design.md §5).
 
 The authors resize images, saliency maps and label maps with ``scipy.ndimage.zoom`` (order 1 or 0,
 its default ``mode="constant"``, ``grid_mode=False``). Stated in our words, for one axis of input

@@ -1,4 +1,4 @@
-"""SGAN losses (DESIGN.md §3): seed (eq. 5), classification (eq. 6), balanced seed (eq. 8) and
+"""SGAN losses (docs/design.md §3): seed (eq. 5), classification (eq. 6), balanced seed (eq. 8) and
 boundary (eq. 9), with fused backends for the seed losses and the KL part of the boundary loss."""
 from sgan.losses.function import (
     BACKENDS,

@@ -1,4 +1,4 @@
-"""Public API of the SGAN losses (DESIGN.md §3): input checks, backend dispatch, autograd.
+"""Public API of the SGAN losses (docs/design.md §3): input checks, backend dispatch, autograd.
 
 Every loss reduces to per-image statistics; the backends compute only those (and their gradient),
 the small combination into the loss is plain PyTorch, so autograd hands the backends the gradient

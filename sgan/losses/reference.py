@@ -1,4 +1,4 @@
-"""Plain PyTorch reference of the SGAN losses (DESIGN.md §3), differentiated by autograd.
+"""Plain PyTorch reference of the SGAN losses (docs/design.md §3), differentiated by autograd.
 
 Everything is computed in the accumulation dtype (float64 for float64 logits, else float32) and
 materialises the floored softmax (or, with floor 0, the log-softmax); the fused backends compute the

@@ -6,7 +6,7 @@ from sgan.ops.attention import resolve_options, saliency_attention
 
 
 class SaliencyGuidedAttention(nn.Module):
-    """E = gamma * D(K, Q, mask) X + X with K, Q 1x1 convolutions of X (DESIGN.md §2).
+    """E = gamma * D(K, Q, mask) X + X with K, Q 1x1 convolutions of X (docs/design.md §2).
 
     channels: C of the input; key_channels: Ck (default C // 2, the authors' choice; the paper
     uses C). ``forward(x, saliency_mask)``: x (B, C, H, W), saliency_mask (B, H, W) bool.

@@ -11,7 +11,7 @@ SGAN also ``seed`` (B, 20, h, w), the seed branch, when the variant has it.
   ``sgan-sal-seed`` (no seed branch and no saliency: the attention sees all positions as one
   group, i.e. plain self-attention).
 
-Paper vs authors' choices (config section ``model``, DESIGN.md §5): ``classifier: paper`` is a
+Paper vs authors' choices (config section ``model``, docs/design.md §5): ``classifier: paper`` is a
 1×1 conv C -> 20 without bias on the features (CAM + GAP); ``authors`` is 3×3 conv C -> 1024·width,
 ReLU, dropout, 1×1 conv -> 20 without bias. ``key_channels: half`` (authors, Ck = C/2) or ``full``
 (paper, Ck = C); ``attention_preset`` official/paper; the saliency mask is the map resized to the

@@ -1,4 +1,4 @@
-"""The modified VGG-16 of SGAN: pool4 and pool5 removed, output stride 8, no dilation (DESIGN.md §5).
+"""The modified VGG-16 of SGAN: pool4 and pool5 removed, output stride 8, no dilation (docs/design.md §5).
 
 Input (B, 3, H, W) -> conv5_3 features after ReLU (B, 512·width, ceil(H/8), ceil(W/8)): 41×41 for
 321², 65×65 for 513². pool1-3 are 3×3 max pools with stride 2 and padding 1 (the DeepLab/Caffe

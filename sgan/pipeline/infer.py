@@ -2,7 +2,7 @@
 
 Each image is predicted at its original size (logits upsampled before the softmax; optional
 ``scales`` and ``flip``, probabilities averaged; sgan.infer), then optionally refined by the dense
-CRF with s = 1 (DESIGN.md §3). The CRF runs in a process pool while the network predicts the next
+CRF with s = 1 (docs/design.md §3). The CRF runs in a process pool while the network predicts the next
 images; at most ``2 x crf_processes`` images wait for their CRF at any time. A finished folder is
 kept when its record (settings, checkpoint, list, images) matches; an interrupted one is continued
 only when it was started from the same record (its PNGs are removed otherwise). Under torchrun every rank

@@ -1,6 +1,6 @@
 """Stage 2: train DeepLab-ASPP on the dense seeds (balanced seed loss + boundary loss) -> ckpt/deeplab.pt.
 
-Data (DESIGN.md §5): every image of ``data.train_list`` with its seeds ``<seeds_dir>/<id>.png``
+Data (docs/design.md §5): every image of ``data.train_list`` with its seeds ``<seeds_dir>/<id>.png``
 (0 background, 1..20 classes, 255 unlabelled), resized to ``resize``² (bilinear; seeds nearest),
 a random ``crop``² window, a horizontal flip (p = 0.5) and a colour jitter (brightness, contrast
 and saturation factors drawn uniformly in 1 ± ``color_jitter``), all drawn from the sample's seed,

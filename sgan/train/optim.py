@@ -1,4 +1,4 @@
-"""SGD with the DeepLab parameter groups and the learning-rate schedules (DESIGN.md §5).
+"""SGD with the DeepLab parameter groups and the learning-rate schedules (docs/design.md §5).
 
 Groups: backbone weights (lr x lr_mult[0]), backbone biases (x lr_mult[1]), new-layer weights
 (x lr_mult[2]) and new-layer biases (x lr_mult[3]); the default (1, 2, 10, 20) is the authors'.

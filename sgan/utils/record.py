@@ -1,4 +1,4 @@
-"""What produced an output: the record each step stores beside its outputs (DESIGN.md §5, re-runs).
+"""What produced an output: the record each step stores beside its outputs (docs/design.md §5, re-runs).
 
 A record is a JSON-able dict ``{"format", "step", "settings", "inputs"}``:
 

@@ -179,7 +179,7 @@ def _prepare(x, key, query, saliency_mask, gamma, preset, shift, background, sca
 
 def saliency_attention(x, key, query, saliency_mask, gamma, *, preset="official", shift=None,
                        background=None, scale=None, eps=1e-5, backend="auto"):
-    """Saliency-guided self-attention E = gamma * D X + X (DESIGN.md §2).
+    """Saliency-guided self-attention E = gamma * D X + X (docs/design.md §2).
 
     x: (B, C, H, W) values; key, query: (B, Ck, H, W); saliency_mask: (B, H, W) bool (or 0/1);
     gamma: float or 1-element tensor. ``preset`` "official" (shift, background mean) or "paper"

@@ -1,4 +1,4 @@
-"""Dense PyTorch reference of the saliency-guided attention (DESIGN.md §2).
+"""Dense PyTorch reference of the saliency-guided attention (docs/design.md §2).
 
 It materialises the N×N weights per image, so it is the definition every fused backend is tested
 against, not a path for large inputs. Autograd differentiates it directly; the row minimum's
@@ -8,7 +8,7 @@ import torch
 
 
 def attention_weights_reference(key, query, saliency_mask, *, shift, background, scale, eps):
-    """D of DESIGN.md §2: (B, N, N), D[b, i, j] = weight of column j in row i.
+    """D of docs/design.md §2: (B, N, N), D[b, i, j] = weight of column j in row i.
 
     key, query: (B, Ck, N); saliency_mask: (B, N) bool.
     """
