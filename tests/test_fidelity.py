@@ -1,8 +1,9 @@
 """Faithful to the authors' code where the config says so (configs/voc_sgan_authors.yaml, docs/design.md §5).
 
 The authors' rules are stated here again, from docs/design.md and docs/fidelity.md, with
-scipy.ndimage.zoom (the function their code resizes with) as the independent reference for corner-aligned resizing; the project's
-code (torch) must agree with these statements on every pixel and every mask position.
+scipy.ndimage.zoom (the function their code resizes with) as the independent reference for
+corner-aligned resizing; the project's code (torch) must agree with these statements on every pixel
+and every mask position.
 """
 import json
 import os
