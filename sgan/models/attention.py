@@ -11,9 +11,8 @@ class SaliencyGuidedAttention(nn.Module):
     channels: C of the input; key_channels: Ck (default C // 2, the authors' choice; the paper
     uses C). ``forward(x, saliency_mask)``: x (B, C, H, W), saliency_mask (B, H, W) bool.
 
-    ``preset="paper"`` (no row-minimum shift) leaves the attention weights signed, so a row's weights
-    can sum to about zero and its context blow up: training the demo's network from scratch with it
-    gave a NaN loss at iteration 11. ``official`` (non-negative weights) is the default for that reason.
+    ``preset="official"`` (the default) keeps the weights non-negative; ``"paper"`` leaves them signed,
+    so a row's weights can sum to about zero and its context blow up (docs/fidelity.md).
     """
 
     def __init__(self, channels, key_channels=None, preset="official", shift=None, background=None,

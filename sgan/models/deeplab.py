@@ -91,9 +91,8 @@ class ElementwiseDropout(nn.Module):
     """Element-wise dropout (as Caffe's ``Dropout`` layer): in training, each element is zeroed with
     probability ``p`` and the others are scaled by 1 / (1 - p); the identity in eval mode.
 
-    Same distribution as ``nn.Dropout``, drawn as ``uniform >= p``: on CPU that is about 4x faster
-    than ``nn.Dropout``'s Bernoulli sampling (1.3 vs 5.4 ms forward + backward for (8, 128, 16, 16),
-    torch 2.13, 2 threads), which made DeepLab's eight dropouts a third of the demo's step time.
+    Same distribution as ``nn.Dropout``, drawn as ``uniform >= p``, which is faster than Bernoulli
+    sampling on the CPU (docs/study.md).
     """
 
     def __init__(self, p):

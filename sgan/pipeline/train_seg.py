@@ -10,10 +10,7 @@ neighbour; the image the CRF sees is the jittered crop resized to the logits' si
 Loss: ``seed_loss_weight`` · balanced seed loss (eq. 8) + w · boundary loss (eq. 9), where w is
 ``boundary_loss_weight`` from the first iteration (``boundary_loss_warmup`` 0, the paper) or ramps
 linearly from 0 at iteration 0 to ``boundary_loss_weight`` at iteration ``boundary_loss_warmup``
-(the demo: with its randomly initialised heads and the boundary loss from the start, the seed loss
-mostly stayed at the value of one flat prediction everywhere, ~log 6 + 2 log 2; without the
-boundary loss it learnt; presumably because a flat prediction is nearly a fixed point of the CRF,
-so the boundary loss does not push away from it).
+(the demo's setting; docs/study.md says why).
 
 The CRF of the boundary loss takes the current prediction as its unary, so it cannot be
 computed before the forward pass of its own images, and the backward pass cannot start before it
@@ -22,11 +19,7 @@ the next batches, and each image's CRF goes to its own worker of a ``sgan.crf.De
 (``crf_processes`` workers, default min(per-rank batch, cores per rank)) as soon as the forward pass
 is done. The time the step still waits for the CRF is measured (``crf_wait_ms`` in the log and
 history) and its share of the step time is written to ``metrics/train_seg_timing.json``.
-Measured on one H100 (bench/results/seg_train_cuda_*.json, B = 15, 15 CRF workers): the step waits
-15-17 ms for the CRF with VGG-16 (18-23% of a 77-83 ms step) and 18-25 ms with ResNet-101 (15-18% of
-119-136 ms). (Splitting the batch into micro-batches whose CRFs overlap the other micro-batches'
-forward and backward passes cut that wait to 0-2.5% but was faster overall only with
-OMP_NUM_THREADS=1, 80 vs 83 ms, and slower otherwise, so it was removed.)
+bench/README.md (`seg_train`) has the measured wait.
 
 Optimisation: SGD, momentum 0.9, weight decay 5e-4, batch 15, lr 1e-3 x 0.33 every 2000
 iterations, 12000 iterations; lr x1/x2 (weights/biases) for the layers loaded from
