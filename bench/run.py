@@ -4,9 +4,6 @@
     python -m bench.run NAME [--device cpu|cuda] [--warmup W] [--repeats R] [--threads T]
                              [--output PATH] [the benchmark's own options]
     python -m bench.run NAME --help
-
-``python -m bench.bench_attention ...`` (and bench_losses, bench_sgan_train, bench_seg_train) are
-the same as ``python -m bench.run attention ...`` (losses, sgan_train, seg_train).
 """
 import argparse
 import sys
