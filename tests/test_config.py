@@ -201,3 +201,16 @@ def test_the_authors_config_states_only_its_differences_from_the_papers():
 def test_the_stage2_and_demo_configs_state_only_their_differences_from_the_papers(name):
     stated, differing = stated_and_differing(name)
     assert differing == stated
+
+
+def test_the_papers_config_restates_no_code_default():
+    """One home for each default: the paper's settings are the sections' defaults in the code, and
+    voc_sgan.yaml states only keys whose value differs from them (paths, workers), so a changed code
+    default can never be silently overridden by a stale copy in the YAML."""
+    with open(os.path.join(CONFIGS, "voc_sgan.yaml")) as stream:
+        own = yaml.safe_load(stream)
+    defaults = load_config()
+    restated = sorted(f"{section}.{key}" for section, values in own.items() if isinstance(values, dict)
+                      for key, value in values.items() if defaults[section][key] == value)
+    restated += sorted(key for key, value in own.items() if not isinstance(value, dict) and defaults[key] == value)
+    assert restated == []
