@@ -226,7 +226,16 @@ def dense_crf(images, probs, scale=TRAIN_SCALE, iterations=ITERATIONS, processes
     to 1 over K (numpy or CPU tensors). Returns the CRF marginals (B, K, H, W) float32, a tensor if
     ``probs`` was a tensor. ``scale`` s divides both spatial widths (12 for the training loss at
     41x41, 1 at test time). ``processes``: None = all cores, 1 = serial in this process, n = a
-    shared pool of n workers (kept for later calls)."""
+    shared pool of n workers (kept for later calls).
+
+    Example::
+
+        >>> images = np.random.randint(0, 256, (2, 60, 80, 3), dtype=np.uint8)
+        >>> probs = torch.softmax(torch.randn(2, 21, 60, 80), dim=1)
+        >>> refined = dense_crf(images, probs, scale=1.0, processes=1)   # test-time CRF, s = 1
+        >>> refined.shape, refined.dtype
+        (torch.Size([2, 21, 60, 80]), torch.float32)
+    """
     images, probs, as_tensor = check_crf_inputs(images, probs, scale, iterations)
     if processes is None:
         processes = default_processes()

@@ -284,6 +284,15 @@ def seed_loss(logits, seeds, reduction="image", backend="auto", floor=PROB_FLOOR
     without seeds contributes 0 (and a batch without seeds gives 0).
     Returns a 0-dim tensor, float64 for float64 logits, else float32 (bfloat16 / float16 logits are
     computed in float32 on every backend; their gradient comes back in their dtype).
+
+    Example::
+
+        >>> logits = torch.randn(2, 20, 41, 41, requires_grad=True)
+        >>> seeds = torch.full((2, 41, 41), 255)
+        >>> seeds[:, :5, :5] = 3; seeds[:, 30:, 30:] = 0          # class 3 (channel 2); background
+        >>> loss = seed_loss(logits, seeds, reduction="batch", floor=0.0)  # the authors' cross-entropy
+        >>> loss.backward(); loss.shape, logits.grad.shape
+        (torch.Size([]), torch.Size([2, 20, 41, 41]))
     """
     if reduction not in ("image", "batch"):
         raise ValueError(f"reduction: expected 'image' or 'batch', got {reduction!r}")
@@ -305,6 +314,13 @@ def balanced_seed_loss(logits, seeds, backend="auto"):
     0 background, 1..20 classes, 255 ignored. A term without seeds in an image contributes 0.
     Returns a 0-dim tensor, float64 for float64 logits, else float32 (bfloat16 / float16 logits are
     computed in float32 on every backend; their gradient comes back in their dtype).
+
+    Example::
+
+        >>> logits = torch.randn(2, 21, 41, 41, requires_grad=True)
+        >>> seeds = torch.full((2, 41, 41), 255)
+        >>> seeds[:, :10] = 0; seeds[:, 20:, 20:] = 15             # background; person
+        >>> balanced_seed_loss(logits, seeds).backward()
     """
     _check_logits(logits, NUM_CLASSES + 1)
     seeds = _check_seeds(seeds, logits, NUM_CLASSES)
@@ -324,6 +340,14 @@ def classification_loss(cam_logits, labels, backend="auto"):
     cam_logits: (B, 20, h, w) or already pooled (B, 20); labels: (B, 20) multi-hot (bool, integer
     or float 0/1). The loss is tiny, so every backend computes it with the same PyTorch math;
     ``backend`` is only validated. Returns a 0-dim tensor in the accumulation dtype.
+
+    Example::
+
+        >>> cams = torch.randn(2, 20, 41, 41, requires_grad=True)
+        >>> labels = torch.zeros(2, 20); labels[0, 14] = 1; labels[1, [2, 7]] = 1
+        >>> torch.allclose(classification_loss(cams, labels),
+        ...                torch.nn.functional.multilabel_soft_margin_loss(cams.mean((2, 3)), labels))
+        True
     """
     if not isinstance(cam_logits, Tensor):
         raise TypeError(f"cam_logits: expected a torch.Tensor, got {type(cam_logits).__name__}")
@@ -421,6 +445,14 @@ def boundary_loss(logits, images=None, *, crf_probs=None, crf_scale=12.0, crf_it
     R is floored at 1e-5, renormalised and treated as a constant (no gradient through the CRF).
     Returns a 0-dim tensor, float64 for float64 logits, else float32 (bfloat16 / float16 logits are
     computed in float32 on every backend; their gradient comes back in their dtype).
+
+    Example::
+
+        >>> logits = torch.randn(2, 21, 41, 41, requires_grad=True)
+        >>> images = torch.randint(0, 256, (2, 41, 41, 3), dtype=torch.uint8)  # already at 41x41
+        >>> loss = boundary_loss(logits, images, crf_processes=1)
+        >>> loss.backward(); bool(loss >= 0)
+        True
     """
     if not isinstance(logits, Tensor):
         raise TypeError(f"logits: expected a torch.Tensor, got {type(logits).__name__}")

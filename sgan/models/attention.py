@@ -13,6 +13,14 @@ class SaliencyGuidedAttention(nn.Module):
 
     ``preset="official"`` (the default) keeps the weights non-negative; ``"paper"`` leaves them signed,
     so a row's weights can sum to about zero and its context blow up (docs/fidelity.md).
+
+    Example::
+
+        >>> module = SaliencyGuidedAttention(512)                  # Ck = 256, preset official, gamma 0
+        >>> x = torch.randn(2, 512, 41, 41)
+        >>> mask = torch.rand(2, 41, 41) > 0.6                     # salient positions
+        >>> torch.equal(module(x, mask), x)                        # gamma starts at 0
+        True
     """
 
     def __init__(self, channels, key_channels=None, preset="official", shift=None, background=None,

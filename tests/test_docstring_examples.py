@@ -1,0 +1,28 @@
+"""The examples in the public entry points' docstrings run and print what they say (doctest), so a
+newcomer's first copy-paste works."""
+import doctest
+
+import numpy as np
+import pytest
+import torch
+
+from sgan import crf, losses
+from sgan.models import attention as attention_module
+
+ENTRY_POINTS = [
+    losses.seed_loss, losses.balanced_seed_loss, losses.classification_loss, losses.boundary_loss,
+    crf.dense_crf, attention_module.SaliencyGuidedAttention,
+]
+
+
+@pytest.mark.parametrize("entry_point", ENTRY_POINTS, ids=lambda f: f.__qualname__)
+def test_docstring_example_runs(entry_point):
+    finder = doctest.DocTestFinder(recurse=False)
+    globs = {"torch": torch, "np": np, entry_point.__name__: entry_point}
+    tests = finder.find(entry_point, entry_point.__name__, globs=globs)
+    assert tests and tests[0].examples, f"{entry_point.__qualname__}: the docstring has no example"
+    torch.manual_seed(0)
+    runner = doctest.DocTestRunner(optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
+    for test in tests:
+        runner.run(test)
+    assert runner.failures == 0, f"{entry_point.__qualname__}: {runner.failures} example(s) failed (output above)"
