@@ -18,6 +18,7 @@
 #include <ATen/NumericUtils.h>
 #include <ATen/OpMathType.h>
 #include <ATen/record_function.h>
+#include <c10/core/impl/LocalDispatchKeySet.h>
 #include <c10/macros/Macros.h>
 
 #include <algorithm>
@@ -308,6 +309,10 @@ inline at::Tensor centred_products(const at::Tensor& A_g, const at::Tensor& q_su
 
 // ---------------------------------------------------------------------------------------------
 // Forward.
+//
+// Autocast: forward and backward choose their GEMM dtypes themselves, so both run with the
+// autocast dispatch keys excluded: under torch.autocast the ATen ops inside would otherwise be
+// recast (float32 GEMMs run in bfloat16, results of another dtype than the kernels expect).
 
 template <class K>
 void row_minimum(const at::Tensor& key_g, const at::Tensor& query_g, const Chunk& chunk, int g, double scale,
@@ -331,6 +336,7 @@ template <class K>
 ForwardResult forward(const at::Tensor& x, const at::Tensor& key, const at::Tensor& query,
                       const at::Tensor& saliency_mask, const at::Tensor& gamma, double scale, double eps, bool shift,
                       bool bg_mean) {
+  const c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::autocast_dispatch_keyset);  // see above forward()
   const int64_t B = x.size(0), C = x.size(1), N = x.size(2), Ck = key.size(1);
   const at::ScalarType operand = x.scalar_type(), acc = accumulate_type(operand);
   const auto acc_options = x.options().dtype(acc);
@@ -419,6 +425,7 @@ BackwardResult backward(const at::Tensor& grad_out, const at::Tensor& x, const a
                         const at::Tensor& A, const at::Tensor& q_sum, const at::Tensor& x_sum,
                         const at::Tensor& count, const at::Tensor& row_min, const at::Tensor& argmin, double scale,
                         double eps, bool shift, bool bg_mean) {
+  const c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::autocast_dispatch_keyset);  // see above forward()
   const int64_t B = x.size(0), C = x.size(1), N = x.size(2), Ck = key.size(1);
   const at::ScalarType operand = x.scalar_type(), acc = accumulate_type(operand);
   const auto acc_options = x.options().dtype(acc);

@@ -12,10 +12,15 @@ pytestmark = pytest.mark.skipif(device_under_test().type != "cuda" or "cuda" not
                                 reason="needs a GPU and sgan._C built with CUDA")
 
 
-@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+# float16 and a group of one position: the float16 reference's own result is NaN there (no error
+# to compare with), so that case runs in bfloat16 only
+LOW_PRECISION_CASES = [(dtype, *case) for case in [(2, 17, 13, "random"), (3, 7, 5, "mixed")]
+                       for dtype in (torch.bfloat16, torch.float16)] + [(torch.bfloat16, 2, 9, 6, "one")]
+
+
 @pytest.mark.parametrize("shift,background", OPTIONS)
-@pytest.mark.parametrize("B,H,W,mask_kind", [(2, 17, 13, "random"), (3, 7, 5, "mixed"), (2, 9, 6, "one")])
-def test_low_precision_inputs(dtype, shift, background, B, H, W, mask_kind):
+@pytest.mark.parametrize("dtype,B,H,W,mask_kind", LOW_PRECISION_CASES)
+def test_low_precision_inputs(dtype, B, H, W, mask_kind, shift, background):
     """The fused result in bfloat16/float16 against the float64 definition is within twice the error
     of the reference run in the same dtype (DESIGN.md §7)."""
     x, key, query, mask = make_inputs(B, 64, 32, H, W, mask_kind, shift, seed=B * 10 + H, dtype=dtype,

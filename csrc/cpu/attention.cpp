@@ -1,7 +1,8 @@
 // Saliency-guided attention: operator schemas (torch.ops.sgan_ext.*) and the CPU kernels.
 // The algorithm (shared with CUDA) is in ../attention_common.h; the contract is the docstring of
 // sgan/ops/attention/function.py. CPU: one image per chunk (no padding), MKL GEMMs through ATen,
-// the loops below parallel over rows or channels with at::parallel_for.
+// the loops below parallel over rows or channels with at::parallel_for; bfloat16/float16 inputs are
+// computed in float32.
 #include <torch/library.h>
 
 #include <ATen/Dispatch.h>
@@ -286,9 +287,9 @@ struct CpuKernels {
   // dK_i += s Q_a(i) dm_i, dQ_a(i) += s K_i dm_i for the rows whose minimum is a real entry;
   // query_g holds Q_j - q_mean (the driver packs Q centred), so q_mean is added back.
   static void argmin_scatter(const at::Tensor& key_g, const at::Tensor& query_g, const at::Tensor& q_mean,
-                             const at::Tensor& dmin, const at::Tensor& argmin, const at::Tensor& pos, const at::Tensor& src,
-                             const at::Tensor& counts, int g, double scale, at::Tensor& grad_key_g,
-                             at::Tensor& grad_query_g) {
+                             const at::Tensor& dmin, const at::Tensor& argmin, const at::Tensor& pos,
+                             const at::Tensor& src, const at::Tensor& counts, int g, double scale,
+                             at::Tensor& grad_key_g, at::Tensor& grad_query_g) {
     RECORD_FUNCTION("sgan_attention_argmin_scatter", std::vector<c10::IValue>());
     TORCH_INTERNAL_ASSERT(grad_key_g.is_contiguous() && grad_query_g.is_contiguous());
     const int64_t Bc = key_g.size(0), Ck = key_g.size(1), L = key_g.size(2), N = pos.size(1);
@@ -358,7 +359,13 @@ struct CpuKernels {
   }
 };
 
-const std::vector<at::ScalarType> kCpuDtypes = {at::kFloat, at::kDouble};
+const std::vector<at::ScalarType> kCpuDtypes = {at::kFloat, at::kDouble, at::kBFloat16, at::kHalf};
+
+// bfloat16/float16 inputs are computed in float32 (the accumulation dtype, in which the statistics
+// are kept anyway); results and gradients come back in the input dtype.
+bool reduced_precision(const at::Tensor& x) {
+  return x.scalar_type() == at::kBFloat16 || x.scalar_type() == at::kHalf;
+}
 
 void check_cpu(const at::Tensor& x) {
   TORCH_CHECK(x.defined() && x.device().is_cpu(), "sgan_ext attention (CPU kernel): x expected on the CPU, got ",
@@ -370,6 +377,12 @@ ForwardResult forward_cpu(const at::Tensor& x, const at::Tensor& key, const at::
                           bool shift, bool bg_mean) {
   check_cpu(x);
   check_inputs(x, key, query, saliency_mask, gamma, kCpuDtypes, "cpu");
+  if (reduced_precision(x)) {
+    ForwardResult result = forward<CpuKernels>(x.to(at::kFloat), key.to(at::kFloat), query.to(at::kFloat),
+                                               saliency_mask, gamma, scale, eps, shift, bg_mean);
+    std::get<0>(result) = std::get<0>(result).to(x.scalar_type());
+    return result;
+  }
   return forward<CpuKernels>(x, key, query, saliency_mask, gamma, scale, eps, shift, bg_mean);
 }
 
@@ -381,6 +394,14 @@ BackwardResult backward_cpu(const at::Tensor& grad_out, const at::Tensor& x, con
   check_cpu(x);
   check_inputs(x, key, query, saliency_mask, gamma, kCpuDtypes, "cpu");
   check_backward_inputs(grad_out, x, key, A, q_sum, x_sum, count, row_min, argmin);
+  if (reduced_precision(x)) {
+    const BackwardResult result =
+        backward<CpuKernels>(grad_out.to(at::kFloat), x.to(at::kFloat), key.to(at::kFloat), query.to(at::kFloat),
+                             saliency_mask, gamma, A, q_sum, x_sum, count, row_min, argmin, scale, eps, shift,
+                             bg_mean);
+    return BackwardResult(std::get<0>(result).to(x.scalar_type()), std::get<1>(result).to(x.scalar_type()),
+                          std::get<2>(result).to(x.scalar_type()), std::get<3>(result));
+  }
   return backward<CpuKernels>(grad_out, x, key, query, saliency_mask, gamma, A, q_sum, x_sum, count, row_min,
                               argmin, scale, eps, shift, bg_mean);
 }

@@ -308,7 +308,8 @@ struct CudaKernels {
     const int64_t Bc = key_g.size(0), Ck = key_g.size(1), L = key_g.size(2), C = grad_g.size(1);
     const int64_t items = Bc * L;
     if (items == 0) return;
-    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, key_g.scalar_type(), "sgan_attention_backward_rows_cuda", [&] {
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, key_g.scalar_type(),
+                                    "sgan_attention_backward_rows_cuda", [&] {
       using acc_t = at::opmath_type<scalar_t>;
       backward_rows_kernel<scalar_t, acc_t><<<blocks_for(items), kThreads, 0, stream()>>>(
           key_g.data_ptr<scalar_t>(), h.data_ptr<acc_t>(), grad_g.data_ptr<scalar_t>(), q_sum_g.data_ptr<acc_t>(),
@@ -327,7 +328,8 @@ struct CudaKernels {
     TORCH_INTERNAL_ASSERT(grad_key_g.is_contiguous() && grad_query_g.is_contiguous());
     const int64_t items = key_g.numel();
     if (items == 0) return;
-    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, key_g.scalar_type(), "sgan_attention_argmin_scatter_cuda", [&] {
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, key_g.scalar_type(),
+                                    "sgan_attention_argmin_scatter_cuda", [&] {
       using acc_t = at::opmath_type<scalar_t>;
       argmin_scatter_kernel<scalar_t, acc_t><<<blocks_for(items), kThreads, 0, stream()>>>(
           key_g.data_ptr<scalar_t>(), query_g.data_ptr<scalar_t>(), q_mean.data_ptr<acc_t>(), dmin.data_ptr<acc_t>(),

@@ -29,8 +29,10 @@ PRESETS = {
     "official": {"shift": True, "background": "mean"},
     "paper": {"shift": False, "background": "attend"},
 }
+# the C++ CPU backend takes bfloat16/float16 too (computed in float32), e.g. under CPU autocast
 _DISPATCH = Dispatcher("saliency_attention", "attention",
-                       ("saliency_attention_forward", "saliency_attention_backward"))
+                       ("saliency_attention_forward", "saliency_attention_backward"),
+                       dtypes={"cpp": FLOAT_DTYPES})
 
 
 def resolve_options(preset="official", shift=None, background=None):
