@@ -8,7 +8,9 @@
 //
 // Group layout. Per image, group g = 0 holds the non-salient positions and g = 1 the salient ones,
 // in their original order. Images are processed in chunks of Bc images; in a chunk group g is
-// packed into (Bc, R, L_g) tensors, L_g = the largest group size in the chunk, zero-padded:
+// packed into (Bc, R, L_g) tensors, zero-padded, in the input dtype (the GEMM operand dtype):
+// L_g = the largest group size in the chunk where the counts are on the host (CPU), else N (CUDA:
+// an upper bound that needs no copy of the counts to the host, so nothing waits for the device):
 //   pos (Bc, N)      index of position j inside its group
 //   src_g (Bc, L_g)  original position of packed column p, -1 for padding
 // Padded columns are zero, so they add nothing to the sums and GEMMs; kernels skip p >= n_{b,g}.
