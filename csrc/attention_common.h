@@ -355,7 +355,6 @@ ForwardResult forward(const at::Tensor& x, const at::Tensor& key, const at::Tens
   for (int64_t begin = 0; begin < B; begin += images) {
     const Chunk chunk = make_chunk<K>(layout, saliency_mask, begin, std::min(images, B - begin));
     at::Tensor out_chunk = out.narrow(0, begin, chunk.size);
-    const at::Tensor x_chunk = x.narrow(0, begin, chunk.size);
     at::Tensor row_min_chunk = row_min.narrow(0, begin, chunk.size);
     at::Tensor argmin_chunk = argmin.narrow(0, begin, chunk.size);
     // the group sums q_g, x_g come out of the packing pass, straight into the statistics
@@ -373,10 +372,10 @@ ForwardResult forward(const at::Tensor& x, const at::Tensor& key, const at::Tens
       const at::Tensor x_sum_g = x_sums.select(1, g);  // (Bc, C)
       at::Tensor& query_g = query_p[g];
       gemm_into(A_g, query_g, x_p[g].transpose(1, 2), operand, acc);  // A_g = sum_j Q_j X_j^T
-      x_p[g].reset();
       if (bg_mean && g == 0) {  // background rows: ctx = x_bg / (n_bg + eps)
-        K::forward_epilogue(x_chunk, at::Tensor(), at::Tensor(), at::Tensor(), x_sum_g.contiguous(), chunk.counts, g,
+        K::forward_epilogue(x_p[g], at::Tensor(), at::Tensor(), at::Tensor(), x_sum_g.contiguous(), chunk.counts, g,
                             chunk.src[g], gamma, scale, eps, out_chunk);
+        x_p[g].reset();
         continue;
       }
       const at::Tensor key_g = std::move(key_p[g]);
@@ -387,8 +386,9 @@ ForwardResult forward(const at::Tensor& x, const at::Tensor& key, const at::Tens
       const at::Tensor A_centred = centred_products(A_g, q_sum_g, x_mean);
       const at::Tensor numerator = gemm(A_centred.transpose(1, 2), key_g, operand, acc);  // (Bc, C, L_g)
       const at::Tensor key_dot_qsum = K::key_dot(key_g, q_sum_g.contiguous());           // (Bc, L_g)
-      K::forward_epilogue(x_chunk, numerator, key_dot_qsum, min_packed, x_mean.contiguous(), chunk.counts, g,
+      K::forward_epilogue(x_p[g], numerator, key_dot_qsum, min_packed, x_mean.contiguous(), chunk.counts, g,
                           chunk.src[g], gamma, scale, eps, out_chunk);
+      x_p[g].reset();
     }
   }
   return ForwardResult(out, A, q_sum, x_sum, count, row_min, argmin);
@@ -505,8 +505,15 @@ BackwardResult backward(const at::Tensor& grad_out, const at::Tensor& x, const a
         K::argmin_scatter(key_g, query_g, q_mean_chunk.select(1, g).contiguous(), dmin, argmin.narrow(0, begin, Bc),
                           chunk.pos, chunk.src[g], chunk.counts, g, scale, grad_key_g, grad_query_g);
       }
-      const at::Tensor grad_x_g = gemm(grad_A.transpose(1, 2), query_g, operand, acc);  // + dxbar_g / n_g, G
-      K::unpack(grad_x_g, chunk.src[g], grad_xsum, grad_out_chunk, grad_x_chunk);
+      // dX_j - dxbar_g / n_g: with operands in the accumulation dtype G_j enters the GEMM (in place in
+      // the packed G, read for the last time); else it is added when unpacking, as dxbar_g / n_g is
+      if (operand == acc) {
+        K::unpack(grad_g.baddbmm_(grad_A.transpose(1, 2), query_g), chunk.src[g], grad_xsum, at::Tensor(),
+                  grad_x_chunk);
+      } else {
+        K::unpack(gemm(grad_A.transpose(1, 2), query_g, operand, acc), chunk.src[g], grad_xsum, grad_out_chunk,
+                  grad_x_chunk);
+      }
       K::unpack(grad_key_g, chunk.src[g], at::Tensor(), at::Tensor(), grad_key_chunk);
       K::unpack(grad_query_g, chunk.src[g], grad_qsum, at::Tensor(), grad_query_chunk);
     }

@@ -155,21 +155,22 @@ struct CpuKernels {
     });
   }
 
-  // out = x + gamma ctx over the positions of group g. Attending rows: x_vec is xbar_g and
-  // ctx = mean_coef_i xbar + gemm_coef_i numerator_i (context_coefficients); mean rows (numerator
-  // undefined): x_vec is x_g and ctx = x_g / (n_g + eps).
-  static void forward_epilogue(const at::Tensor& x, const at::Tensor& numerator, const at::Tensor& key_dot_qsum,
+  // out = x + gamma ctx over the positions of group g, with x read from x_packed (Bc, C, L), the
+  // group's packed columns. Attending rows: x_vec is xbar_g and ctx = mean_coef_i xbar +
+  // gemm_coef_i numerator_i (context_coefficients); mean rows (numerator undefined): x_vec is x_g
+  // and ctx = x_g / (n_g + eps).
+  static void forward_epilogue(const at::Tensor& x_packed, const at::Tensor& numerator, const at::Tensor& key_dot_qsum,
                                const at::Tensor& min_packed, const at::Tensor& x_vec, const at::Tensor& counts,
                                int g, const at::Tensor& src, const at::Tensor& gamma, double scale, double eps,
                                at::Tensor& out) {
     RECORD_FUNCTION("sgan_attention_forward_epilogue", std::vector<c10::IValue>());
-    const int64_t Bc = x.size(0), C = x.size(1), N = x.size(2), L = src.size(1);
+    const int64_t Bc = x_packed.size(0), C = x_packed.size(1), N = out.size(2), L = src.size(1);
     const int64_t* n = counts.data_ptr<int64_t>();
     const int64_t* s = src.data_ptr<int64_t>();
     const bool mean_rows = !numerator.defined();
-    AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "sgan_attention_forward_epilogue_cpu", [&] {
+    AT_DISPATCH_FLOATING_TYPES(x_packed.scalar_type(), "sgan_attention_forward_epilogue_cpu", [&] {
       using acc_t = at::opmath_type<scalar_t>;
-      const scalar_t* xp = x.data_ptr<scalar_t>();
+      const scalar_t* xp = x_packed.data_ptr<scalar_t>();
       scalar_t* op = out.data_ptr<scalar_t>();
       const acc_t* xv = x_vec.data_ptr<acc_t>();
       const acc_t gam = gamma.item<acc_t>(), sc = static_cast<acc_t>(scale), ep = static_cast<acc_t>(eps);
@@ -203,10 +204,10 @@ struct CpuKernels {
             for (int64_t p = 0; p < size; ++p) update[p] = mc[p] * x_channel + gc[p] * nrow[p];
           }
           const int64_t* sb = s + b * L;
-          const scalar_t* xrow = xp + bc * N;
+          const scalar_t* xrow = xp + bc * L;
           scalar_t* orow = op + bc * N;
           for (int64_t p = 0; p < size; ++p) {
-            orow[sb[p]] = static_cast<scalar_t>(static_cast<acc_t>(xrow[sb[p]]) + update[p]);
+            orow[sb[p]] = static_cast<scalar_t>(static_cast<acc_t>(xrow[p]) + update[p]);
           }
         }
       });

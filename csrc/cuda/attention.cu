@@ -116,11 +116,12 @@ __global__ void row_min_kernel(const acc_t* tile, int64_t T, int64_t L, int64_t 
   }
 }
 
-// out = x + gamma ctx over the positions of group g. Attending rows: x_vec is xbar_g and
-// ctx = mean_coef_i xbar + gemm_coef_i numerator_i (context_coefficients); mean rows (numerator
-// null): x_vec is x_g and ctx = x_g / (n_g + eps).
+// out = x + gamma ctx over the positions of group g, with x read from x_packed (the group's packed
+// columns, indexed like numerator). Attending rows: x_vec is xbar_g and ctx = mean_coef_i xbar +
+// gemm_coef_i numerator_i (context_coefficients); mean rows (numerator null): x_vec is x_g and
+// ctx = x_g / (n_g + eps).
 template <typename scalar_t, typename acc_t>
-__global__ void forward_epilogue_kernel(const scalar_t* x, const acc_t* numerator, const acc_t* key_dot_qsum,
+__global__ void forward_epilogue_kernel(const scalar_t* x_packed, const acc_t* numerator, const acc_t* key_dot_qsum,
                                         const acc_t* min_packed, const acc_t* x_vec, const int64_t* counts, int g,
                                         const int64_t* src, const acc_t* gamma, acc_t scale, acc_t eps,
                                         int64_t items, int64_t C, int64_t N, int64_t L, scalar_t* out) {
@@ -138,7 +139,7 @@ __global__ void forward_epilogue_kernel(const scalar_t* x, const acc_t* numerato
         context_coefficients(key_dot_qsum[b * L + p], min_packed[b * L + p], count, scale, eps);
     ctx = r.mean_coef * x_channel + r.gemm_coef * numerator[idx];
   }
-  out[bc * N + j] = static_cast<scalar_t>(static_cast<acc_t>(x[bc * N + j]) + gamma[0] * ctx);
+  out[bc * N + j] = static_cast<scalar_t>(static_cast<acc_t>(x_packed[idx]) + gamma[0] * ctx);
 }
 
 // One thread per packed row; neighbouring threads read neighbouring columns (coalesced). The row's
@@ -281,18 +282,19 @@ struct CudaKernels {
     });
   }
 
-  static void forward_epilogue(const at::Tensor& x, const at::Tensor& numerator, const at::Tensor& key_dot_qsum,
-                               const at::Tensor& min_packed, const at::Tensor& x_vec, const at::Tensor& counts,
-                               int g, const at::Tensor& src, const at::Tensor& gamma, double scale, double eps,
-                               at::Tensor& out) {
-    const int64_t Bc = x.size(0), C = x.size(1), N = x.size(2), L = src.size(1);
+  static void forward_epilogue(const at::Tensor& x_packed, const at::Tensor& numerator,
+                               const at::Tensor& key_dot_qsum, const at::Tensor& min_packed, const at::Tensor& x_vec,
+                               const at::Tensor& counts, int g, const at::Tensor& src, const at::Tensor& gamma,
+                               double scale, double eps, at::Tensor& out) {
+    const int64_t Bc = x_packed.size(0), C = x_packed.size(1), N = out.size(2), L = src.size(1);
     const int64_t items = Bc * C * L;
     if (items == 0) return;
     const bool mean_rows = !numerator.defined();
-    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "sgan_attention_forward_cuda", [&] {
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x_packed.scalar_type(), "sgan_attention_forward_cuda",
+                                    [&] {
       using acc_t = at::opmath_type<scalar_t>;
       forward_epilogue_kernel<scalar_t, acc_t><<<blocks_for(items), kThreads, 0, stream()>>>(
-          x.data_ptr<scalar_t>(), mean_rows ? nullptr : numerator.data_ptr<acc_t>(),
+          x_packed.data_ptr<scalar_t>(), mean_rows ? nullptr : numerator.data_ptr<acc_t>(),
           mean_rows ? nullptr : key_dot_qsum.data_ptr<acc_t>(), mean_rows ? nullptr : min_packed.data_ptr<acc_t>(),
           x_vec.data_ptr<acc_t>(), counts.data_ptr<int64_t>(), g, src.data_ptr<int64_t>(), gamma.data_ptr<acc_t>(),
           static_cast<acc_t>(scale), static_cast<acc_t>(eps), items, C, N, L, out.data_ptr<scalar_t>());
