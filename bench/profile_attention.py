@@ -30,7 +30,8 @@ from bench.harness import device_header, int_list, name_list, positive_int, sync
 from sgan.utils.io import save_json
 
 ROW_MIN_SCOPE = "sgan_attention_row_minimum"
-GEMM_OPS = ("aten::bmm", "aten::mm", "aten::addmm", "aten::baddbmm", "aten::addbmm")
+GEMM_OPS = ("aten::bmm", "aten::mm", "aten::addmm", "aten::baddbmm", "aten::addbmm", "aten::addmm_", "aten::baddbmm_",
+            "aten::addbmm_")
 GEMM_KERNEL_WORDS = ("gemm", "xmma", "cutlass", "cublas")
 
 
