@@ -8,7 +8,9 @@
 //
 // Group layout. Per image, group g = 0 holds the non-salient positions and g = 1 the salient ones,
 // in their original order. Images are processed in chunks of Bc images; in a chunk group g is
-// packed into (Bc, R, L_g) tensors, L_g = the largest group size in the chunk, zero-padded:
+// packed into (Bc, R, L_g) tensors, zero-padded, in the input dtype (the GEMM operand dtype):
+// L_g = the largest group size in the chunk where the counts are on the host (CPU), else N (CUDA:
+// an upper bound that needs no copy of the counts to the host, so nothing waits for the device):
 //   pos (Bc, N)      index of position j inside its group
 //   src_g (Bc, L_g)  original position of packed column p, -1 for padding
 // Padded columns are zero, so they add nothing to the sums and GEMMs; kernels skip p >= n_{b,g}.
@@ -17,6 +19,8 @@
 #include <ATen/ATen.h>
 #include <ATen/NumericUtils.h>
 #include <ATen/OpMathType.h>
+#include <ATen/record_function.h>
+#include <c10/core/impl/LocalDispatchKeySet.h>
 #include <c10/macros/Macros.h>
 
 #include <algorithm>
@@ -187,22 +191,25 @@ inline void check_inputs(const at::Tensor& x, const at::Tensor& key, const at::T
   check_dtype(gamma, "gamma", accumulate_type(x.scalar_type()));
 }
 
-// ---------------------------------------------------------------------------------------------
 // Group layout.
 
 struct Layout {
   at::Tensor cumulative;   // (B, N) int64: salient positions up to and including j
   at::Tensor counts;       // (B, 2) int64 on the device: n_0, n_1
-  at::Tensor counts_host;  // the same on the CPU
+  at::Tensor counts_host;  // the same on the CPU, only when K::kHostCounts
 };
 
-inline Layout make_layout(const at::Tensor& saliency_mask) {
+// kHostCounts: the packed buffers are sized by the chunk's largest group, read from a host copy of
+// the counts (free on the CPU). Without it (CUDA) every group is sized N, an upper bound known
+// without copying anything to the host, so forward and backward never wait for the device.
+template <class K>
+Layout make_layout(const at::Tensor& saliency_mask) {
   Layout layout;
   const int64_t N = saliency_mask.size(1);
   layout.cumulative = saliency_mask.to(at::kLong).cumsum(1);
   at::Tensor n_salient = layout.cumulative.select(1, N - 1);
   layout.counts = at::stack({at::full_like(n_salient, N) - n_salient, n_salient}, 1).contiguous();
-  layout.counts_host = layout.counts.to(at::kCPU);
+  if (K::kHostCounts) layout.counts_host = layout.counts.to(at::kCPU);
   return layout;
 }
 
@@ -215,11 +222,13 @@ struct Chunk {
 };
 
 // Images per chunk: all of them when the packed buffers of the whole batch fit `budget` elements,
-// else as few chunks as needed, balanced.
-inline int64_t chunk_images(int64_t B, int64_t N, int64_t C, int64_t Ck, int64_t budget, bool one_image) {
-  if (one_image) return 1;
-  const int64_t per_image = std::max<int64_t>(1, N * (3 * C + 5 * Ck));
-  const int64_t max_images = std::max<int64_t>(1, std::min<int64_t>(B, budget / per_image));
+// else as few chunks as needed, balanced. Without host counts each group is sized N: twice the
+// elements of the exact layout.
+template <class K>
+int64_t chunk_images(int64_t B, int64_t N, int64_t C, int64_t Ck) {
+  if (K::kOneImagePerChunk) return 1;
+  const int64_t per_image = std::max<int64_t>(1, (K::kHostCounts ? 1 : 2) * N * (3 * C + 5 * Ck));
+  const int64_t max_images = std::max<int64_t>(1, std::min<int64_t>(B, K::kChunkBudget / per_image));
   const int64_t chunks = (B + max_images - 1) / max_images;
   return (B + chunks - 1) / chunks;
 }
@@ -230,10 +239,13 @@ Chunk make_chunk(const Layout& layout, const at::Tensor& saliency_mask, int64_t 
   chunk.begin = begin;
   chunk.size = size;
   const int64_t N = saliency_mask.size(1);
-  auto host = layout.counts_host.accessor<int64_t, 2>();
   for (int g = 0; g < 2; ++g) {
-    int64_t longest = 0;
-    for (int64_t b = begin; b < begin + size; ++b) longest = std::max(longest, host[b][g]);
+    int64_t longest = N;
+    if (K::kHostCounts) {
+      auto host = layout.counts_host.accessor<int64_t, 2>();
+      longest = 0;
+      for (int64_t b = begin; b < begin + size; ++b) longest = std::max(longest, host[b][g]);
+    }
     chunk.length[g] = longest;
   }
   const auto index_options = saliency_mask.options().dtype(at::kLong);
@@ -246,18 +258,45 @@ Chunk make_chunk(const Layout& layout, const at::Tensor& saliency_mask, int64_t 
 }
 
 // The columns of each wanted, non-empty group of a (B, R, N) tensor, for the images of `chunk`:
-// {(Bc, R, L_0), (Bc, R, L_1)} in the accumulation dtype, zero-padded; undefined where not wanted.
-// Both groups come from one pass over the input.
+// {(Bc, R, L_0), (Bc, R, L_1)} in the input's dtype (the GEMM operand dtype), zero-padded;
+// undefined where not wanted. Both groups come from one pass over the input, which also
+//   subtracts centre (Bc, 2, R) acc when defined: out_g[b, r, p] = input[b, r, j] - centre[b, g, r];
+//   writes sums (Bc, 2, R) acc when defined: sums[b, g, r] = sum of the group's packed values
+//   (0 for an empty or unwanted group), accumulated in float64 and rounded once, since these
+//   sums (x_g, q_g, sum of G) feed dgamma, itself a long sum.
 template <class K>
-std::array<at::Tensor, 2> pack(const at::Tensor& input, const Chunk& chunk, std::array<bool, 2> wanted) {
+std::array<at::Tensor, 2> pack(const at::Tensor& input, const Chunk& chunk, std::array<bool, 2> wanted,
+                               const at::Tensor& centre = at::Tensor(), const at::Tensor& sums = at::Tensor()) {
   const at::Tensor part = input.narrow(0, chunk.begin, chunk.size);
-  const auto options = input.options().dtype(accumulate_type(input.scalar_type()));
   std::array<at::Tensor, 2> out;
   for (int g = 0; g < 2; ++g) {
-    if (wanted[g] && chunk.length[g] > 0) out[g] = at::empty({chunk.size, input.size(1), chunk.length[g]}, options);
+    if (wanted[g] && chunk.length[g] > 0) {
+      out[g] = at::empty({chunk.size, input.size(1), chunk.length[g]}, input.options());
+    }
   }
-  if (out[0].defined() || out[1].defined()) K::pack(part, chunk.src[0], chunk.src[1], out[0], out[1]);
+  if (sums.defined()) sums.zero_();
+  if (out[0].defined() || out[1].defined()) K::pack(part, chunk.src[0], chunk.src[1], centre, out[0], out[1], sums);
   return out;
+}
+
+// A batched GEMM of packed operands, result in `acc`. Low-precision operands (float16, bfloat16)
+// stay in their dtype with float32 accumulation and output (cuBLAS tensor cores); an operand in
+// `acc` (the small statistics) is rounded to the operand dtype first.
+inline at::Tensor gemm(const at::Tensor& a, const at::Tensor& b, at::ScalarType operand, at::ScalarType acc) {
+  if (operand == acc) return at::bmm(a.to(acc), b.to(acc));
+  return at::bmm(a.to(operand), b.to(operand), acc);
+}
+
+// gemm() written into `out` (acc dtype), without a temporary when out is contiguous.
+inline void gemm_into(at::Tensor& out, const at::Tensor& a, const at::Tensor& b, at::ScalarType operand,
+                      at::ScalarType acc) {
+  if (!out.is_contiguous()) {
+    out.copy_(gemm(a, b, operand, acc));
+  } else if (operand == acc) {
+    at::bmm_out(out, a.to(acc), b.to(acc));
+  } else {
+    at::bmm_out(out, a.to(operand), b.to(operand), acc);
+  }
 }
 
 // xbar_g = x_g / n_g per image (Bc, R); images where the group is empty get 0.
@@ -265,25 +304,32 @@ inline at::Tensor group_mean(const at::Tensor& group_sum, const at::Tensor& grou
   return group_sum / group_count.clamp_min(1).unsqueeze(1);
 }
 
-// Atilde_g = A_g - q_g xbar_g^T, (Bc, Ck, C).
+// Atilde_g = A_g - q_g xbar_g^T, (Bc, Ck, C), in one elementwise pass.
 inline at::Tensor centred_products(const at::Tensor& A_g, const at::Tensor& q_sum_g, const at::Tensor& x_mean) {
-  return A_g - q_sum_g.unsqueeze(2) * x_mean.unsqueeze(1);
+  return at::addcmul(A_g, q_sum_g.unsqueeze(2), x_mean.unsqueeze(1), -1);
 }
 
 // ---------------------------------------------------------------------------------------------
 // Forward.
+//
+// Autocast: forward and backward choose their GEMM dtypes themselves, so both run with the
+// autocast dispatch keys excluded: under torch.autocast the ATen ops inside would otherwise be
+// recast (float32 GEMMs run in bfloat16, results of another dtype than the kernels expect).
 
 template <class K>
 void row_minimum(const at::Tensor& key_g, const at::Tensor& query_g, const Chunk& chunk, int g, double scale,
-                 at::Tensor& row_min, at::Tensor& argmin, at::Tensor& min_packed) {
+                 at::ScalarType acc, at::Tensor& row_min, at::Tensor& argmin, at::Tensor& min_packed) {
+  // a profiler scope, so that the pass's tile GEMMs can be told from the algorithm's own GEMMs
+  RECORD_FUNCTION("sgan_attention_row_minimum", std::vector<c10::IValue>());
   const int64_t L = chunk.length[g];
+  const at::ScalarType operand = key_g.scalar_type();
   const int64_t rows = std::min<int64_t>(
       L, std::max<int64_t>(K::kMinTileRows,
                            std::min<int64_t>(K::kMaxTileRows, K::kTileBudget / std::max<int64_t>(1, chunk.size * L))));
   for (int64_t first = 0; first < L; first += rows) {
     const int64_t count = std::min(rows, L - first);
     // P tile (Bc, rows, L_g) = K_rows^T Q, unscaled; the kernel scales, as the reference does
-    const at::Tensor tile = at::bmm(key_g.narrow(2, first, count).transpose(1, 2), query_g);
+    const at::Tensor tile = gemm(key_g.narrow(2, first, count).transpose(1, 2), query_g, operand, acc);
     K::row_min_tile(tile, first, g, chunk.counts, chunk.src[g], scale, row_min, argmin, min_packed);
   }
 }
@@ -292,60 +338,57 @@ template <class K>
 ForwardResult forward(const at::Tensor& x, const at::Tensor& key, const at::Tensor& query,
                       const at::Tensor& saliency_mask, const at::Tensor& gamma, double scale, double eps, bool shift,
                       bool bg_mean) {
+  const c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::autocast_dispatch_keyset);  // see above forward()
   const int64_t B = x.size(0), C = x.size(1), N = x.size(2), Ck = key.size(1);
-  const auto acc_options = x.options().dtype(accumulate_type(x.scalar_type()));
+  const at::ScalarType operand = x.scalar_type(), acc = accumulate_type(operand);
+  const auto acc_options = x.options().dtype(acc);
   at::Tensor out = at::empty_like(x);
   at::Tensor A = at::empty({B, 2, Ck, C}, acc_options);
   at::Tensor q_sum = at::empty({B, 2, Ck}, acc_options);
   at::Tensor x_sum = at::empty({B, 2, C}, acc_options);
   at::Tensor row_min = at::zeros({B, N}, acc_options);
   at::Tensor argmin = at::full({B, N}, -1, x.options().dtype(at::kLong));
-  const Layout layout = make_layout(saliency_mask);
-  const at::Tensor count = layout.counts.to(acc_options.dtype());
+  const Layout layout = make_layout<K>(saliency_mask);
+  const at::Tensor count = layout.counts.to(acc);
 
-  const int64_t images = chunk_images(B, N, C, Ck, K::kChunkBudget, K::kOneImagePerChunk);
+  const int64_t images = chunk_images<K>(B, N, C, Ck);
   for (int64_t begin = 0; begin < B; begin += images) {
     const Chunk chunk = make_chunk<K>(layout, saliency_mask, begin, std::min(images, B - begin));
     at::Tensor out_chunk = out.narrow(0, begin, chunk.size);
-    const at::Tensor x_chunk = x.narrow(0, begin, chunk.size);
     at::Tensor row_min_chunk = row_min.narrow(0, begin, chunk.size);
     at::Tensor argmin_chunk = argmin.narrow(0, begin, chunk.size);
-    std::array<at::Tensor, 2> query_p = pack<K>(query, chunk, {true, true});
-    std::array<at::Tensor, 2> x_p = pack<K>(x, chunk, {true, true});
+    // the group sums q_g, x_g come out of the packing pass, straight into the statistics
+    at::Tensor q_sums = q_sum.narrow(0, begin, chunk.size), x_sums = x_sum.narrow(0, begin, chunk.size);
+    std::array<at::Tensor, 2> query_p = pack<K>(query, chunk, {true, true}, at::Tensor(), q_sums);
+    std::array<at::Tensor, 2> x_p = pack<K>(x, chunk, {true, true}, at::Tensor(), x_sums);
     std::array<at::Tensor, 2> key_p = pack<K>(key, chunk, {!bg_mean, true});  // the attending groups
     for (int g = 0; g < 2; ++g) {
       at::Tensor A_g = A.narrow(0, begin, chunk.size).select(1, g);
-      at::Tensor q_g = q_sum.narrow(0, begin, chunk.size).select(1, g);
-      at::Tensor x_g = x_sum.narrow(0, begin, chunk.size).select(1, g);
       if (chunk.length[g] == 0) {  // the group is empty in every image of the chunk
         A_g.zero_();
-        q_g.zero_();
-        x_g.zero_();
         continue;
       }
+      const at::Tensor q_sum_g = q_sums.select(1, g);  // (Bc, Ck)
+      const at::Tensor x_sum_g = x_sums.select(1, g);  // (Bc, C)
       at::Tensor& query_g = query_p[g];
-      at::Tensor& x_packed = x_p[g];
-      A_g.copy_(at::bmm(query_g, x_packed.transpose(1, 2)));  // A_g = sum_j Q_j X_j^T
-      const at::Tensor q_sum_g = K::sum_last(query_g);           // (Bc, Ck)
-      const at::Tensor x_sum_g = K::sum_last(x_packed);          // (Bc, C)
-      q_g.copy_(q_sum_g);
-      x_g.copy_(x_sum_g);
-      x_packed.reset();
+      gemm_into(A_g, query_g, x_p[g].transpose(1, 2), operand, acc);  // A_g = sum_j Q_j X_j^T
       if (bg_mean && g == 0) {  // background rows: ctx = x_bg / (n_bg + eps)
-        K::forward_epilogue(x_chunk, at::Tensor(), at::Tensor(), at::Tensor(), x_sum_g, chunk.counts, g,
+        K::forward_epilogue(x_p[g], at::Tensor(), at::Tensor(), at::Tensor(), x_sum_g.contiguous(), chunk.counts, g,
                             chunk.src[g], gamma, scale, eps, out_chunk);
+        x_p[g].reset();
         continue;
       }
       const at::Tensor key_g = std::move(key_p[g]);
       at::Tensor min_packed = at::zeros({chunk.size, chunk.length[g]}, acc_options);
-      if (shift) row_minimum<K>(key_g, query_g, chunk, g, scale, row_min_chunk, argmin_chunk, min_packed);
+      if (shift) row_minimum<K>(key_g, query_g, chunk, g, scale, acc, row_min_chunk, argmin_chunk, min_packed);
       query_g.reset();
       const at::Tensor x_mean = group_mean(x_sum_g, count.narrow(0, begin, chunk.size).select(1, g));
       const at::Tensor A_centred = centred_products(A_g, q_sum_g, x_mean);
-      const at::Tensor numerator = at::bmm(A_centred.transpose(1, 2), key_g);             // (Bc, C, L_g)
-      const at::Tensor key_dot_qsum = at::bmm(q_sum_g.unsqueeze(1), key_g).squeeze(1);  // (Bc, L_g)
-      K::forward_epilogue(x_chunk, numerator, key_dot_qsum, min_packed, x_mean, chunk.counts, g, chunk.src[g],
-                          gamma, scale, eps, out_chunk);
+      const at::Tensor numerator = gemm(A_centred.transpose(1, 2), key_g, operand, acc);  // (Bc, C, L_g)
+      const at::Tensor key_dot_qsum = K::key_dot(key_g, q_sum_g.contiguous());           // (Bc, L_g)
+      K::forward_epilogue(x_p[g], numerator, key_dot_qsum, min_packed, x_mean.contiguous(), chunk.counts, g,
+                          chunk.src[g], gamma, scale, eps, out_chunk);
+      x_p[g].reset();
     }
   }
   return ForwardResult(out, A, q_sum, x_sum, count, row_min, argmin);
@@ -384,16 +427,20 @@ BackwardResult backward(const at::Tensor& grad_out, const at::Tensor& x, const a
                         const at::Tensor& A, const at::Tensor& q_sum, const at::Tensor& x_sum,
                         const at::Tensor& count, const at::Tensor& row_min, const at::Tensor& argmin, double scale,
                         double eps, bool shift, bool bg_mean) {
+  const c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::autocast_dispatch_keyset);  // see above forward()
   const int64_t B = x.size(0), C = x.size(1), N = x.size(2), Ck = key.size(1);
-  const auto acc_options = x.options().dtype(accumulate_type(x.scalar_type()));
+  const at::ScalarType operand = x.scalar_type(), acc = accumulate_type(operand);
+  const auto acc_options = x.options().dtype(acc);
   at::Tensor grad_x = at::empty_like(x);
   at::Tensor grad_key = at::empty_like(key);
   at::Tensor grad_query = at::empty_like(query);
   at::Tensor grad_gamma = at::zeros({}, acc_options.dtype(at::kDouble));  // a sum over B N C terms
-  const Layout layout = make_layout(saliency_mask);
+  const Layout layout = make_layout<K>(saliency_mask);
   const at::Tensor zero = at::zeros({1, 1, 1}, acc_options);
+  const at::Tensor group_count = count.clamp_min(1).unsqueeze(2);  // (B, 2, 1)
+  const at::Tensor x_means = x_sum / group_count, q_means = q_sum / group_count;  // (B, 2, C), (B, 2, Ck)
 
-  const int64_t images = chunk_images(B, N, C, Ck, K::kChunkBudget, K::kOneImagePerChunk);
+  const int64_t images = chunk_images<K>(B, N, C, Ck);
   for (int64_t begin = 0; begin < B; begin += images) {
     const Chunk chunk = make_chunk<K>(layout, saliency_mask, begin, std::min(images, B - begin));
     const int64_t Bc = chunk.size;
@@ -401,11 +448,14 @@ BackwardResult backward(const at::Tensor& grad_out, const at::Tensor& x, const a
     at::Tensor grad_x_chunk = grad_x.narrow(0, begin, Bc);
     at::Tensor grad_key_chunk = grad_key.narrow(0, begin, Bc);
     at::Tensor grad_query_chunk = grad_query.narrow(0, begin, Bc);
+    const at::Tensor x_mean_chunk = x_means.narrow(0, begin, Bc), q_mean_chunk = q_means.narrow(0, begin, Bc);
     const std::array<bool, 2> attending = {!bg_mean, true};
-    std::array<at::Tensor, 2> grad_p = pack<K>(grad_out, chunk, {true, true});
+    at::Tensor grad_sums = at::empty({Bc, 2, C}, acc_options);
+    std::array<at::Tensor, 2> grad_p = pack<K>(grad_out, chunk, {true, true}, at::Tensor(), grad_sums);
     std::array<at::Tensor, 2> key_p = pack<K>(key, chunk, attending);
-    std::array<at::Tensor, 2> x_p = pack<K>(x, chunk, attending);
-    std::array<at::Tensor, 2> query_p = pack<K>(query, chunk, attending);
+    // X and Q packed around their group means: the GEMMs below take X_j - xbar_g and Q_j - q_g / n_g
+    std::array<at::Tensor, 2> x_p = pack<K>(x, chunk, attending, x_mean_chunk);
+    std::array<at::Tensor, 2> query_p = pack<K>(query, chunk, attending, q_mean_chunk);
     std::array<at::Tensor, 2> min_p = pack<K>(row_min.unsqueeze(1), chunk, {shift && !bg_mean, shift});
     for (int g = 0; g < 2; ++g) {
       const int64_t L = chunk.length[g];
@@ -415,10 +465,10 @@ BackwardResult backward(const at::Tensor& grad_out, const at::Tensor& x, const a
       if (bg_mean && g == 0) {
         // ctx_i = x_bg / (n_bg + eps) for every background row i: dgamma += G_i . ctx_i and every
         // background column j gets dX_j += gamma G_i / (n_bg + eps), summed over those rows.
-        const at::Tensor grad_sum = K::sum_last(grad_g);                                     // (Bc, C)
+        const at::Tensor grad_sum = grad_sums.select(1, 0);                                  // (Bc, C)
         const at::Tensor inv_count = (count.narrow(0, begin, Bc).select(1, 0) + eps).reciprocal();  // (Bc)
         grad_gamma.add_(((grad_sum.to(at::kDouble) * x_sum_g).sum(1) * inv_count).sum());
-        const at::Tensor grad_x_bias = grad_sum * inv_count.unsqueeze(1) * gamma;           // (Bc, C)
+        const at::Tensor grad_x_bias = (grad_sum * inv_count.unsqueeze(1) * gamma).contiguous();  // (Bc, C)
         K::unpack(zero.expand({Bc, C, L}), chunk.src[g], grad_x_bias, grad_out_chunk, grad_x_chunk);
         K::unpack(zero.expand({Bc, Ck, L}), chunk.src[g], at::Tensor(), at::Tensor(), grad_key_chunk);
         K::unpack(zero.expand({Bc, Ck, L}), chunk.src[g], at::Tensor(), at::Tensor(), grad_query_chunk);
@@ -426,37 +476,44 @@ BackwardResult backward(const at::Tensor& grad_out, const at::Tensor& x, const a
       }
       const at::Tensor count_g = count.narrow(0, begin, Bc).select(1, g);              // (Bc)
       const at::Tensor q_sum_g = q_sum.narrow(0, begin, Bc).select(1, g).contiguous();  // (Bc, Ck)
-      const at::Tensor x_mean = group_mean(x_sum_g, count_g);                           // (Bc, C)
+      const at::Tensor x_mean = x_mean_chunk.select(1, g).contiguous();                 // (Bc, C)
       const at::Tensor A_centred = centred_products(A.narrow(0, begin, Bc).select(1, g), q_sum_g, x_mean);
       const at::Tensor key_g = std::move(key_p[g]);                                     // (Bc, Ck, L)
       const at::Tensor min_packed = shift ? min_p[g].squeeze(1) : at::zeros({Bc, L}, acc_options);  // (Bc, L)
-      at::Tensor h = at::bmm(A_centred, grad_g);                                        // H = Atilde_g G
+      // H = Atilde_g G; backward_rows turns it, in place, into dK_i = key_coef_i H_i + s q_g dden_i
+      at::Tensor grad_key_g = gemm(A_centred, grad_g, operand, acc);
       at::Tensor dot = at::empty({Bc, L}, acc_options), dden = at::empty({Bc, L}, acc_options),
-                 dmin = at::empty({Bc, L}, acc_options), key_coef = at::empty({Bc, L}, acc_options),
-                 mean_coef = at::empty({Bc, L}, acc_options);
-      K::backward_rows(key_g, h, grad_g, q_sum_g, x_mean, min_packed, chunk.counts, g, gamma, scale, eps, dot,
-                       dden, dmin, key_coef, mean_coef);
+                 dmin = at::empty({Bc, L}, acc_options), mean_coef = at::empty({Bc, L}, acc_options);
+      at::Tensor scaled_key = at::empty_like(key_g);  // key_coef_i K_i
+      K::backward_rows(key_g, grad_key_g, grad_g, q_sum_g, x_mean, min_packed, chunk.counts, g, gamma, scale, eps,
+                       dot, dden, dmin, mean_coef, scaled_key);
       grad_gamma.add_(dot.sum(at::kDouble));
       // dAtilde_g = sum_i key_coef_i K_i G_i^T; dq_g = s sum_i K_i dden_i; dxbar_g = sum_i mean_coef_i G_i
-      const at::Tensor grad_A = at::bmm(key_g * key_coef.unsqueeze(1), grad_g.transpose(1, 2));  // (Bc, Ck, C)
-      const at::Tensor grad_qsum = at::bmm(key_g, dden.unsqueeze(2)).squeeze(2).mul_(scale);      // (Bc, Ck)
-      const at::Tensor grad_xsum =
-          at::bmm(grad_g, mean_coef.unsqueeze(2)).squeeze(2).div_(count_g.clamp_min(1).unsqueeze(1));  // dxbar_g / n_g
-      // dK_i = key_coef_i H_i + s q_g dden_i (in place in H)
-      at::Tensor grad_key_g = h.mul_(key_coef.unsqueeze(1)).addcmul_(q_sum_g.unsqueeze(2), dden.unsqueeze(1), scale);
+      const at::Tensor grad_A = gemm(scaled_key, grad_g.transpose(1, 2), operand, acc);  // (Bc, Ck, C)
+      scaled_key.reset();
+      const at::Tensor grad_qsum = gemm(key_g, dden.unsqueeze(2), operand, acc).squeeze(2).mul_(scale);  // (Bc, Ck)
+      const at::Tensor grad_xsum = gemm(grad_g, mean_coef.unsqueeze(2), operand, acc)
+                                       .squeeze(2)
+                                       .div_(count_g.clamp_min(1).unsqueeze(1));  // dxbar_g / n_g
       // Through Atilde_g = sum_j Q_j (X_j - xbar_g)^T and xbar_g = x_g / n_g:
       //   dQ_j = dAtilde_g (X_j - xbar_g) + dq_g,  dX_j = G_j + dAtilde_g^T (Q_j - q_g / n_g) + dxbar_g / n_g
       // (the per-channel terms dq_g, dxbar_g / n_g and G_j are added when unpacking)
-      at::Tensor grad_query_g = at::bmm(grad_A, x_p[g].sub_(x_mean.unsqueeze(2)));  // + dq_g at unpack
+      at::Tensor grad_query_g = gemm(grad_A, x_p[g], operand, acc);  // + dq_g at unpack
       x_p[g].reset();
-      at::Tensor query_g = std::move(query_p[g]);
+      const at::Tensor query_g = std::move(query_p[g]);  // Q_j - q_g / n_g
       if (shift) {  // dK_i += s Q_a(i) dm_i, dQ_a(i) += s K_i dm_i
-        K::argmin_scatter(key_g, query_g, dmin, argmin.narrow(0, begin, Bc), chunk.pos, chunk.src[g],
-                          chunk.counts, g, scale, grad_key_g, grad_query_g);
+        K::argmin_scatter(key_g, query_g, q_mean_chunk.select(1, g).contiguous(), dmin, argmin.narrow(0, begin, Bc),
+                          chunk.pos, chunk.src[g], chunk.counts, g, scale, grad_key_g, grad_query_g);
       }
-      query_g.sub_(group_mean(q_sum_g, count_g).unsqueeze(2));
-      const at::Tensor grad_x_g = at::bmm(grad_A.transpose(1, 2), query_g);  // + dxbar_g / n_g and G at unpack
-      K::unpack(grad_x_g, chunk.src[g], grad_xsum, grad_out_chunk, grad_x_chunk);
+      // dX_j - dxbar_g / n_g: with operands in the accumulation dtype G_j enters the GEMM (in place in
+      // the packed G, read for the last time); else it is added when unpacking, as dxbar_g / n_g is
+      if (operand == acc) {
+        K::unpack(grad_g.baddbmm_(grad_A.transpose(1, 2), query_g), chunk.src[g], grad_xsum, at::Tensor(),
+                  grad_x_chunk);
+      } else {
+        K::unpack(gemm(grad_A.transpose(1, 2), query_g, operand, acc), chunk.src[g], grad_xsum, grad_out_chunk,
+                  grad_x_chunk);
+      }
       K::unpack(grad_key_g, chunk.src[g], at::Tensor(), at::Tensor(), grad_key_chunk);
       K::unpack(grad_query_g, chunk.src[g], grad_qsum, at::Tensor(), grad_query_chunk);
     }

@@ -1,7 +1,8 @@
 // Saliency-guided attention: operator schemas (torch.ops.sgan_ext.*) and the CPU kernels.
 // The algorithm (shared with CUDA) is in ../attention_common.h; the contract is the docstring of
 // sgan/ops/attention/function.py. CPU: one image per chunk (no padding), MKL GEMMs through ATen,
-// the loops below parallel over rows or channels with at::parallel_for.
+// the loops below parallel over rows or channels with at::parallel_for; bfloat16/float16 inputs are
+// computed in float32.
 #include <torch/library.h>
 
 #include <ATen/Dispatch.h>
@@ -51,107 +52,125 @@ struct CpuKernels {
     });
   }
 
-  // out_g[b, r, p] = input[b, r, src_g[b, p]] for the defined outputs, each input row read once
-  // (a CPU chunk holds one image, so src_g has no padding).
-  static void pack(const at::Tensor& input, const at::Tensor& src0, const at::Tensor& src1, at::Tensor& out0,
-                   at::Tensor& out1) {
+  static constexpr bool kHostCounts = true;
+
+  // out_g[b, r, p] = input[b, r, src_g[b, p]] (- centre[b, g, r]) for the defined outputs, each
+  // input row read once, with sums[b, g, r] = sum over p of out_g (see pack() in the driver). A CPU
+  // chunk holds one image, so src_g has no padding.
+  static void pack(const at::Tensor& input, const at::Tensor& src0, const at::Tensor& src1, const at::Tensor& centre,
+                   at::Tensor& out0, at::Tensor& out1, const at::Tensor& sums) {
     RECORD_FUNCTION("sgan_attention_pack", std::vector<c10::IValue>());
     TORCH_INTERNAL_ASSERT(input.size(0) == 1, "CPU chunks hold one image");
-    const int64_t R = input.size(1), N = input.size(2), L0 = src0.size(1), L1 = src1.size(1);
-    const int64_t* s0 = src0.data_ptr<int64_t>();
-    const int64_t* s1 = src1.data_ptr<int64_t>();
+    const int64_t R = input.size(1), N = input.size(2);
+    const int64_t* sources[2] = {src0.data_ptr<int64_t>(), src1.data_ptr<int64_t>()};
+    const int64_t lengths[2] = {src0.size(1), src1.size(1)};
     AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "sgan_attention_pack_cpu", [&] {
       using acc_t = at::opmath_type<scalar_t>;
       const scalar_t* in = input.data_ptr<scalar_t>();
-      acc_t* o0 = out0.defined() ? out0.data_ptr<acc_t>() : nullptr;
-      acc_t* o1 = out1.defined() ? out1.data_ptr<acc_t>() : nullptr;
+      scalar_t* outputs[2] = {out0.defined() ? out0.data_ptr<scalar_t>() : nullptr,
+                              out1.defined() ? out1.data_ptr<scalar_t>() : nullptr};
+      const acc_t* centres = centre.defined() ? centre.data_ptr<acc_t>() : nullptr;
+      acc_t* sum_out = sums.defined() ? sums.data_ptr<acc_t>() : nullptr;
       at::parallel_for(0, R, grain(N), [&](int64_t begin, int64_t end) {
         for (int64_t r = begin; r < end; ++r) {
           const scalar_t* row = in + r * N;
-          if (o0 != nullptr) {
-            for (int64_t p = 0; p < L0; ++p) o0[r * L0 + p] = static_cast<acc_t>(row[s0[p]]);
-          }
-          if (o1 != nullptr) {
-            for (int64_t p = 0; p < L1; ++p) o1[r * L1 + p] = static_cast<acc_t>(row[s1[p]]);
+          for (int g = 0; g < 2; ++g) {
+            scalar_t* o = outputs[g];
+            if (o == nullptr) continue;
+            const int64_t L = lengths[g];
+            const int64_t* s = sources[g];
+            o += r * L;
+            if (centres != nullptr) {
+              const acc_t c = centres[g * R + r];
+              for (int64_t p = 0; p < L; ++p) o[p] = static_cast<scalar_t>(static_cast<acc_t>(row[s[p]]) - c);
+            } else {
+              double partial[4] = {0, 0, 0, 0};  // independent chains, so the adds pipeline
+              int64_t p = 0;
+              for (; p + 4 <= L; p += 4) {
+                for (int u = 0; u < 4; ++u) {
+                  const scalar_t v = row[s[p + u]];
+                  o[p + u] = v;
+                  partial[u] += static_cast<double>(v);
+                }
+              }
+              for (; p < L; ++p) {
+                o[p] = row[s[p]];
+                partial[0] += static_cast<double>(o[p]);
+              }
+              if (sum_out != nullptr) {
+                sum_out[g * R + r] = static_cast<acc_t>((partial[0] + partial[1]) + (partial[2] + partial[3]));
+              }
+            }
           }
         }
       });
     });
   }
 
-  // Sum over the last dimension of a contiguous (Bc, R, L) tensor, accumulated in float64 and
-  // rounded once: these sums (x_g, q_g, sum of G) feed dgamma, itself a long sum.
-  static at::Tensor sum_last(const at::Tensor& t) {
-    RECORD_FUNCTION("sgan_attention_sum_last", std::vector<c10::IValue>());
-    TORCH_INTERNAL_ASSERT(t.is_contiguous() && t.dim() == 3);
-    const int64_t rows = t.size(0) * t.size(1), L = t.size(2);
-    at::Tensor out = at::empty({t.size(0), t.size(1)}, t.options());
-    AT_DISPATCH_FLOATING_TYPES(t.scalar_type(), "sgan_attention_sum_last_cpu", [&] {
-      const scalar_t* in = t.data_ptr<scalar_t>();
-      scalar_t* o = out.data_ptr<scalar_t>();
-      at::parallel_for(0, rows, grain(L), [&](int64_t begin, int64_t end) {
-        for (int64_t row = begin; row < end; ++row) {
-          const scalar_t* v = in + row * L;
-          double partial[4] = {0, 0, 0, 0};  // independent chains, so the adds pipeline
-          int64_t p = 0;
-          for (; p + 4 <= L; p += 4) {
-            for (int u = 0; u < 4; ++u) partial[u] += static_cast<double>(v[p + u]);
-          }
-          for (; p < L; ++p) partial[0] += static_cast<double>(v[p]);
-          o[row] = static_cast<scalar_t>((partial[0] + partial[1]) + (partial[2] + partial[3]));
-        }
-      });
-    });
-    return out;
+  // key_dot[b, p] = K_p . q_sum (Bc, L): a batched matrix-vector product.
+  static at::Tensor key_dot(const at::Tensor& key_g, const at::Tensor& q_sum_g) {
+    return at::bmm(q_sum_g.unsqueeze(1), key_g).squeeze(1);
   }
 
-  // One image per chunk, so every tile column is a column of the group (no padding): the minimum
-  // of s P_ij over the row is ATen's vectorised min (max for a negative scale) of P_ij, which
-  // propagates NaN as the reference's torch.min does; then the masked 0 and the original indices.
+  // One image per chunk, so every tile column is a column of the group (no padding). The minimum
+  // of s P_ij over the row is ATen's vectorised amin (amax for a negative scale) of P_ij, which
+  // propagates NaN as the reference's torch.min does; its column is the first one holding that
+  // value (the first NaN when it is NaN), found by a scan of the row (ATen's min with indices is
+  // far slower than amin); then the masked 0 and the original indices.
   static void row_min_tile(const at::Tensor& tile, int64_t first, int g, const at::Tensor& counts,
                            const at::Tensor& src, double scale, at::Tensor& row_min, at::Tensor& argmin,
                            at::Tensor& min_packed) {
     RECORD_FUNCTION("sgan_attention_row_min_tile", std::vector<c10::IValue>());
-    TORCH_INTERNAL_ASSERT(tile.size(0) == 1 && tile.size(2) == counts.data_ptr<int64_t>()[g]);
-    const int64_t T = tile.size(1);
-    const auto extreme = scale >= 0 ? tile.min(2) : tile.max(2);
-    const at::Tensor values = std::get<0>(extreme).contiguous(), indices = std::get<1>(extreme).contiguous();
+    TORCH_INTERNAL_ASSERT(tile.size(0) == 1 && tile.size(2) == counts.data_ptr<int64_t>()[g] && tile.is_contiguous());
+    const int64_t T = tile.size(1), L = tile.size(2);
+    const at::Tensor values = (scale >= 0 ? tile.amin(2) : tile.amax(2)).contiguous();
     const bool other_group_nonempty = counts.data_ptr<int64_t>()[1 - g] > 0;
     const int64_t* s = src.data_ptr<int64_t>();
-    const int64_t* idx = indices.data_ptr<int64_t>();
     int64_t* amin = argmin.data_ptr<int64_t>();
     AT_DISPATCH_FLOATING_TYPES(tile.scalar_type(), "sgan_attention_row_min_cpu", [&] {
       const scalar_t* v = values.data_ptr<scalar_t>();
+      const scalar_t* tp = tile.data_ptr<scalar_t>();
       scalar_t* rmin = row_min.data_ptr<scalar_t>();
       scalar_t* mp = min_packed.data_ptr<scalar_t>();
       const scalar_t sc = static_cast<scalar_t>(scale);
-      for (int64_t r = 0; r < T; ++r) {
-        scalar_t best = sc * v[r];
-        int64_t best_index = idx[r];
-        apply_masked_zero(other_group_nonempty, best, best_index);
-        const int64_t original = s[first + r];
-        rmin[original] = best;
-        amin[original] = best_index >= 0 ? s[best_index] : -1;
-        mp[first + r] = best;
-      }
+      at::parallel_for(0, T, grain(L), [&](int64_t begin, int64_t end) {
+        for (int64_t r = begin; r < end; ++r) {
+          const scalar_t* row = tp + r * L;
+          const scalar_t extreme = v[r];
+          int64_t column = 0;
+          if (at::_isnan(extreme)) {
+            while (column < L && !at::_isnan(row[column])) ++column;
+          } else {
+            while (column < L && row[column] != extreme) ++column;
+          }
+          scalar_t best = sc * extreme;
+          int64_t best_index = column;
+          apply_masked_zero(other_group_nonempty, best, best_index);
+          const int64_t original = s[first + r];
+          rmin[original] = best;
+          amin[original] = best_index >= 0 ? s[best_index] : -1;
+          mp[first + r] = best;
+        }
+      });
     });
   }
 
-  // out = x + gamma ctx over the positions of group g. Attending rows: x_vec is xbar_g and
-  // ctx = mean_coef_i xbar + gemm_coef_i numerator_i (context_coefficients); mean rows (numerator
-  // undefined): x_vec is x_g and ctx = x_g / (n_g + eps).
-  static void forward_epilogue(const at::Tensor& x, const at::Tensor& numerator, const at::Tensor& key_dot_qsum,
+  // out = x + gamma ctx over the positions of group g, with x read from x_packed (Bc, C, L), the
+  // group's packed columns. Attending rows: x_vec is xbar_g and ctx = mean_coef_i xbar +
+  // gemm_coef_i numerator_i (context_coefficients); mean rows (numerator undefined): x_vec is x_g
+  // and ctx = x_g / (n_g + eps).
+  static void forward_epilogue(const at::Tensor& x_packed, const at::Tensor& numerator, const at::Tensor& key_dot_qsum,
                                const at::Tensor& min_packed, const at::Tensor& x_vec, const at::Tensor& counts,
                                int g, const at::Tensor& src, const at::Tensor& gamma, double scale, double eps,
                                at::Tensor& out) {
     RECORD_FUNCTION("sgan_attention_forward_epilogue", std::vector<c10::IValue>());
-    const int64_t Bc = x.size(0), C = x.size(1), N = x.size(2), L = src.size(1);
+    const int64_t Bc = x_packed.size(0), C = x_packed.size(1), N = out.size(2), L = src.size(1);
     const int64_t* n = counts.data_ptr<int64_t>();
     const int64_t* s = src.data_ptr<int64_t>();
     const bool mean_rows = !numerator.defined();
-    AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "sgan_attention_forward_epilogue_cpu", [&] {
+    AT_DISPATCH_FLOATING_TYPES(x_packed.scalar_type(), "sgan_attention_forward_epilogue_cpu", [&] {
       using acc_t = at::opmath_type<scalar_t>;
-      const scalar_t* xp = x.data_ptr<scalar_t>();
+      const scalar_t* xp = x_packed.data_ptr<scalar_t>();
       scalar_t* op = out.data_ptr<scalar_t>();
       const acc_t* xv = x_vec.data_ptr<acc_t>();
       const acc_t gam = gamma.item<acc_t>(), sc = static_cast<acc_t>(scale), ep = static_cast<acc_t>(eps);
@@ -185,36 +204,38 @@ struct CpuKernels {
             for (int64_t p = 0; p < size; ++p) update[p] = mc[p] * x_channel + gc[p] * nrow[p];
           }
           const int64_t* sb = s + b * L;
-          const scalar_t* xrow = xp + bc * N;
+          const scalar_t* xrow = xp + bc * L;
           scalar_t* orow = op + bc * N;
           for (int64_t p = 0; p < size; ++p) {
-            orow[sb[p]] = static_cast<scalar_t>(static_cast<acc_t>(xrow[sb[p]]) + update[p]);
+            orow[sb[p]] = static_cast<scalar_t>(static_cast<acc_t>(xrow[p]) + update[p]);
           }
         }
       });
     });
   }
 
-  static void backward_rows(const at::Tensor& key_g, const at::Tensor& h, const at::Tensor& grad_g,
+  // Per packed row i: the scalars of backward_row, then, over the key channels,
+  // scaled_key_i = key_coef_i K_i and, in place in h, dK_i = key_coef_i H_i + s q_g dden_i.
+  static void backward_rows(const at::Tensor& key_g, at::Tensor& h, const at::Tensor& grad_g,
                             const at::Tensor& q_sum_g, const at::Tensor& x_mean, const at::Tensor& min_packed,
                             const at::Tensor& counts, int g, const at::Tensor& gamma, double scale, double eps,
-                            at::Tensor& dot, at::Tensor& dden, at::Tensor& dmin, at::Tensor& key_coef,
-                            at::Tensor& mean_coef) {
+                            at::Tensor& dot, at::Tensor& dden, at::Tensor& dmin, at::Tensor& mean_coef,
+                            at::Tensor& scaled_key) {
     RECORD_FUNCTION("sgan_attention_backward_rows", std::vector<c10::IValue>());
     const int64_t Bc = key_g.size(0), Ck = key_g.size(1), L = key_g.size(2), C = grad_g.size(1);
     const int64_t* n = counts.data_ptr<int64_t>();
     constexpr int64_t kBlock = 64;  // rows per task: the channel loops run over contiguous row blocks
     const int64_t blocks_per_image = (L + kBlock - 1) / kBlock;
     AT_DISPATCH_FLOATING_TYPES(key_g.scalar_type(), "sgan_attention_backward_rows_cpu", [&] {
-      const scalar_t *kp = key_g.data_ptr<scalar_t>(), *hp = h.data_ptr<scalar_t>(),
-                     *gp = grad_g.data_ptr<scalar_t>(), *qs = q_sum_g.data_ptr<scalar_t>(),
-                     *xs = x_mean.data_ptr<scalar_t>(), *mp = min_packed.data_ptr<scalar_t>();
-      scalar_t *dot_p = dot.data_ptr<scalar_t>(), *dden_p = dden.data_ptr<scalar_t>(),
-               *dmin_p = dmin.data_ptr<scalar_t>(), *kc_p = key_coef.data_ptr<scalar_t>(),
-               *mc_p = mean_coef.data_ptr<scalar_t>();
+      const scalar_t *kp = key_g.data_ptr<scalar_t>(), *gp = grad_g.data_ptr<scalar_t>(),
+                     *qs = q_sum_g.data_ptr<scalar_t>(), *xs = x_mean.data_ptr<scalar_t>(),
+                     *mp = min_packed.data_ptr<scalar_t>();
+      scalar_t *hp = h.data_ptr<scalar_t>(), *dot_p = dot.data_ptr<scalar_t>(), *dden_p = dden.data_ptr<scalar_t>(),
+               *dmin_p = dmin.data_ptr<scalar_t>(), *mc_p = mean_coef.data_ptr<scalar_t>(),
+               *sk = scaled_key.data_ptr<scalar_t>();
       const scalar_t gam = gamma.item<scalar_t>(), sc = static_cast<scalar_t>(scale), ep = static_cast<scalar_t>(eps);
       at::parallel_for(0, Bc * blocks_per_image, 1, [&](int64_t begin, int64_t end) {
-        scalar_t key_h[kBlock], key_q[kBlock], grad_x[kBlock];
+        scalar_t key_h[kBlock], key_q[kBlock], grad_x[kBlock], key_coef[kBlock], row_dden[kBlock];
         for (int64_t task = begin; task < end; ++task) {
           const int64_t b = task / blocks_per_image, p0 = (task % blocks_per_image) * kBlock;
           const int64_t width = std::min(kBlock, L - p0), size = n[b * 2 + g];
@@ -237,27 +258,39 @@ struct CpuKernels {
           }
           for (int64_t i = 0; i < width; ++i) {
             const int64_t idx = b * L + p0 + i;
-            if (p0 + i >= size) {  // padding
-              dot_p[idx] = dden_p[idx] = dmin_p[idx] = kc_p[idx] = mc_p[idx] = scalar_t(0);
-              continue;
+            BackwardRow<scalar_t> r{};
+            if (p0 + i < size) {  // else padding: all zero
+              r = backward_row(key_h[i], key_q[i], grad_x[i], mp[idx], static_cast<scalar_t>(size), gam, sc, ep);
             }
-            const BackwardRow<scalar_t> r = backward_row(key_h[i], key_q[i], grad_x[i], mp[idx],
-                                                         static_cast<scalar_t>(size), gam, sc, ep);
             dot_p[idx] = r.dot;
             dden_p[idx] = r.dden;
             dmin_p[idx] = r.dmin;
-            kc_p[idx] = r.key_coef;
             mc_p[idx] = r.mean_coef;
+            key_coef[i] = r.key_coef;
+            row_dden[i] = sc * r.dden;
+          }
+          for (int64_t k = 0; k < Ck; ++k) {
+            const int64_t offset = (b * Ck + k) * L + p0;
+            const scalar_t* krow = kp + offset;
+            scalar_t* hrow = hp + offset;
+            scalar_t* srow = sk + offset;
+            const scalar_t qk = qs[b * Ck + k];
+            for (int64_t i = 0; i < width; ++i) {
+              srow[i] = key_coef[i] * krow[i];
+              hrow[i] = key_coef[i] * hrow[i] + qk * row_dden[i];
+            }
           }
         }
       });
     });
   }
 
-  static void argmin_scatter(const at::Tensor& key_g, const at::Tensor& query_g, const at::Tensor& dmin,
-                             const at::Tensor& argmin, const at::Tensor& pos, const at::Tensor& src,
-                             const at::Tensor& counts, int g, double scale, at::Tensor& grad_key_g,
-                             at::Tensor& grad_query_g) {
+  // dK_i += s Q_a(i) dm_i, dQ_a(i) += s K_i dm_i for the rows whose minimum is a real entry;
+  // query_g holds Q_j - q_mean (the driver packs Q centred), so q_mean is added back.
+  static void argmin_scatter(const at::Tensor& key_g, const at::Tensor& query_g, const at::Tensor& q_mean,
+                             const at::Tensor& dmin, const at::Tensor& argmin, const at::Tensor& pos,
+                             const at::Tensor& src, const at::Tensor& counts, int g, double scale,
+                             at::Tensor& grad_key_g, at::Tensor& grad_query_g) {
     RECORD_FUNCTION("sgan_attention_argmin_scatter", std::vector<c10::IValue>());
     TORCH_INTERNAL_ASSERT(grad_key_g.is_contiguous() && grad_query_g.is_contiguous());
     const int64_t Bc = key_g.size(0), Ck = key_g.size(1), L = key_g.size(2), N = pos.size(1);
@@ -273,7 +306,7 @@ struct CpuKernels {
     }
     AT_DISPATCH_FLOATING_TYPES(key_g.scalar_type(), "sgan_attention_argmin_scatter_cpu", [&] {
       const scalar_t *kp = key_g.data_ptr<scalar_t>(), *qp = query_g.data_ptr<scalar_t>(),
-                     *dm = dmin.data_ptr<scalar_t>();
+                     *qm = q_mean.data_ptr<scalar_t>(), *dm = dmin.data_ptr<scalar_t>();
       scalar_t *dk = grad_key_g.data_ptr<scalar_t>(), *dq = grad_query_g.data_ptr<scalar_t>();
       const scalar_t sc = static_cast<scalar_t>(scale);
       // one task per (image, channel): the columns it updates belong to it alone, so no races
@@ -281,10 +314,11 @@ struct CpuKernels {
         for (int64_t bk = begin; bk < end; ++bk) {
           const int64_t b = bk / Ck;
           const int64_t* tb = target.data() + b * L;
+          const scalar_t mean = qm[bk];
           for (int64_t p = 0; p < L; ++p) {
             if (tb[p] < 0) continue;
             const scalar_t d = sc * dm[b * L + p];
-            dk[bk * L + p] += d * qp[bk * L + tb[p]];
+            dk[bk * L + p] += d * (qp[bk * L + tb[p]] + mean);
             dq[bk * L + tb[p]] += d * kp[bk * L + p];
           }
         }
@@ -326,7 +360,13 @@ struct CpuKernels {
   }
 };
 
-const std::vector<at::ScalarType> kCpuDtypes = {at::kFloat, at::kDouble};
+const std::vector<at::ScalarType> kCpuDtypes = {at::kFloat, at::kDouble, at::kBFloat16, at::kHalf};
+
+// bfloat16/float16 inputs are computed in float32 (the accumulation dtype, in which the statistics
+// are kept anyway); results and gradients come back in the input dtype.
+bool reduced_precision(const at::Tensor& x) {
+  return x.scalar_type() == at::kBFloat16 || x.scalar_type() == at::kHalf;
+}
 
 void check_cpu(const at::Tensor& x) {
   TORCH_CHECK(x.defined() && x.device().is_cpu(), "sgan_ext attention (CPU kernel): x expected on the CPU, got ",
@@ -338,6 +378,12 @@ ForwardResult forward_cpu(const at::Tensor& x, const at::Tensor& key, const at::
                           bool shift, bool bg_mean) {
   check_cpu(x);
   check_inputs(x, key, query, saliency_mask, gamma, kCpuDtypes, "cpu");
+  if (reduced_precision(x)) {
+    ForwardResult result = forward<CpuKernels>(x.to(at::kFloat), key.to(at::kFloat), query.to(at::kFloat),
+                                               saliency_mask, gamma, scale, eps, shift, bg_mean);
+    std::get<0>(result) = std::get<0>(result).to(x.scalar_type());
+    return result;
+  }
   return forward<CpuKernels>(x, key, query, saliency_mask, gamma, scale, eps, shift, bg_mean);
 }
 
@@ -349,6 +395,14 @@ BackwardResult backward_cpu(const at::Tensor& grad_out, const at::Tensor& x, con
   check_cpu(x);
   check_inputs(x, key, query, saliency_mask, gamma, kCpuDtypes, "cpu");
   check_backward_inputs(grad_out, x, key, A, q_sum, x_sum, count, row_min, argmin);
+  if (reduced_precision(x)) {
+    const BackwardResult result =
+        backward<CpuKernels>(grad_out.to(at::kFloat), x.to(at::kFloat), key.to(at::kFloat), query.to(at::kFloat),
+                             saliency_mask, gamma, A, q_sum, x_sum, count, row_min, argmin, scale, eps, shift,
+                             bg_mean);
+    return BackwardResult(std::get<0>(result).to(x.scalar_type()), std::get<1>(result).to(x.scalar_type()),
+                          std::get<2>(result).to(x.scalar_type()), std::get<3>(result));
+  }
   return backward<CpuKernels>(grad_out, x, key, query, saliency_mask, gamma, A, q_sum, x_sum, count, row_min,
                               argmin, scale, eps, shift, bg_mean);
 }

@@ -1,8 +1,10 @@
 // Saliency-guided attention: the CUDA kernels (the schemas are defined in ../cpu/attention.cpp).
 // The algorithm, shared with the CPU, is in ../attention_common.h; GEMMs go through ATen (cuBLAS)
-// in the accumulation dtype (float32 for float16/bfloat16/float32 inputs, float64 for float64).
-// Images are processed in chunks whose packed buffers stay under kChunkBudget elements, so the
-// memory beyond inputs, outputs and gradients is bounded; one image per chunk at large N.
+// on operands packed in the input dtype (float16/bfloat16 on tensor cores) with results and
+// statistics in the accumulation dtype (float32, float64 for float64 inputs). Images are processed
+// in chunks whose packed buffers stay under kChunkBudget elements, so the memory beyond inputs,
+// outputs and gradients is bounded. Packed groups are sized N (no host copy of the group counts):
+// nothing here waits for the device.
 #include <torch/library.h>
 
 #include <ATen/Dispatch.h>
@@ -42,14 +44,33 @@ __global__ void build_layout_kernel(const bool* mask, const int64_t* cumulative,
   }
 }
 
+// out[b, r, p] = input[b, r, src[b, p]] - centre[b, g, r] (centre may be null), 0 for padding.
 template <typename scalar_t, typename acc_t>
-__global__ void pack_kernel(const scalar_t* input, const int64_t* src, int64_t items, int64_t R, int64_t N,
-                            int64_t L, acc_t* out) {
+__global__ void pack_kernel(const scalar_t* input, const int64_t* src, const acc_t* centre, int g, int64_t items,
+                            int64_t R, int64_t N, int64_t L, scalar_t* out) {
   const int64_t idx = thread_index();
   if (idx >= items) return;
-  const int64_t p = idx % L, br = idx / L, b = br / R;
+  const int64_t p = idx % L, br = idx / L, b = br / R, r = br % R;
   const int64_t j = src[b * L + p];
-  out[idx] = j >= 0 ? static_cast<acc_t>(input[br * N + j]) : acc_t(0);
+  if (j < 0) {
+    out[idx] = scalar_t(0);
+    return;
+  }
+  acc_t v = static_cast<acc_t>(input[br * N + j]);
+  if (centre != nullptr) v -= centre[(b * 2 + g) * R + r];
+  out[idx] = static_cast<scalar_t>(v);
+}
+
+// key_dot[b, p] = K_p . q_sum in the accumulation dtype, one thread per packed row.
+template <typename scalar_t, typename acc_t>
+__global__ void key_dot_kernel(const scalar_t* key, const acc_t* q_sum, int64_t items, int64_t Ck, int64_t L,
+                               acc_t* out) {
+  const int64_t idx = thread_index();
+  if (idx >= items) return;
+  const int64_t b = idx / L, p = idx % L;
+  acc_t total = 0;
+  for (int64_t k = 0; k < Ck; ++k) total += static_cast<acc_t>(key[(b * Ck + k) * L + p]) * q_sum[b * Ck + k];
+  out[idx] = total;
 }
 
 // One block per tile row: the minimum of s P_ij over the row's group columns, then the masked 0.
@@ -95,11 +116,12 @@ __global__ void row_min_kernel(const acc_t* tile, int64_t T, int64_t L, int64_t 
   }
 }
 
-// out = x + gamma ctx over the positions of group g. Attending rows: x_vec is xbar_g and
-// ctx = mean_coef_i xbar + gemm_coef_i numerator_i (context_coefficients); mean rows (numerator
-// null): x_vec is x_g and ctx = x_g / (n_g + eps).
+// out = x + gamma ctx over the positions of group g, with x read from x_packed (the group's packed
+// columns, indexed like numerator). Attending rows: x_vec is xbar_g and ctx = mean_coef_i xbar +
+// gemm_coef_i numerator_i (context_coefficients); mean rows (numerator null): x_vec is x_g and
+// ctx = x_g / (n_g + eps).
 template <typename scalar_t, typename acc_t>
-__global__ void forward_epilogue_kernel(const scalar_t* x, const acc_t* numerator, const acc_t* key_dot_qsum,
+__global__ void forward_epilogue_kernel(const scalar_t* x_packed, const acc_t* numerator, const acc_t* key_dot_qsum,
                                         const acc_t* min_packed, const acc_t* x_vec, const int64_t* counts, int g,
                                         const int64_t* src, const acc_t* gamma, acc_t scale, acc_t eps,
                                         int64_t items, int64_t C, int64_t N, int64_t L, scalar_t* out) {
@@ -117,47 +139,52 @@ __global__ void forward_epilogue_kernel(const scalar_t* x, const acc_t* numerato
         context_coefficients(key_dot_qsum[b * L + p], min_packed[b * L + p], count, scale, eps);
     ctx = r.mean_coef * x_channel + r.gemm_coef * numerator[idx];
   }
-  out[bc * N + j] = static_cast<scalar_t>(static_cast<acc_t>(x[bc * N + j]) + gamma[0] * ctx);
+  out[bc * N + j] = static_cast<scalar_t>(static_cast<acc_t>(x_packed[idx]) + gamma[0] * ctx);
 }
 
-// One thread per packed row; neighbouring threads read neighbouring columns (coalesced).
-template <typename acc_t>
-__global__ void backward_rows_kernel(const acc_t* key, const acc_t* h, const acc_t* grad, const acc_t* q_sum,
+// One thread per packed row; neighbouring threads read neighbouring columns (coalesced). The row's
+// scalars of backward_row, then scaled_key_i = key_coef_i K_i and, in place in h,
+// dK_i = key_coef_i H_i + s q_g dden_i (all zero for padding).
+template <typename scalar_t, typename acc_t>
+__global__ void backward_rows_kernel(const scalar_t* key, acc_t* h, const scalar_t* grad, const acc_t* q_sum,
                                      const acc_t* x_mean, const acc_t* min_packed, const int64_t* counts, int g,
                                      const acc_t* gamma, acc_t scale, acc_t eps, int64_t items, int64_t Ck,
-                                     int64_t C, int64_t L, acc_t* dot, acc_t* dden, acc_t* dmin, acc_t* key_coef,
-                                     acc_t* mean_coef) {
+                                     int64_t C, int64_t L, acc_t* dot, acc_t* dden, acc_t* dmin, acc_t* mean_coef,
+                                     scalar_t* scaled_key) {
   const int64_t idx = thread_index();
   if (idx >= items) return;
   const int64_t b = idx / L, p = idx % L;
   const int64_t size = counts[b * 2 + g];
-  if (p >= size) {  // padding
-    dot[idx] = dden[idx] = dmin[idx] = key_coef[idx] = mean_coef[idx] = acc_t(0);
-    return;
+  BackwardRow<acc_t> r{};
+  if (p < size) {
+    acc_t key_h = 0, key_q = 0, grad_x = 0;
+    for (int64_t k = 0; k < Ck; ++k) {
+      const acc_t kv = static_cast<acc_t>(key[(b * Ck + k) * L + p]);
+      key_h += kv * h[(b * Ck + k) * L + p];
+      key_q += kv * q_sum[b * Ck + k];
+    }
+    for (int64_t c = 0; c < C; ++c) grad_x += static_cast<acc_t>(grad[(b * C + c) * L + p]) * x_mean[b * C + c];
+    r = backward_row(key_h, key_q, grad_x, min_packed[idx], static_cast<acc_t>(size), gamma[0], scale, eps);
   }
-  acc_t key_h = 0, key_q = 0, grad_x = 0;
-  for (int64_t k = 0; k < Ck; ++k) {
-    const acc_t kv = key[(b * Ck + k) * L + p];
-    key_h += kv * h[(b * Ck + k) * L + p];
-    key_q += kv * q_sum[b * Ck + k];
-  }
-  for (int64_t c = 0; c < C; ++c) grad_x += grad[(b * C + c) * L + p] * x_mean[b * C + c];
-  const BackwardRow<acc_t> r =
-      backward_row(key_h, key_q, grad_x, min_packed[idx], static_cast<acc_t>(size), gamma[0], scale, eps);
   dot[idx] = r.dot;
   dden[idx] = r.dden;
   dmin[idx] = r.dmin;
-  key_coef[idx] = r.key_coef;
   mean_coef[idx] = r.mean_coef;
+  const acc_t key_dden = scale * r.dden;
+  for (int64_t k = 0; k < Ck; ++k) {
+    const int64_t at = (b * Ck + k) * L + p;
+    scaled_key[at] = static_cast<scalar_t>(r.key_coef * static_cast<acc_t>(key[at]));
+    h[at] = r.key_coef * h[at] + q_sum[b * Ck + k] * key_dden;
+  }
 }
 
 // dK_i += s Q_a(i) dm_i (each (k, i) owned by one thread), dQ_a(i) += s K_i dm_i (atomic: several
-// rows can share a minimum column).
-template <typename acc_t>
-__global__ void argmin_scatter_kernel(const acc_t* key, const acc_t* query, const acc_t* dmin, const int64_t* argmin,
-                                      const int64_t* pos, const int64_t* src, const int64_t* counts, int g,
-                                      acc_t scale, int64_t items, int64_t Ck, int64_t N, int64_t L, acc_t* grad_key,
-                                      acc_t* grad_query) {
+// rows can share a minimum column). query holds Q_j - q_mean (packed centred): q_mean is added back.
+template <typename scalar_t, typename acc_t>
+__global__ void argmin_scatter_kernel(const scalar_t* key, const scalar_t* query, const acc_t* q_mean,
+                                      const acc_t* dmin, const int64_t* argmin, const int64_t* pos,
+                                      const int64_t* src, const int64_t* counts, int g, acc_t scale, int64_t items,
+                                      int64_t Ck, int64_t N, int64_t L, acc_t* grad_key, acc_t* grad_query) {
   const int64_t idx = thread_index();
   if (idx >= items) return;
   const int64_t p = idx % L, bk = idx / L, b = bk / Ck;
@@ -166,8 +193,8 @@ __global__ void argmin_scatter_kernel(const acc_t* key, const acc_t* query, cons
   if (a < 0) return;
   const int64_t target = pos[b * N + a];
   const acc_t d = scale * dmin[b * L + p];
-  grad_key[idx] += d * query[bk * L + target];
-  gpuAtomicAdd(grad_query + bk * L + target, d * key[idx]);
+  grad_key[idx] += d * (static_cast<acc_t>(query[bk * L + target]) + q_mean[bk]);
+  gpuAtomicAdd(grad_query + bk * L + target, d * static_cast<acc_t>(key[idx]));
 }
 
 // out[b, r, src[b, p]] = part[b, r, p] (+ bias[b, r]) (+ addend[b, r, src[b, p]]); part may be strided.
@@ -188,6 +215,7 @@ __global__ void unpack_kernel(const acc_t* part, int64_t stride_b, int64_t strid
 
 struct CudaKernels {
   static constexpr bool kOneImagePerChunk = false;
+  static constexpr bool kHostCounts = false;
   static constexpr int64_t kChunkBudget = int64_t(1) << 27;  // packed elements per chunk (512 MiB float)
   static constexpr int64_t kTileBudget = int64_t(1) << 24;   // elements of a row-minimum tile
   static constexpr int64_t kMinTileRows = 32;
@@ -205,14 +233,10 @@ struct CudaKernels {
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   }
 
-  // Sum over the last dimension, accumulated in float64 and rounded once (see CpuKernels::sum_last).
-  static at::Tensor sum_last(const at::Tensor& t) {
-    return t.sum(-1, false, at::kDouble).to(t.scalar_type());
-  }
-
-  // out_g[b, r, p] = input[b, r, src_g[b, p]] (0 for padding) for the defined outputs.
-  static void pack(const at::Tensor& input, const at::Tensor& src0, const at::Tensor& src1, at::Tensor& out0,
-                   at::Tensor& out1) {
+  // out_g[b, r, p] = input[b, r, src_g[b, p]] (- centre[b, g, r]), 0 for padding, for the defined
+  // outputs; sums[b, g, r] = sum over p of out_g, accumulated in float64 (see pack() in the driver).
+  static void pack(const at::Tensor& input, const at::Tensor& src0, const at::Tensor& src1, const at::Tensor& centre,
+                   at::Tensor& out0, at::Tensor& out1, const at::Tensor& sums) {
     const at::Tensor* sources[2] = {&src0, &src1};
     at::Tensor* outputs[2] = {&out0, &out1};
     for (int g = 0; g < 2; ++g) {
@@ -222,11 +246,26 @@ struct CudaKernels {
       AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "sgan_attention_pack_cuda", [&] {
         using acc_t = at::opmath_type<scalar_t>;
         pack_kernel<scalar_t, acc_t><<<blocks_for(items), kThreads, 0, stream()>>>(
-            input.data_ptr<scalar_t>(), sources[g]->data_ptr<int64_t>(), items, out.size(1), input.size(2),
-            out.size(2), out.data_ptr<acc_t>());
+            input.data_ptr<scalar_t>(), sources[g]->data_ptr<int64_t>(),
+            centre.defined() ? centre.data_ptr<acc_t>() : nullptr, g, items, out.size(1), input.size(2), out.size(2),
+            out.data_ptr<scalar_t>());
         C10_CUDA_KERNEL_LAUNCH_CHECK();
       });
+      if (sums.defined()) sums.select(1, g).copy_(out.sum(-1, false, at::kDouble));
     }
+  }
+
+  static at::Tensor key_dot(const at::Tensor& key_g, const at::Tensor& q_sum_g) {
+    const int64_t Bc = key_g.size(0), Ck = key_g.size(1), L = key_g.size(2);
+    at::Tensor out = at::empty({Bc, L}, q_sum_g.options());
+    if (Bc * L == 0) return out;
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, key_g.scalar_type(), "sgan_attention_key_dot_cuda", [&] {
+      using acc_t = at::opmath_type<scalar_t>;
+      key_dot_kernel<scalar_t, acc_t><<<blocks_for(Bc * L), kThreads, 0, stream()>>>(
+          key_g.data_ptr<scalar_t>(), q_sum_g.data_ptr<acc_t>(), Bc * L, Ck, L, out.data_ptr<acc_t>());
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    });
+    return out;
   }
 
   static void row_min_tile(const at::Tensor& tile, int64_t first, int g, const at::Tensor& counts,
@@ -243,18 +282,19 @@ struct CudaKernels {
     });
   }
 
-  static void forward_epilogue(const at::Tensor& x, const at::Tensor& numerator, const at::Tensor& key_dot_qsum,
-                               const at::Tensor& min_packed, const at::Tensor& x_vec, const at::Tensor& counts,
-                               int g, const at::Tensor& src, const at::Tensor& gamma, double scale, double eps,
-                               at::Tensor& out) {
-    const int64_t Bc = x.size(0), C = x.size(1), N = x.size(2), L = src.size(1);
+  static void forward_epilogue(const at::Tensor& x_packed, const at::Tensor& numerator,
+                               const at::Tensor& key_dot_qsum, const at::Tensor& min_packed, const at::Tensor& x_vec,
+                               const at::Tensor& counts, int g, const at::Tensor& src, const at::Tensor& gamma,
+                               double scale, double eps, at::Tensor& out) {
+    const int64_t Bc = x_packed.size(0), C = x_packed.size(1), N = out.size(2), L = src.size(1);
     const int64_t items = Bc * C * L;
     if (items == 0) return;
     const bool mean_rows = !numerator.defined();
-    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "sgan_attention_forward_cuda", [&] {
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x_packed.scalar_type(), "sgan_attention_forward_cuda",
+                                    [&] {
       using acc_t = at::opmath_type<scalar_t>;
       forward_epilogue_kernel<scalar_t, acc_t><<<blocks_for(items), kThreads, 0, stream()>>>(
-          x.data_ptr<scalar_t>(), mean_rows ? nullptr : numerator.data_ptr<acc_t>(),
+          x_packed.data_ptr<scalar_t>(), mean_rows ? nullptr : numerator.data_ptr<acc_t>(),
           mean_rows ? nullptr : key_dot_qsum.data_ptr<acc_t>(), mean_rows ? nullptr : min_packed.data_ptr<acc_t>(),
           x_vec.data_ptr<acc_t>(), counts.data_ptr<int64_t>(), g, src.data_ptr<int64_t>(), gamma.data_ptr<acc_t>(),
           static_cast<acc_t>(scale), static_cast<acc_t>(eps), items, C, N, L, out.data_ptr<scalar_t>());
@@ -262,38 +302,42 @@ struct CudaKernels {
     });
   }
 
-  static void backward_rows(const at::Tensor& key_g, const at::Tensor& h, const at::Tensor& grad_g,
+  static void backward_rows(const at::Tensor& key_g, at::Tensor& h, const at::Tensor& grad_g,
                             const at::Tensor& q_sum_g, const at::Tensor& x_mean, const at::Tensor& min_packed,
                             const at::Tensor& counts, int g, const at::Tensor& gamma, double scale, double eps,
-                            at::Tensor& dot, at::Tensor& dden, at::Tensor& dmin, at::Tensor& key_coef,
-                            at::Tensor& mean_coef) {
+                            at::Tensor& dot, at::Tensor& dden, at::Tensor& dmin, at::Tensor& mean_coef,
+                            at::Tensor& scaled_key) {
     const int64_t Bc = key_g.size(0), Ck = key_g.size(1), L = key_g.size(2), C = grad_g.size(1);
     const int64_t items = Bc * L;
     if (items == 0) return;
-    AT_DISPATCH_FLOATING_TYPES(key_g.scalar_type(), "sgan_attention_backward_rows_cuda", [&] {
-      backward_rows_kernel<scalar_t><<<blocks_for(items), kThreads, 0, stream()>>>(
-          key_g.data_ptr<scalar_t>(), h.data_ptr<scalar_t>(), grad_g.data_ptr<scalar_t>(),
-          q_sum_g.data_ptr<scalar_t>(), x_mean.data_ptr<scalar_t>(), min_packed.data_ptr<scalar_t>(),
-          counts.data_ptr<int64_t>(), g, gamma.data_ptr<scalar_t>(), static_cast<scalar_t>(scale),
-          static_cast<scalar_t>(eps), items, Ck, C, L, dot.data_ptr<scalar_t>(), dden.data_ptr<scalar_t>(),
-          dmin.data_ptr<scalar_t>(), key_coef.data_ptr<scalar_t>(), mean_coef.data_ptr<scalar_t>());
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, key_g.scalar_type(),
+                                    "sgan_attention_backward_rows_cuda", [&] {
+      using acc_t = at::opmath_type<scalar_t>;
+      backward_rows_kernel<scalar_t, acc_t><<<blocks_for(items), kThreads, 0, stream()>>>(
+          key_g.data_ptr<scalar_t>(), h.data_ptr<acc_t>(), grad_g.data_ptr<scalar_t>(), q_sum_g.data_ptr<acc_t>(),
+          x_mean.data_ptr<acc_t>(), min_packed.data_ptr<acc_t>(), counts.data_ptr<int64_t>(), g,
+          gamma.data_ptr<acc_t>(), static_cast<acc_t>(scale), static_cast<acc_t>(eps), items, Ck, C, L,
+          dot.data_ptr<acc_t>(), dden.data_ptr<acc_t>(), dmin.data_ptr<acc_t>(), mean_coef.data_ptr<acc_t>(),
+          scaled_key.data_ptr<scalar_t>());
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     });
   }
 
-  static void argmin_scatter(const at::Tensor& key_g, const at::Tensor& query_g, const at::Tensor& dmin,
-                             const at::Tensor& argmin, const at::Tensor& pos, const at::Tensor& src,
-                             const at::Tensor& counts, int g, double scale, at::Tensor& grad_key_g,
-                             at::Tensor& grad_query_g) {
+  static void argmin_scatter(const at::Tensor& key_g, const at::Tensor& query_g, const at::Tensor& q_mean,
+                             const at::Tensor& dmin, const at::Tensor& argmin, const at::Tensor& pos,
+                             const at::Tensor& src, const at::Tensor& counts, int g, double scale,
+                             at::Tensor& grad_key_g, at::Tensor& grad_query_g) {
     TORCH_INTERNAL_ASSERT(grad_key_g.is_contiguous() && grad_query_g.is_contiguous());
     const int64_t items = key_g.numel();
     if (items == 0) return;
-    AT_DISPATCH_FLOATING_TYPES(key_g.scalar_type(), "sgan_attention_argmin_scatter_cuda", [&] {
-      argmin_scatter_kernel<scalar_t><<<blocks_for(items), kThreads, 0, stream()>>>(
-          key_g.data_ptr<scalar_t>(), query_g.data_ptr<scalar_t>(), dmin.data_ptr<scalar_t>(),
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, key_g.scalar_type(),
+                                    "sgan_attention_argmin_scatter_cuda", [&] {
+      using acc_t = at::opmath_type<scalar_t>;
+      argmin_scatter_kernel<scalar_t, acc_t><<<blocks_for(items), kThreads, 0, stream()>>>(
+          key_g.data_ptr<scalar_t>(), query_g.data_ptr<scalar_t>(), q_mean.data_ptr<acc_t>(), dmin.data_ptr<acc_t>(),
           argmin.data_ptr<int64_t>(), pos.data_ptr<int64_t>(), src.data_ptr<int64_t>(), counts.data_ptr<int64_t>(),
-          g, static_cast<scalar_t>(scale), items, key_g.size(1), pos.size(1), key_g.size(2),
-          grad_key_g.data_ptr<scalar_t>(), grad_query_g.data_ptr<scalar_t>());
+          g, static_cast<acc_t>(scale), items, key_g.size(1), pos.size(1), key_g.size(2),
+          grad_key_g.data_ptr<acc_t>(), grad_query_g.data_ptr<acc_t>());
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     });
   }

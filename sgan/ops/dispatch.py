@@ -112,11 +112,13 @@ class Dispatcher:
     """Backend choice for one operator.
 
     op_name: used in messages; kernel_module: the Triton module under ``sgan.kernels``;
-    extension_ops: names in ``torch.ops.sgan_ext`` the C++/CUDA backends need.
+    extension_ops: names in ``torch.ops.sgan_ext`` the C++/CUDA backends need; dtypes: the input
+    dtypes per backend where this operator's differ from BACKEND_DTYPES.
     """
 
-    def __init__(self, op_name, kernel_module, extension_ops):
+    def __init__(self, op_name, kernel_module, extension_ops, dtypes=None):
         self.op_name, self.kernel_module, self.extension_ops = op_name, kernel_module, tuple(extension_ops)
+        self.dtypes = {**BACKEND_DTYPES, **(dtypes or {})}  # per backend, where this operator differs
         self._warned = set()
         _DISPATCHERS.append(self)
 
@@ -203,9 +205,9 @@ class Dispatcher:
             if found is not None:
                 raise RuntimeError(f"backend='triton' needs the triton package and CUDA tensors (or "
                                    f"TRITON_INTERPRET=1 set before import, for CPU tensors): {found[0]}")
-        if tensor.dtype not in BACKEND_DTYPES[backend]:
+        if tensor.dtype not in self.dtypes[backend]:
             raise TypeError(f"{arg_name}: backend {backend!r} supports dtypes "
-                            f"{[str(d) for d in BACKEND_DTYPES[backend]]}, got {tensor.dtype}")
+                            f"{[str(d) for d in self.dtypes[backend]]}, got {tensor.dtype}")
         return backend
 
     def _warn_once(self, message):

@@ -29,8 +29,10 @@ PRESETS = {
     "official": {"shift": True, "background": "mean"},
     "paper": {"shift": False, "background": "attend"},
 }
+# the C++ CPU backend takes bfloat16/float16 too (computed in float32), e.g. under CPU autocast
 _DISPATCH = Dispatcher("saliency_attention", "attention",
-                       ("saliency_attention_forward", "saliency_attention_backward"))
+                       ("saliency_attention_forward", "saliency_attention_backward"),
+                       dtypes={"cpp": FLOAT_DTYPES})
 
 
 def resolve_options(preset="official", shift=None, background=None):
@@ -147,11 +149,15 @@ def _setup_context(ctx, inputs, output):
     x, key, query, saliency_mask, gamma, scale, eps, shift, bg_mean, backend = inputs
     stats = output[1:]
     ctx.mark_non_differentiable(*stats)
+    # the statistics get no gradient: without this autograd would fill zero tensors for them
+    ctx.set_materialize_grads(False)
     ctx.save_for_backward(x, key, query, saliency_mask, gamma, *stats)
     ctx.options = (scale, eps, shift, bg_mean, backend)
 
 
 def _backward(ctx, grad_out, *unused_stat_grads):
+    if grad_out is None:  # only the statistics were used: nothing flows back
+        return (None,) * 10
     saved = ctx.saved_tensors
     grad_x, grad_key, grad_query, grad_gamma = _backward_op(grad_out.contiguous(), *saved, *ctx.options)
     return grad_x, grad_key, grad_query, None, grad_gamma, None, None, None, None, None
