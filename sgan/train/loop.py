@@ -150,14 +150,35 @@ def train(cfg, section, *, name, model, dataset, loss_fn, checkpoint_path, model
     net.train()
     window_start = time.time()
     bar = progress(total=total, initial=start, desc=name, rank=rank)
+    saved = start   # the iterations that .last.pt (or the start) holds
+
+    def stop(done):
+        """SIGTERM: write .last.pt at ``done`` completed iterations unless it holds them, then raise."""
+        if rank == 0 and done > saved:
+            save_torch(last_path, _checkpoint(name, model, model_info, done, history, cfg, record, optimizer, window))
+        bar.close()
+        logger.warning("%s: terminated (SIGTERM) after iteration %d of %d; %s holds it", name, done, total,
+                       last_path if done > 0 else "nothing")
+        raise Terminated()
+
+    batches = iter(loader)
     with deferred_termination() as termination:   # SIGTERM: stop after the current iteration
-        for iteration, batch in zip(range(start, total), loader):
+        for iteration in range(start, total):
             factor = lr_factor(iteration, total, section.schedule, section.step_size, section.step_gamma,
                                section.poly_power)
-            set_learning_rate(optimizer, section.lr, factor)
-            torch.manual_seed(derive_seed(cfg.seed, name, "step", iteration, rank))
-            batch["iteration"] = iteration   # for losses whose weights follow the iteration
-            loss, terms = loss_fn(net, batch, device)
+            try:
+                batch = next(batches)
+                set_learning_rate(optimizer, section.lr, factor)
+                torch.manual_seed(derive_seed(cfg.seed, name, "step", iteration, rank))
+                batch["iteration"] = iteration   # for losses whose weights follow the iteration
+                loss, terms = loss_fn(net, batch, device)
+            except Exception:
+                # SIGTERM sent to the whole process group also ends worker processes (the DataLoader's
+                # while they start, train-seg's CRF pool): their failure, before this iteration changed
+                # the model, is the stop
+                if not termination.requested:
+                    raise
+                stop(iteration)
             if not math.isfinite(loss.item()):
                 raise DivergedError(f"{name}: the loss is {loss.item()} at iteration {iteration}; terms {terms}")
             optimizer.zero_grad(set_to_none=True)
@@ -175,18 +196,12 @@ def train(cfg, section, *, name, model, dataset, loss_fn, checkpoint_path, model
                 logger.info("%s: it %d/%d lr %.3g %s (%.2f it/s)", name, done, total, section.lr * factor,
                             " ".join(f"{k} {v:.4f}" for k, v in means.items()), speed)
                 window, window_start = {}, time.time()
-            checkpointed = done % section.checkpoint_every == 0
-            if checkpointed and done < total and rank == 0:
+            if done % section.checkpoint_every == 0 and done < total and rank == 0:
                 save_torch(last_path, _checkpoint(name, model, model_info, done, history, cfg, record, optimizer,
                                                   window))
+                saved = done
             if done < total and _stop_requested(termination, world, device):
-                if rank == 0 and not checkpointed:
-                    save_torch(last_path, _checkpoint(name, model, model_info, done, history, cfg, record,
-                                                      optimizer, window))
-                bar.close()
-                logger.warning("%s: terminated (SIGTERM) after iteration %d of %d; %s holds it", name, done,
-                               total, last_path)
-                raise Terminated()
+                stop(done)
         bar.close()
         if rank == 0:
             save_torch(checkpoint_path, _checkpoint(name, model, model_info, total, history, cfg, record))
