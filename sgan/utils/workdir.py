@@ -62,8 +62,9 @@ def locked_work_dir(work_dir):
 
     ValueError (one line) when the work dir cannot be created or written, or when another run holds
     the lock: it names the holder's pid and host and the lock file. A lock file naming a process of
-    this host that is gone (a killed run) is taken over with a warning on stderr. Ranks other than 0
-    under torchrun only check the folder: rank 0 holds the lock for the run.
+    this host that is gone (a killed run) is taken over with a warning on stderr; on a file system
+    without flock the block runs unlocked, with a warning. Ranks other than 0 under torchrun only
+    check the folder: rank 0 holds the lock for the run.
     """
     create_work_dir(work_dir)
     path = os.path.join(work_dir, LOCK_NAME)
@@ -79,16 +80,17 @@ def locked_work_dir(work_dir):
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as error:
-            if error.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
-                raise ValueError(f"work_dir: cannot lock {path}: {error.strerror}") from None
-            holder = _read_holder(handle)
-            who = f"pid {holder[0]} on host {holder[1]}" if holder else "a process that has not written its pid yet"
-            raise ValueError(f"work_dir: {work_dir} is in use by another sgan run ({who}, lock file {path}); "
-                             "wait for it to finish or set another work_dir") from None
+            if error.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
+                holder = _read_holder(handle)
+                who = f"pid {holder[0]} on host {holder[1]}" if holder else "a process that has not written its pid"
+                raise ValueError(f"work_dir: {work_dir} is in use by another sgan run ({who}, lock file {path}); "
+                                 "wait for it to finish or set another work_dir") from None
+            print(f"sgan: warning: cannot lock {path} ({error.strerror}: a file system without locks); a second "
+                  "run started on this work dir would not be stopped", file=sys.stderr)
         previous = _read_holder(handle)
         if previous and previous[1] == _host() and previous[0] != os.getpid() and not _pid_alive(previous[0]):
             print(f"sgan: warning: taking over {path}, left by pid {previous[0]} on {previous[1]}, which is no "
-                  "longer running (killed?); files it was writing are checked as usual", file=sys.stderr)
+                  "longer running (killed?)", file=sys.stderr)
         try:
             os.ftruncate(handle, 0)
             os.lseek(handle, 0, os.SEEK_SET)
