@@ -15,8 +15,10 @@ import torch
 from PIL import Image
 
 from sgan import cli
+from sgan.synthetic import generate
 from sgan.utils.workdir import LOCK_NAME
 from tests.test_stage1_pipeline import make_tiny_voc, tiny_config, write_yaml
+from tests.test_stage2_pipeline import stage2_config
 
 REPOSITORY = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CHILD_ENV = {**os.environ, "PYTHONPATH": REPOSITORY, "SGAN_NO_PROGRESS": "1"}
@@ -77,12 +79,16 @@ def model_state(path):
 
 
 def assert_same_weights(path, reference_path):
+    """The same weights, bit for bit, and the same loss history (wall-clock terms, *_ms, aside)."""
     model, history = model_state(path)
     reference, reference_history = model_state(reference_path)
     assert model.keys() == reference.keys()
     for key in model:
         assert torch.equal(model[key], reference[key]), key
-    assert history == reference_history
+
+    def losses(entries):
+        return [{k: v for k, v in entry.items() if not k.endswith("_ms")} for entry in entries]
+    assert losses(history) == losses(reference_history)
 
 
 # 1. saliency maps saved as palettes are read as the grey they display
@@ -153,7 +159,71 @@ def test_sigterm_during_training_checkpoints_the_current_iteration_and_resume_is
     assert_same_weights(work / "ckpt" / "term.pt", work / "ckpt" / "term_ref.pt")
 
 
-def test_sigterm_in_a_step_that_does_not_train_stops_cleanly_and_a_rerun_completes(experiment, monkeypatch, capsys):
+def test_sigterm_to_train_seg_and_its_crf_workers_checkpoints_and_resumes_bit_exact(tmp_path):
+    """SIGTERM to the whole process group also reaches train-seg's CRF worker processes, which it ends:
+    the step still stops with the checkpoint of its last finished iteration."""
+    info = generate(str(tmp_path / "data"), num_train=4, num_val=3, image_size=(64, 64), classes=3)
+    seeds_dir = tmp_path / "seeds"
+    seeds_dir.mkdir()
+    for image_id in info["train_ids"]:
+        mask = np.array(Image.open(os.path.join(info["segmentation_class_aug"], image_id + ".png")))
+        Image.fromarray(mask).save(seeds_dir / f"{image_id}.png")
+    work = tmp_path / "work"
+    config = stage2_config(dict(info, seeds=str(seeds_dir)), work,
+                           train_seg={"iterations": 30, "log_every": 1, "checkpoint_every": 1000})
+    assert config["train_seg"]["crf_processes"] == 1
+    config_path = write_yaml(tmp_path / "exp.yaml", config)
+    arguments = ["train-seg", config_path]
+    process, seen = start_child(arguments), []
+    assert wait_for_line(process, "train-seg: it 2/30", seen), "".join(seen)
+    os.killpg(process.pid, signal.SIGTERM)
+    code, error = finish(process, seen)
+    assert code == 143, error
+    assert error.strip().splitlines()[-1] == ("sgan: terminated (SIGTERM); continue with: sgan train-seg "
+                                              f"{config_path} --resume"), error
+    assert "Traceback" not in error, error
+    assert torch.load(work / "ckpt" / "deeplab.last.pt", weights_only=True)["iteration"] >= 2
+    assert cli.main([*arguments, "--resume"]) == 0
+    assert cli.main([*arguments, "train_seg.checkpoint=ckpt/reference.pt"]) == 0
+    assert_same_weights(work / "ckpt" / "deeplab.pt", work / "ckpt" / "reference.pt")
+
+
+@pytest.fixture
+def sigterm_guard():
+    """Without the CLI's handler, SIGTERM fails the test instead of ending pytest."""
+    def unhandled(signum, frame):
+        raise AssertionError("SIGTERM reached the handler the CLI was started with")
+    previous = signal.signal(signal.SIGTERM, unhandled)
+    yield unhandled
+    signal.signal(signal.SIGTERM, previous)
+
+
+def test_sigterm_that_also_ends_a_worker_mid_iteration_stops_at_the_last_finished_one(experiment, monkeypatch,
+                                                                                     sigterm_guard):
+    """The signal reaches this process, and a worker it ended fails the fetch of iteration 4's batch."""
+    from sgan.data.voc import VOCTrainSet
+    _, config, work, _, _ = experiment
+    real, calls = VOCTrainSet.__getitem__, []
+
+    def getitem(self, item):
+        calls.append(item)
+        if len(calls) == 13:   # the first sample of the fourth batch of 4
+            os.kill(os.getpid(), signal.SIGTERM)
+            raise RuntimeError("DataLoader worker (pid 1) is killed by signal: Terminated.")
+        return real(self, item)
+    monkeypatch.setattr(VOCTrainSet, "__getitem__", getitem)
+    arguments = ["train-cam", config, "train_cam.iterations=8", "train_cam.checkpoint_every=1000",
+                 "train_cam.checkpoint=ckpt/worker.pt"]
+    assert cli.main(arguments) == 143
+    assert torch.load(work / "ckpt" / "worker.last.pt", weights_only=True)["iteration"] == 3
+    monkeypatch.setattr(VOCTrainSet, "__getitem__", real)
+    assert cli.main([*arguments, "--resume"]) == 0
+    assert cli.main([*arguments, "train_cam.checkpoint=ckpt/worker_ref.pt"]) == 0
+    assert_same_weights(work / "ckpt" / "worker.pt", work / "ckpt" / "worker_ref.pt")
+
+
+def test_sigterm_in_a_step_that_does_not_train_stops_cleanly_and_a_rerun_completes(experiment, monkeypatch, capsys,
+                                                                                   sigterm_guard):
     """A real SIGTERM to this process while initial-seeds writes its maps (after the third)."""
     import sgan.pipeline._stage1 as stage1
     _, config, work, _, _ = experiment
@@ -166,17 +236,9 @@ def test_sigterm_in_a_step_that_does_not_train_stops_cleanly_and_a_rerun_complet
             os.kill(os.getpid(), signal.SIGTERM)
     monkeypatch.setattr(stage1, "save_png", save_then_signal)
     arguments = ["initial-seeds", config, "initial_seeds.out_dir=seeds_term"]
-
-    def unhandled(signum, frame):   # without the CLI's handler the test fails instead of pytest dying
-        raise AssertionError("SIGTERM reached the handler the CLI was started with")
-    handler = signal.signal(signal.SIGTERM, unhandled)
-    handler, previous = unhandled, handler
     capsys.readouterr()
-    try:
-        assert cli.main(arguments) == 143
-        assert signal.getsignal(signal.SIGTERM) is handler   # the CLI's own handler is for its command only
-    finally:
-        signal.signal(signal.SIGTERM, previous)
+    assert cli.main(arguments) == 143
+    assert signal.getsignal(signal.SIGTERM) is sigterm_guard   # the CLI's own handler is for its command only
     error = capsys.readouterr().err
     assert error.strip().splitlines()[-1] == "sgan: terminated (SIGTERM); continue with: sgan " + " ".join(
         arguments) + " --resume"
@@ -351,6 +413,10 @@ def test_a_list_and_a_config_written_with_a_byte_order_mark(experiment, tmp_path
     config.write_bytes(codecs.BOM_UTF8 + config.read_bytes())
     assert cli.main(["labels", str(config)]) == 0
     assert list(json.loads((work / "labels.json").read_text())["labels"]) == ids
+    # a labels file edited by hand on Windows
+    labels = work / "labels.json"
+    labels.write_bytes(codecs.BOM_UTF8 + labels.read_bytes().replace(b"\n", b"\r\n"))
+    assert cli.main(["train-cam", str(config), "train_cam.iterations=1"]) == 0
 
 
 def test_repeated_ids_in_a_list_are_used_once_with_one_warning(experiment, tmp_path, capsys):
