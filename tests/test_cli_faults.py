@@ -222,6 +222,23 @@ def test_sigterm_that_also_ends_a_worker_mid_iteration_stops_at_the_last_finishe
     assert_same_weights(work / "ckpt" / "worker.pt", work / "ckpt" / "worker_ref.pt")
 
 
+def test_a_failed_training_leaves_no_worker_behind(experiment, monkeypatch):
+    """Workers ignore SIGTERM, so the terminate() of the interpreter's exit cannot end them: a loop
+    that fails must shut them down itself, even while the traceback keeps its DataLoader alive
+    (the process would otherwise hang at exit)."""
+    import multiprocessing
+
+    from sgan.data.voc import VOCTrainSet
+    _, config, _, _, _ = experiment
+
+    def broken(self, item):
+        raise RuntimeError("a bug in the dataset")
+    monkeypatch.setattr(VOCTrainSet, "__getitem__", broken)
+    with pytest.raises(RuntimeError, match="a bug in the dataset") as failure:
+        cli.main(["train-cam", config, "train_cam.checkpoint=ckpt/broken.pt", "num_workers=1"])
+    assert failure.value is not None and multiprocessing.active_children() == []
+
+
 def test_sigterm_in_a_step_that_does_not_train_stops_cleanly_and_a_rerun_completes(experiment, monkeypatch, capsys,
                                                                                    sigterm_guard):
     """A real SIGTERM to this process while initial-seeds writes its maps (after the third)."""

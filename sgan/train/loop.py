@@ -25,6 +25,7 @@ Checkpoint format (a dict): ``format``, ``step``, ``iteration``, ``model`` (stat
 ``model_info`` (JSON-able description used to rebuild the network), ``history`` (list of
 {"iteration", "lr", <loss terms>}), ``config``, ``record`` and ``git``; ``.last.pt`` adds ``optimizer``.
 """
+import contextlib
 import math
 import os
 import time
@@ -162,7 +163,8 @@ def train(cfg, section, *, name, model, dataset, loss_fn, checkpoint_path, model
         raise Terminated()
 
     batches = iter(loader)
-    with deferred_termination() as termination:   # SIGTERM: stop after the current iteration
+    # SIGTERM: stop after the current iteration; the workers end with the loop, however it ends
+    with deferred_termination() as termination, _closing_workers(batches):
         for iteration in range(start, total):
             factor = lr_factor(iteration, total, section.schedule, section.step_size, section.step_gamma,
                                section.poly_power)
@@ -210,6 +212,19 @@ def train(cfg, section, *, name, model, dataset, loss_fn, checkpoint_path, model
             logger.info("%s: wrote %s", name, checkpoint_path)
     barrier()
     return checkpoint_path
+
+
+@contextlib.contextmanager
+def _closing_workers(batches):
+    """Shut the worker processes of the DataLoader iterator ``batches`` down when the block ends,
+    also on an exception whose traceback keeps the iterator alive: they ignore SIGTERM
+    (sgan.utils.signals.ignore_sigterm), so the terminate() at the interpreter's exit cannot end them."""
+    try:
+        yield
+    finally:
+        shutdown = getattr(batches, "_shutdown_workers", None)   # absent without worker processes
+        if shutdown is not None:
+            shutdown()
 
 
 def _stop_requested(termination, world, device):
