@@ -6,16 +6,25 @@ CONFIG_FILE (``sgan demo``) or when every needed key is given as an override.
 ``--overwrite`` and ``--resume`` are shorthands for ``overwrite=true`` and ``resume=true``; flags
 and overrides may come in any order after the config file.
 ``sgan config CONFIG.yaml [key=value ...]`` prints the resolved config; ``sgan steps`` lists steps.
-Errors in the config or the inputs print one message (exit status 2); SGAN_DEBUG=1 shows the trace.
-Ctrl-C prints the command that continues the run (exit status 130).
+Errors in the config or the inputs, and an output that cannot be written (disk full, read-only),
+print one message (exit status 2); SGAN_DEBUG=1 shows the trace.
+A command that writes into the work dir holds its lock (sgan.utils.workdir): a second run there
+is refused (exit status 2).
+Ctrl-C prints the command that continues the run (exit status 130); so does SIGTERM (exit status
+143), after a training step has written a checkpoint at its current iteration.
 Multi-GPU: ``torchrun --nproc_per_node=N -m sgan.cli train-sgan CONFIG.yaml``.
 """
 import argparse
+import contextlib
 import os
 import shlex
 import sys
 
 import yaml
+
+from sgan.utils.io import WriteError
+from sgan.utils.signals import Terminated, sigterm_as_interrupt
+from sgan.utils.workdir import locked_work_dir
 
 
 def _split_config_and_overrides(items):
@@ -79,6 +88,12 @@ def resume_command(argv, cfg):
 
 
 def main(argv=None):
+    """Run one command (argv: the arguments after the program name); returns the exit status."""
+    with sigterm_as_interrupt():
+        return _main(argv)
+
+
+def _main(argv):
     from sgan.pipeline import STEPS, load_config, load_step, run_steps
 
     steps = {step.name: load_step(step) for step in STEPS}
@@ -100,17 +115,22 @@ def main(argv=None):
         if args.command == "config":
             print(yaml.safe_dump(cfg.to_dict(), sort_keys=False, default_flow_style=None), end="")
             return 0
-        run_steps(cfg, None if args.command == "run" else [args.command])
+        # no lock without a work dir: run_steps then says that work_dir is required
+        with locked_work_dir(cfg.work_dir) if cfg.work_dir else contextlib.nullcontext():
+            run_steps(cfg, None if args.command == "run" else [args.command])
         return 0
-    except ValueError as error:  # bad config or inputs: the message says what; SGAN_DEBUG=1 for the trace
+    except (ValueError, WriteError) as error:  # bad config or inputs, an unwritable output: SGAN_DEBUG=1 for the trace
         if os.environ.get("SGAN_DEBUG", "0") == "1":
             raise
         print(f"sgan {args.command}: error: {error}", file=sys.stderr)
         return 2
+    except Terminated:
+        status, what = 143, "terminated (SIGTERM)"
     except KeyboardInterrupt:
-        pass  # reported below, after the interrupted frames are freed and their progress bars closed
-    print(f"sgan: interrupted; continue with: {resume_command(argv, cfg)}", file=sys.stderr)
-    return 130
+        status, what = 130, "interrupted"
+    # reported here, after the interrupted frames are freed and their progress bars closed
+    print(f"sgan: {what}; continue with: {resume_command(argv, cfg)}", file=sys.stderr)
+    return status
 
 
 if __name__ == "__main__":

@@ -46,8 +46,12 @@ def test_reduced_demo_runs_end_to_end(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("SGAN_NO_PROGRESS", "1")
     work_dir = tmp_path / "demo"
     assert main(["demo", os.path.abspath(CONFIG_FILE), f"work_dir={work_dir}", *REDUCED]) == 0
-    printed = capsys.readouterr().out
+    captured = capsys.readouterr()
+    printed = captured.out
     report = printed[printed.index("Seeds on the 12 training images"):]   # the demo's closing report
+    # printed once on stdout, logged once to the work dir's log, not again on the terminal
+    assert (work_dir / "sgan.log").read_text().count(report.rstrip("\n")) == 1
+    assert "Table II style" not in captured.err
     with open(work_dir / "metrics" / "demo.json") as stream:
         results = json.load(stream)
 

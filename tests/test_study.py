@@ -43,6 +43,8 @@ def test_reduced_study_through_the_cli(tmp_path, monkeypatch, capsys):
     assert len(results["findings"]) == 7
     assert open(root / "figures" / "study.png", "rb").read(8) == b"\x89PNG\r\n\x1a\n"
     assert "Table II style" in out and "Table III" in out and " ± " in out and "Findings:" in out
+    report = out[out.index("Study on held-out data seed 1"):].rstrip("\n")   # tables and findings, also logged
+    assert (tmp_path / "runs" / "demo" / "sgan.log").read_text().count(report) == 1
 
     stamps = {p: p.stat().st_mtime_ns for p in root.rglob("*.pt")}
     assert main(args) == 0   # everything done: nothing retrained

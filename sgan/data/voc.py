@@ -7,8 +7,9 @@ Layout under ``data.root`` (the ``VOC2012`` folder)::
 
 List files hold one id per line; DeepLab-style lines ``/JPEGImages/<id>.jpg /Segmentation.../<id>.png``
 are accepted too (the id is taken from the first path). Saliency maps are ``<saliency_dir>/<id>.png``
-(8-bit grayscale, the image's size); seeds are ``<seeds_dir>/<id>.png`` (0 background, 1..20
-classes, 255 unlabelled, the image's size).
+(8-bit grayscale, the image's size; palette, grey+alpha or bilevel maps are read as the grey they
+display: :func:`read_saliency`); seeds are ``<seeds_dir>/<id>.png`` (0 background, 1..20 classes,
+255 unlabelled, the image's size).
 
 Labels: class indices 1..20 (VOC order, 0 is background), from the XML ``<object><name>`` entries or
 from the ground-truth masks (read as palette indices with PIL: never convert to RGB). A label PNG
@@ -38,6 +39,7 @@ from torch.utils.data import Dataset
 from sgan.data.voc_classes import CLASS_NAMES, IGNORE_INDEX, NUM_CLASSES
 from sgan.data.zoom import zoom_linear, zoom_nearest
 from sgan.utils.io import load_json
+from sgan.utils.logging import get_logger
 
 CAFFE_BGR_MEAN = (104.008, 116.669, 122.675)
 IMAGENET_RGB_MEAN = (0.485, 0.456, 0.406)
@@ -48,6 +50,8 @@ PROBLEMS_SHOWN_PER_KIND = 10
 # what PIL raises for files it cannot decode (truncated, corrupt, not an image, too large)
 DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, struct.error, Image.DecompressionBombError)
 RESIZES = ("pil", "corner_aligned")
+# saliency map modes read as the grey they display (read_saliency)
+SALIENCY_MODES = ("L", "P", "LA", "1")
 
 # the config section `data`, registered by sgan.pipeline.register_sections
 DATA_SECTION = dict(defaults={
@@ -94,18 +98,46 @@ class VOCPaths:
 
 
 def read_id_list(path):
-    """Image ids of a list file (one per line, or DeepLab's 'image_path label_path' lines)."""
+    """Image ids of a list file (one per line, or DeepLab's 'image_path label_path' lines), in order.
+
+    A UTF-8 byte-order mark (written by Windows editors) is not part of the first id. An id listed
+    twice is kept once, at its first line, with one warning per list naming the repeated ids:
+    otherwise it would be trained on twice per epoch and counted twice.
+    """
     if not os.path.isfile(path):
         raise ValueError(f"image list: {path} does not exist")
-    ids = []
-    with open(path, encoding="utf-8") as stream:
+    ids, seen, repeated = [], set(), []
+    with open(path, encoding="utf-8-sig") as stream:
         for line in stream:
             token = line.split()[0] if line.split() else ""
-            if token:
-                ids.append(os.path.splitext(os.path.basename(token))[0])
+            if not token:
+                continue
+            image_id = os.path.splitext(os.path.basename(token))[0]
+            if image_id in seen:
+                repeated.append(image_id)
+                continue
+            seen.add(image_id)
+            ids.append(image_id)
     if not ids:
         raise ValueError(f"image list: {path} holds no image ids")
+    if repeated:
+        _warn_repeated_ids(path, sorted(set(repeated)))
     return ids
+
+
+_WARNED_LISTS = set()   # (list file, repeated ids) already reported in this process
+
+
+def _warn_repeated_ids(path, repeated):
+    """Log, once per process for each list file and set of repeated ids, that they were deduplicated."""
+    key = (os.path.abspath(path), tuple(repeated))
+    if key in _WARNED_LISTS:
+        return
+    _WARNED_LISTS.add(key)
+    shown = ", ".join(repeated[:PROBLEMS_SHOWN_PER_KIND]) + (
+        f" and {len(repeated) - PROBLEMS_SHOWN_PER_KIND} more" if len(repeated) > PROBLEMS_SHOWN_PER_KIND else "")
+    get_logger("data").warning("image list: %s lists %d id(s) more than once (%s); each is used once, "
+                               "at its first line", path, len(repeated), shown)
 
 
 class InputFileError(ValueError):
@@ -152,12 +184,31 @@ def load_rgb(path):
 
 
 def read_gray(path):
-    """uint8 (H, W) array of a single-channel PNG (saliency map or seeds), mode L or P indices;
-    InputFileError naming an unreadable or multi-channel file."""
+    """uint8 (H, W) array of a single-channel PNG of labels (seeds, ground truth), mode L or P
+    indices (there the index is the class); InputFileError naming an unreadable or multi-channel file."""
     with open_image(path) as image:
         if image.mode not in ("L", "P"):
             raise InputFileError(f"{path}: expected a single-channel PNG (mode L or P), got mode {image.mode}")
         return np.asarray(image)
+
+
+def read_saliency(path):
+    """uint8 (H, W) array of a saliency map: the grey levels it displays.
+
+    Mode L as it is; a palette (P), grey with alpha (LA) or bilevel (1) map converted to L as PIL
+    displays it (a palette index is not a grey level unless the palette is the identity). Any other
+    mode (colour, 16-bit, float) is an InputFileError naming the file and the mode.
+    """
+    with open_image(path) as image:
+        if image.mode not in SALIENCY_MODES:
+            raise InputFileError(f"{path}: {saliency_mode_problem(image.mode)}")
+        return np.asarray(image if image.mode == "L" else image.convert("L"))
+
+
+def saliency_mode_problem(mode):
+    """Why a saliency map of PIL mode ``mode`` is refused (for a mode outside SALIENCY_MODES)."""
+    return (f"has mode {mode}, expected an 8-bit grey map: mode L, or P, LA or 1, which are read as the grey "
+            "they display; save it as 8-bit grayscale (L)")
 
 
 def read_index_png(path, num_classes=NUM_CLASSES):
@@ -314,7 +365,10 @@ def sample_problems(paths, image_id, labels=None, pngs=(), decode=False):
             except InputFileError as error:
                 problems.append((f"unreadable {kind}", str(error)))
                 continue
-            if mode not in ("L", "P"):
+            if kind == "saliency map" and mode not in SALIENCY_MODES:
+                problems.append((f"{kind} not single-channel", f"{path} {saliency_mode_problem(mode)}"))
+                continue
+            if kind != "saliency map" and mode not in ("L", "P"):
                 problems.append((f"{kind} not single-channel",
                                  f"{path} has mode {mode}, expected 8-bit grayscale (L)"))
                 continue
@@ -409,7 +463,7 @@ class VOCTrainSet(Dataset):
         sample = {"image": normalise(prepare(load_rgb(self.paths.image(image_id))), self.normalisation),
                   "labels": multi_hot, "index": index}
         if self.saliency_dir is not None:
-            saliency = read_gray(os.path.join(self.saliency_dir, image_id + ".png"))
+            saliency = read_saliency(os.path.join(self.saliency_dir, image_id + ".png"))
             sample["saliency"] = torch.from_numpy(prepare(saliency).copy())
         if self.seeds_dir is not None:
             seeds = read_gray(os.path.join(self.seeds_dir, image_id + ".png"))

@@ -8,8 +8,8 @@ from sgan.data.voc import (
     VOCPaths,
     load_labels,
     load_rgb,
-    read_gray,
     read_id_list,
+    read_saliency,
     validate_samples,
 )
 from sgan.pipeline import resolve_device, work_path
@@ -98,7 +98,7 @@ def write_seeds(cfg, section_name, what):
         pending = []
         for image_id in progress(ids, desc=what, unit="img"):
             image = load_rgb(paths.image(image_id))
-            saliency = read_gray(os.path.join(saliency_dir, image_id + ".png"))
+            saliency = read_saliency(os.path.join(saliency_dir, image_id + ".png"))
             scores = class_scores(network, image, saliency, labels[image_id], cfg.data.input_size,
                                   model_info["normalisation"], section.scales, section.flip,
                                   use_seed_branch, device, section.rule, resolution, cfg.data.resize)

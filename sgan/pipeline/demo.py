@@ -45,7 +45,7 @@ from sgan.pipeline.eval_seeds import authors_mean
 from sgan.pipeline._validate import validate_inputs
 from sgan.train import load_checkpoint
 from sgan.utils.io import atomic_writer, load_json, save_json, save_torch_if_changed
-from sgan.utils.logging import get_logger
+from sgan.utils.logging import get_logger, print_and_log
 
 STEP = "demo"
 
@@ -338,6 +338,6 @@ def run(cfg):
                        "Table II style:", tables["segmentation"]]
     report += ["", f"loss plot: {loss_plot}", f"results: {work_path(cfg, section.results)}",
                f"demo wall time: {timings['total']:.0f} s"]
-    print("\n".join(report), flush=True)
+    print_and_log("\n".join(report), "demo")
     logger.info("demo: done in %.1f s (%s)", timings["total"], ", ".join(f"{k} {v}s" for k, v in timings.items()))
     return results

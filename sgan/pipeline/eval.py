@@ -14,7 +14,7 @@ from sgan.infer import read_label_png
 from sgan.metrics import ConfusionMatrix, format_class_table
 from sgan.pipeline import work_path
 from sgan.utils.io import save_json
-from sgan.utils.logging import get_logger
+from sgan.utils.logging import get_logger, print_and_log
 from sgan.utils.progress import progress
 from sgan.utils.record import fingerprint, folder_fingerprint, make_record, reusable_json, settings_of
 
@@ -72,5 +72,5 @@ def run(cfg):
     table = format_class_table([(result["name"], result)], SHORT_NAMES)
     logger.info("eval: mIoU %.2f%% over %d images, per-class IoU in %s", 100 * result["miou"],
                 result["num_images"], output)
-    print(table, flush=True)
+    print_and_log(table, "eval")
     return output

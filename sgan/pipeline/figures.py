@@ -1,7 +1,7 @@
 """Stage 1: figures of inputs, saliency mask, initial/final seeds, CAMs and attention columns -> figures/."""
 import os
 
-from sgan.data.voc import load_rgb, read_gray
+from sgan.data.voc import load_rgb, read_gray, read_saliency
 from sgan.figures import render
 from sgan.pipeline import resolve_device, work_path
 from sgan.pipeline._stage1 import load_network, saliency_folder, training_images
@@ -49,7 +49,7 @@ def run(cfg):
 
     for image_id in ids:
         path = render(os.path.join(out_dir, image_id + ".png"), image_id, load_rgb(paths.image(image_id)),
-                      read_gray(os.path.join(saliency_dir, image_id + ".png")),
+                      read_saliency(os.path.join(saliency_dir, image_id + ".png")),
                       optional_seeds(section.initial_seeds_dir, image_id), optional_seeds(section.seeds_dir, image_id),
                       variants, labels[image_id], cfg.data.input_size, section.pixel, cfg.backend, device)
         logger.info("figures: wrote %s", path)

@@ -37,7 +37,7 @@ from sgan.pipeline import demo
 from sgan.pipeline.eval_seeds import authors_mean
 from sgan.train import DivergedError
 from sgan.utils.io import atomic_writer, load_json, save_json
-from sgan.utils.logging import get_logger, setup_logging
+from sgan.utils.logging import get_logger, print_and_log, setup_logging
 
 STEP = "study"
 CONFIG_FILE = demo.CONFIG_FILE
@@ -360,7 +360,8 @@ def run(cfg):
         seed_dirs.append({name: work_path(c, c.seeds.out_dir) for name, c in variant_cfgs.items()})
         training_ids = read_id_list(VOCPaths(stage1_cfg.data.root).resolve(stage1_cfg.data.train_list))
         timings[f"seed {seed}"] = round(time.time() - began, 1)
-    setup_logging(root)
+    # each seed's demo logged into its own folder; the study's summary goes to the work dir's log
+    setup_logging(cfg.work_dir)
     summary = _summarise(runs, classes)
     lambda_summary = [(value, _lambda_row(values, classes)) for value, values in sorted(lambda_runs.items())]
     measured = [benchmark_properties(os.path.join(root, "data"), training_ids, dirs, classes, cfg.demo.image_size)
@@ -391,6 +392,6 @@ def run(cfg):
     report += ["", "Benchmark properties (held-out data, training images):", format_properties(properties),
                f"results: {results_path}", f"plot: {plot_path}",
                f"study wall time: {timings['total']:.0f} s"]
-    print("\n".join(report), flush=True)
+    print_and_log("\n".join(report), "study")
     logger.info("study: done in %.1f s (%s)", timings["total"], ", ".join(f"{k} {v}s" for k, v in timings.items()))
     return results

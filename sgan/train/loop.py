@@ -16,12 +16,16 @@ indexed by ``(index, sample_seed)`` pairs (sgan.train.order), with:
 - DDP when launched by torchrun: the model is wrapped in DistributedDataParallel, each rank takes
   its contiguous share of the same global batch, gradients are averaged by DDP, so the result
   matches one process on the whole batch when the loss is a mean over images;
+- SIGTERM (under the CLI, sgan.utils.signals) ends the current iteration, writes ``.last.pt`` at it
+  (with the loss terms not yet logged, so the history is the same too) and raises Terminated; a
+  resumed run then gives the same weights as an uninterrupted one;
 - a tqdm bar with the loss and the speed, log lines every ``log_every`` iterations.
 
 Checkpoint format (a dict): ``format``, ``step``, ``iteration``, ``model`` (state dict),
 ``model_info`` (JSON-able description used to rebuild the network), ``history`` (list of
 {"iteration", "lr", <loss terms>}), ``config``, ``record`` and ``git``; ``.last.pt`` adds ``optimizer``.
 """
+import contextlib
 import math
 import os
 import time
@@ -40,6 +44,7 @@ from sgan.utils.io import load_torch, save_torch
 from sgan.utils.logging import get_logger
 from sgan.utils.progress import progress
 from sgan.utils.seeding import derive_seed
+from sgan.utils.signals import Terminated, deferred_termination, ignore_sigterm
 
 CHECKPOINT_FORMAT = "sgan-checkpoint-1"
 
@@ -109,7 +114,7 @@ def train(cfg, section, *, name, model, dataset, loss_fn, checkpoint_path, model
     model.to(device)
     optimizer = build_sgd(model, section.lr, section.momentum, section.weight_decay, section.lr_mult,
                           new_parameters)
-    start, history = 0, []
+    start, history, window = 0, [], {}
     if os.path.isfile(last_path) and cfg.overwrite and rank == 0:
         os.remove(last_path)  # a crash before the first new checkpoint must not resume the old run
     if interrupted:
@@ -128,7 +133,7 @@ def train(cfg, section, *, name, model, dataset, loss_fn, checkpoint_path, model
                              f"{section_name}.iterations={total}")
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
-        start, history = state["iteration"], state["history"]
+        start, history, window = state["iteration"], state["history"], state.get("window", {})
         logger.info("%s: resuming from %s at iteration %d%s", name, last_path, start,
                     f" with changed settings ({'; '.join(found)})" if found else "")
     elif cfg.resume:
@@ -142,50 +147,101 @@ def train(cfg, section, *, name, model, dataset, loss_fn, checkpoint_path, model
     order.rank_batch(0, rank, world)  # raises early when the batch does not split over the ranks
     loader = DataLoader(dataset, batch_sampler=IterationBatchSampler(order, start, total, rank, world),
                         num_workers=cfg.num_workers, pin_memory=device.type == "cuda",
-                        persistent_workers=False)
+                        persistent_workers=False, worker_init_fn=ignore_sigterm)
     net.train()
-    window, window_start = {}, time.time()
+    window_start = time.time()
     bar = progress(total=total, initial=start, desc=name, rank=rank)
-    for iteration, batch in zip(range(start, total), loader):
-        factor = lr_factor(iteration, total, section.schedule, section.step_size, section.step_gamma,
-                           section.poly_power)
-        set_learning_rate(optimizer, section.lr, factor)
-        torch.manual_seed(derive_seed(cfg.seed, name, "step", iteration, rank))
-        batch["iteration"] = iteration   # for losses whose weights follow the iteration
-        loss, terms = loss_fn(net, batch, device)
-        if not math.isfinite(loss.item()):
-            raise DivergedError(f"{name}: the loss is {loss.item()} at iteration {iteration}; terms {terms}")
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        for key, value in terms.items():
-            window.setdefault(key, []).append(float(value))
-        done = iteration + 1
-        bar.update(1)
-        bar.set_postfix({k: f"{v[-1]:.4f}" for k, v in window.items()})
-        if done % section.log_every == 0 or done == total:
-            means = average_across_ranks({k: sum(v) / len(v) for k, v in window.items()}, device)
-            history.append({"iteration": done, "lr": section.lr * factor, **means})
-            speed = len(next(iter(window.values()), [])) / max(time.time() - window_start, 1e-9)
-            logger.info("%s: it %d/%d lr %.3g %s (%.2f it/s)", name, done, total, section.lr * factor,
-                        " ".join(f"{k} {v:.4f}" for k, v in means.items()), speed)
-            window, window_start = {}, time.time()
-        if done % section.checkpoint_every == 0 and done < total and rank == 0:
-            save_torch(last_path, _checkpoint(name, model, model_info, done, history, cfg, record, optimizer))
-    bar.close()
-    if rank == 0:
-        save_torch(checkpoint_path, _checkpoint(name, model, model_info, total, history, cfg, record))
-        if os.path.isfile(last_path):
-            os.remove(last_path)
-        logger.info("%s: wrote %s", name, checkpoint_path)
+    saved = start   # the iterations that .last.pt (or the start) holds
+
+    def stop(done):
+        """SIGTERM: write .last.pt at ``done`` completed iterations unless it holds them, then raise."""
+        if rank == 0 and done > saved:
+            save_torch(last_path, _checkpoint(name, model, model_info, done, history, cfg, record, optimizer, window))
+        bar.close()
+        logger.warning("%s: terminated (SIGTERM) after iteration %d of %d; %s holds it", name, done, total,
+                       last_path if done > 0 else "nothing")
+        raise Terminated()
+
+    batches = iter(loader)
+    # SIGTERM: stop after the current iteration; the workers end with the loop, however it ends
+    with deferred_termination() as termination, _closing_workers(batches):
+        for iteration in range(start, total):
+            factor = lr_factor(iteration, total, section.schedule, section.step_size, section.step_gamma,
+                               section.poly_power)
+            try:
+                batch = next(batches)
+                set_learning_rate(optimizer, section.lr, factor)
+                torch.manual_seed(derive_seed(cfg.seed, name, "step", iteration, rank))
+                batch["iteration"] = iteration   # for losses whose weights follow the iteration
+                loss, terms = loss_fn(net, batch, device)
+            except Exception:
+                # SIGTERM sent to the whole process group also ends worker processes (the DataLoader's
+                # while they start, train-seg's CRF pool): their failure, before this iteration changed
+                # the model, is the stop
+                if not termination.requested:
+                    raise
+                stop(iteration)
+            if not math.isfinite(loss.item()):
+                raise DivergedError(f"{name}: the loss is {loss.item()} at iteration {iteration}; terms {terms}")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            for key, value in terms.items():
+                window.setdefault(key, []).append(float(value))
+            done = iteration + 1
+            bar.update(1)
+            bar.set_postfix({k: f"{v[-1]:.4f}" for k, v in window.items()})
+            if done % section.log_every == 0 or done == total:
+                means = average_across_ranks({k: sum(v) / len(v) for k, v in window.items()}, device)
+                history.append({"iteration": done, "lr": section.lr * factor, **means})
+                speed = len(next(iter(window.values()), [])) / max(time.time() - window_start, 1e-9)
+                logger.info("%s: it %d/%d lr %.3g %s (%.2f it/s)", name, done, total, section.lr * factor,
+                            " ".join(f"{k} {v:.4f}" for k, v in means.items()), speed)
+                window, window_start = {}, time.time()
+            if done % section.checkpoint_every == 0 and done < total and rank == 0:
+                save_torch(last_path, _checkpoint(name, model, model_info, done, history, cfg, record, optimizer,
+                                                  window))
+                saved = done
+            if done < total and _stop_requested(termination, world, device):
+                stop(done)
+        bar.close()
+        if rank == 0:
+            save_torch(checkpoint_path, _checkpoint(name, model, model_info, total, history, cfg, record))
+            if os.path.isfile(last_path):
+                os.remove(last_path)
+            logger.info("%s: wrote %s", name, checkpoint_path)
     barrier()
     return checkpoint_path
 
 
-def _checkpoint(name, model, model_info, iteration, history, cfg, record, optimizer=None):
+@contextlib.contextmanager
+def _closing_workers(batches):
+    """Shut the worker processes of the DataLoader iterator ``batches`` down when the block ends,
+    also on an exception whose traceback keeps the iterator alive: they ignore SIGTERM
+    (sgan.utils.signals.ignore_sigterm), so the terminate() at the interpreter's exit cannot end them."""
+    try:
+        yield
+    finally:
+        shutdown = getattr(batches, "_shutdown_workers", None)   # absent without worker processes
+        if shutdown is not None:
+            shutdown()
+
+
+def _stop_requested(termination, world, device):
+    """Whether SIGTERM asked to stop; under DDP, whether any rank was asked (all stop at one iteration)."""
+    if world == 1:
+        return termination.requested
+    flag = torch.tensor([float(termination.requested)], device=device)
+    torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+    return bool(flag.item())
+
+
+def _checkpoint(name, model, model_info, iteration, history, cfg, record, optimizer=None, window=None):
     """The checkpoint dict (module doc), in plain types only, so it loads with weights_only=True.
 
-    There is no RNG state to store: every draw is seeded from (seed, step, iteration).
+    There is no RNG state to store: every draw is seeded from (seed, step, iteration). ``window``
+    (with the optimizer): the loss terms of the iterations since the last history entry, so that a
+    resumed run logs the same history.
     """
     state = {"format": CHECKPOINT_FORMAT, "step": name, "iteration": iteration,
              "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
@@ -194,6 +250,7 @@ def _checkpoint(name, model, model_info, iteration, history, cfg, record, optimi
              "git": git_revision()}
     if optimizer is not None:
         state["optimizer"] = optimizer.state_dict()
+        state["window"] = _plain(window or {}, "window")
     return state
 
 

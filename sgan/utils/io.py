@@ -54,23 +54,58 @@ def _create_temporary(folder, name):
             continue
 
 
+class WriteError(OSError):
+    """An output that could not be written (disk full, quota, read-only): the message names the
+    file and the cause, in one line; the file that was there before is unchanged."""
+
+    def __str__(self):
+        return self.strerror   # the message alone, without OSError's "[Errno N]" prefix
+
+
+def _os_error_in(error):
+    """The OSError that ``error`` is or was raised from (torch.save reports a failed write as a
+    RuntimeError chained to it), or None."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        if isinstance(error, OSError):
+            return error
+        seen.add(id(error))
+        error = error.__cause__ or error.__context__
+    return None
+
+
+def _write_error(path, error):
+    cause = error.strerror or str(error)
+    return WriteError(error.errno, f"cannot write {path}: {cause}; the file there before, if any, is unchanged")
+
+
 @contextlib.contextmanager
 def atomic_writer(path, mode="wb"):
-    """Context manager yielding a file object; on success the file is renamed onto ``path``."""
+    """Context manager yielding a file object; on success the file is renamed onto ``path``.
+
+    A write that fails with an OSError (also when torch.save wraps one) raises :class:`WriteError`
+    naming ``path``; the temporary is removed and ``path`` keeps its previous content.
+    """
     if mode not in ("wb", "w"):
         raise ValueError(f"mode: expected 'wb' or 'w', got {mode!r}")
     folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    handle, temp_path = _create_temporary(folder, os.path.basename(path))
+    try:
+        os.makedirs(folder, exist_ok=True)
+        handle, temp_path = _create_temporary(folder, os.path.basename(path))
+    except OSError as error:
+        raise _write_error(path, error) from None
     try:
         with os.fdopen(handle, mode, **({"encoding": "utf-8"} if mode == "w" else {})) as stream:
             yield stream
             stream.flush()
             os.fsync(stream.fileno())
         os.replace(temp_path, path)
-    except BaseException:
+    except BaseException as error:
         with contextlib.suppress(FileNotFoundError):
             os.remove(temp_path)
+        cause = None if isinstance(error, WriteError) else _os_error_in(error)
+        if isinstance(error, (OSError, RuntimeError)) and cause is not None:
+            raise _write_error(path, cause) from None
         raise
 
 
@@ -133,7 +168,8 @@ def save_json(path, obj, indent=2):
 
 
 def load_json(path):
-    with open(path, encoding="utf-8") as stream:
+    """The JSON value of ``path``; a UTF-8 byte-order mark (Windows editors write one) is skipped."""
+    with open(path, encoding="utf-8-sig") as stream:
         return json.load(stream)
 
 

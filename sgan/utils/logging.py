@@ -5,6 +5,8 @@ import sys
 
 LOGGER_NAME = "sgan"
 LOG_NAME = "sgan.log"
+# a record with this attribute set goes to the log files only (its text was printed already)
+FILE_ONLY = "sgan_file_only"
 
 
 def get_logger(name=None):
@@ -26,6 +28,7 @@ def setup_logging(work_dir=None, rank=0, level=logging.INFO):
     if rank == 0:
         terminal = logging.StreamHandler(sys.stderr)
         terminal.setFormatter(formatter)
+        terminal.addFilter(lambda record: not getattr(record, FILE_ONLY, False))
         logger.addHandler(terminal)
     if work_dir is not None:
         os.makedirs(work_dir, exist_ok=True)
@@ -34,3 +37,9 @@ def setup_logging(work_dir=None, rank=0, level=logging.INFO):
         log_file.setFormatter(formatter)
         logger.addHandler(log_file)
     return logger
+
+
+def print_and_log(text, name=None):
+    """Print ``text`` (a table, findings) to stdout and write it to the log files, not again to the terminal."""
+    print(text, flush=True)
+    get_logger(name).info("%s", text, extra={FILE_ONLY: True})
