@@ -143,7 +143,14 @@ def register_sections():
 
 def load_config(path=None, overrides=(), base=None):
     """The validated Config of the YAML file ``path`` (with its ``_base_`` files; or of ``base``, a
-    mapping, when path is None) with ``overrides`` (``key.sub=value``), over the registered schema."""
+    mapping, when path is None) with ``overrides`` (``key.sub=value``), over the registered schema.
+
+    Example::
+
+        >>> cfg = load_config("configs/voc_sgan_authors.yaml", ["train_sgan.iterations=100"])
+        >>> cfg.train_sgan.iterations, cfg.train_sgan.seed_loss_floor, cfg.model.init
+        (100, 0, 'pytorch')
+    """
     register_sections()
     if path is None:
         return resolve(copy.deepcopy(base) if base is not None else {}, overrides, source="<defaults>")
@@ -199,7 +206,14 @@ def run_step(name, cfg):
 
 
 def run_steps(cfg, names=None):
-    """prepare(cfg), then run ``names`` (default ``cfg.steps``) in order; unknown names fail first."""
+    """prepare(cfg), then run ``names`` (default ``cfg.steps``) in order; unknown names fail first.
+    Every user input the steps read is checked before the first one starts.
+
+    Example (the labels step on a VOC-layout folder)::
+
+        cfg = load_config("configs/voc_sgan.yaml", ["data.root=/data/VOC2012", "work_dir=/tmp/run"])
+        run_steps(cfg, ["labels"])          # writes /tmp/run/labels.json
+    """
     names = list(cfg.steps if names is None else names)
     unknown = [n for n in names if n not in STEP_NAMES]
     if unknown:

@@ -191,6 +191,16 @@ def saliency_attention(x, key, query, saliency_mask, gamma, *, preset="official"
     gamma: float or 1-element tensor. ``preset`` "official" (shift, background mean) or "paper"
     (no shift, background attends); ``shift`` and ``background`` override it. ``scale`` defaults to
     Ck^-1/2. Returns E with the shape and dtype of x.
+
+    Example::
+
+        >>> x = torch.randn(2, 64, 9, 11, dtype=torch.float64, requires_grad=True)
+        >>> key, query = torch.randn(2, 2, 32, 9, 11, dtype=torch.float64).unbind(0)
+        >>> mask = torch.rand(2, 9, 11) > 0.5
+        >>> fused = saliency_attention(x, key, query, mask, 0.5, backend="cpp")
+        >>> dense = saliency_attention(x, key, query, mask, 0.5, backend="reference")
+        >>> fused.shape, torch.allclose(fused, dense, rtol=1e-10, atol=1e-12)
+        (torch.Size([2, 64, 9, 11]), True)
     """
     if not isinstance(eps, (int, float)) or isinstance(eps, bool) or eps < 0:
         raise ValueError(f"eps: expected a non-negative float, got {eps!r}")
@@ -211,6 +221,15 @@ def attention_column(x, key, query, saliency_mask, index, *, preset="official", 
 
     ``index`` is a flat position h * W + w or a pair (h, w). Fused backends compute it from the
     factorised statistics in O(N * Ck) memory; the reference slices its dense D.
+
+    Example::
+
+        >>> x = torch.randn(1, 64, 9, 11)
+        >>> key, query = torch.randn(2, 1, 32, 9, 11).unbind(0)
+        >>> mask = torch.zeros(1, 9, 11, dtype=torch.bool); mask[:, 2:7, 3:9] = True
+        >>> column = attention_column(x, key, query, mask, (4, 5), backend="cpp")  # a salient position
+        >>> column.shape, bool(column[~mask].abs().max() == 0)       # only salient rows attend to it
+        (torch.Size([1, 9, 11]), True)
     """
     B, _, H, W = x.shape if isinstance(x, Tensor) and x.dim() == 4 else (None, None, None, None)
     if H is None:
