@@ -23,7 +23,7 @@ from sgan.models import load_pretrained
 from sgan.models.sgan_net import SGANNet
 from sgan.models.vgg import VGG16Stride8
 from sgan.pipeline import load_config
-from sgan.seeds import class_scores, make_seeds
+from sgan.seedmaps import class_scores, make_seeds
 from tests.test_stage1_pipeline import make_tiny_voc, tiny_config, write_yaml
 
 AUTHORS_CONFIG = os.path.join(os.path.dirname(__file__), os.pardir, "configs", "voc_sgan_authors.yaml")

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from sgan.figures import draw
+from sgan.drawing import draw
 from sgan.models.sgan_net import build_network
 from sgan.pipeline import load_config
 from tests.test_stage1_pipeline import tiny_config

@@ -8,7 +8,7 @@ from sgan.models.deeplab import VGG16_CONVS, VGG16_TORCHVISION_INDICES
 from sgan.models.sgan_net import CAMNet, SGANNet, build_network
 from sgan.models.vgg import VGG16Stride8
 from sgan.pipeline import load_config
-from sgan.seeds import class_scores, make_seeds
+from sgan.seedmaps import class_scores, make_seeds
 
 TINY = {"width": 0.0625, "convs_per_block": [2, 2, 3, 3, 3], "classifier": "paper", "classifier_hidden": 64,
         "dropout": 0.5, "attention_preset": "official", "key_channels": "half", "saliency_threshold": 0.06,

@@ -13,7 +13,7 @@ from PIL import Image
 
 from sgan import cli
 from sgan.config import Config
-from sgan.infer import read_label_png
+from sgan.predict import read_label_png
 from sgan.models.deeplab import build_deeplab
 from sgan.models.resnet import resnet_caffe_names
 from sgan.pipeline import load_config, run_steps

@@ -13,7 +13,7 @@ from sgan.data.voc import (
     validate_samples,
 )
 from sgan.pipeline import resolve_device, work_path
-from sgan.seeds import class_scores, make_seeds
+from sgan.seedmaps import class_scores, make_seeds
 from sgan.models.sgan_net import authors_network, network_from_info, read_authors_state
 from sgan.train.loop import load_checkpoint
 from sgan.utils.io import read_done_marker, remove_done_marker, save_png, write_done_marker

@@ -23,7 +23,7 @@ import torch
 from sgan.data.voc import normalise, resize
 from sgan.data.voc_classes import CLASS_NAMES, IGNORE_INDEX, voc_palette
 from sgan.ops import attention_column
-from sgan.seeds import class_scores
+from sgan.seedmaps import class_scores
 from sgan.utils.io import atomic_writer
 
 UNLABELLED_COLOUR = (255, 255, 255)
