@@ -11,7 +11,7 @@ from PIL import Image
 from sgan.data.voc import VOCPaths
 from sgan.predict import label_image, predict_probabilities, read_label_png, save_label_png, scaled_size
 from sgan.models.deeplab import build_deeplab
-from sgan.pipeline.train_seg import SegTrainSet, jitter_colours
+from sgan.data.seg_dataset import SegTrainSet, jitter_colours
 from sgan.data.voc_classes import voc_palette
 from sgan.synthetic import generate
 
