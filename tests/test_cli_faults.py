@@ -15,7 +15,7 @@ import torch
 from PIL import Image
 
 from sgan import cli
-from sgan.synthetic import generate
+from sgan.experiments.synthetic import generate
 from sgan.utils.workdir import LOCK_NAME
 from tests.test_stage1_pipeline import make_tiny_voc, tiny_config, write_yaml
 from tests.test_stage2_pipeline import stage2_config

@@ -6,7 +6,7 @@ import shutil
 import subprocess
 import sys
 
-from sgan.pipeline.demo import CONFIG_FILE
+from sgan.experiments.demo import CONFIG_FILE
 from tests.test_demo import REDUCED
 
 REPOSITORY = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -11,9 +11,9 @@ import numpy as np
 import torch
 
 from sgan.cli import main
+from sgan.experiments.demo import CONFIG_FILE, TABLE_ROWS, _slug, seed_summary_table, write_stage2_init
 from sgan.models.deeplab import DeepLabVGG16, load_pretrained
 from sgan.models.sgan_net import CAMNet
-from sgan.pipeline.demo import CONFIG_FILE, TABLE_ROWS, _slug, seed_summary_table, write_stage2_init
 from sgan.train.loop import CHECKPOINT_FORMAT
 
 REDUCED = [

@@ -16,9 +16,9 @@ from PIL import Image
 
 from sgan import cli
 from sgan.data.saliency import saliency_to_mask
-from sgan.losses import PROB_FLOOR
 from sgan.data.voc import CAFFE_BGR_MEAN, VOCTrainSet, VOCPaths, resize_as
 from sgan.data.zoom import zoom_linear, zoom_nearest
+from sgan.losses import PROB_FLOOR
 from sgan.models import load_pretrained
 from sgan.models.sgan_net import SGANNet
 from sgan.models.vgg import VGG16Stride8

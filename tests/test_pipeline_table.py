@@ -9,8 +9,8 @@ import pytest
 
 from sgan import cli
 from sgan.config import sections
+from sgan.experiments.demo import CONFIG_FILE, chained_steps, variant_configs
 from sgan.pipeline import STEP_NAMES, STEPS, load_config, load_step, register_sections
-from sgan.pipeline.demo import CONFIG_FILE, chained_steps, variant_configs
 
 REPOSITORY = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = os.path.join(REPOSITORY, "configs")
@@ -96,7 +96,7 @@ def test_the_config_layer_imports_no_pipeline_and_importing_registers_nothing():
         "import sys\n"
         "import sgan.data.voc, sgan.models.sgan_net\n"
         "print('config after data, models:', 'sgan.config' in sys.modules)\n"
-        "import sgan.config, sgan.pipeline.train_cam, sgan.pipeline.demo\n"
+        "import sgan.config, sgan.pipeline.train_cam, sgan.experiments.demo\n"
         "print('registered by imports:', sorted(sgan.config.sections()))\n"
         "try:\n"
         "    sgan.config.resolve({})\n"

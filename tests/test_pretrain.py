@@ -5,12 +5,12 @@ import numpy as np
 import pytest
 import torch
 
-from sgan import synthetic, synthetic_pretrain
 from sgan.cli import main
 from sgan.data.voc_classes import CLASS_NAMES
+from sgan.experiments import pretrain_set, synthetic
+from sgan.experiments.demo import CONFIG_FILE
 from sgan.models.deeplab import DeepLabVGG16, load_pretrained
 from sgan.models.vgg import PretrainClassifier, VGG16Stride8, convert_vgg16, folded_torchvision_state
-from sgan.pipeline.demo import CONFIG_FILE
 from sgan.utils.io import load_torch
 
 SMALL = ["model.width=0.0625", "pretrain.iterations=3", "pretrain.num_images=8", "pretrain.batch_size=4",
@@ -18,21 +18,21 @@ SMALL = ["model.width=0.0625", "pretrain.iterations=3", "pretrain.num_images=8",
 
 
 def test_the_set_is_reproducible_and_shares_nothing_with_the_benchmark():
-    first, labels = synthetic_pretrain.draw(3, 17, (64, 64))
-    again, labels_again = synthetic_pretrain.draw(3, 17, (64, 64))
-    other, _ = synthetic_pretrain.draw(4, 17, (64, 64))
+    first, labels = pretrain_set.draw(3, 17, (64, 64))
+    again, labels_again = pretrain_set.draw(3, 17, (64, 64))
+    other, _ = pretrain_set.draw(4, 17, (64, 64))
     assert first.dtype == np.uint8 and first.shape == (64, 64, 3)
     assert np.array_equal(first, again) and np.array_equal(labels, labels_again) and not np.array_equal(first, other)
     assert labels.shape == (24,) and 1 <= labels.sum() <= 2
-    # disjoint from the benchmark: no VOC class, no shape, texture or background recipe of sgan.synthetic
-    assert not set(synthetic_pretrain.CLASSES) & set(CLASS_NAMES)
+    # disjoint from the benchmark: no VOC class, no shape, texture or background recipe of sgan.experiments.synthetic
+    assert not set(pretrain_set.CLASSES) & set(CLASS_NAMES)
     benchmark = set(synthetic.BODY_SHAPES) | set(synthetic.PART_PATTERNS) | {"blotches"} | \
         set(synthetic.SCENE_BACKGROUNDS) | set(synthetic.GENERIC_BACKGROUNDS)
-    assert not (set(synthetic_pretrain.SHAPES) | set(synthetic_pretrain.TEXTURES)) & benchmark
+    assert not (set(pretrain_set.SHAPES) | set(pretrain_set.TEXTURES)) & benchmark
     # the colour families are centred between the benchmark's part hues (k/6)
-    hues = [(k + 0.5) / 6 for k in range(len(synthetic_pretrain.HUE_FAMILIES))]
+    hues = [(k + 0.5) / 6 for k in range(len(pretrain_set.HUE_FAMILIES))]
     assert all(abs(h * 6 - round(h * 6)) == 0.5 for h in hues)
-    counts = sum(synthetic_pretrain.draw(0, i, (48, 48))[1] for i in range(200))
+    counts = sum(pretrain_set.draw(0, i, (48, 48))[1] for i in range(200))
     assert (counts > 0).all()   # every class is drawn
 
 

@@ -137,7 +137,7 @@ def test_eval_with_another_list_and_infer_never_mixes_two_models(tmp_path, monke
     from PIL import Image
 
     import sgan.pipeline.infer as infer_step
-    from sgan.synthetic import generate
+    from sgan.experiments.synthetic import generate
     info = generate(tmp_path / "voc", num_train=4, num_val=6, image_size=(64, 64), classes=3)
     seeds_dir = tmp_path / "seeds"
     seeds_dir.mkdir()

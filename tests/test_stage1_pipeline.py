@@ -9,8 +9,8 @@ from PIL import Image
 
 from sgan import cli
 from sgan.data.voc import VOCPaths, image_level_labels, read_id_list
+from sgan.experiments.synthetic import generate
 from sgan.pipeline import load_config
-from sgan.synthetic import generate
 
 STAGE1 = ["labels", "train-cam", "initial-seeds", "train-sgan", "seeds", "eval-seeds"]
 

@@ -8,12 +8,12 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from sgan.data.voc import VOCPaths
-from sgan.predict import label_image, predict_probabilities, read_label_png, save_label_png, scaled_size
-from sgan.models.deeplab import build_deeplab
 from sgan.data.seg_dataset import SegTrainSet, jitter_colours
+from sgan.data.voc import VOCPaths
 from sgan.data.voc_classes import voc_palette
-from sgan.synthetic import generate
+from sgan.experiments.synthetic import generate
+from sgan.models.deeplab import build_deeplab
+from sgan.predict import label_image, predict_probabilities, read_label_png, save_label_png, scaled_size
 
 
 @pytest.fixture(scope="module")

@@ -13,12 +13,12 @@ from PIL import Image
 
 from sgan import cli
 from sgan.config import Config
-from sgan.predict import read_label_png
+from sgan.experiments.synthetic import generate
 from sgan.models.deeplab import build_deeplab
 from sgan.models.resnet import resnet_caffe_names
 from sgan.pipeline import load_config, run_steps
 from sgan.pipeline import train_seg as train_seg_step
-from sgan.synthetic import generate
+from sgan.predict import read_label_png
 from sgan.train import load_checkpoint
 from sgan.utils.seeding import derive_seed, seed_everything
 from tests.test_metrics import mask_iou

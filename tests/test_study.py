@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from sgan import synthetic
 from sgan.cli import main
-from sgan.pipeline.demo import CONFIG_FILE, TABLE_ROWS
-from sgan.pipeline.study import _lambda_row, _mean_std, benchmark_properties, findings
+from sgan.experiments import synthetic
+from sgan.experiments.demo import CONFIG_FILE, TABLE_ROWS
+from sgan.experiments.study import _lambda_row, _mean_std, benchmark_properties, findings
 from tests.test_demo import REDUCED
 
 

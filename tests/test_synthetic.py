@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from sgan import synthetic
 from sgan.data.voc_classes import CLASS_NAMES, voc_palette
+from sgan.experiments import synthetic
 
 SIZE = (64, 80)
 

@@ -6,11 +6,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from sgan import cli, synthetic
+from sgan import cli
 from sgan.data.voc import VOCPaths, read_id_list
+from sgan.experiments import synthetic
+from sgan.experiments.demo import CONFIG_FILE
 from sgan.pipeline import STEP_NAMES, STEPS
 from sgan.pipeline._validate import STEP_INPUTS
-from sgan.pipeline.demo import CONFIG_FILE
 from tests.test_data_voc import has_problem, problem_groups
 from tests.test_stage1_pipeline import make_tiny_voc, tiny_config, write_yaml
 

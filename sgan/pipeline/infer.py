@@ -15,9 +15,9 @@ import numpy as np
 
 from sgan.crf import TEST_SCALE, DenseCRFPool, default_processes
 from sgan.data.voc import VOCPaths, load_rgb, normalise, read_id_list, validate_samples
-from sgan.predict import predict_probabilities, save_label_png
 from sgan.models.deeplab import build_deeplab
 from sgan.pipeline import resolve_device, work_path
+from sgan.predict import predict_probabilities, save_label_png
 from sgan.train import barrier, init_distributed, load_checkpoint
 from sgan.utils.io import read_done_marker
 from sgan.utils.logging import get_logger

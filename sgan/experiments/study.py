@@ -28,12 +28,12 @@ import time
 import numpy as np
 from PIL import Image
 
-from sgan import synthetic
 from sgan.config import resolve
 from sgan.data.voc import VOCPaths, read_id_list
 from sgan.data.voc_classes import CLASS_NAMES, SHORT_NAMES
+from sgan.experiments import demo
+from sgan.experiments import synthetic
 from sgan.pipeline import run_step, run_steps, work_path
-from sgan.pipeline import demo
 from sgan.pipeline.eval_seeds import authors_mean
 from sgan.train import DivergedError
 from sgan.utils.io import atomic_writer, load_json, save_json
@@ -75,7 +75,7 @@ def _lambda_slug(value):
 def lambda_config(variant_cfg, value):
     """SGAN's stage-1 config with seed_loss_weight ``value`` and its own file names."""
     slug = f"sgan_{_lambda_slug(value)}"
-    return demo._derive(variant_cfg, {
+    return demo.derive_config(variant_cfg, {
         "train_sgan": {"seed_loss_weight": value, "checkpoint": f"ckpt/{slug}.pt"},
         "seeds": {"checkpoint": f"ckpt/{slug}.pt", "out_dir": f"seeds_{slug}"},
         "eval_seeds": {"seeds_dir": f"seeds_{slug}", "out": f"metrics/seeds_{slug}.json"}})
@@ -102,7 +102,7 @@ def _table(header, rows):
 
 
 def benchmark_properties(data_root, ids, seeds_dirs, classes, image_size):
-    """Measured properties of a synthetic benchmark (sgan.synthetic) and of seeds on it.
+    """Measured properties of a synthetic benchmark (sgan.experiments.synthetic) and of seeds on it.
 
     data_root: the dataset root (synthetic.layout); ids: training ids; seeds_dirs: {name: folder of
     seed PNGs}; classes: VOC indices; image_size (H, W). Returns a dict of figures (fractions, and
@@ -329,7 +329,7 @@ def run(cfg):
     section = cfg.study
     if not section.training_seeds:
         raise ValueError("study.training_seeds: expected at least one seed, got []")
-    demo._check(cfg.demo)
+    demo.check_demo_section(cfg.demo)
     root = work_path(cfg, section.out_dir)
     logger = get_logger("study")
     start, timings = time.time(), {}

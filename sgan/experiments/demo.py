@@ -4,7 +4,7 @@
 ``configs/demo.yaml`` when no config file is given. It chains the steps of sgan.pipeline.STEPS in
 the table's order (:func:`chained_steps`):
 
-1. generates the synthetic VOC-layout dataset (sgan.synthetic) under ``demo.data_dir`` unless a
+1. generates the synthetic VOC-layout dataset (sgan.experiments.synthetic) under ``demo.data_dir`` unless a
    complete one with the same parameters is there, and points ``data.root`` / ``data.saliency_dir``
    at it (whatever the config said);
 2. runs the stage-0 steps once: with ``demo.pretrain``, ``pretrain`` (the backbone as a classifier
@@ -35,14 +35,14 @@ import time
 
 import torch
 
-from sgan import synthetic
 from sgan.config import resolve
 from sgan.data.voc_classes import CLASS_NAMES, SHORT_NAMES
+from sgan.experiments import synthetic
 from sgan.metrics import format_class_table
 from sgan.models.deeplab import VGG16_CONVS
 from sgan.pipeline import STEPS, run_step, work_path
-from sgan.pipeline.eval_seeds import authors_mean
 from sgan.pipeline._validate import validate_inputs
+from sgan.pipeline.eval_seeds import authors_mean
 from sgan.train import load_checkpoint
 from sgan.utils.io import atomic_writer, load_json, save_json, save_torch_if_changed
 from sgan.utils.logging import get_logger, print_and_log
@@ -78,8 +78,10 @@ SECTION = dict(defaults={
         "stand-in for ImageNet weights) or config (train_seg.weights as configured)")
 
 
-def _derive(cfg, changes):
-    """A new validated Config: ``cfg`` with ``changes`` ({section: {key: value}}) applied."""
+def derive_config(cfg, changes):
+    """A new validated Config: ``cfg`` (a Config) with ``changes`` ({section: {key: value}}) applied
+    over its sections; ``cfg`` itself is left as it is. ValueError as from sgan.config.resolve when a
+    changed value is invalid."""
     data = cfg.to_dict()
     for section, values in changes.items():
         data[section] = {**data[section], **values}
@@ -99,7 +101,10 @@ def _slug(name):
     return name.lower().replace("-", "_")
 
 
-def _check(section):
+def check_demo_section(section):
+    """Check the ``demo`` section's combinations that its schema cannot express: the variants are a
+    non-empty list of Table II's rows, ``image_size`` is [height, width], and ``stage2_init``
+    pretrained comes with ``pretrain``; ValueError naming the key otherwise."""
     unknown = [name for name in section.variants if name not in TABLE_ROWS]
     if unknown or not section.variants:
         raise ValueError(f"demo.variants: expected a non-empty list from {list(TABLE_ROWS)}, "
@@ -126,7 +131,7 @@ def prepare_data(cfg):
         logger.info("demo: generated %d + %d synthetic images in %s (%.1f s)", section.num_train,
                     section.num_val, root, time.time() - start)
     paths = synthetic.layout(root)
-    return _derive(cfg, {"data": {"root": paths["voc"], "saliency_dir": paths["saliency"]}})
+    return derive_config(cfg, {"data": {"root": paths["voc"], "saliency_dir": paths["saliency"]}})
 
 
 def stage1_config(cfg):
@@ -134,7 +139,7 @@ def stage1_config(cfg):
     with demo.pretrain, model.weights at the pretrain step's weights (torchvision naming)."""
     cfg = prepare_data(cfg)
     if cfg.demo.pretrain:
-        cfg = _derive(cfg, {"model": {"weights": work_path(cfg, cfg.pretrain.weights), "weights_naming": "torchvision"}})
+        cfg = derive_config(cfg, {"model": {"weights": work_path(cfg, cfg.pretrain.weights), "weights_naming": "torchvision"}})
     return cfg
 
 
@@ -154,7 +159,7 @@ def variant_configs(cfg, name):
         changes["train_sgan"] = {"variant": TABLE_ROWS[name], "checkpoint": stage1_checkpoint}
         if TABLE_ROWS[name] != "sgan":   # only SGAN has a seed branch
             changes["seeds"]["use_seed_branch"] = False
-    return _derive(cfg, changes)
+    return derive_config(cfg, changes)
 
 
 def write_stage2_init(cam_checkpoint, path):
@@ -252,7 +257,7 @@ def run(cfg):
                          f"only rank 0 would run it while the other ranks wait); start it without torchrun: "
                          f"sgan demo [CONFIG] [key=value ...]")
     section = cfg.demo
-    _check(section)
+    check_demo_section(section)
     logger = get_logger("demo")
     start, timings = time.time(), {}
 
@@ -270,7 +275,7 @@ def run(cfg):
         unwritten["model"] = {"weights": None}
     if section.stage2_init != "config":
         unwritten["train_seg"] = {"weights": None}
-    validate_inputs(_derive(cfg, unwritten), [s.name for s in chained])
+    validate_inputs(derive_config(cfg, unwritten), [s.name for s in chained])
     once = [s.name for s in chained if s.stage == 0]
     per_variant = [s.name for s in chained if s.stage == 1 and s.default]   # figures: once, after them all
     stage2 = [s.name for s in chained if s.stage == 2]
@@ -283,18 +288,18 @@ def run(cfg):
                 step(step_name, variant_cfg, f"{step_name} {name}")
     if section.figures:
         last = variants[section.variants[-1]]
-        figures_cfg = _derive(last, {"figures": {
+        figures_cfg = derive_config(last, {"figures": {
             "variants": {name: work_path(c, c.seeds.checkpoint) for name, c in variants.items()},
             "seeds_dir": last.seeds.out_dir}})
         step("figures", figures_cfg)
     if section.stage2:
         if section.stage2_init == "pretrained":
-            variants = {name: _derive(c, {"train_seg": {"weights": c.model.weights, "weights_naming": "torchvision"}})
+            variants = {name: derive_config(c, {"train_seg": {"weights": c.model.weights, "weights_naming": "torchvision"}})
                         for name, c in variants.items()}
         elif section.stage2_init == "baseline":
             init, normalisation = write_stage2_init(work_path(cfg, cfg.train_cam.checkpoint),
                                                     work_path(cfg, "ckpt/stage2_init.pt"))
-            variants = {name: _derive(c, {"train_seg": {"weights": init, "weights_naming": "caffe"},
+            variants = {name: derive_config(c, {"train_seg": {"weights": init, "weights_naming": "caffe"},
                                           "data": {"normalisation": normalisation}})
                         for name, c in variants.items()}
         for name, variant_cfg in variants.items():

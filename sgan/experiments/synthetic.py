@@ -552,7 +552,7 @@ def is_generated(root, **params):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m sgan.synthetic", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m sgan.experiments.synthetic", description=__doc__.split("\n")[0])
     parser.add_argument("root", help="output folder (VOC2012/ and saliency/ are created in it)")
     parser.add_argument("--num-train", type=int, default=64)
     parser.add_argument("--num-val", type=int, default=32)

@@ -1,7 +1,7 @@
 """A synthetic classification set for pretraining the backbone: the demo's stand-in for ImageNet.
 
 ``sgan pretrain`` trains the VGG-16 backbone as a multi-label classifier on these images before
-any stage of the method sees the demo's benchmark (sgan.synthetic), as the paper's networks start
+any stage of the method sees the demo's benchmark (sgan.experiments.synthetic), as the paper's networks start
 from ImageNet weights. The set is *disjoint* from the benchmark: none of its shapes, textures or
 backgrounds is one the benchmark draws, and its classes are not VOC classes.
 
@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from sgan.data.voc import normalise
-from sgan.synthetic import _blur, _rgb, _smooth_noise
+from sgan.experiments.synthetic import _blur, _rgb, _smooth_noise
 
 SHAPES = ("ring", "cross", "crescent", "bowtie")
 TEXTURES = ("concentric", "zigzag", "speckle", "grid")

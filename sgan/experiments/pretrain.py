@@ -3,7 +3,7 @@
 Trains :class:`sgan.models.vgg.PretrainClassifier` (the VGG-16 backbone of ``model.width`` and
 ``model.convs_per_block``, batch normalisation after each convolution, a 1×1 classifier and global
 average pooling) with the softmax cross-entropy against the image's classes (uniform over them) on ``pretrain.num_images`` images of
-sgan.synthetic_pretrain (24 classes of shapes and colours, disjoint from the demo's benchmark),
+sgan.experiments.pretrain_set (24 classes of shapes and colours, disjoint from the demo's benchmark),
 drawn with ``pretrain.seed`` (which also seeds the initialisation and the batch order, in place of
 the root ``seed``: like ImageNet weights, one pretraining serves runs of every training seed), then writes ``pretrain.weights``: plain VGG-16 weights in
 torchvision naming (``features.{i}.weight|bias``, batch normalisation folded into the
@@ -15,9 +15,9 @@ when the pretraining changed.
 import torch.nn.functional as F
 
 from sgan.config import resolve
+from sgan.experiments.pretrain_set import NUM_CLASSES, PretrainSet
 from sgan.models.vgg import PretrainClassifier, folded_torchvision_state
 from sgan.pipeline import resolve_device, work_path
-from sgan.synthetic_pretrain import NUM_CLASSES, PretrainSet
 from sgan.train import OPTIM_BOUNDS, OPTIM_CHOICES, OPTIM_DEFAULTS, load_checkpoint, train
 from sgan.train.distributed import barrier, init_distributed
 from sgan.utils.io import save_torch_if_changed
@@ -32,7 +32,7 @@ SECTION = dict(defaults={**OPTIM_DEFAULTS, "num_images": 4000, "image_size": [96
                          "checkpoint": "ckpt/pretrain.pt", "weights": "weights/pretrained_vgg16.pth"},
                choices=OPTIM_CHOICES,
                bounds={**OPTIM_BOUNDS, "num_images": "[1, inf)", "image_size": "[32, inf)", "seed": "[0, inf)"},
-               doc="backbone pretraining on the synthetic classification set (sgan.synthetic_pretrain): "
+               doc="backbone pretraining on the synthetic classification set (sgan.experiments.pretrain_set): "
                    "num_images images of image_size [H, W]; seed draws them and seeds the initialisation and batch order "
                    "(the root seed does not: one pretraining serves every training seed); SGD keys of sgan.train.optim; "
                    "writes checkpoint and weights (torchvision VGG-16 naming) in work_dir")
