@@ -57,7 +57,7 @@ if [ $dry = 1 ]; then
   budget=${budget:-600}
   PLAN=(0 60 60 60 180 150)
   device=cpu require=cpp,triton fused=cpp small=(--warmup 0 --repeats 1)
-  tests=(tests/test_attention_errors.py tests/test_attention_memory.py tests/test_backends.py)
+  tests=(tests/ops/test_attention_errors.py tests/ops/test_attention_memory.py tests/ops/test_backends.py)
   attention=(--device cpu --batch 2 --channels 16 --key-channels 8 --warmup 0 --repeats 2)
   sizes_41=9 sizes_161=13 sizes_large=17 train_size=33 train_options=(--batch 1 --width 0.125)
   crf=(--train-crf-images 2 --test-crf-images 1)
@@ -65,8 +65,8 @@ else
   budget=${budget:-540}
   PLAN=(0 150 100 50 90 110)
   device=cuda require=cpp,cuda,triton fused=cuda,triton small=()
-  tests=(tests/test_attention.py tests/test_attention_compile.py tests/test_attention_errors.py
-    tests/test_attention_memory.py tests/test_attention_triton.py tests/test_losses.py tests/test_backends.py)
+  tests=(tests/ops/test_attention.py tests/ops/test_attention_compile.py tests/ops/test_attention_errors.py
+    tests/ops/test_attention_memory.py tests/ops/test_attention_triton.py tests/models/test_losses.py tests/ops/test_backends.py)
   attention=(--device cuda --batch 15)
   sizes_41=41 sizes_161=161 sizes_large=65,81 train_size=321 train_options=(--batch 15)
   crf=()

@@ -1,5 +1,6 @@
 """SGAN losses (docs/design.md §3): seed (eq. 5), classification (eq. 6), balanced seed (eq. 8) and
 boundary (eq. 9), with fused backends for the seed losses and the KL part of the boundary loss."""
+from sgan.data.logits_size import resize_images, resize_seeds
 from sgan.losses.function import (
     BACKENDS,
     balanced_seed_loss,
@@ -8,8 +9,6 @@ from sgan.losses.function import (
     classification_loss,
     crf_unary_probs,
     fused_backends,
-    resize_images,
-    resize_seeds,
     resolve_backend,
     seed_loss,
 )

@@ -39,6 +39,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from sgan.data.logits_size import as_uint8_images, resize_images
 from sgan.data.voc_classes import IGNORE_INDEX, NUM_CLASSES
 from sgan.losses.reference import (
     KL_RATIO_MAX,
@@ -228,22 +229,6 @@ def _check_seeds(seeds, logits, max_label):
     return seeds
 
 
-def resize_seeds(seeds, size):
-    """Seeds (B, H, W) integer resized to ``size`` = (h, w) by nearest neighbour (torch's
-    ``F.interpolate(mode="nearest")``: source index floor(i * H / h)), the way the pipeline brings
-    image-resolution seeds to the logits' resolution. Returns int64."""
-    if not isinstance(seeds, Tensor) or seeds.dim() != 3:
-        raise ValueError(f"seeds: expected a (B, H, W) tensor, got "
-                         f"{describe(seeds) if isinstance(seeds, Tensor) else type(seeds).__name__}")
-    if seeds.dtype.is_floating_point or seeds.dtype.is_complex or seeds.dtype == torch.bool:
-        raise TypeError(f"seeds: expected an integer tensor, got {seeds.dtype}")
-    size = tuple(int(s) for s in size)
-    if tuple(seeds.shape[1:]) == size:
-        return seeds.to(torch.int64)
-    resized = F.interpolate(seeds[:, None].to(torch.float32), size=size, mode="nearest")
-    return resized[:, 0].round().to(torch.int64)
-
-
 # ---------------------------------------------------------------------------------------------
 # seed losses (eq. 5 and eq. 8)
 
@@ -376,34 +361,6 @@ def classification_loss(cam_logits, labels, backend="auto"):
 # boundary loss (eq. 9)
 
 
-def _as_uint8_images(images, batch=None, name="images"):
-    """A C-contiguous uint8 (B, H, W, 3) numpy array from a tensor or an array (B = ``batch`` if given)."""
-    if isinstance(images, Tensor):
-        if images.dtype != torch.uint8:
-            raise TypeError(f"{name}: expected uint8 RGB images (B, H, W, 3), got dtype {images.dtype}")
-        images = images.detach().cpu().numpy()
-    if not isinstance(images, np.ndarray):
-        raise TypeError(f"{name}: expected a uint8 tensor or numpy array (B, H, W, 3), got {type(images).__name__}")
-    if images.dtype != np.uint8:
-        raise TypeError(f"{name}: expected uint8 RGB images (B, H, W, 3), got dtype {images.dtype}")
-    if images.ndim != 4 or images.shape[3] != 3 or (batch is not None and images.shape[0] != batch):
-        raise ValueError(f"{name}: expected shape (B={batch if batch is not None else 'B'}, H, W, 3) RGB, "
-                         f"got {tuple(images.shape)}")
-    return np.ascontiguousarray(images)
-
-
-def resize_images(images, size):
-    """uint8 RGB images (B, H, W, 3) resized to ``size`` = (h, w) with antialiased bilinear
-    interpolation, rounded back to uint8: the image the CRF of the boundary loss sees."""
-    images = _as_uint8_images(images)
-    size = tuple(int(s) for s in size)
-    if images.shape[1:3] == size:
-        return images
-    pixels = torch.from_numpy(images).permute(0, 3, 1, 2).to(torch.float32)
-    resized = F.interpolate(pixels, size=size, mode="bilinear", align_corners=False, antialias=True)
-    return resized.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).contiguous().numpy()
-
-
 def crf_unary_probs(logits):
     """The floored softmax of the logits, detached, as a float32 numpy array (B, C, h, w): what the
     CRF of the boundary loss takes as its unary (-log p) term."""
@@ -425,7 +382,7 @@ def boundary_crf_targets(logits, images, *, scale=12.0, iterations=10, processes
     if not isinstance(logits, Tensor) or logits.dim() != 4:
         raise ValueError(f"logits: expected a (B, C, h, w) tensor, got "
                          f"{describe(logits) if isinstance(logits, Tensor) else type(logits).__name__}")
-    small = resize_images(_as_uint8_images(images, logits.shape[0]), logits.shape[2:])
+    small = resize_images(as_uint8_images(images, logits.shape[0]), logits.shape[2:])
     probs = crf_unary_probs(logits)
     if pool is not None:
         return pool.submit(small, probs, scale=scale, iterations=iterations).result()

@@ -3,7 +3,9 @@
 :data:`STEPS` is the single source of the step names and their order: the CLI's subcommands and
 ``sgan steps``, the default ``steps`` that ``sgan run`` chains, the config schema, the demo's order
 and the input checks (``_validate.STEP_INPUTS``, one entry per step) all read it. Step ``name``
-lives in the module ``sgan.pipeline.<name with - as _>``, which defines::
+lives in the module ``<package>.<name with - as _>``, where ``package`` is the Step's: sgan.pipeline,
+or sgan.experiments for the steps on the synthetic benchmark (pretrain, demo, study), which sit above
+the pipeline and are imported only through the table. The module defines::
 
     STEP = "train-cam"     # its name again, for its records and logs (checked against the table)
     def run(cfg): ...      # reads and writes files under cfg.work_dir; skips work already done
@@ -49,7 +51,7 @@ class Step:
     stage: the method's stage (0 the backbone's pretraining (demo), the baseline CAM and its seeds,
     1 SGAN, 2 DeepLab; None: the demo and the study, which chain the others); default: one of the ``steps`` that ``sgan run`` chains by default;
     distributed: under torchrun every rank runs it (training, inference), else rank 0 only while the
-    other ranks wait at a barrier.
+    other ranks wait at a barrier; package: the package holding its module.
     """
     name: str
     section: str = None
@@ -58,16 +60,18 @@ class Step:
     stage: int = None
     default: bool = True
     distributed: bool = False
+    package: str = __name__
 
     @property
     def module(self):
-        """The module that defines the step: its name with - as _."""
-        return f"{__name__}.{self.name.replace('-', '_')}"
+        """The module that defines the step: its package, then its name with - as _."""
+        return f"{self.package}.{self.name.replace('-', '_')}"
 
 
+EXPERIMENTS = "sgan.experiments"   # the package of the steps on the synthetic benchmark
 STEPS = (
     Step("pretrain", "pretrain", writes=("pretrain.checkpoint", "pretrain.weights"), stage=0, default=False,
-         distributed=True),
+         distributed=True, package=EXPERIMENTS),
     Step("labels", writes=("data.labels_file",), stage=0),
     Step("train-cam", "train_cam", reads=("data.labels_file",), writes=("train_cam.checkpoint",),
          stage=0, distributed=True),
@@ -84,8 +88,9 @@ STEPS = (
          writes=("train_seg.checkpoint", "train_seg.timing_file"), stage=2, distributed=True),
     Step("infer", "infer", reads=("infer.checkpoint",), writes=("infer.output_dir",), stage=2, distributed=True),
     Step("eval", "eval", reads=("eval.predictions",), writes=("eval.output",), stage=2),
-    Step("demo", "demo", writes=("demo.data_dir", "demo.loss_plot", "demo.results"), default=False),
-    Step("study", "study", writes=("study.out_dir",), default=False),
+    Step("demo", "demo", writes=("demo.data_dir", "demo.loss_plot", "demo.results"), default=False,
+         package=EXPERIMENTS),
+    Step("study", "study", writes=("study.out_dir",), default=False, package=EXPERIMENTS),
 )
 STEP_NAMES = tuple(step.name for step in STEPS)
 

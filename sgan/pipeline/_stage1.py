@@ -12,9 +12,9 @@ from sgan.data.voc import (
     read_saliency,
     validate_samples,
 )
-from sgan.pipeline import resolve_device, work_path
-from sgan.seeds import class_scores, make_seeds
 from sgan.models.sgan_net import authors_network, network_from_info, read_authors_state
+from sgan.pipeline import resolve_device, work_path
+from sgan.seedmaps import class_scores, make_seeds
 from sgan.train.loop import load_checkpoint
 from sgan.utils.io import read_done_marker, remove_done_marker, save_png, write_done_marker
 from sgan.utils.logging import get_logger

@@ -49,7 +49,7 @@ def _eval_list_key(cfg, section):
 # step -> the user-provided inputs it reads, as a function of the config (see each step's run);
 # one entry per step of sgan.pipeline.STEPS, in its order
 STEP_INPUTS = {
-    "pretrain": lambda cfg: [],   # draws its own images (sgan.synthetic_pretrain)
+    "pretrain": lambda cfg: [],   # draws its own images (sgan.experiments.pretrain_set)
     "labels": lambda cfg: [ListFiles(TRAIN_LIST, image=False, labels=True)],
     "train-cam": lambda cfg: [ListFiles(TRAIN_LIST), WeightsFile("model.weights")],
     "initial-seeds": lambda cfg: [ListFiles(TRAIN_LIST, saliency=True)],

@@ -10,9 +10,9 @@ import os
 
 from sgan.data.voc import VOCPaths, raise_problems, read_id_list, validate_samples
 from sgan.data.voc_classes import CLASS_NAMES_WITH_BACKGROUND, NUM_CLASSES_WITH_BACKGROUND, SHORT_NAMES
-from sgan.infer import read_label_png
 from sgan.metrics import ConfusionMatrix, format_class_table
 from sgan.pipeline import work_path
+from sgan.predict import read_label_png
 from sgan.utils.io import save_json
 from sgan.utils.logging import get_logger, print_and_log
 from sgan.utils.progress import progress

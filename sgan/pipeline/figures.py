@@ -2,7 +2,7 @@
 import os
 
 from sgan.data.voc import load_rgb, read_gray, read_saliency
-from sgan.figures import render
+from sgan.drawing import render
 from sgan.pipeline import resolve_device, work_path
 from sgan.pipeline._stage1 import load_network, saliency_folder, training_images
 from sgan.utils.logging import get_logger

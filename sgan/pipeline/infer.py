@@ -1,7 +1,7 @@
 """Stage 2: predict the images of a list with the trained DeepLab -> pred/<id>.png (VOC palette).
 
 Each image is predicted at its original size (logits upsampled before the softmax; optional
-``scales`` and ``flip``, probabilities averaged; sgan.infer), then optionally refined by the dense
+``scales`` and ``flip``, probabilities averaged; sgan.predict), then optionally refined by the dense
 CRF with s = 1 (docs/design.md §3). The CRF runs in a process pool while the network predicts the next
 images; at most ``2 x crf_processes`` images wait for their CRF at any time. A finished folder is
 kept when its record (settings, checkpoint, list, images) matches; an interrupted one is continued
@@ -15,9 +15,9 @@ import numpy as np
 
 from sgan.crf import TEST_SCALE, DenseCRFPool, default_processes
 from sgan.data.voc import VOCPaths, load_rgb, normalise, read_id_list, validate_samples
-from sgan.infer import predict_probabilities, save_label_png
 from sgan.models.deeplab import build_deeplab
 from sgan.pipeline import resolve_device, work_path
+from sgan.predict import predict_probabilities, save_label_png
 from sgan.train import barrier, init_distributed, load_checkpoint
 from sgan.utils.io import read_done_marker
 from sgan.utils.logging import get_logger

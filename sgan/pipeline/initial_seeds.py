@@ -1,6 +1,6 @@
 """Stage 1: baseline CAM >= alpha * max (0.3) and saliency < beta (0.06) -> seeds0/*.png."""
 from sgan.pipeline._stage1 import write_seeds
-from sgan.seeds import SEED_RULES
+from sgan.seedmaps import SEED_RULES
 
 STEP = "initial-seeds"
 

@@ -1,6 +1,6 @@
 """Stage 1: dense seeds from the SGAN CAM (+ seed branch), fg >= alpha * max, bg saliency < beta -> seeds/."""
 from sgan.pipeline._stage1 import write_seeds
-from sgan.seeds import SEED_RESOLUTIONS, SEED_RULES
+from sgan.seedmaps import SEED_RESOLUTIONS, SEED_RULES
 
 STEP = "seeds"
 
@@ -9,7 +9,7 @@ SECTION = dict(defaults={
     "use_seed_branch": False, "scales": [1.0], "flip": False, "resolution": "image",
 }, choices={"rule": SEED_RULES, "resolution": SEED_RESOLUTIONS},
     bounds={"alpha": "(0, 1]", "beta": "[0, 1]", "scales": "(0, inf)"},
-    doc="final seeds (rules in sgan.seeds); the paper: alpha 0.2, rule paper, CAM only, resolution image; "
+    doc="final seeds (rules in sgan.seedmaps); the paper: alpha 0.2, rule paper, CAM only, resolution image; "
         "the authors: alpha 0.25, rule authors, use_seed_branch true, resolution feature. checkpoint "
         "may be any stage-0/1 checkpoint (ckpt/cam.pt gives the Baseline's seeds)")
 
