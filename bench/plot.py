@@ -141,7 +141,7 @@ def draw(payload, source, metric, out_path):
             colour = colours.setdefault(backend, COLOURS.get(backend) or next(extra, "#000000"))
             axis.plot([s for s, _ in points], [v * scale for _, v in points], marker="o", color=colour,
                       linestyle="--" if comparison else "-",
-                      label=f"{backend} (comparison)" if comparison else backend)
+                      label=f"{backend} (comparison)" if comparison and "(comparison)" not in backend else backend)
         axis.set_yscale("log")
         axis.set_xticks(sizes, [f"{s}²" for s in sizes])
         axis.set_xlabel("feature map S × S")
