@@ -109,7 +109,8 @@ def atomic_writer(path, mode="wb"):
         raise
 
 
-def _pid_alive(pid):
+def pid_alive(pid):
+    """Whether process ``pid`` exists on this host (one owned by another user counts as alive)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -126,7 +127,7 @@ def is_stale_temporary(path):
     tagged = TAGGED_TEMP.match(name)
     if tagged is None and UNTAGGED_TEMP.match(name) is None:
         return False
-    if tagged is not None and tagged["host"] == _host_tag() and not _pid_alive(int(tagged["pid"])):
+    if tagged is not None and tagged["host"] == _host_tag() and not pid_alive(int(tagged["pid"])):
         return True
     try:
         age = time.time() - os.stat(path).st_mtime

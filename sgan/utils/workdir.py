@@ -16,21 +16,13 @@ import os
 import socket
 import sys
 
+from sgan.utils.io import pid_alive
+
 LOCK_NAME = ".sgan.lock"
 
 
 def _host():
     return socket.gethostname() or "localhost"
-
-
-def _pid_alive(pid):
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # it exists, owned by someone else
-        return True
-    return True
 
 
 def create_work_dir(work_dir):
@@ -88,7 +80,7 @@ def locked_work_dir(work_dir):
             print(f"sgan: warning: cannot lock {path} ({error.strerror}: a file system without locks); a second "
                   "run started on this work dir would not be stopped", file=sys.stderr)
         previous = _read_holder(handle)
-        if previous and previous[1] == _host() and previous[0] != os.getpid() and not _pid_alive(previous[0]):
+        if previous and previous[1] == _host() and previous[0] != os.getpid() and not pid_alive(previous[0]):
             print(f"sgan: warning: taking over {path}, left by pid {previous[0]} on {previous[1]}, which is no "
                   "longer running (killed?)", file=sys.stderr)
         try:
