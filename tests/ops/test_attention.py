@@ -99,6 +99,18 @@ def definition_with_grads(x, key, query, mask, gamma, grad_out, shift, backgroun
 NAMES = ["out", "grad_x", "grad_key", "grad_query", "grad_gamma"]
 
 
+def assert_backend_matches_definition(backend, x, key, query, mask, grad_out, shift, background, dtype):
+    """``backend``'s output and gradients (gamma 0.7) against the float64 definition, within the error
+    of the reference run in the same dtype (docs/design.md §7); same dtype and shape, all finite."""
+    fused = run_with_grads(backend, x, key, query, mask, 0.7, grad_out, shift, background)
+    same_dtype = run_with_grads("reference", x, key, query, mask, 0.7, grad_out, shift, background)
+    exact = definition_with_grads(x, key, query, mask, 0.7, grad_out, shift, background)
+    for name, got, ref, ref64 in zip(NAMES, fused, same_dtype, exact):
+        assert got.dtype == ref.dtype and got.shape == ref.shape, name
+        assert torch.isfinite(got).all(), f"{name}: non-finite values"
+        assert_within_reference_error(name, got, ref, ref64.to(got.device), dtype)
+
+
 @pytest.mark.parametrize("shift,background", OPTIONS)
 @pytest.mark.parametrize("mask_kind", ["random", "all", "none", "one"])
 def test_reference_matches_definition(shift, background, mask_kind):

@@ -1,13 +1,14 @@
 """The C++ CPU attention backend with bfloat16/float16 inputs (computed in float32 inside, results and
 gradients in the input dtype): against the float64 definition under the 2x-reference rule
-(DESIGN.md §7), and a training step under CPU autocast, where the 1x1 convolutions hand it bfloat16."""
+(docs/design.md §7), and a training step under CPU autocast, where the 1x1 convolutions hand it bfloat16."""
 import pytest
 import torch
 
 from sgan import _ext
 from sgan.ops import saliency_attention
 from tests.helpers import assert_within_reference_error, relative_error
-from tests.ops.test_attention import NAMES, OPTIONS, definition_with_grads, make_inputs, run_with_grads
+from tests.ops.test_attention import (NAMES, OPTIONS, assert_backend_matches_definition, make_inputs,
+                                     run_with_grads)
 
 pytestmark = pytest.mark.skipif(not _ext.available("cpu"), reason="needs the C++ extension")
 
@@ -23,13 +24,7 @@ LOW_PRECISION_CASES = [(dtype, *case) for case in [(2, 17, 13, "random"), (3, 7,
 def test_low_precision_inputs(dtype, B, H, W, mask_kind, shift, background):
     x, key, query, mask = make_inputs(B, 64, 32, H, W, mask_kind, shift, seed=B * 10 + H, dtype=dtype)
     grad_out = torch.randn(x.shape, generator=torch.Generator().manual_seed(3)).to(dtype)
-    fused = run_with_grads("cpp", x, key, query, mask, 0.7, grad_out, shift, background)
-    same_dtype = run_with_grads("reference", x, key, query, mask, 0.7, grad_out, shift, background)
-    exact = definition_with_grads(x, key, query, mask, 0.7, grad_out, shift, background)
-    for name, got, ref, ref64 in zip(NAMES, fused, same_dtype, exact):
-        assert got.dtype == ref.dtype and got.shape == ref.shape, name
-        assert torch.isfinite(got).all(), f"{name}: non-finite values"
-        assert_within_reference_error(name, got, ref, ref64, dtype)
+    assert_backend_matches_definition("cpp", x, key, query, mask, grad_out, shift, background, dtype)
 
 
 def test_autocast_training_step():

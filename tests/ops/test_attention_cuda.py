@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from sgan.ops import saliency_attention
-from tests.helpers import assert_within_reference_error, device_under_test, fused_backends
-from tests.ops.test_attention import NAMES, OPTIONS, definition_with_grads, make_inputs, run_with_grads
+from tests.helpers import device_under_test, fused_backends
+from tests.ops.test_attention import OPTIONS, assert_backend_matches_definition, make_inputs
 
 pytestmark = pytest.mark.skipif(device_under_test().type != "cuda" or "cuda" not in fused_backends(),
                                 reason="needs a GPU and sgan._C built with CUDA")
@@ -22,17 +22,11 @@ LOW_PRECISION_CASES = [(dtype, *case) for case in [(2, 17, 13, "random"), (3, 7,
 @pytest.mark.parametrize("dtype,B,H,W,mask_kind", LOW_PRECISION_CASES)
 def test_low_precision_inputs(dtype, B, H, W, mask_kind, shift, background):
     """The fused result in bfloat16/float16 against the float64 definition is within twice the error
-    of the reference run in the same dtype (DESIGN.md §7)."""
+    of the reference run in the same dtype (docs/design.md §7)."""
     x, key, query, mask = make_inputs(B, 64, 32, H, W, mask_kind, shift, seed=B * 10 + H, dtype=dtype,
                                       device="cuda")
     grad_out = torch.randn(x.shape, generator=torch.Generator().manual_seed(3)).to(device="cuda", dtype=dtype)
-    fused = run_with_grads("cuda", x, key, query, mask, 0.7, grad_out, shift, background)
-    same_dtype = run_with_grads("reference", x, key, query, mask, 0.7, grad_out, shift, background)
-    exact = definition_with_grads(x, key, query, mask, 0.7, grad_out, shift, background)
-    for name, got, ref, ref64 in zip(NAMES, fused, same_dtype, exact):
-        assert got.dtype == ref.dtype and got.shape == ref.shape, name
-        assert torch.isfinite(got).all(), f"{name}: non-finite values"
-        assert_within_reference_error(name, got, ref, ref64.to(got.device), dtype)
+    assert_backend_matches_definition("cuda", x, key, query, mask, grad_out, shift, background, dtype)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])

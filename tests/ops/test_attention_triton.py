@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from sgan.ops import saliency_attention
-from tests.helpers import assert_within_reference_error, device_under_test, fused_backends, triton_compilations
-from tests.ops.test_attention import NAMES, OPTIONS, definition_with_grads, make_inputs, run_with_grads
+from tests.helpers import device_under_test, fused_backends, triton_compilations
+from tests.ops.test_attention import OPTIONS, assert_backend_matches_definition, make_inputs, run_with_grads
 
 pytestmark = pytest.mark.skipif("triton" not in fused_backends(),
                                 reason="needs triton with CUDA, or TRITON_INTERPRET=1 on CPU")
@@ -24,13 +24,7 @@ def _check_against_definition(dtype, B, C, Ck, H, W, mask_kind, shift, backgroun
     device = device_under_test()
     x, key, query, mask = make_inputs(B, C, Ck, H, W, mask_kind, shift, seed=seed, dtype=dtype, device=device)
     grad_out = torch.randn(x.shape, generator=torch.Generator().manual_seed(seed + 1)).to(device=device, dtype=dtype)
-    fused = run_with_grads("triton", x, key, query, mask, 0.7, grad_out, shift, background)
-    same_dtype = run_with_grads("reference", x, key, query, mask, 0.7, grad_out, shift, background)
-    exact = definition_with_grads(x, key, query, mask, 0.7, grad_out, shift, background)
-    for name, got, ref, ref64 in zip(NAMES, fused, same_dtype, exact):
-        assert got.dtype == ref.dtype and got.shape == ref.shape, name
-        assert torch.isfinite(got).all(), f"{name}: non-finite values"
-        assert_within_reference_error(name, got, ref, ref64.to(got.device), dtype)
+    assert_backend_matches_definition("triton", x, key, query, mask, grad_out, shift, background, dtype)
 
 
 @pytest.mark.parametrize("shift,background", OPTIONS)
