@@ -16,6 +16,7 @@ import torch.nn.functional as F
 
 from sgan.config import resolve
 from sgan.experiments.pretrain_set import NUM_CLASSES, PretrainSet
+from sgan.models.compute import COMPUTE_CHOICES, COMPUTE_DEFAULTS
 from sgan.models.vgg import PretrainClassifier, folded_torchvision_state
 from sgan.pipeline import resolve_device, work_path
 from sgan.train import OPTIM_BOUNDS, OPTIM_CHOICES, OPTIM_DEFAULTS, load_checkpoint, train
@@ -28,14 +29,15 @@ from sgan.utils.seeding import derive_seed, seed_everything
 STEP = "pretrain"
 NORMALISATION = "imagenet_rgb"   # what torchvision-named weights are read with (data.normalisation auto)
 
-SECTION = dict(defaults={**OPTIM_DEFAULTS, "num_images": 4000, "image_size": [96, 96], "seed": 1000,
+SECTION = dict(defaults={**OPTIM_DEFAULTS, **COMPUTE_DEFAULTS, "num_images": 4000, "image_size": [96, 96], "seed": 1000,
                          "checkpoint": "ckpt/pretrain.pt", "weights": "weights/pretrained_vgg16.pth"},
-               choices=OPTIM_CHOICES,
+               choices={**OPTIM_CHOICES, **COMPUTE_CHOICES},
                bounds={**OPTIM_BOUNDS, "num_images": "[1, inf)", "image_size": "[32, inf)", "seed": "[0, inf)"},
                doc="backbone pretraining on the synthetic classification set (sgan.experiments.pretrain_set): "
                    "num_images images of image_size [H, W]; seed draws them and seeds the initialisation and batch order "
                    "(the root seed does not: one pretraining serves every training seed); SGD keys of sgan.train.optim; "
-                   "writes checkpoint and weights (torchvision VGG-16 naming) in work_dir")
+                   "writes checkpoint and weights (torchvision VGG-16 naming) in work_dir; precision and memory_format of "
+                   "sgan.models.compute")
 
 
 def write_weights(checkpoint, path):

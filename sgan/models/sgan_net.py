@@ -265,12 +265,13 @@ def authors_network(cfg, state, backend="auto", source="weights"):
     return network, info
 
 
-def network_from_info(model_info, backend="auto"):
-    """Rebuild a network (random weights) from the ``model_info`` stored in a checkpoint."""
+def network_from_info(model_info, backend="auto", checkpointing=False):
+    """Rebuild a network (random weights) from the ``model_info`` stored in a checkpoint;
+    ``checkpointing`` as in the networks' constructors (a way of running, not part of model_info)."""
     if model_info.get("kind") == "cam":
-        return CAMNet(model_info["options"])
+        return CAMNet(model_info["options"], checkpointing)
     if model_info.get("kind") == "sgan":
-        return SGANNet(model_info["options"], model_info["variant"], backend)
+        return SGANNet(model_info["options"], model_info["variant"], backend, checkpointing)
     raise ValueError(f"model_info: expected kind 'cam' or 'sgan', got {model_info.get('kind')!r}")
 
 
@@ -282,11 +283,12 @@ def resolve_normalisation(normalisation, weights_naming):
     return "caffe_bgr" if weights_naming in ("caffe", "authors") else "imagenet_rgb"
 
 
-def build_network(cfg, kind, variant=None):
-    """(network with ImageNet weights loaded, model_info) from cfg.model and cfg.data.normalisation."""
+def build_network(cfg, kind, variant=None, checkpointing=False):
+    """(network with ImageNet weights loaded, model_info) from cfg.model and cfg.data.normalisation;
+    ``checkpointing``: recompute the backbone's conv blocks in the backward pass."""
     options = {k: v for k, v in cfg.model.to_dict().items() if k not in ("weights", "weights_naming")}
     info = {"kind": kind, "variant": variant, "options": options}
-    network = network_from_info(info, cfg.backend)
+    network = network_from_info(info, cfg.backend, checkpointing)
     logger = get_logger("models")
     naming = None
     if cfg.model.weights:

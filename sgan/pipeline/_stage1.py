@@ -12,6 +12,7 @@ from sgan.data.voc import (
     read_saliency,
     validate_samples,
 )
+from sgan.models.compute import apply_memory_format, autocast, check_precision
 from sgan.models.sgan_net import authors_network, network_from_info, read_authors_state
 from sgan.pipeline import resolve_device, work_path
 from sgan.seedmaps import class_scores, make_seeds
@@ -64,7 +65,8 @@ def write_seeds(cfg, section_name, what):
     """Seeds of every training image from ``section.checkpoint`` into ``section.out_dir`` (PNG).
 
     section_name: "initial_seeds" or "seeds", whose keys are checkpoint, out_dir, alpha, beta,
-    rule, scales, flip, use_seed_branch and resolution (optional); images and saliency are resized
+    rule, scales, flip, precision, memory_format (sgan.models.compute: the network runs under them,
+    the scores are float32), use_seed_branch and resolution (optional); images and saliency are resized
     with data.resize. Skips when the folder's done marker records the same settings and inputs
     (checkpoint, images, labels, saliency); otherwise rewrites every map. The thresholding and PNG
     writing run in a thread pool of cfg.num_workers threads while the network computes the next image.
@@ -83,7 +85,9 @@ def write_seeds(cfg, section_name, what):
         return out_dir
     validate_samples(paths, ids, labels, saliency_dir=saliency_dir)
     device = resolve_device(cfg)
+    check_precision(section.precision, device, f"{section_name}.precision")
     network, model_info = load_network(cfg, checkpoint, device)
+    apply_memory_format(network, section.memory_format)
     os.makedirs(out_dir, exist_ok=True)
     remove_done_marker(out_dir)
     use_seed_branch = bool(section.get("use_seed_branch", False))
@@ -99,9 +103,10 @@ def write_seeds(cfg, section_name, what):
         for image_id in progress(ids, desc=what, unit="img"):
             image = load_rgb(paths.image(image_id))
             saliency = read_saliency(os.path.join(saliency_dir, image_id + ".png"))
-            scores = class_scores(network, image, saliency, labels[image_id], cfg.data.input_size,
-                                  model_info["normalisation"], section.scales, section.flip,
-                                  use_seed_branch, device, section.rule, resolution, cfg.data.resize)
+            with autocast(device, section.precision):
+                scores = class_scores(network, image, saliency, labels[image_id], cfg.data.input_size,
+                                      model_info["normalisation"], section.scales, section.flip,
+                                      use_seed_branch, device, section.rule, resolution, cfg.data.resize)
             pending.append(pool.submit(finish, image_id, scores, saliency))
             if len(pending) > 4 * max(1, cfg.num_workers):
                 pending.pop(0).result()

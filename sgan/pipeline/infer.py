@@ -15,6 +15,7 @@ import numpy as np
 
 from sgan.crf import TEST_SCALE, DenseCRFPool, default_processes
 from sgan.data.voc import VOCPaths, load_rgb, normalise, read_id_list, validate_samples
+from sgan.models.compute import COMPUTE_CHOICES, COMPUTE_DEFAULTS, apply_memory_format, autocast, check_precision
 from sgan.models.deeplab import build_deeplab
 from sgan.pipeline import resolve_device, work_path
 from sgan.predict import predict_probabilities, save_label_png
@@ -36,10 +37,12 @@ SECTION = dict(defaults={
     "crf_scale": TEST_SCALE,
     "crf_iterations": 10,
     "crf_processes": None,
-}, bounds={"scales": "(0, inf)", "crf_scale": "(0, inf)", "crf_iterations": "[1, inf)", "crf_processes": "[1, inf)"},
+    **COMPUTE_DEFAULTS,
+}, choices=COMPUTE_CHOICES, bounds={"scales": "(0, inf)", "crf_scale": "(0, inf)", "crf_iterations": "[1, inf)", "crf_processes": "[1, inf)"},
     doc="stage-2 inference: list (relative to data.root; null = data.val_list); scales: floats are "
        "factors, ints the longer side in pixels (the authors' 288/385/481); crf: dense CRF with "
-       "s = crf_scale; crf_processes: null = all cores of this rank")
+       "s = crf_scale; crf_processes: null = all cores of this rank; precision and memory_format of "
+       "sgan.models.compute (the probabilities are float32)")
 
 
 def load_segmentation_model(path, device):
@@ -70,7 +73,9 @@ def run(cfg):
         return output_dir
     validate_samples(paths, ids)
     device = resolve_device(cfg)
+    check_precision(section.precision, device, "infer.precision")
     model, normalisation = load_segmentation_model(checkpoint, device)
+    apply_memory_format(model, section.memory_format)
     if rank == 0:
         continuing = start_partial(output_dir, record, cfg.overwrite, ids)
         logger.info("infer: %s %s", "continuing the interrupted predictions in" if continuing else "predicting into",
@@ -91,7 +96,9 @@ def run(cfg):
         for image_id in progress(todo, desc="infer", rank=rank, unit="img"):
             image = load_rgb(paths.image(image_id))
             tensor = normalise(image, normalisation).to(device)
-            probabilities = predict_probabilities(model, tensor, section.scales, section.flip).cpu().numpy()
+            with autocast(device, section.precision):
+                probabilities = predict_probabilities(model, tensor, section.scales, section.flip)
+            probabilities = probabilities.float().cpu().numpy()
             if pool is None:
                 save_label_png(os.path.join(output_dir, image_id + ".png"), probabilities.argmax(0))
                 continue

@@ -1,6 +1,7 @@
 """Stage 1: the baseline CAM network (Table II "Baseline") on image-level labels -> ckpt/cam.pt."""
 from sgan.data.voc import VOCTrainSet, validate_samples
 from sgan.losses import classification_loss
+from sgan.models.compute import COMPUTE_CHOICES, TRAINING_COMPUTE_DEFAULTS
 from sgan.models.sgan_net import build_network
 from sgan.pipeline import resolve_device, work_path
 from sgan.pipeline._stage1 import TRAINING_DATA_KEYS, training_images
@@ -10,9 +11,10 @@ from sgan.utils.seeding import derive_seed, seed_everything
 
 STEP = "train-cam"
 
-SECTION = dict(defaults={**OPTIM_DEFAULTS, "checkpoint": "ckpt/cam.pt"}, choices=OPTIM_CHOICES,
-               bounds=OPTIM_BOUNDS,
-               doc="baseline CAM training: SGD schedule keys of sgan.train.optim; checkpoint path in work_dir")
+SECTION = dict(defaults={**OPTIM_DEFAULTS, **TRAINING_COMPUTE_DEFAULTS, "checkpoint": "ckpt/cam.pt"},
+               choices={**OPTIM_CHOICES, **COMPUTE_CHOICES}, bounds=OPTIM_BOUNDS,
+               doc="baseline CAM training: SGD schedule keys of sgan.train.optim; precision, memory_format and "
+                   "checkpointing of sgan.models.compute; checkpoint path in work_dir")
 
 
 def run(cfg):
@@ -24,7 +26,7 @@ def run(cfg):
     record = make_record(STEP, settings_of(cfg, "train_cam", "model", *TRAINING_DATA_KEYS), {
         "images": images_fingerprint(paths, ids), "labels": labels_fingerprint(labels, ids),
         "model.weights": optional_file(cfg.model.weights)})
-    network, info = build_network(cfg, "cam")
+    network, info = build_network(cfg, "cam", checkpointing=section.checkpointing)
     dataset = VOCTrainSet(paths, ids, labels, cfg.data.input_size, info["normalisation"], cfg.data.flip,
                           resize=cfg.data.resize)
 

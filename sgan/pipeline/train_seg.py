@@ -39,6 +39,7 @@ from sgan.data.seg_dataset import SegTrainSet
 from sgan.data.voc import VOCPaths, read_id_list, validate_samples
 from sgan.data.voc_classes import NUM_CLASSES_WITH_BACKGROUND
 from sgan.losses import balanced_seed_loss, boundary_loss, crf_unary_probs
+from sgan.models.compute import COMPUTE_CHOICES, TRAINING_COMPUTE_DEFAULTS
 from sgan.models.deeplab import ARCHS, NAMINGS, build_deeplab, detect_naming, load_pretrained, read_state_dict
 from sgan.models.resnet import RESNET101_BLOCKS
 from sgan.models.sgan_net import resolve_normalisation
@@ -55,6 +56,7 @@ STEP = "train-seg"
 
 SECTION = dict(defaults={
     **OPTIM_DEFAULTS,
+    **TRAINING_COMPUTE_DEFAULTS,
     "iterations": 12000,
     "step_size": 2000,
     "step_gamma": 0.33,
@@ -76,7 +78,7 @@ SECTION = dict(defaults={
     "crf_processes": None,
     "checkpoint": "ckpt/deeplab.pt",
     "timing_file": "metrics/train_seg_timing.json",
-}, choices={**OPTIM_CHOICES, "arch": ARCHS, "weights_naming": NAMINGS},
+}, choices={**OPTIM_CHOICES, **COMPUTE_CHOICES, "arch": ARCHS, "weights_naming": NAMINGS},
     bounds={**OPTIM_BOUNDS, "width": "(0, inf)", "blocks": "[1, inf)", "resize": "[1, inf)", "crop": "[1, inf)",
             "color_jitter": "[0, 1)", "seed_loss_weight": "[0, inf)", "boundary_loss_weight": "[0, inf)",
             "boundary_loss_warmup": "[0, inf)",
@@ -84,7 +86,8 @@ SECTION = dict(defaults={
     doc="stage 2: DeepLab-ASPP (arch vgg16|resnet101; width/blocks shrink it for tests) trained on "
         "the seeds of seeds_dir (relative to work_dir); weights: local ImageNet file; boundary_loss_warmup: "
         "iterations over which the boundary loss weight ramps in from 0 (0 = the paper); crf_processes: "
-        "CRF workers per rank (null = min(batch per rank, cores per rank))")
+        "CRF workers per rank (null = min(batch per rank, cores per rank)); precision, memory_format and "
+        "checkpointing (backbone blocks and ASPP branches) of sgan.models.compute")
 
 
 def build_model(section, normalisation_setting, logger):
@@ -97,7 +100,7 @@ def build_model(section, normalisation_setting, logger):
     options = {"num_classes": NUM_CLASSES_WITH_BACKGROUND, "width": section.width}
     if section.arch == "resnet101":
         options.update(blocks=list(section.blocks), stride_in_1x1=naming == "caffe")
-    model = build_deeplab(section.arch, **options)
+    model = build_deeplab(section.arch, **options, checkpointing=section.checkpointing)
     if state is not None:
         report = load_pretrained(model, state, naming, width_option=("train_seg.width", section.width))
         logger.info("train-seg: %s", report.summary().replace("\n", "; "))

@@ -3,6 +3,7 @@ from sgan.data.voc import VOCTrainSet, validate_samples
 from sgan.data.zoom import zoom_nearest
 from sgan.data.voc_classes import NUM_CLASSES
 from sgan.losses import PROB_FLOOR, classification_loss, resize_seeds, seed_loss
+from sgan.models.compute import COMPUTE_CHOICES, TRAINING_COMPUTE_DEFAULTS
 from sgan.models.sgan_net import VARIANTS, build_network
 from sgan.pipeline import resolve_device, work_path
 from sgan.pipeline._stage1 import TRAINING_DATA_KEYS, saliency_folder, training_images
@@ -14,13 +15,14 @@ from sgan.utils.seeding import derive_seed, seed_everything
 STEP = "train-sgan"
 
 SECTION = dict(defaults={
-    **OPTIM_DEFAULTS, "checkpoint": "ckpt/sgan.pt", "variant": "sgan", "seeds_dir": "seeds0",
+    **OPTIM_DEFAULTS, **TRAINING_COMPUTE_DEFAULTS, "checkpoint": "ckpt/sgan.pt", "variant": "sgan", "seeds_dir": "seeds0",
     "seed_loss_weight": 0.15, "seed_loss_reduction": "image", "seed_loss_floor": PROB_FLOOR,
-}, choices={**OPTIM_CHOICES, "variant": VARIANTS, "seed_loss_reduction": ("image", "batch")},
+}, choices={**OPTIM_CHOICES, **COMPUTE_CHOICES, "variant": VARIANTS, "seed_loss_reduction": ("image", "batch")},
     bounds={**OPTIM_BOUNDS, "seed_loss_weight": "[0, inf)", "seed_loss_floor": f"[0, {1 / NUM_CLASSES})"},
     doc="SGAN training: variant sgan | sgan-seed | sgan-sal-seed; seeds_dir (work_dir-relative) holds "
         "the initial seeds; seed_loss_reduction image (eq. 5) or batch (authors); seed_loss_floor: the "
-        "softmax floor before the log of the seed loss (1e-5, SEC/DSRG), 0 or null for none (authors)")
+        "softmax floor before the log of the seed loss (1e-5, SEC/DSRG), 0 or null for none (authors); "
+        "precision, memory_format and checkpointing of sgan.models.compute")
 
 
 def run(cfg):
@@ -39,7 +41,7 @@ def run(cfg):
     if seeds_dir is not None:
         inputs["initial seeds"] = folder_fingerprint(seeds_dir, ids)
     record = make_record(STEP, settings_of(cfg, "train_sgan", "model", *TRAINING_DATA_KEYS), inputs)
-    network, info = build_network(cfg, "sgan", section.variant)
+    network, info = build_network(cfg, "sgan", section.variant, checkpointing=section.checkpointing)
     dataset = VOCTrainSet(paths, ids, labels, cfg.data.input_size, info["normalisation"], cfg.data.flip,
                           saliency_dir=saliency_dir, seeds_dir=seeds_dir, resize=cfg.data.resize)
     # seeds at input size -> the logits' size: torch's nearest, or the authors' corner-aligned zoom

@@ -36,6 +36,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
 from sgan.config import git_revision
+from sgan.models.compute import apply_memory_format, autocast, check_precision, grad_scaler
 from sgan.utils.record import changes, up_to_date
 from sgan.train.distributed import average_across_ranks, barrier, init_distributed
 from sgan.train.optim import build_sgd, lr_factor, set_learning_rate
@@ -85,7 +86,9 @@ def train(cfg, section, *, name, model, dataset, loss_fn, checkpoint_path, model
     """Train ``model`` and write ``checkpoint_path``; returns it.
 
     section: the step's config section (its name or ``cfg.<name>``), with the keys of
-    sgan.train.optim.OPTIM_DEFAULTS. record: what the checkpoint is made from (settings and input
+    sgan.train.optim.OPTIM_DEFAULTS and sgan.models.compute.COMPUTE_DEFAULTS: the model is put in
+    ``memory_format`` and ``loss_fn`` runs under ``precision``'s autocast (fp16: with loss scaling,
+    whose state the interrupted-run checkpoint keeps). record: what the checkpoint is made from (settings and input
     fingerprints, sgan.utils.record.make_record); a finished checkpoint with the same record is
     kept (the step skips), one with another record is retrained, naming what changed. An
     interrupted run (``.last.pt``) is continued with ``resume`` only when its record matches, or
@@ -111,7 +114,9 @@ def train(cfg, section, *, name, model, dataset, loss_fn, checkpoint_path, model
             logger.info("%s: --resume: nothing to resume, %s is finished and up to date", name, checkpoint_path)
         return checkpoint_path
     total = int(section.iterations)  # >= 1: the config's bounds (sgan.train.optim.OPTIM_BOUNDS)
-    model.to(device)
+    check_precision(section.precision, device, f"{section_name}.precision")
+    apply_memory_format(model.to(device), section.memory_format)
+    scaler = grad_scaler(device, section.precision)
     optimizer = build_sgd(model, section.lr, section.momentum, section.weight_decay, section.lr_mult,
                           new_parameters)
     start, history, window = 0, [], {}
@@ -133,6 +138,8 @@ def train(cfg, section, *, name, model, dataset, loss_fn, checkpoint_path, model
                              f"{section_name}.iterations={total}")
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
+        if scaler is not None and "grad_scaler" in state:
+            scaler.load_state_dict(state["grad_scaler"])
         start, history, window = state["iteration"], state["history"], state.get("window", {})
         logger.info("%s: resuming from %s at iteration %d%s", name, last_path, start,
                     f" with changed settings ({'; '.join(found)})" if found else "")
@@ -156,7 +163,8 @@ def train(cfg, section, *, name, model, dataset, loss_fn, checkpoint_path, model
     def stop(done):
         """SIGTERM: write .last.pt at ``done`` completed iterations unless it holds them, then raise."""
         if rank == 0 and done > saved:
-            save_torch(last_path, _checkpoint(name, model, model_info, done, history, cfg, record, optimizer, window))
+            save_torch(last_path, _checkpoint(name, model, model_info, done, history, cfg, record, optimizer, window,
+                                              scaler))
         bar.close()
         logger.warning("%s: terminated (SIGTERM) after iteration %d of %d; %s holds it", name, done, total,
                        last_path if done > 0 else "nothing")
@@ -173,7 +181,8 @@ def train(cfg, section, *, name, model, dataset, loss_fn, checkpoint_path, model
                 set_learning_rate(optimizer, section.lr, factor)
                 torch.manual_seed(derive_seed(cfg.seed, name, "step", iteration, rank))
                 batch["iteration"] = iteration   # for losses whose weights follow the iteration
-                loss, terms = loss_fn(net, batch, device)
+                with autocast(device, section.precision):
+                    loss, terms = loss_fn(net, batch, device)
             except Exception:
                 # SIGTERM sent to the whole process group also ends worker processes (the DataLoader's
                 # while they start, train-seg's CRF pool): their failure, before this iteration changed
@@ -184,8 +193,13 @@ def train(cfg, section, *, name, model, dataset, loss_fn, checkpoint_path, model
             if not math.isfinite(loss.item()):
                 raise DivergedError(f"{name}: the loss is {loss.item()} at iteration {iteration}; terms {terms}")
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+            if scaler is None:
+                loss.backward()
+                optimizer.step()
+            else:
+                scaler.scale(loss).backward()
+                scaler.step(optimizer)
+                scaler.update()
             for key, value in terms.items():
                 window.setdefault(key, []).append(float(value))
             done = iteration + 1
@@ -200,7 +214,7 @@ def train(cfg, section, *, name, model, dataset, loss_fn, checkpoint_path, model
                 window, window_start = {}, time.time()
             if done % section.checkpoint_every == 0 and done < total and rank == 0:
                 save_torch(last_path, _checkpoint(name, model, model_info, done, history, cfg, record, optimizer,
-                                                  window))
+                                                  window, scaler))
                 saved = done
             if done < total and _stop_requested(termination, world, device):
                 stop(done)
@@ -236,12 +250,13 @@ def _stop_requested(termination, world, device):
     return bool(flag.item())
 
 
-def _checkpoint(name, model, model_info, iteration, history, cfg, record, optimizer=None, window=None):
+def _checkpoint(name, model, model_info, iteration, history, cfg, record, optimizer=None, window=None,
+                scaler=None):
     """The checkpoint dict (module doc), in plain types only, so it loads with weights_only=True.
 
     There is no RNG state to store: every draw is seeded from (seed, step, iteration). ``window``
     (with the optimizer): the loss terms of the iterations since the last history entry, so that a
-    resumed run logs the same history.
+    resumed run logs the same history. ``scaler``: fp16's loss scaler, whose scale a resumed run continues.
     """
     state = {"format": CHECKPOINT_FORMAT, "step": name, "iteration": iteration,
              "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
@@ -251,6 +266,8 @@ def _checkpoint(name, model, model_info, iteration, history, cfg, record, optimi
     if optimizer is not None:
         state["optimizer"] = optimizer.state_dict()
         state["window"] = _plain(window or {}, "window")
+    if optimizer is not None and scaler is not None:
+        state["grad_scaler"] = _plain(scaler.state_dict(), "grad_scaler")
     return state
 
 

@@ -22,8 +22,9 @@ from sgan.utils.io import load_json, remove_done_marker, save_json, write_done_m
 from sgan.utils.logging import get_logger
 
 RECORD_FORMAT = "sgan-record-1"
-# keys that change how a step runs or reports, never what it writes
-EXECUTION_KEYS = frozenset({"checkpoint_every", "log_every", "crf_processes", "timing_file"})
+# keys that change how a step runs or reports, never what it writes (checkpointing: the same gradients
+# to the last bit, tests/pipeline/test_compute_settings.py)
+EXECUTION_KEYS = frozenset({"checkpoint_every", "log_every", "crf_processes", "timing_file", "checkpointing"})
 _HASH_CACHE = {}   # (path, size, mtime_ns) -> sha256 hex of the content
 
 
