@@ -9,11 +9,13 @@ import torch
 
 from sgan import _ext, losses
 from sgan.crf import dense_crf
+from sgan.data.logits_size import resize_images, resize_seeds
+from sgan.ops import softmax
 from tests.helpers import assert_within_reference_error, device_under_test, relative_error, triton_compilations
 
 FLOOR = 1e-5
 DEVICE = device_under_test()
-FUSED = losses.fused_backends(DEVICE.type)
+FUSED = softmax.fused_backends(DEVICE.type)
 BACKENDS = ["reference"] + FUSED
 # The float32 reference's own error against the float64 definitions on these small inputs is ~1e-7;
 # 2e-6 leaves room for sums over a few hundred positions (docs/design.md §7 floor for float32 is 1e-6).
@@ -21,7 +23,7 @@ REFERENCE_FLOAT32_TOLERANCE = 2e-6
 
 
 # ---------------------------------------------------------------------------------------------
-# float64 definitions, position by position (independent of sgan.losses.reference)
+# float64 definitions, position by position (independent of the operators' references in sgan.ops)
 
 
 def phi_definition(logits):
@@ -349,16 +351,17 @@ def test_gradcheck_float64(backend):
 @pytest.mark.parametrize("backend", FUSED)
 def test_fused_ops_pass_opcheck(backend):
     """Fake (meta) implementations and autograd registration are consistent, so torch.compile can trace."""
-    from sgan.losses import function
+    from sgan.ops.boundary_kl import function as boundary_kl_function
+    from sgan.ops.seed_nll import function as seed_nll_function
 
     generator = torch.Generator().manual_seed(6)
     logits = make_logits(2, 21, 12, 12, generator)
     logits = logits.float().reshape(2, 21, -1).to(DEVICE).requires_grad_(True)
     seeds = make_seeds(2, 12, 12, "random", generator).reshape(2, -1).to(DEVICE)
     target = make_crf_probs(2, 21, 12, 12, generator).float().reshape(2, 21, -1).to(DEVICE)
-    torch.library.opcheck(function._seed_nll_forward_op, (logits, seeds, 0, FLOOR, backend))
-    torch.library.opcheck(function._seed_nll_forward_op, (logits, seeds, 0, 0.0, backend))
-    torch.library.opcheck(function._boundary_kl_forward_op, (logits, target, FLOOR, 0.05, 20.0, backend))
+    torch.library.opcheck(seed_nll_function._seed_nll_forward_op, (logits, seeds, 0, FLOOR, backend))
+    torch.library.opcheck(seed_nll_function._seed_nll_forward_op, (logits, seeds, 0, 0.0, backend))
+    torch.library.opcheck(boundary_kl_function._boundary_kl_forward_op, (logits, target, FLOOR, 0.05, 20.0, backend))
 
 
 def test_classification_loss():
@@ -384,7 +387,7 @@ def test_boundary_loss_runs_the_crf_when_given_images():
     logits = make_logits(2, 21, 6, 8, generator).float().requires_grad_(True)
     images = torch.randint(0, 256, (2, 24, 32, 3), generator=generator, dtype=torch.uint8)
     value = losses.boundary_loss(logits, images, crf_processes=1, backend="reference")
-    small = losses.resize_images(images, (6, 8))
+    small = resize_images(images, (6, 8))
     refined = dense_crf(small, losses.crf_unary_probs(logits), scale=12.0, processes=1)
     expected = losses.boundary_loss(logits, crf_probs=refined, backend="reference")
     assert float(value.detach()) == float(expected.detach())
@@ -394,7 +397,7 @@ def test_boundary_loss_runs_the_crf_when_given_images():
 
 def test_resize_seeds_is_nearest():
     seeds = torch.arange(12 * 10).reshape(1, 12, 10) % 256
-    resized = losses.resize_seeds(seeds, (4, 5))
+    resized = resize_seeds(seeds, (4, 5))
     rows, cols = torch.arange(4) * 12 // 4, torch.arange(5) * 10 // 5
     assert torch.equal(resized[0], seeds[0][rows][:, cols])
     assert resized.dtype == torch.int64
@@ -406,11 +409,11 @@ def test_auto_backend_follows_the_tensors_device(device):
     if device == "cpu":
         expected = "cpp" if _ext.available("cpu") else "reference"
     else:
-        expected = "cuda" if _ext.available("cuda") else "triton" if "triton" in losses.fused_backends("cuda") \
+        expected = "cuda" if _ext.available("cuda") else "triton" if "triton" in softmax.fused_backends("cuda") \
             else "reference"
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the one-time fallback warning, when there is no fused backend
-        assert losses.resolve_backend("auto", torch.zeros(1, 21, 2, 2, device=device)) == expected
+        assert softmax.resolve_backend("auto", torch.zeros(1, 21, 2, 2, device=device)) == expected
 
 
 # ---------------------------------------------------------------------------------------------
@@ -558,7 +561,7 @@ def test_loss_backends_on_the_second_gpu():
     reference = losses.balanced_seed_loss(logits, seeds, backend="reference")
     definition = balanced_seed_loss_definition(logits.double(), seeds)
     torch.cuda.set_device(0)
-    for backend in losses.fused_backends("cuda"):
+    for backend in softmax.fused_backends("cuda"):
         got = losses.balanced_seed_loss(logits.to("cuda:1"), seeds.to("cuda:1"), backend=backend)
         assert got.device == torch.device("cuda", 1)
         assert_within_reference_error(backend, got.cpu(), reference, definition, torch.float32)
