@@ -146,3 +146,21 @@ SEED_LOSSES = {
                    lambda lg, s: seed_loss_definition(lg, s, "batch")),
     "balanced": (21, lambda lg, s, be: losses.balanced_seed_loss(lg, s, backend=be), balanced_seed_loss_definition),
 }
+
+
+def loss_and_definition(loss, B, h, w, seed_pattern, generator):
+    """(C, fn(logits, backend), definition(logits)) of ``loss`` ("boundary" or a name in SEED_LOSSES)
+    on inputs drawn from ``generator`` now: CRF probabilities, or seeds of ``seed_pattern``."""
+    if loss == "boundary":
+        C = 21
+        crf_probs = make_crf_probs(B, C, h, w, generator)
+        target = crf_probs.to(DEVICE)
+        fn = lambda lg, be: losses.boundary_loss(lg, crf_probs=target, backend=be)  # noqa: E731
+        definition = lambda lg: boundary_loss_definition(lg, crf_probs)  # noqa: E731
+    else:
+        C, loss_fn, seed_definition = SEED_LOSSES[loss]
+        seeds = make_seeds(B, h, w, seed_pattern, generator)
+        seeds_device = seeds.to(DEVICE)
+        fn = lambda lg, be: loss_fn(lg, seeds_device, be)  # noqa: E731
+        definition = lambda lg: seed_definition(lg, seeds)  # noqa: E731
+    return C, fn, definition

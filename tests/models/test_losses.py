@@ -18,6 +18,7 @@ from tests.loss_definitions import (
     SEED_LOSSES,
     boundary_loss_definition,
     check_against_definition,
+    loss_and_definition,
     make_crf_probs,
     make_logits,
     make_seeds,
@@ -125,17 +126,7 @@ def test_extreme_logits_stay_finite_and_correct(backend, loss):
     C = 21 if loss in ("balanced", "boundary") else 20
     signs = torch.randint(0, 2, (B, C, h, w), generator=generator).double() * 2 - 1
     logits = signs * 1e4
-    if loss == "boundary":
-        crf_probs = make_crf_probs(B, C, h, w, generator)
-        target = crf_probs.to(DEVICE)
-        fn = lambda lg, be: losses.boundary_loss(lg, crf_probs=target, backend=be)  # noqa: E731
-        definition = lambda lg: boundary_loss_definition(lg, crf_probs)  # noqa: E731
-    else:
-        _, loss_fn, seed_definition = SEED_LOSSES[loss]
-        seeds = make_seeds(B, h, w, "cases", generator)
-        seeds_device = seeds.to(DEVICE)
-        fn = lambda lg, be: loss_fn(lg, seeds_device, be)  # noqa: E731
-        definition = lambda lg: seed_definition(lg, seeds)  # noqa: E731
+    _, fn, definition = loss_and_definition(loss, B, h, w, "cases", generator)
     value, grad = value_and_grad(fn, logits, torch.float32, backend, 1.0)
     assert torch.isfinite(value) and torch.isfinite(grad).all()
     assert float(value) <= 2 * math.log(1 / FLOOR * (1 + C * FLOOR)) + 1e-3  # at most two terms in eq. 8

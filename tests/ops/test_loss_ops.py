@@ -18,8 +18,8 @@ from tests.loss_definitions import (
     FUSED,
     SEED_LOSSES,
     balanced_seed_loss_definition,
-    boundary_loss_definition,
     check_against_definition,
+    loss_and_definition,
     make_crf_probs,
     make_logits,
     make_seeds,
@@ -70,18 +70,7 @@ def test_fused_half_precision(backend, dtype, loss):
     float32 loss and a gradient in the logits' dtype."""
     generator = torch.Generator().manual_seed(8)
     B, h, w = 3, 5, 6
-    if loss == "boundary":
-        C = 21
-        crf_probs = make_crf_probs(B, C, h, w, generator)
-        target = crf_probs.to(DEVICE)
-        fn = lambda lg, be: losses.boundary_loss(lg, crf_probs=target, backend=be)  # noqa: E731
-        definition = lambda lg: boundary_loss_definition(lg, crf_probs)  # noqa: E731
-    else:
-        C, loss_fn, seed_definition = SEED_LOSSES[loss]
-        seeds = make_seeds(B, h, w, "random", generator)
-        seeds_device = seeds.to(DEVICE)
-        fn = lambda lg, be: loss_fn(lg, seeds_device, be)  # noqa: E731
-        definition = lambda lg: seed_definition(lg, seeds)  # noqa: E731
+    C, fn, definition = loss_and_definition(loss, B, h, w, "random", generator)
     rounded = make_logits(B, C, h, w, generator).to(dtype).double()  # the definition sees the same rounded inputs
     check_against_definition(f"{loss}/{dtype}", fn, definition, rounded, dtype, backend)
     leaf = rounded.to(device=DEVICE, dtype=dtype).requires_grad_(True)
