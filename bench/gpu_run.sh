@@ -12,7 +12,7 @@
 #   part 6  while time remains: attention at 65 and 81, the profile, sgan_train --find-max-size
 #
 # --dry-run      the same parts on the CPU at toy sizes: no build (the installed extension), the
-#                backends the CPU has, three of the seven test files
+#                backends the CPU has, three of the eight test files
 # --budget S     seconds for the whole run (default 540 on the GPU, 600 for --dry-run); parts 1 to 5
 #                get at most their planned seconds each, part 6 what is left
 # OUT            the output folder (default /tmp/sgan_gpu_out); PYTHON the interpreter (default python3)
@@ -66,7 +66,8 @@ else
   PLAN=(0 150 100 50 90 110)
   device=cuda require=cpp,cuda,triton fused=cuda,triton small=()
   tests=(tests/ops/test_attention.py tests/ops/test_attention_compile.py tests/ops/test_attention_errors.py
-    tests/ops/test_attention_memory.py tests/ops/test_attention_triton.py tests/models/test_losses.py tests/ops/test_backends.py)
+    tests/ops/test_attention_memory.py tests/ops/test_attention_triton.py tests/ops/test_loss_ops.py
+    tests/models/test_losses.py tests/ops/test_backends.py)
   attention=(--device cuda --batch 15)
   sizes_41=41 sizes_161=161 sizes_large=65,81 train_size=321 train_options=(--batch 15)
   crf=()

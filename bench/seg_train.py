@@ -24,8 +24,10 @@ from bench.harness import Column, MIB, positive_int
 from bench.registry import Benchmark, Plan, register
 from sgan.config import Config
 from sgan.crf import DenseCRFPool
-from sgan.losses import balanced_seed_loss, boundary_loss, resize_images, resize_seeds, resolve_backend
+from sgan.data.logits_size import resize_images, resize_seeds
+from sgan.losses import balanced_seed_loss, boundary_loss
 from sgan.models.deeplab import ARCHS, build_deeplab
+from sgan.ops.softmax import resolve_backend
 from sgan.pipeline.train_seg import StageTwoLoss, logits_size
 from sgan.train.optim import build_sgd
 

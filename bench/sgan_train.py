@@ -31,8 +31,9 @@ from bench import harness
 from bench.child import ChildFailed
 from bench.harness import Column, MIB, int_list, name_list, positive_int
 from bench.registry import Benchmark, Plan, register
+from sgan.data.logits_size import resize_seeds
 from sgan.models.sgan_net import MODEL_SECTION
-from sgan.losses import classification_loss, resize_seeds, seed_loss
+from sgan.losses import classification_loss, seed_loss
 from sgan.models.sgan_net import SGANNet
 from sgan.ops import saliency_attention
 from sgan.train.optim import build_sgd

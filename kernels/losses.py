@@ -1,7 +1,8 @@
 """Triton kernels of the seed losses and the boundary KL (installed as ``sgan.kernels.losses``).
 
-Launchers follow the backend contract in ``sgan/losses/function.py``. One program handles a block
-of BLOCK_N consecutive positions of one image and all C channels (padded to BLOCK_C). The forward
+Launchers follow the backend contracts in ``sgan/ops/seed_nll/function.py`` and
+``sgan/ops/boundary_kl/function.py``. One program handles a block of BLOCK_N consecutive positions
+of one image and all C channels (padded to BLOCK_C). The forward
 reads the logits once, keeps the floored softmax in registers and writes per-block partial sums
 (reduced by torch in a fixed order, so results are deterministic) and a few statistics per
 position; the backward reads the logits once more and writes the gradient. Accumulation is float32, or

@@ -1,7 +1,8 @@
 // Fused seed losses (eq. 5, eq. 8) and the KL part of the boundary loss (eq. 9) on CPU.
 //
-// Contract: see sgan/losses/function.py. Logits are (B, C, N) contiguous; positions are processed in
-// tiles of kTile consecutive positions of one image, so every loop over a tile runs along contiguous
+// Contract: see sgan/ops/seed_nll/function.py and sgan/ops/boundary_kl/function.py. Logits are
+// (B, C, N) contiguous; positions are processed in tiles of kTile consecutive positions of one
+// image, so every loop over a tile runs along contiguous
 // memory and vectorises. The forward reads a tile's logits once, keeps its softmax in a C x kTile
 // buffer (L1-resident), floors and renormalises it on the fly and writes only per-tile partial sums
 // and a few statistics per position (row maximum, 1 / sum of exponentials, floored sum, ...). The

@@ -1,7 +1,8 @@
 // Fused seed losses (eq. 5, eq. 8) and the KL part of the boundary loss (eq. 9) on CUDA.
 //
-// Contract: see sgan/losses/function.py (schemas are defined in csrc/cpu/losses.cpp). One thread per
-// position: consecutive threads read consecutive positions of each channel (coalesced); the C channel
+// Contract: see sgan/ops/seed_nll/function.py and sgan/ops/boundary_kl/function.py (schemas are
+// defined in csrc/cpu/losses.cpp). One thread per position: consecutive threads read consecutive
+// positions of each channel (coalesced); the C channel
 // values of a position are re-read from L1 by the later passes instead of materialising the softmax.
 // The forward also writes a few statistics per position (row maximum, floored sum, ...), so the
 // backward is a single pass over the channels.

@@ -1,8 +1,9 @@
 """Stage 1: SGAN (or a Table II variant) with L = L_cls + lambda L_seed on seeds0 -> ckpt/sgan.pt."""
+from sgan.data.logits_size import resize_seeds
 from sgan.data.voc import VOCTrainSet, validate_samples
 from sgan.data.zoom import zoom_nearest
 from sgan.data.voc_classes import NUM_CLASSES
-from sgan.losses import PROB_FLOOR, classification_loss, resize_seeds, seed_loss
+from sgan.losses import PROB_FLOOR, classification_loss, seed_loss
 from sgan.models.compute import COMPUTE_CHOICES, TRAINING_COMPUTE_DEFAULTS
 from sgan.models.sgan_net import VARIANTS, build_network
 from sgan.pipeline import resolve_device, work_path

@@ -9,9 +9,8 @@ import sys
 import pytest
 import torch
 
-from sgan import _ext, losses
-from sgan.losses import function as losses_function
-from sgan.ops import dispatch
+from sgan import _ext
+from sgan.ops import dispatch, softmax
 
 REPOSITORY = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -22,11 +21,11 @@ try:
     import sgan._C
 except ImportError as error:
     print("IMPORT ERROR", error)
-from sgan import losses
+from sgan.ops import softmax
 with warnings.catch_warnings(record=True) as caught:
     warnings.simplefilter("always")
     try:
-        print("AUTO", losses.resolve_backend("auto", torch.zeros(1, 21, 2, 2)))
+        print("AUTO", softmax.resolve_backend("auto", torch.zeros(1, 21, 2, 2)))
     except RuntimeError as error:
         print("RAISED", error)
 for warning in caught:
@@ -84,7 +83,7 @@ def broken_triton_losses(monkeypatch):
     """sgan.kernels.losses fails to import (as when a triton API it uses has moved)."""
     monkeypatch.setitem(sys.modules, "sgan.kernels.losses", None)
     monkeypatch.setattr(dispatch, "_triton_import_problems", {})
-    monkeypatch.setattr(losses_function._DISPATCH, "_warned", set())
+    monkeypatch.setattr(softmax._DISPATCH, "_warned", set())
     monkeypatch.setenv("TRITON_INTERPRET", "1")
     monkeypatch.delenv(dispatch.REQUIRE_VARIABLE, raising=False)
 
@@ -93,17 +92,17 @@ def broken_triton_losses(monkeypatch):
 def test_broken_triton_kernels_warn_and_fail_when_required(broken_triton_losses, monkeypatch):
     with pytest.warns(RuntimeWarning, match=r"sgan.losses: backend 'triton' is unavailable: "
                                             r"sgan.kernels.losses could not be imported \(ModuleNotFoundError"):
-        assert losses.fused_backends("cpu") == ["cpp"]
+        assert softmax.fused_backends("cpu") == ["cpp"]
     logits = torch.zeros(1, 21, 2, 2)
-    assert losses.resolve_backend("auto", logits) == "cpp"  # auto does not use triton for CPU tensors
+    assert softmax.resolve_backend("auto", logits) == "cpp"  # auto does not use triton for CPU tensors
     monkeypatch.setenv(dispatch.REQUIRE_VARIABLE, "cpp,triton")
     expected = ("SGAN_REQUIRE_BACKENDS='cpp,triton' but sgan.losses backend 'triton' is unavailable: "
                 "sgan.kernels.losses could not be imported")
     with pytest.raises(RuntimeError, match=expected):
-        losses.resolve_backend("auto", logits)
+        softmax.resolve_backend("auto", logits)
     with pytest.raises(RuntimeError, match=expected):
         dispatch.check_required_backends()
-    assert losses.resolve_backend("reference", logits) == "reference"  # asked for by name: no check
+    assert softmax.resolve_backend("reference", logits) == "reference"  # asked for by name: no check
 
 
 @pytest.mark.parametrize("value", ["cpp,triton", " cpp , cuda ", ""])
@@ -116,4 +115,4 @@ def test_required_backends_variable_with_an_unknown_name(monkeypatch):
     monkeypatch.setenv(dispatch.REQUIRE_VARIABLE, "cpp,trition")
     with pytest.raises(ValueError, match=r"SGAN_REQUIRE_BACKENDS: expected comma-separated names from "
                                          r"\('cpp', 'cuda', 'triton'\), got 'cpp,trition'"):
-        losses.resolve_backend("auto", torch.zeros(1, 21, 2, 2))
+        softmax.resolve_backend("auto", torch.zeros(1, 21, 2, 2))
