@@ -9,7 +9,8 @@
 #   part 3  attention benchmark at 41x41, B = 15, float32 and bfloat16, every backend    bench.log results.json
 #   part 4  the demo at toy sizes with device=cuda                                        demo.log
 #   part 5  losses benchmark; sgan_train at 321² with each backend; attention 161x161     bench.log results.json
-#   part 6  while time remains: attention at 65 and 81, the profile, sgan_train --find-max-size
+#   part 6  while time remains: attention at 65 and 81, the profile, sgan_train at 1281² in bf16,
+#           channels-last, with checkpointing and its largest side, sgan_train --find-max-size
 #
 # --dry-run      the same parts on the CPU at toy sizes: no build (the installed extension), the
 #                backends the CPU has, three of the eight test files
@@ -59,7 +60,7 @@ if [ $dry = 1 ]; then
   device=cpu require=cpp,triton fused=cpp small=(--warmup 0 --repeats 1)
   tests=(tests/ops/test_attention_errors.py tests/ops/test_attention_memory.py tests/ops/test_backends.py)
   attention=(--device cpu --batch 2 --channels 16 --key-channels 8 --warmup 0 --repeats 2)
-  sizes_41=9 sizes_161=13 sizes_large=17 train_size=33 train_options=(--batch 1 --width 0.125)
+  sizes_41=9 sizes_161=13 sizes_large=17 train_size=33 train_options=(--batch 1 --width 0.125) large_train_size=41
   crf=(--train-crf-images 2 --test-crf-images 1)
 else
   budget=${budget:-540}
@@ -69,7 +70,7 @@ else
     tests/ops/test_attention_memory.py tests/ops/test_attention_triton.py tests/ops/test_loss_ops.py
     tests/models/test_losses.py tests/ops/test_backends.py)
   attention=(--device cuda --batch 15)
-  sizes_41=41 sizes_161=161 sizes_large=65,81 train_size=321 train_options=(--batch 15)
+  sizes_41=41 sizes_161=161 sizes_large=65,81 train_size=321 train_options=(--batch 15) large_train_size=1281
   crf=()
 fi
 start=$(date +%s)
@@ -192,7 +193,7 @@ bench sgan_train_$train_size 35 sgan_train --device $device "${train_options[@]}
   --fused $fused "${small[@]}"
 bench attention_$sizes_161 35 attention "${attention[@]}" --shapes $sizes_161 --dtype float32 --repeats 3
 
-part 6 "while time remains: larger attention sizes, the profile, sgan_train --find-max-size"
+part 6 "while time remains: larger attention sizes, the profile, sgan_train in bf16 at ${large_train_size}², --find-max-size"
 bench attention_large 120 attention "${attention[@]}" --shapes $sizes_large --dtype float32,bfloat16
 if [ $dry = 1 ]; then
   step "profile" "$BENCH_LOG" 60 "$PY" -m bench.profile_attention --device cpu --size $sizes_41 --channels 16 \
@@ -201,9 +202,14 @@ else
   step "profile" "$BENCH_LOG" 120 "$PY" -m bench.profile_attention --device cuda --size 41 --dtype bfloat16 \
     --backends reference,cuda,triton
 fi
+large_mode=(--precision bf16 --memory-format channels_last --checkpointing on)
 if [ $dry = 1 ]; then
+  bench sgan_train_bf16_$large_train_size 60 sgan_train --device cpu "${train_options[@]}" \
+    --sizes $large_train_size --fused $fused "${large_mode[@]}" "${small[@]}"
   say "   sgan_train --find-max-size: left out (it needs CUDA)"
 else
+  bench sgan_train_bf16_$large_train_size 200 sgan_train --device cuda --batch 15 --sizes $large_train_size \
+    --fused $fused "${large_mode[@]}" --find-max-size --max-size-backends cuda
   bench sgan_train_max_size 300 sgan_train --device cuda --batch 15 --fused $fused --find-max-size
 fi
 

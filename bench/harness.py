@@ -303,6 +303,17 @@ def name_list(text):
     return values
 
 
+def choice_list(choices, what):
+    """An argparse type: 'a,b' -> ['a', 'b'], each among ``choices`` (else one line naming ``what``)."""
+    def parse(text):
+        values = name_list(text)
+        unknown = [value for value in values if value not in choices]
+        if unknown:
+            raise argparse.ArgumentTypeError(f"expected {what} among {list(choices)}, got {unknown}")
+        return values
+    return parse
+
+
 # ---------------------------------------------------------------------------------------------
 # Running a benchmark
 

@@ -1,13 +1,15 @@
 """The registered benchmarks: each one a :class:`Benchmark`, run by bench/harness.py.
 
-A benchmark module (bench/attention.py, bench/losses.py, bench/sgan_train.py, bench/seg_train.py)
+A benchmark module (bench/attention.py, bench/losses.py, bench/sgan_train.py, bench/seg_train.py,
+bench/loaders.py, bench/inference.py)
 calls :func:`register` at import; :func:`get` and :func:`names` import them all first.
 """
 import dataclasses
 import importlib
 from typing import Callable, Optional
 
-BENCHMARK_MODULES = ("bench.attention", "bench.losses", "bench.sgan_train", "bench.seg_train", "bench.loaders")
+BENCHMARK_MODULES = ("bench.attention", "bench.losses", "bench.sgan_train", "bench.seg_train", "bench.loaders",
+                     "bench.inference")
 _REGISTRY = {}
 
 

@@ -14,32 +14,34 @@ resident set size of a child process that builds the network and runs them (one 
 backend). With ``--find-max-size`` (CUDA): the largest square input (8k + 1, like 321) at which one
 iteration of batch B fits in GPU memory with each path.
 
-For larger inputs: ``--precision fp32,bf16`` runs each size in float32 and under bfloat16 autocast
-(the networks' layers; the losses compute in float32); ``--channels-last`` puts the network and the
-images in channels-last layout; ``--checkpointing`` recomputes the backbone's conv blocks in the
-backward pass. ``--memory-budget 8GiB`` (CPU): the largest square input (8k + 1) whose one training
-iteration peaks under that resident set size, each size tried in its own child process, with the
-search of --find-max-size.
+For larger inputs, the steps' compute settings (sgan.models.compute), each a comma separated list
+whose every combination is a case: ``--precision fp32,bf16`` (fp16 with loss scaling on CUDA),
+``--memory-format contiguous,channels_last`` (network and images), ``--checkpointing off,on``
+(recompute the backbone's conv blocks in the backward pass). ``--memory-budget 8GiB`` (CPU): the
+largest square input (8k + 1) whose one training iteration peaks under that resident set size, each
+size tried in its own child process, for every backend and mode. The search grows the side, then
+narrows the bracket around the side that a fit of peak = a + b·side² through the two nearest probes
+predicts (bisection when there is no such fit: on CUDA, or when the prediction leaves the bracket).
 """
 import argparse
-import contextlib
+import itertools
 import re
 
 import torch
 
 from bench import harness
 from bench.child import ChildFailed
-from bench.harness import Column, MIB, int_list, name_list, positive_int
+from bench.harness import Column, MIB, choice_list, int_list, name_list, positive_int
 from bench.registry import Benchmark, Plan, register
 from sgan.data.logits_size import resize_seeds
-from sgan.models.sgan_net import MODEL_SECTION
 from sgan.losses import classification_loss, seed_loss
-from sgan.models.sgan_net import SGANNet
+from sgan.models.compute import MEMORY_FORMATS, PRECISIONS, apply_memory_format, autocast, grad_scaler
+from sgan.models.sgan_net import MODEL_SECTION, SGANNet
 from sgan.ops import saliency_attention
 from sgan.train.optim import build_sgd
 
 MAX_SIZE_START, MAX_SIZE_STEP, MAX_SIZE_LIMIT = 321, 160, 4001
-PRECISIONS = {"fp32": None, "bf16": torch.bfloat16}  # name -> autocast dtype (None: no autocast)
+CHECKPOINTING = {"off": False, "on": True}
 BYTE_UNITS = {"B": 1, "KiB": 2 ** 10, "MiB": 2 ** 20, "GiB": 2 ** 30}
 
 
@@ -52,13 +54,9 @@ def byte_size(text):
     return int(float(found.group(1)) * BYTE_UNITS[found.group(2)])
 
 
-def precision_list(text):
-    """'fp32,bf16' -> ['fp32', 'bf16'] (each a key of PRECISIONS)."""
-    values = name_list(text)
-    unknown = [value for value in values if value not in PRECISIONS]
-    if unknown:
-        raise argparse.ArgumentTypeError(f"expected precisions among {list(PRECISIONS)}, got {unknown}")
-    return values
+def mode_name(case):
+    """'bf16 channels_last ckpt': the compute mode of a case (its precision, memory format, checkpointing)."""
+    return " ".join([case["precision"], case["memory_format"]] + (["ckpt"] if case["checkpointing"] else []))
 
 
 def model_options(width):
@@ -104,18 +102,22 @@ def make_batch(batch, size, device, seed=0):
     return [t.to(device) for t in (images, saliency, labels, seeds)]
 
 
-def train_step(network, optimizer, images, saliency, labels, seeds, loss_backend, precision="fp32"):
-    """One iteration; the forward and the losses under autocast to the ``precision``'s dtype (if any)."""
-    dtype = PRECISIONS[precision]
-    autocast = torch.autocast(images.device.type, dtype) if dtype is not None else contextlib.nullcontext()
-    with autocast:
+def train_step(network, optimizer, images, saliency, labels, seeds, loss_backend, precision="fp32", scaler=None):
+    """One iteration as the training loop runs it: the forward and the losses under ``precision``'s
+    autocast (sgan.models.compute), fp16 with the loss ``scaler``."""
+    with autocast(images.device, precision):
         out = network(images, saliency)
         cls = classification_loss(out["cam"], labels, backend=loss_backend)
         seed = seed_loss(out["seed"], resize_seeds(seeds, out["seed"].shape[-2:]), backend=loss_backend)
         loss = cls + 0.15 * seed
     optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    optimizer.step()
+    if scaler is None:
+        loss.backward()
+        optimizer.step()
+    else:
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
     return loss.detach()
 
 
@@ -128,11 +130,14 @@ def add_arguments(parser):
     parser.add_argument("--fused", type=name_list, default=None,
                         help="fused attention backends, comma separated (default: the first usable)")
     parser.add_argument("--find-max-size", action="store_true", help="CUDA only: largest input that fits")
-    parser.add_argument("--precision", type=precision_list, default=["fp32"],
-                        help="comma separated: fp32 and/or bf16 (autocast of the networks); default fp32")
-    parser.add_argument("--channels-last", action="store_true", help="network and images in channels-last layout")
-    parser.add_argument("--checkpointing", action="store_true",
-                        help="recompute the backbone's conv blocks in the backward pass")
+    parser.add_argument("--precision", type=choice_list(PRECISIONS, "precisions"), default=["fp32"],
+                        help="comma separated among fp32, bf16, fp16 (CUDA): autocast of the networks; default fp32")
+    parser.add_argument("--memory-format", type=choice_list(MEMORY_FORMATS, "memory formats"), default=["contiguous"],
+                        help="comma separated among contiguous, channels_last (network and images); default contiguous")
+    parser.add_argument("--checkpointing", type=choice_list(CHECKPOINTING, "checkpointing values"), default=["off"],
+                        help="comma separated among off, on: recompute the backbone's conv blocks; default off")
+    parser.add_argument("--max-size-backends", type=name_list, default=None,
+                        help="with --find-max-size / --memory-budget: the backends to search (default: every one)")
     parser.add_argument("--memory-budget", type=byte_size, default=None,
                         help="CPU only: the largest input whose iteration peaks under this RSS, e.g. 8GiB")
 
@@ -144,38 +149,42 @@ def plan(args, device):
         raise ValueError("--memory-budget needs --device cpu (on CUDA, --find-max-size searches the GPU's memory)")
     if not args.width > 0:
         raise ValueError(f"--width: expected a positive number, got {args.width}")
+    if "fp16" in args.precision and device.type != "cuda":
+        raise ValueError(f"--precision: fp16 (with loss scaling) needs --device cuda, got {device.type}; use bf16")
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # the same for both paths: only the attention differs
     batch = args.batch or (15 if device.type == "cuda" else 2)
     fused, unusable = fused_backends(device, args.fused)
     backends = ["reference"] + fused
+    unknown = sorted(set(args.max_size_backends or []) - set(backends))
+    if unknown:
+        raise ValueError(f"--max-size-backends: expected backends among {backends}, got {unknown}")
     notes = [] if fused else [f"no fused attention backend is available on {device.type}: only the reference"]
-    cases = [{"batch": batch, "input_size": [size, size], "feature_size": [(size - 1) // 8 + 1] * 2,
-              "precision": precision} for size in args.sizes for precision in args.precision]
+    cases = [{"batch": batch, "input_size": [size, size], "feature_size": [(size - 1) // 8 + 1] * 2, **mode}
+             for size in args.sizes for mode in modes(args)]
     config = {"batch": batch, "loss_backend": args.loss_backend, "model": model_options(args.width),
-              "channels_last": args.channels_last, "checkpointing": args.checkpointing,
               "memory_budget_mib": None if args.memory_budget is None else args.memory_budget / MIB}
     return Plan(config=config, cases=cases, backends=backends, not_measured=unusable, notes=notes)
 
 
 def measure(case, backends, ctx):
-    """Median / min time of one training iteration of one backend (in the case's precision, with the
-    --channels-last and --checkpointing options); CUDA: the allocator's peak."""
+    """Median / min time of one training iteration of one backend in the case's mode (precision,
+    memory_format, checkpointing); CUDA: the allocator's peak."""
     (backend,) = backends
     device = ctx.device
     torch.manual_seed(0)
     network = SGANNet(model_options(ctx.args.width), "sgan", backend=backend,
-                      checkpointing=ctx.args.checkpointing).to(device)
+                      checkpointing=case["checkpointing"]).to(device)
     with torch.no_grad():
         network.attention.gamma.fill_(0.1)  # non-zero, as after a few iterations
     inputs = make_batch(case["batch"], case["input_size"][0], device)
-    if ctx.args.channels_last:
-        network.to(memory_format=torch.channels_last)
-        inputs[0] = inputs[0].contiguous(memory_format=torch.channels_last)
+    apply_memory_format(network, case["memory_format"])
+    inputs[0] = inputs[0].contiguous(memory_format=MEMORY_FORMATS[case["memory_format"]])
     optimizer = build_sgd(network, 1e-3, 0.9, 5e-4, [1, 2, 10, 20])
-    precision, losses = case.get("precision", "fp32"), []
+    precision, losses = case["precision"], []
+    scaler = grad_scaler(device, precision)
     step = lambda: losses.append(  # noqa: E731
-        train_step(network, optimizer, *inputs, ctx.args.loss_backend, precision))
+        train_step(network, optimizer, *inputs, ctx.args.loss_backend, precision, scaler))
     if device.type == "cuda":
         torch.cuda.empty_cache()
         with harness.cuda_peak(device) as peak:
@@ -191,13 +200,20 @@ def measure(case, backends, ctx):
     return {backend: result}
 
 
-def fits(backend, batch, size, ctx, precision="fp32", budget=None):
-    """True when one training iteration at ``size`` fits. Without ``budget`` (CUDA): it runs here
-    without running out of memory; an allocation failure of cuBLAS or cuDNN
-    (harness.is_allocation_failure) counts as not fitting, any other error is raised. With a
-    ``budget`` in bytes (CPU): it runs in a child process whose peak resident set size stays at or
-    under the budget; a child killed (out of memory) does not fit, any other failure is raised."""
-    case, detail = {"batch": batch, "input_size": [size, size], "precision": precision}, ""
+def modes(args):
+    """Every combination of the --precision, --memory-format and --checkpointing values, as case fields."""
+    return [{"precision": p, "memory_format": m, "checkpointing": CHECKPOINTING[c]}
+            for p, m, c in itertools.product(args.precision, args.memory_format, args.checkpointing)]
+
+
+def fits(backend, batch, size, ctx, mode, budget=None):
+    """(fits, peak bytes or None): whether one training iteration at ``size`` in ``mode`` (case
+    fields of :func:`modes`) fits. Without ``budget`` (CUDA): it runs here without running out of
+    memory; an allocation failure of cuBLAS or cuDNN (harness.is_allocation_failure) counts as not
+    fitting, any other error is raised; no peak is returned. With a ``budget`` in bytes (CPU): it runs
+    in a child process whose peak resident set size stays at or under the budget; a child killed (out
+    of memory) does not fit, any other failure is raised."""
+    case, detail, peak = {"batch": batch, "input_size": [size, size], **mode}, "", None
     if budget is None:
         one_iteration = harness.Context(ctx.device, 0, 1, ctx.args)
         try:
@@ -217,53 +233,93 @@ def fits(backend, batch, size, ctx, precision="fp32", budget=None):
                 raise
             fields = {"status": "out of memory"}
         if fields["status"] not in ("ok", "out of memory"):
-            raise RuntimeError(f"{backend} {precision} at {size}²: {fields['status']}")
+            raise RuntimeError(f"{backend} {mode_name(case)} at {size}²: {fields['status']}")
         found = fields["status"] == "ok" and fields["peak_memory_mb"] * MIB <= budget
         detail = f" (peak RSS {fields['peak_memory_mb']:.0f} MiB)" if fields["status"] == "ok" else " (killed)"
-    print(f"{backend:10s} {precision} B={batch} {size}²: {'fits' if found else 'does not fit'}{detail}", flush=True)
-    return found
+        if fields["status"] == "ok":
+            peak = fields["peak_memory_mb"] * MIB
+    print(f"{backend:10s} {mode_name(case)} B={batch} {size}²: {'fits' if found else 'does not fit'}{detail}",
+          flush=True)
+    return found, peak
 
 
-def find_max_size(backend, batch, ctx, start=MAX_SIZE_START, step=MAX_SIZE_STEP, limit=MAX_SIZE_LIMIT,
-                  precision="fp32", budget=None):
-    """Largest 8k + 1 side that fits (:func:`fits`): grow by ``step`` from ``start``, then bisect on
-    multiples of 8."""
+def predicted_size(probes, budget, low, high):
+    """The 8k + 1 side inside the bracket (low, high) where peak = a + b·side², fitted through the two
+    probed sides nearest the budget ({side: peak bytes}), reaches ``budget``; None without a usable fit."""
+    usable = sorted(probes.items(), key=lambda item: abs(item[1] - budget))[:2]
+    if len(usable) < 2 or usable[0][0] == usable[1][0]:
+        return None
+    (s1, p1), (s2, p2) = usable
+    slope = (p2 - p1) / (s2 * s2 - s1 * s1)
+    if slope <= 0:
+        return None
+    side = ((budget - p1) / slope + s1 * s1) ** 0.5
+    grid = int((side - 1) // 8) * 8 + 1
+    return grid if low < grid < high else None
+
+
+def find_max_size(backend, batch, ctx, mode, start=MAX_SIZE_START, step=MAX_SIZE_STEP, limit=MAX_SIZE_LIMIT,
+                  budget=None, known=None):
+    """Largest 8k + 1 side that fits (:func:`fits`) and the number of sides tried: grow by ``step`` from
+    ``start`` until a side does not fit, then narrow the bracket on multiples of 8, each time at the
+    side that :func:`predicted_size` gives (with a budget) and otherwise at the middle; a predicted
+    side that fits is followed by the one 8 above it, so that a good prediction ends the search.
+    known: {side: peak bytes} already measured in this mode (the benchmark's own rows); with a
+    budget the search starts from them, at the largest known side that fits."""
+    probes, tried = dict(known or {}), 0
+    if budget is not None and probes:
+        fitting = [side for side, peak in probes.items() if peak <= budget]
+        start = max(fitting) if fitting else min(probes)
+
     def fits_at(size):
-        return fits(backend, batch, size, ctx, precision, budget)
+        nonlocal tried
+        tried += 1
+        found, peak = fits(backend, batch, size, ctx, mode, budget)
+        if peak is not None:
+            probes[size] = peak
+        return found
 
-    if not fits_at(start):
+    def try_side(side, predicted, low, high):
+        """The bracket after trying ``side``; a predicted side that fits is followed by side + 8."""
+        if not fits_at(side):
+            return low, side
+        if predicted and (high is None or side + 8 < high) and side + 8 <= limit:
+            return (side + 8, high) if fits_at(side + 8) else (side, side + 8)
+        return side, high
+
+    if start in probes and budget is not None and probes[start] > budget:
+        low, high = 9, start
+    elif start not in probes and not fits_at(start):
         low, high = 9, start
     else:
         low, high = start, None
         while high is None and low + step <= limit:
-            candidate = low + step
-            if fits_at(candidate):
-                low = candidate
-            else:
-                high = candidate
+            guess = predicted_size(probes, budget, low, limit + 1) if budget is not None else None
+            low, high = try_side(guess or low + step, guess is not None, low, high)
         if high is None:
-            return {"max_size": low, "capped_at_limit": True}
+            return {"max_size": low, "capped_at_limit": True, "sides_tried": tried}
     while high - low > 8:
-        middle = low + ((high - low) // 16) * 8
-        if fits_at(middle):
-            low = middle
-        else:
-            high = middle
-    return {"max_size": low, "capped_at_limit": False}
+        guess = predicted_size(probes, budget, low, high) if budget is not None else None
+        low, high = try_side(guess or low + ((high - low) // 16) * 8, guess is not None, low, high)
+    return {"max_size": low, "capped_at_limit": False, "sides_tried": tried}
 
 
 def summarize(rows, plan, ctx):
-    """With --find-max-size (CUDA) or --memory-budget (CPU): the largest input of each backend and
-    precision, keyed by the backend (fp32) or 'backend/precision'."""
+    """With --find-max-size (CUDA) or --memory-budget (CPU): the largest input of each backend in each
+    mode, keyed 'backend mode' (:func:`mode_name`)."""
     budget = ctx.args.memory_budget
     if not ctx.args.find_max_size and budget is None:
         return {}
     batch, found = plan.config["batch"], {}
-    for backend in plan.backends:
-        for precision in ctx.args.precision:
-            key = backend if precision == "fp32" else f"{backend}/{precision}"
-            found[key] = find_max_size(backend, batch, ctx, precision=precision, budget=budget)
-            print(f"{key:10s} largest input for B={batch}: {found[key]['max_size']}²")
+    for backend in ctx.args.max_size_backends or plan.backends:
+        for mode in modes(ctx.args):
+            key = f"{backend} {mode_name(mode)}"
+            known = {row["input_size"][0]: row["peak_memory_mb"] * MIB for row in rows
+                     if budget is not None and row["backend"] == backend and row.get("status") == "ok"
+                     and row["batch"] == batch and all(row[k] == v for k, v in mode.items())}
+            found[key] = find_max_size(backend, batch, ctx, mode, budget=budget, known=known)
+            print(f"{key:30s} largest input for B={batch}: {found[key]['max_size']}² "
+                  f"({found[key]['sides_tried']} sides tried)", flush=True)
     return {"max_size": found}
 
 
@@ -276,7 +332,8 @@ register(Benchmark(
     measure=measure,
     compare={"median_ms": "speedup", "min_ms": "speedup_min"},
     columns=[Column("input_size", "input", lambda s: f"{s[0]}²"), Column("batch", "B"),
-             Column("precision", "precision"), Column("backend", "backend"),
+             Column("precision", "precision"), Column("memory_format", "layout"),
+             Column("checkpointing", "ckpt", lambda c: "on" if c else "off"), Column("backend", "backend"),
              Column("median_ms", "median ms", "{:.1f}"),
              Column("min_ms", "min ms", "{:.1f}"), Column("peak_memory_mb", "peak MiB", "{:.0f}"),
              Column("speedup", "ref / it", "{:.2f}x"), Column("speedup_min", "(min)", "{:.2f}x")],

@@ -139,7 +139,7 @@ def test_child_error_is_reported_in_one_line():
 
 
 def test_every_registered_benchmark_has_a_baseline_that_it_measures():
-    assert registry.names() == ["attention", "loaders", "losses", "seg_train", "sgan_train"]
+    assert registry.names() == ["attention", "inference", "loaders", "losses", "seg_train", "sgan_train"]
     for name in registry.names():
         benchmark = registry.get(name)
         args = run.build_parser(benchmark, name).parse_args(["--device", "cpu"])
@@ -162,7 +162,7 @@ def test_a_benchmark_without_a_baseline_is_refused():
 def test_cli_lists_the_benchmarks(capsys):
     assert run.main(["--list"]) == 0
     listed = capsys.readouterr().out
-    for name in ("attention", "loaders", "losses", "sgan_train", "seg_train"):
+    for name in ("attention", "inference", "loaders", "losses", "sgan_train", "seg_train"):
         assert name in listed
 
 
@@ -292,19 +292,21 @@ def test_find_max_size_counts_library_allocation_failures_as_not_fitting(tmp_pat
         plan=lambda args, device: Plan(config={"batch": 1}, cases=[{"batch": 1, "input_size": [321, 321]}],
                                        backends=["reference"]))
     path = tmp_path / "sgan_train.json"
-    args = argparse.Namespace(output=str(path), find_max_size=True, memory_budget=None, precision=["fp32"])
+    args = argparse.Namespace(output=str(path), find_max_size=True, memory_budget=None, precision=["fp32"],
+                              memory_format=["contiguous"], checkpointing=["off"], max_size_backends=None)
     harness.run_benchmark(benchmark, args, torch.device("cpu"), warmup=0, repeats=1)
     written = json.loads(path.read_text())
     assert written["complete"] is True and [row["status"] for row in written["results"]] == ["ok"]
-    # 321, 481, 641 fit, 801 does not; bisection on multiples of 8 above 641 ends at 697 (705 > 700)
-    assert written["max_size"] == {"reference": {"max_size": 697, "capped_at_limit": False}}
+    # 321, 481, 641 fit, 801 does not; bisection on multiples of 8 above 641 (721 no, 681, 697, 705 no) ends at 697
+    assert written["max_size"] == {"reference fp32 contiguous": {"max_size": 697, "capped_at_limit": False,
+                                                                 "sides_tried": 8}}
 
 
 def test_find_max_size_raises_an_error_that_is_not_an_allocation_failure(monkeypatch):
     monkeypatch.setattr(sgan_train, "measure", fake_training_step(700, RuntimeError("CUDNN_STATUS_BAD_PARAM")))
     ctx = harness.Context(torch.device("cpu"), 0, 1, argparse.Namespace())
     with pytest.raises(RuntimeError, match="BAD_PARAM"):
-        sgan_train.find_max_size("reference", 1, ctx)
+        sgan_train.find_max_size("reference", 1, ctx, FP32)
 
 
 def test_sgan_train_measures_every_fused_backend_named_and_records_the_unusable(capsys):
@@ -327,14 +329,17 @@ def test_allocation_failures_are_reported_as_out_of_memory():
 # sgan_train for larger inputs: precision, channels-last, checkpointing, the CPU memory budget
 
 
+FP32 = {"precision": "fp32", "memory_format": "contiguous", "checkpointing": False}
+
+
 def sgan_train_args(*options):
     return run.build_parser(registry.get("sgan_train"), "sgan_train").parse_args(
         ["--device", "cpu", "--batch", "1", "--sizes", "33", "--width", "0.0625", *options])
 
 
 def test_sgan_train_measure_builds_and_feeds_the_network_as_the_options_say(monkeypatch):
-    """--precision bf16 --channels-last --checkpointing reach the network: a spy sees autocast on, the
-    images in channels-last layout, checkpointing on; without them, none of that."""
+    """A case's mode (bf16, channels_last, checkpointing) reaches the network: a spy sees autocast on, the
+    images in channels-last layout, checkpointing on; in the default mode, none of that."""
     seen = []
 
     class Spy(sgan_train.SGANNet):
@@ -349,33 +354,38 @@ def test_sgan_train_measure_builds_and_feeds_the_network_as_the_options_say(monk
 
     monkeypatch.setattr(sgan_train, "SGANNet", Spy)
     for options, expected in (([], (False, False, False, False)),
-                              (["--channels-last", "--checkpointing"], (False, True, True, True)),
-                              (["--precision", "bf16", "--channels-last", "--checkpointing"],
+                              (["--memory-format", "channels_last", "--checkpointing", "on"], (False, True, True, True)),
+                              (["--precision", "bf16", "--memory-format", "channels_last", "--checkpointing", "on"],
                                (True, True, True, True))):
         seen.clear()
         args = sgan_train_args(*options)
         ctx = harness.Context(torch.device("cpu"), 0, 1, args)
-        precision = args.precision[0]
-        row = sgan_train.measure({"batch": 1, "input_size": [33, 33], "precision": precision}, ["reference"], ctx)
+        (mode,) = sgan_train.modes(args)
+        row = sgan_train.measure({"batch": 1, "input_size": [33, 33], **mode}, ["reference"], ctx)
         assert row["reference"]["iterations_timed"] == 1 and seen == [expected], options
 
 
-def test_sgan_train_cli_runs_each_precision_with_channels_last_and_checkpointing(tmp_path):
-    """Every size x precision x backend is a row; the reference attention runs in both precisions. The
-    cpp attention in bfloat16 is either measured or its row names the missing dtype support of x."""
+def test_sgan_train_modes_are_every_combination_of_the_options():
+    args = sgan_train_args("--precision", "fp32,bf16", "--memory-format", "contiguous,channels_last",
+                           "--checkpointing", "off,on")
+    assert [sgan_train.mode_name(mode) for mode in sgan_train.modes(args)] == [
+        "fp32 contiguous", "fp32 contiguous ckpt", "fp32 channels_last", "fp32 channels_last ckpt",
+        "bf16 contiguous", "bf16 contiguous ckpt", "bf16 channels_last", "bf16 channels_last ckpt"]
+
+
+def test_sgan_train_cli_measures_every_mode(tmp_path):
+    """Every size x mode x backend is a row, measured in its child process (two modes here: each child
+    starts torch, so the test keeps to what the combination adds)."""
     path = tmp_path / "sgan_train.json"
     assert run.main(["sgan_train", "--device", "cpu", "--batch", "1", "--sizes", "33", "--width", "0.0625",
-                     "--precision", "fp32,bf16", "--channels-last", "--checkpointing",
+                     "--precision", "fp32,bf16", "--memory-format", "channels_last", "--checkpointing", "on",
                      "--warmup", "0", "--repeats", "1", "--output", str(path)]) == 0
     written = json.loads(path.read_text())
-    assert written["config"]["channels_last"] is True and written["config"]["checkpointing"] is True
-    rows = {(row["precision"], row["backend"]): row for row in written["results"]}
+    rows = {(row["precision"], row["memory_format"], row["checkpointing"], row["backend"]): row
+            for row in written["results"]}
     fused = ["cpp"] if _ext.available("cpu") else []
-    assert sorted(rows) == sorted((p, b) for p in ("fp32", "bf16") for b in ["reference"] + fused)
-    for (precision, backend), row in rows.items():
-        if (precision, backend) == ("bf16", "cpp") and row["status"] != "ok":
-            assert row["status"].startswith("failed: TypeError: x: backend 'cpp' supports dtypes"), row["status"]
-            continue
+    assert sorted(rows) == sorted((p, "channels_last", True, b) for p in ("fp32", "bf16") for b in ["reference"] + fused)
+    for row in rows.values():
         assert row["status"] == "ok" and row["peak_memory_mb"] > row["memory_at_start_mb"] > 0, row
 
 
@@ -389,7 +399,9 @@ def test_memory_budget_reads_binary_units(text, expected):
     (["--memory-budget", "8GB"], "expected a positive size with a unit in ['B', 'KiB', 'MiB', 'GiB'] such as 8GiB, "
                                  "got '8GB'"),
     (["--memory-budget", "0GiB"], "got '0GiB'"),
-    (["--precision", "fp16"], "expected precisions among ['fp32', 'bf16'], got ['fp16']"),
+    (["--precision", "half"], "expected precisions among ['fp32', 'bf16', 'fp16'], got ['half']"),
+    (["--memory-format", "nhwc"], "expected memory formats among ['contiguous', 'channels_last'], got ['nhwc']"),
+    (["--checkpointing", "yes"], "expected checkpointing values among ['off', 'on'], got ['yes']"),
 ])
 def test_sgan_train_bad_option_values_are_one_line_errors(capsys, options, words):
     with pytest.raises(SystemExit) as stopped:
@@ -405,9 +417,20 @@ def test_memory_budget_on_cuda_is_refused_before_anything_runs():
         registry.get("sgan_train").plan(args, torch.device("cuda"))
 
 
+@pytest.mark.parametrize("options, words", [
+    (["--precision", "fp16"], "--precision: fp16 (with loss scaling) needs --device cuda, got cpu; use bf16"),
+    (["--max-size-backends", "nosuch"], "--max-size-backends: expected backends among ['reference'"),
+])
+def test_sgan_train_plan_refuses_what_cannot_run_here(options, words):
+    with pytest.raises(ValueError) as error:
+        registry.get("sgan_train").plan(sgan_train_args(*options), torch.device("cpu"))
+    assert str(error.value).startswith(words)
+
+
 def test_memory_budget_search_keeps_the_largest_size_under_the_budget(monkeypatch, capsys):
     """The search of --find-max-size with the child's peak RSS against the budget (children faked:
-    peak = 100 MiB + size² · 1 KiB); a child killed by the kernel counts as not fitting."""
+    peak = 100 MiB + size² · 1 KiB, the model the prediction fits); a child killed by the kernel
+    counts as not fitting."""
     probes = []
 
     def fake_child(name, case, backend, args, device_type, warmup, repeats):
@@ -422,17 +445,27 @@ def test_memory_budget_search_keeps_the_largest_size_under_the_budget(monkeypatc
     ctx = harness.Context(torch.device("cpu"), 0, 1, args)
     plan = Plan(config={"batch": 1}, cases=[], backends=["reference"])
     found = sgan_train.summarize([], plan, ctx)
-    # 100 + s²/1024 <= 400 up to s = 554: 321, 481 fit, 641 does not; bisection ends at 553
-    assert found == {"max_size": {"reference/bf16": {"max_size": 553, "capped_at_limit": False}}}
+    # 100 + s²/1024 <= 400 up to s = 554: 321 fits, then the fit through 321 alone is none (growth to
+    # 481), through 321 and 481 it predicts 553: 553 fits, 561 does not
+    assert found == {"max_size": {"reference bf16 contiguous": {"max_size": 553, "capped_at_limit": False,
+                                                                "sides_tried": 4}}}
+    assert [probe[3] for probe in probes] == [321, 481, 553, 561]
     assert {probe[:3] for probe in probes} == {("sgan_train", "reference", "bf16")}
     assert {probe[4:] for probe in probes} == {(0, 1)}
-    monkeypatch.setattr(harness, "measure_in_child", fake_child)
-    assert not sgan_train.fits("reference", 1, 961, ctx, "fp32", 2 ** 40)
+    # the benchmark's own rows seed the search: with 321² and 481² known, only 553 and 561 are tried
+    probes.clear()
+    rows = [{"backend": "reference", "status": "ok", "batch": 1, "input_size": [s, s], "precision": "bf16",
+             "memory_format": "contiguous", "checkpointing": False, "peak_memory_mb": 100 + s * s / 1024}
+            for s in (321, 481)]
+    found = sgan_train.summarize(rows, plan, ctx)
+    assert found["max_size"]["reference bf16 contiguous"]["max_size"] == 553 and [p[3] for p in probes] == [553, 561]
+    assert not sgan_train.fits("reference", 1, 961, ctx, {**FP32}, 2 ** 40)[0]
     assert "961²: does not fit (killed)" in capsys.readouterr().out
 
 
 def test_memory_budget_probe_runs_one_iteration_in_a_child_and_compares_its_peak_rss():
     args = sgan_train_args("--memory-budget", "8GiB")
     ctx = harness.Context(torch.device("cpu"), 0, 1, args)
-    assert sgan_train.fits("reference", 1, 33, ctx, "fp32", budget=2 ** 40)
-    assert not sgan_train.fits("reference", 1, 33, ctx, "fp32", budget=2 ** 20)  # torch alone needs more
+    fits, peak = sgan_train.fits("reference", 1, 33, ctx, FP32, budget=2 ** 40)
+    assert fits and 2 ** 20 < peak < 2 ** 40
+    assert not sgan_train.fits("reference", 1, 33, ctx, FP32, budget=2 ** 20)[0]  # torch alone needs more

@@ -4,6 +4,7 @@ The operators under the seed and boundary losses are tested in tests/ops/test_lo
 import math
 import zlib
 
+import numpy as np
 import pytest
 import torch
 
@@ -299,3 +300,13 @@ def test_losses_on_the_gpu_do_not_synchronise_with_it(monkeypatch):
     monkeypatch.setenv("SGAN_DEBUG_CHECKS", "1")
     with pytest.raises(ValueError, match="found \\[77\\]"):
         losses.balanced_seed_loss(logits, torch.full_like(seeds, 77), backend="reference")
+
+
+def test_crf_unary_of_bf16_logits_is_the_float32_softmax_of_their_values():
+    """Under bf16 autocast DeepLab hands the CRF bf16 logits: its unary is the softmax of their values
+    computed in float32 (floored_softmax's accumulation dtype; a bf16 softmax would differ by up to
+    ~0.4% relative)."""
+    logits = (torch.randn(2, 21, 5, 6) * 4).to(torch.bfloat16)
+    ours = losses.crf_unary_probs(logits)
+    assert ours.dtype == np.float32
+    np.testing.assert_array_equal(ours, losses.crf_unary_probs(logits.float()))
