@@ -38,7 +38,7 @@ from sgan.losses import classification_loss, seed_loss
 from sgan.models.compute import MEMORY_FORMATS, PRECISIONS, apply_memory_format, autocast, grad_scaler
 from sgan.models.sgan_net import MODEL_SECTION, SGANNet
 from sgan.ops import saliency_attention
-from sgan.train.optim import build_sgd
+from sgan.train.optim import backward_and_step, build_sgd
 
 MAX_SIZE_START, MAX_SIZE_STEP, MAX_SIZE_LIMIT = 321, 160, 4001
 CHECKPOINTING = {"off": False, "on": True}
@@ -111,13 +111,7 @@ def train_step(network, optimizer, images, saliency, labels, seeds, loss_backend
         seed = seed_loss(out["seed"], resize_seeds(seeds, out["seed"].shape[-2:]), backend=loss_backend)
         loss = cls + 0.15 * seed
     optimizer.zero_grad(set_to_none=True)
-    if scaler is None:
-        loss.backward()
-        optimizer.step()
-    else:
-        scaler.scale(loss).backward()
-        scaler.step(optimizer)
-        scaler.update()
+    backward_and_step(loss, optimizer, scaler)
     return loss.detach()
 
 

@@ -39,7 +39,7 @@ from sgan.config import git_revision
 from sgan.models.compute import apply_memory_format, autocast, check_precision, grad_scaler
 from sgan.utils.record import changes, up_to_date
 from sgan.train.distributed import average_across_ranks, barrier, init_distributed
-from sgan.train.optim import build_sgd, lr_factor, set_learning_rate
+from sgan.train.optim import backward_and_step, build_sgd, lr_factor, set_learning_rate
 from sgan.train.order import BatchOrder, IterationBatchSampler
 from sgan.utils.io import load_torch, save_torch
 from sgan.utils.logging import get_logger
@@ -193,13 +193,7 @@ def train(cfg, section, *, name, model, dataset, loss_fn, checkpoint_path, model
             if not math.isfinite(loss.item()):
                 raise DivergedError(f"{name}: the loss is {loss.item()} at iteration {iteration}; terms {terms}")
             optimizer.zero_grad(set_to_none=True)
-            if scaler is None:
-                loss.backward()
-                optimizer.step()
-            else:
-                scaler.scale(loss).backward()
-                scaler.step(optimizer)
-                scaler.update()
+            backward_and_step(loss, optimizer, scaler)
             for key, value in terms.items():
                 window.setdefault(key, []).append(float(value))
             done = iteration + 1

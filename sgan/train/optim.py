@@ -80,3 +80,15 @@ def lr_factor(iteration, iterations, schedule="step", step_size=2000, step_gamma
 def set_learning_rate(optimizer, base_lr, factor):
     for group in optimizer.param_groups:
         group["lr"] = base_lr * factor * group["lr_mult"]
+
+
+def backward_and_step(loss, optimizer, scaler=None):
+    """``loss.backward()`` and ``optimizer.step()``; through fp16's loss ``scaler``
+    (sgan.models.compute.grad_scaler) when there is one, which skips a step with non-finite gradients."""
+    if scaler is None:
+        loss.backward()
+        optimizer.step()
+        return
+    scaler.scale(loss).backward()
+    scaler.step(optimizer)
+    scaler.update()
