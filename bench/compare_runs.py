@@ -7,8 +7,9 @@ to the last bit, how each training's loss went, and whether the metrics files ar
 For every folder ``seeds*`` / ``pred*`` holding PNGs in both: the share of pixels with the same label
 (over the images of both). For every ``ckpt/*.pt`` training checkpoint in both: ``identical`` (every
 model tensor equal, bit for bit), the largest absolute difference, and each run's first and last
-logged loss terms. For every ``metrics/*.json`` in both (timing files aside): whether the two parse
-to the same values. The JSON starts with the usual provenance (machine, versions, git, command).
+logged loss terms. For every ``metrics/*.json`` in both (timing files aside): whether the two hold the
+same values once each run's own folder is written ``<work_dir>`` and the records (input fingerprints,
+which hash file paths) are left out. The JSON starts with the usual provenance (machine, versions, git, command).
 """
 import argparse
 import glob
@@ -71,6 +72,17 @@ def compare_checkpoints(path_a, path_b):
             "losses": [loss_ends(a.get("history")), loss_ends(b.get("history"))]}
 
 
+def portable(value, root):
+    """``value`` (parsed JSON) with ``root`` in its strings written ``<work_dir>`` and "record" keys left out."""
+    if isinstance(value, dict):
+        return {key: portable(item, root) for key, item in value.items() if key != "record"}
+    if isinstance(value, list):
+        return [portable(item, root) for item in value]
+    if isinstance(value, str):
+        return value.replace(os.path.abspath(root), "<work_dir>")
+    return value
+
+
 def compare(run_a, run_b):
     """The comparison of two work dirs as a JSON-able dict (module doc)."""
     for root in (run_a, run_b):
@@ -92,7 +104,7 @@ def compare(run_a, run_b):
         if name.startswith(TIMING_FILES):
             continue
         with open(os.path.join(run_a, "metrics", name)) as a, open(os.path.join(run_b, "metrics", name)) as b:
-            result["metrics_identical"][name] = json.load(a) == json.load(b)
+            result["metrics_identical"][name] = portable(json.load(a), run_a) == portable(json.load(b), run_b)
     return result
 
 

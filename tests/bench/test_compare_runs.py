@@ -20,7 +20,8 @@ def make_run(root, seeds, weight, history):
     torch.save(state, root / "ckpt" / "sgan.pt")
     torch.save(state, root / "ckpt" / "sgan.last.pt")
     (root / "metrics").mkdir()
-    (root / "metrics" / "seeds.json").write_text(json.dumps({"miou": 0.5}))
+    (root / "metrics" / "seeds.json").write_text(json.dumps({"miou": 0.5, "seeds_dir": str(root / "seeds"),
+                                                             "record": {"inputs": {"seeds": str(root)}}}))
     (root / "metrics" / "train_seg_timing.json").write_text(json.dumps({"ms": float(weight.sum())}))
     return str(root)
 
@@ -41,6 +42,9 @@ def test_compare_counts_agreeing_pixels_and_equal_bits(tmp_path):
     assert row["losses"][0] == {"first": {"iteration": 10, "cls": 2.0}, "last": {"iteration": 20, "cls": 1.0}}
     assert row["losses"][1]["last"] == {"iteration": 10, "cls": 2.0}
     assert result["metrics_identical"] == {"seeds.json": True}
+    metrics = tmp_path / "b" / "metrics" / "seeds.json"
+    metrics.write_text(metrics.read_text().replace("0.5", "0.505"))   # a 1% change of a value
+    assert compare_runs.compare(a, b)["metrics_identical"] == {"seeds.json": False}
     same = compare_runs.compare(a, make_run(tmp_path / "c", seeds, weight.clone(), history))
     assert same["checkpoints"]["sgan.pt"]["identical"] is True and same["labels"]["seeds"]["agreeing_share"] == 1.0
 
