@@ -122,7 +122,8 @@ def main(argv=None):
     for name, row in result["labels"].items():
         print(f"{name:24s} {row['images']:4d} images, {100 * row['agreeing_share']:.2f}% of pixels agree")
     for name, row in result["checkpoints"].items():
-        print(f"{name:24s} {'identical' if row['identical'] else 'differ'} (max |diff| {row['max_abs_difference']:.3g})")
+        verdict = "identical" if row["identical"] else "differ"
+        print(f"{name:24s} {verdict} (max |diff| {row['max_abs_difference']:.3g})")
     for name, same in result["metrics_identical"].items():
         print(f"{name:24s} {'identical' if same else 'differ'}")
     if args.output:

@@ -132,6 +132,9 @@ def add_arguments(parser):
                         help="comma separated among off, on: recompute the backbone's conv blocks; default off")
     parser.add_argument("--max-size-backends", type=name_list, default=None,
                         help="with --find-max-size / --memory-budget: the backends to search (default: every one)")
+    parser.add_argument("--max-size-modes", type=name_list, default=None,
+                        help="with --find-max-size / --memory-budget: the modes to search, comma separated as the "
+                             "table names them, e.g. 'fp32 contiguous,bf16 channels_last ckpt' (default: every one)")
     parser.add_argument("--memory-budget", type=byte_size, default=None,
                         help="CPU only: the largest input whose iteration peaks under this RSS, e.g. 8GiB")
 
@@ -153,6 +156,9 @@ def plan(args, device):
     unknown = sorted(set(args.max_size_backends or []) - set(backends))
     if unknown:
         raise ValueError(f"--max-size-backends: expected backends among {backends}, got {unknown}")
+    unknown = sorted(set(args.max_size_modes or []) - {mode_name(mode) for mode in modes(args)})
+    if unknown:
+        raise ValueError(f"--max-size-modes: expected modes among {[mode_name(m) for m in modes(args)]}, got {unknown}")
     notes = [] if fused else [f"no fused attention backend is available on {device.type}: only the reference"]
     cases = [{"batch": batch, "input_size": [size, size], "feature_size": [(size - 1) // 8 + 1] * 2, **mode}
              for size in args.sizes for mode in modes(args)]
@@ -305,8 +311,10 @@ def summarize(rows, plan, ctx):
     if not ctx.args.find_max_size and budget is None:
         return {}
     batch, found = plan.config["batch"], {}
+    searched = [mode for mode in modes(ctx.args)
+                if not ctx.args.max_size_modes or mode_name(mode) in ctx.args.max_size_modes]
     for backend in ctx.args.max_size_backends or plan.backends:
-        for mode in modes(ctx.args):
+        for mode in searched:
             key = f"{backend} {mode_name(mode)}"
             known = {row["input_size"][0]: row["peak_memory_mb"] * MIB for row in rows
                      if budget is not None and row["backend"] == backend and row.get("status") == "ok"

@@ -38,7 +38,8 @@ SECTION = dict(defaults={
     "crf_iterations": 10,
     "crf_processes": None,
     **COMPUTE_DEFAULTS,
-}, choices=COMPUTE_CHOICES, bounds={"scales": "(0, inf)", "crf_scale": "(0, inf)", "crf_iterations": "[1, inf)", "crf_processes": "[1, inf)"},
+}, choices=COMPUTE_CHOICES,
+    bounds={"scales": "(0, inf)", "crf_scale": "(0, inf)", "crf_iterations": "[1, inf)", "crf_processes": "[1, inf)"},
     doc="stage-2 inference: list (relative to data.root; null = data.val_list); scales: floats are "
        "factors, ints the longer side in pixels (the authors' 288/385/481); crf: dense CRF with "
        "s = crf_scale; crf_processes: null = all cores of this rank; precision and memory_format of "

@@ -16,7 +16,8 @@ from sgan.utils.seeding import derive_seed, seed_everything
 STEP = "train-sgan"
 
 SECTION = dict(defaults={
-    **OPTIM_DEFAULTS, **TRAINING_COMPUTE_DEFAULTS, "checkpoint": "ckpt/sgan.pt", "variant": "sgan", "seeds_dir": "seeds0",
+    **OPTIM_DEFAULTS, **TRAINING_COMPUTE_DEFAULTS,
+    "checkpoint": "ckpt/sgan.pt", "variant": "sgan", "seeds_dir": "seeds0",
     "seed_loss_weight": 0.15, "seed_loss_reduction": "image", "seed_loss_floor": PROB_FLOOR,
 }, choices={**OPTIM_CHOICES, **COMPUTE_CHOICES, "variant": VARIANTS, "seed_loss_reduction": ("image", "batch")},
     bounds={**OPTIM_BOUNDS, "seed_loss_weight": "[0, inf)", "seed_loss_floor": f"[0, {1 / NUM_CLASSES})"},

@@ -354,7 +354,8 @@ def test_sgan_train_measure_builds_and_feeds_the_network_as_the_options_say(monk
 
     monkeypatch.setattr(sgan_train, "SGANNet", Spy)
     for options, expected in (([], (False, False, False, False)),
-                              (["--memory-format", "channels_last", "--checkpointing", "on"], (False, True, True, True)),
+                              (["--memory-format", "channels_last", "--checkpointing", "on"],
+                               (False, True, True, True)),
                               (["--precision", "bf16", "--memory-format", "channels_last", "--checkpointing", "on"],
                                (True, True, True, True))):
         seen.clear()
@@ -384,7 +385,8 @@ def test_sgan_train_cli_measures_every_mode(tmp_path):
     rows = {(row["precision"], row["memory_format"], row["checkpointing"], row["backend"]): row
             for row in written["results"]}
     fused = ["cpp"] if _ext.available("cpu") else []
-    assert sorted(rows) == sorted((p, "channels_last", True, b) for p in ("fp32", "bf16") for b in ["reference"] + fused)
+    assert sorted(rows) == sorted((p, "channels_last", True, b) for p in ("fp32", "bf16")
+                                  for b in ["reference"] + fused)
     for row in rows.values():
         assert row["status"] == "ok" and row["peak_memory_mb"] > row["memory_at_start_mb"] > 0, row
 
@@ -420,6 +422,8 @@ def test_memory_budget_on_cuda_is_refused_before_anything_runs():
 @pytest.mark.parametrize("options, words", [
     (["--precision", "fp16"], "--precision: fp16 (with loss scaling) needs --device cuda, got cpu; use bf16"),
     (["--max-size-backends", "nosuch"], "--max-size-backends: expected backends among ['reference'"),
+    (["--max-size-modes", "fp32 nhwc"],
+     "--max-size-modes: expected modes among ['fp32 contiguous'], got ['fp32 nhwc']"),
 ])
 def test_sgan_train_plan_refuses_what_cannot_run_here(options, words):
     with pytest.raises(ValueError) as error:
@@ -459,6 +463,11 @@ def test_memory_budget_search_keeps_the_largest_size_under_the_budget(monkeypatc
             for s in (321, 481)]
     found = sgan_train.summarize(rows, plan, ctx)
     assert found["max_size"]["reference bf16 contiguous"]["max_size"] == 553 and [p[3] for p in probes] == [553, 561]
+    probes.clear()   # --max-size-modes leaves the other modes out of the search
+    args = sgan_train_args("--memory-budget", "400MiB", "--precision", "fp32,bf16",
+                           "--max-size-modes", "bf16 contiguous")
+    found = sgan_train.summarize(rows, plan, harness.Context(torch.device("cpu"), 0, 1, args))
+    assert list(found["max_size"]) == ["reference bf16 contiguous"] and {p[2] for p in probes} == {"bf16"}
     assert not sgan_train.fits("reference", 1, 961, ctx, {**FP32}, 2 ** 40)[0]
     assert "961²: does not fit (killed)" in capsys.readouterr().out
 
