@@ -9,7 +9,8 @@ For every folder ``seeds*`` / ``pred*`` holding PNGs in both: the share of pixel
 model tensor equal, bit for bit), the largest absolute difference, and each run's first and last
 logged loss terms. For every ``metrics/*.json`` in both (timing files aside): whether the two hold the
 same values once each run's own folder is written ``<work_dir>`` and the records (input fingerprints,
-which hash file paths) are left out. The JSON starts with the usual provenance (machine, versions, git, command).
+which hash file paths) and the demo's ``timings_s`` are left out, and each one's ``miou`` in both runs.
+Each run's git revision and command are read from its ``config.resolved.yaml``. The JSON starts with the usual provenance (machine, versions, git, command).
 """
 import argparse
 import glob
@@ -26,6 +27,7 @@ from sgan.train import load_checkpoint
 from sgan.utils.io import save_json
 
 TIMING_FILES = "train_seg_timing"   # metrics files that hold wall-clock times, never equal between runs
+LEFT_OUT_KEYS = ("record", "timings_s")   # input fingerprints (they hash paths) and the demo's clock times
 
 
 def label_folders(root):
@@ -73,14 +75,28 @@ def compare_checkpoints(path_a, path_b):
 
 
 def portable(value, root):
-    """``value`` (parsed JSON) with ``root`` in its strings written ``<work_dir>`` and "record" keys left out."""
+    """``value`` (parsed JSON) with ``root`` in its strings written ``<work_dir>`` and LEFT_OUT_KEYS left out."""
     if isinstance(value, dict):
-        return {key: portable(item, root) for key, item in value.items() if key != "record"}
+        return {key: portable(item, root) for key, item in value.items() if key not in LEFT_OUT_KEYS}
     if isinstance(value, list):
         return [portable(item, root) for item in value]
     if isinstance(value, str):
         return value.replace(os.path.abspath(root), "<work_dir>")
     return value
+
+
+def run_provenance(root):
+    """{"git", "command"} from the header of ``root``/config.resolved.yaml (None where absent)."""
+    found = {"git": None, "command": None}
+    try:
+        with open(os.path.join(root, "config.resolved.yaml")) as config:
+            for line in config:
+                for key, prefix in (("git", "# git revision: "), ("command", "# command: ")):
+                    if line.startswith(prefix):
+                        found[key] = line[len(prefix):].strip()
+    except OSError:
+        pass
+    return found
 
 
 def compare(run_a, run_b):
@@ -93,18 +109,21 @@ def compare(run_a, run_b):
                          if all(os.path.isdir(os.path.join(r, "ckpt")) for r in (run_a, run_b)) else [])
     metrics = sorted(set(glob.glob("*.json", root_dir=os.path.join(run_a, "metrics")))
                      & set(glob.glob("*.json", root_dir=os.path.join(run_b, "metrics"))))
-    result = {"runs": [run_a, run_b],
+    result = {"runs": [{"work_dir": root, **run_provenance(root)} for root in (run_a, run_b)],
               "labels": {name: pixel_agreement(os.path.join(run_a, name), os.path.join(run_b, name))
                          for name in folders},
               "checkpoints": {name: compare_checkpoints(os.path.join(run_a, "ckpt", name),
                                                         os.path.join(run_b, "ckpt", name))
                               for name in checkpoints if name.endswith(".pt") and not name.endswith(".last.pt")},
-              "metrics_identical": {}}
+              "metrics_identical": {}, "miou": {}}
     for name in metrics:
         if name.startswith(TIMING_FILES):
             continue
         with open(os.path.join(run_a, "metrics", name)) as a, open(os.path.join(run_b, "metrics", name)) as b:
-            result["metrics_identical"][name] = portable(json.load(a), run_a) == portable(json.load(b), run_b)
+            values = json.load(a), json.load(b)
+        result["metrics_identical"][name] = portable(values[0], run_a) == portable(values[1], run_b)
+        if all(isinstance(v, dict) and "miou" in v for v in values):
+            result["miou"][name] = [v["miou"] for v in values]
     return result
 
 
@@ -125,7 +144,9 @@ def main(argv=None):
         verdict = "identical" if row["identical"] else "differ"
         print(f"{name:24s} {verdict} (max |diff| {row['max_abs_difference']:.3g})")
     for name, same in result["metrics_identical"].items():
-        print(f"{name:24s} {'identical' if same else 'differ'}")
+        miou = result["miou"].get(name)
+        print(f"{name:24s} {'identical' if same else 'differ'}"
+              + (f" (mIoU {100 * miou[0]:.1f} / {100 * miou[1]:.1f})" if miou else ""))
     if args.output:
         save_json(args.output, result)
     return 0

@@ -19,9 +19,11 @@ def make_run(root, seeds, weight, history):
     state = {"format": CHECKPOINT_FORMAT, "model": {"w": weight, "steps": torch.tensor(3)}, "history": history}
     torch.save(state, root / "ckpt" / "sgan.pt")
     torch.save(state, root / "ckpt" / "sgan.last.pt")
+    (root / "config.resolved.yaml").write_text("# git revision: abc123\n# command: sgan demo x.yaml\nseed: 0\n")
     (root / "metrics").mkdir()
     (root / "metrics" / "seeds.json").write_text(json.dumps({"miou": 0.5, "seeds_dir": str(root / "seeds"),
-                                                             "record": {"inputs": {"seeds": str(root)}}}))
+                                                             "record": {"inputs": {"seeds": str(root)}},
+                                                             "timings_s": {"total": float(weight.sum())}}))
     (root / "metrics" / "train_seg_timing.json").write_text(json.dumps({"ms": float(weight.sum())}))
     return str(root)
 
@@ -41,7 +43,8 @@ def test_compare_counts_agreeing_pixels_and_equal_bits(tmp_path):
     assert abs(row["max_abs_difference"] - 1e-3) < 1e-6
     assert row["losses"][0] == {"first": {"iteration": 10, "cls": 2.0}, "last": {"iteration": 20, "cls": 1.0}}
     assert row["losses"][1]["last"] == {"iteration": 10, "cls": 2.0}
-    assert result["metrics_identical"] == {"seeds.json": True}
+    assert result["metrics_identical"] == {"seeds.json": True} and result["miou"] == {"seeds.json": [0.5, 0.5]}
+    assert result["runs"][0] == {"work_dir": a, "git": "abc123", "command": "sgan demo x.yaml"}
     metrics = tmp_path / "b" / "metrics" / "seeds.json"
     metrics.write_text(metrics.read_text().replace("0.5", "0.505"))   # a 1% change of a value
     assert compare_runs.compare(a, b)["metrics_identical"] == {"seeds.json": False}
