@@ -25,6 +25,8 @@ predicts (bisection when there is no such fit: on CUDA, or when the prediction l
 """
 import argparse
 import itertools
+import json
+import os
 import re
 
 import torch
@@ -135,6 +137,11 @@ def add_arguments(parser):
     parser.add_argument("--max-size-modes", type=name_list, default=None,
                         help="with --find-max-size / --memory-budget: the modes to search, comma separated as the "
                              "table names them, e.g. 'fp32 contiguous,bf16 channels_last ckpt' (default: every one)")
+    parser.add_argument("--known-rows", default=None, metavar="JSON",
+                        help="with --memory-budget: an earlier sgan_train result whose rows (and probes) of the same "
+                             "batch seed the search")
+    parser.add_argument("--skip-table", action="store_true",
+                        help="with --find-max-size / --memory-budget: measure no table, only search")
     parser.add_argument("--memory-budget", type=byte_size, default=None,
                         help="CPU only: the largest input whose iteration peaks under this RSS, e.g. 8GiB")
 
@@ -160,8 +167,15 @@ def plan(args, device):
     if unknown:
         raise ValueError(f"--max-size-modes: expected modes among {[mode_name(m) for m in modes(args)]}, got {unknown}")
     notes = [] if fused else [f"no fused attention backend is available on {device.type}: only the reference"]
-    cases = [{"batch": batch, "input_size": [size, size], "feature_size": [(size - 1) // 8 + 1] * 2, **mode}
-             for size in args.sizes for mode in modes(args)]
+    if args.skip_table and not (args.find_max_size or args.memory_budget is not None):
+        raise ValueError("--skip-table: only with --find-max-size or --memory-budget (there would be nothing to do)")
+    if args.known_rows is not None and args.memory_budget is None:
+        raise ValueError("--known-rows: only with --memory-budget")
+    if args.known_rows is not None and not os.path.isfile(args.known_rows):
+        raise ValueError(f"--known-rows: {args.known_rows} is not a file")
+    cases = [] if args.skip_table else [
+        {"batch": batch, "input_size": [size, size], "feature_size": [(size - 1) // 8 + 1] * 2, **mode}
+        for size in args.sizes for mode in modes(args)]
     config = {"batch": batch, "loss_backend": args.loss_backend, "model": model_options(args.width),
               "memory_budget_mib": None if args.memory_budget is None else args.memory_budget / MIB}
     return Plan(config=config, cases=cases, backends=backends, not_measured=unusable, notes=notes)
@@ -245,7 +259,8 @@ def fits(backend, batch, size, ctx, mode, budget=None):
 
 def predicted_size(probes, budget, low, high):
     """The 8k + 1 side inside the bracket (low, high) where peak = a + b·side², fitted through the two
-    probed sides nearest the budget ({side: peak bytes}), reaches ``budget``; None without a usable fit."""
+    probed sides nearest the budget ({side: peak bytes}), reaches ``budget`` (low + 8 when the fit puts
+    it at or below low); None without a usable fit or when that side is not below ``high``."""
     usable = sorted(probes.items(), key=lambda item: abs(item[1] - budget))[:2]
     if len(usable) < 2 or usable[0][0] == usable[1][0]:
         return None
@@ -254,8 +269,8 @@ def predicted_size(probes, budget, low, high):
     if slope <= 0:
         return None
     side = ((budget - p1) / slope + s1 * s1) ** 0.5
-    grid = int((side - 1) // 8) * 8 + 1
-    return grid if low < grid < high else None
+    grid = max(int((side - 1) // 8) * 8 + 1, low + 8)   # at or below low: confirm that low + 8 does not fit
+    return grid if grid < high else None
 
 
 def find_max_size(backend, batch, ctx, mode, start=MAX_SIZE_START, step=MAX_SIZE_STEP, limit=MAX_SIZE_LIMIT,
@@ -297,11 +312,30 @@ def find_max_size(backend, batch, ctx, mode, start=MAX_SIZE_START, step=MAX_SIZE
             guess = predicted_size(probes, budget, low, limit + 1) if budget is not None else None
             low, high = try_side(guess or low + step, guess is not None, low, high)
         if high is None:
-            return {"max_size": low, "capped_at_limit": True, "sides_tried": tried}
+            return {"max_size": low, "capped_at_limit": True, "sides_tried": tried, "probes_mib": probed(probes)}
     while high - low > 8:
         guess = predicted_size(probes, budget, low, high) if budget is not None else None
         low, high = try_side(guess or low + ((high - low) // 16) * 8, guess is not None, low, high)
-    return {"max_size": low, "capped_at_limit": False, "sides_tried": tried}
+    return {"max_size": low, "capped_at_limit": False, "sides_tried": tried, "probes_mib": probed(probes)}
+
+
+def probed(probes):
+    """{side: peak MiB} of every side whose peak is known (JSON keys are strings)."""
+    return {str(side): peak / MIB for side, peak in sorted(probes.items())}
+
+
+def known_rows(path):
+    """The ok rows of an earlier sgan_train result, plus one row per side its searches probed."""
+    with open(path) as f:
+        earlier = json.load(f)
+    rows = [row for row in earlier.get("results", []) if row.get("status") == "ok" and "peak_memory_mb" in row]
+    batch = earlier.get("config", {}).get("batch")
+    for key, found in earlier.get("max_size", {}).items():
+        backend, *words = key.split(" ")
+        mode = {"precision": words[0], "memory_format": words[1], "checkpointing": words[2:] == ["ckpt"]}
+        rows += [{"backend": backend, "status": "ok", "batch": batch, "input_size": [int(side), int(side)],
+                  "peak_memory_mb": peak, **mode} for side, peak in found.get("probes_mib", {}).items()]
+    return rows
 
 
 def summarize(rows, plan, ctx):
@@ -311,6 +345,8 @@ def summarize(rows, plan, ctx):
     if not ctx.args.find_max_size and budget is None:
         return {}
     batch, found = plan.config["batch"], {}
+    if ctx.args.known_rows is not None:
+        rows = list(rows) + known_rows(ctx.args.known_rows)
     searched = [mode for mode in modes(ctx.args)
                 if not ctx.args.max_size_modes or mode_name(mode) in ctx.args.max_size_modes]
     for backend in ctx.args.max_size_backends or plan.backends:

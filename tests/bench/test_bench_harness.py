@@ -293,13 +293,14 @@ def test_find_max_size_counts_library_allocation_failures_as_not_fitting(tmp_pat
                                        backends=["reference"]))
     path = tmp_path / "sgan_train.json"
     args = argparse.Namespace(output=str(path), find_max_size=True, memory_budget=None, precision=["fp32"],
-                              memory_format=["contiguous"], checkpointing=["off"], max_size_backends=None)
+                              memory_format=["contiguous"], checkpointing=["off"], max_size_backends=None,
+                              max_size_modes=None, known_rows=None)
     harness.run_benchmark(benchmark, args, torch.device("cpu"), warmup=0, repeats=1)
     written = json.loads(path.read_text())
     assert written["complete"] is True and [row["status"] for row in written["results"]] == ["ok"]
     # 321, 481, 641 fit, 801 does not; bisection on multiples of 8 above 641 (721 no, 681, 697, 705 no) ends at 697
     assert written["max_size"] == {"reference fp32 contiguous": {"max_size": 697, "capped_at_limit": False,
-                                                                 "sides_tried": 8}}
+                                                                 "sides_tried": 8, "probes_mib": {}}}
 
 
 def test_find_max_size_raises_an_error_that_is_not_an_allocation_failure(monkeypatch):
@@ -422,6 +423,8 @@ def test_memory_budget_on_cuda_is_refused_before_anything_runs():
 @pytest.mark.parametrize("options, words", [
     (["--precision", "fp16"], "--precision: fp16 (with loss scaling) needs --device cuda, got cpu; use bf16"),
     (["--max-size-backends", "nosuch"], "--max-size-backends: expected backends among ['reference'"),
+    (["--skip-table"], "--skip-table: only with --find-max-size or --memory-budget"),
+    (["--memory-budget", "8GiB", "--known-rows", "/nowhere.json"], "--known-rows: /nowhere.json is not a file"),
     (["--max-size-modes", "fp32 nhwc"],
      "--max-size-modes: expected modes among ['fp32 contiguous'], got ['fp32 nhwc']"),
 ])
@@ -431,7 +434,7 @@ def test_sgan_train_plan_refuses_what_cannot_run_here(options, words):
     assert str(error.value).startswith(words)
 
 
-def test_memory_budget_search_keeps_the_largest_size_under_the_budget(monkeypatch, capsys):
+def test_memory_budget_search_keeps_the_largest_size_under_the_budget(monkeypatch, capsys, tmp_path):
     """The search of --find-max-size with the child's peak RSS against the budget (children faked:
     peak = 100 MiB + size² · 1 KiB, the model the prediction fits); a child killed by the kernel
     counts as not fitting."""
@@ -451,8 +454,9 @@ def test_memory_budget_search_keeps_the_largest_size_under_the_budget(monkeypatc
     found = sgan_train.summarize([], plan, ctx)
     # 100 + s²/1024 <= 400 up to s = 554: 321 fits, then the fit through 321 alone is none (growth to
     # 481), through 321 and 481 it predicts 553: 553 fits, 561 does not
-    assert found == {"max_size": {"reference bf16 contiguous": {"max_size": 553, "capped_at_limit": False,
-                                                                "sides_tried": 4}}}
+    assert found["max_size"]["reference bf16 contiguous"] == {
+        "max_size": 553, "capped_at_limit": False, "sides_tried": 4,
+        "probes_mib": {str(s): 100 + s * s / 1024 for s in (321, 481, 553, 561)}}
     assert [probe[3] for probe in probes] == [321, 481, 553, 561]
     assert {probe[:3] for probe in probes} == {("sgan_train", "reference", "bf16")}
     assert {probe[4:] for probe in probes} == {(0, 1)}
@@ -468,6 +472,16 @@ def test_memory_budget_search_keeps_the_largest_size_under_the_budget(monkeypatc
                            "--max-size-modes", "bf16 contiguous")
     found = sgan_train.summarize(rows, plan, harness.Context(torch.device("cpu"), 0, 1, args))
     assert list(found["max_size"]) == ["reference bf16 contiguous"] and {p[2] for p in probes} == {"bf16"}
+    # --skip-table --known-rows: the search alone, seeded by an earlier result's rows and probes
+    earlier = tmp_path / "earlier.json"
+    earlier.write_text(json.dumps({"config": {"batch": 1}, "results": rows[:1], "max_size": {
+        "reference bf16 contiguous": {"max_size": 481, "probes_mib": {"481": 100 + 481 * 481 / 1024}}}}))
+    probes.clear()
+    args = sgan_train_args("--memory-budget", "400MiB", "--precision", "bf16", "--skip-table",
+                           "--known-rows", str(earlier))
+    assert registry.get("sgan_train").plan(args, torch.device("cpu")).cases == []
+    found = sgan_train.summarize([], plan, harness.Context(torch.device("cpu"), 0, 1, args))
+    assert found["max_size"]["reference bf16 contiguous"]["max_size"] == 553 and [p[3] for p in probes] == [553, 561]
     assert not sgan_train.fits("reference", 1, 961, ctx, {**FP32}, 2 ** 40)[0]
     assert "961²: does not fit (killed)" in capsys.readouterr().out
 
