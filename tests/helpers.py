@@ -60,3 +60,15 @@ def triton_compilations():
         yield compiled
     finally:
         triton.knobs.runtime.jit_post_compile_hook = previous
+
+
+def assert_never_synchronises(step):
+    """Run ``step()`` (a CUDA forward + backward) once to compile and warm up, then again with
+    ``torch.cuda.set_sync_debug_mode("error")``: any operation that waits for the GPU raises."""
+    step()
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        step()
+    finally:
+        torch.cuda.set_sync_debug_mode(0)

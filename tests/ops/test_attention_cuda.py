@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from sgan.ops import saliency_attention
-from tests.helpers import device_under_test, fused_backends
+from tests.helpers import assert_never_synchronises, device_under_test, fused_backends
 from tests.ops.test_attention import OPTIONS, assert_backend_matches_definition, make_inputs
 
 pytestmark = pytest.mark.skipif(device_under_test().type != "cuda" or "cuda" not in fused_backends(),
@@ -40,12 +40,5 @@ def test_forward_and_backward_never_synchronise_with_the_host(dtype, preset):
     gamma = torch.full((), 0.7, device="cuda", requires_grad=True)
     grad_out = torch.randn_like(x)
 
-    def step():
-        saliency_attention(*leaves, mask, gamma, preset=preset, backend="cuda").backward(grad_out)
-    step()
-    torch.cuda.synchronize()
-    torch.cuda.set_sync_debug_mode("error")
-    try:
-        step()
-    finally:
-        torch.cuda.set_sync_debug_mode(0)
+    assert_never_synchronises(
+        lambda: saliency_attention(*leaves, mask, gamma, preset=preset, backend="cuda").backward(grad_out))

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from sgan.ops import saliency_attention
-from tests.helpers import device_under_test, fused_backends, triton_compilations
+from tests.helpers import assert_never_synchronises, device_under_test, fused_backends, triton_compilations
 from tests.ops.test_attention import OPTIONS, assert_backend_matches_definition, make_inputs, run_with_grads
 
 pytestmark = pytest.mark.skipif("triton" not in fused_backends(),
@@ -106,12 +106,5 @@ def test_forward_and_backward_never_synchronise_with_the_host():
     gamma = torch.full((), 0.7, device="cuda", requires_grad=True)
     grad_out = torch.randn_like(x)
 
-    def step():
-        saliency_attention(*leaves, mask, gamma, backend="triton").backward(grad_out)
-    step()  # compile and tune first
-    torch.cuda.synchronize()
-    torch.cuda.set_sync_debug_mode("error")
-    try:
-        step()
-    finally:
-        torch.cuda.set_sync_debug_mode(0)
+    assert_never_synchronises(
+        lambda: saliency_attention(*leaves, mask, gamma, backend="triton").backward(grad_out))
