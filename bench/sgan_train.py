@@ -17,7 +17,8 @@ iteration of batch B fits in GPU memory with each path.
 For larger inputs, the steps' compute settings (sgan.models.compute), each a comma separated list
 whose every combination is a case: ``--precision fp32,bf16`` (fp16 with loss scaling on CUDA),
 ``--memory-format contiguous,channels_last`` (network and images), ``--checkpointing off,on``
-(recompute the backbone's conv blocks in the backward pass). ``--memory-budget 8GiB`` (CPU): the
+(recompute the backbone's conv blocks in the backward pass; on the CPU with the allocator setting
+the training loop makes with it, sgan.models.compute.return_freed_memory). ``--memory-budget 8GiB`` (CPU): the
 largest square input (8k + 1) whose one training iteration peaks under that resident set size, each
 size tried in its own child process, for every backend and mode. The search grows the side, then
 narrows the bracket around the side that a fit of peak = a + b·side² through the two nearest probes
@@ -37,7 +38,8 @@ from bench.harness import Column, MIB, choice_list, int_list, name_list, positiv
 from bench.registry import Benchmark, Plan, register
 from sgan.data.logits_size import resize_seeds
 from sgan.losses import classification_loss, seed_loss
-from sgan.models.compute import MEMORY_FORMATS, PRECISIONS, apply_memory_format, autocast, grad_scaler
+from sgan.models.compute import (MEMORY_FORMATS, PRECISIONS, apply_memory_format, autocast, grad_scaler,
+                                 return_freed_memory)
 from sgan.models.sgan_net import MODEL_SECTION, SGANNet
 from sgan.ops import saliency_attention
 from sgan.train.optim import backward_and_step, build_sgd
@@ -194,6 +196,8 @@ def measure(case, backends, ctx):
     inputs = make_batch(case["batch"], case["input_size"][0], device)
     apply_memory_format(network, case["memory_format"])
     inputs[0] = inputs[0].contiguous(memory_format=MEMORY_FORMATS[case["memory_format"]])
+    if case["checkpointing"]:
+        return_freed_memory(device)  # as the training loop does
     optimizer = build_sgd(network, 1e-3, 0.9, 5e-4, [1, 2, 10, 20])
     precision, losses = case["precision"], []
     scaler = grad_scaler(device, precision)

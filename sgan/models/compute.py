@@ -21,7 +21,10 @@ cuDNN pick the layout of the weights). The attention operator takes either layou
 
 ``checkpointing`` (train_cam, train_sgan, train_seg): the networks' conv blocks (and DeepLab's ASPP
 branches) keep only their inputs and run again in the backward pass (sgan.models.checkpoint): less
-activation memory for more time, the same gradients to the last bit, so the same checkpoint.
+activation memory for more time, the same gradients to the last bit, so the same checkpoint. On a
+CPU the training loop also calls :func:`return_freed_memory`: without it glibc keeps the freed
+activations of the recomputed blocks in its heap and checkpointing lowers no peak RSS at all
+(docs/larger-inputs.md has the measurement).
 
 Example::
 
@@ -34,6 +37,7 @@ Example::
     (torch.bfloat16, torch.float32, True)
 """
 import contextlib
+import ctypes
 
 import torch
 
@@ -78,3 +82,23 @@ def grad_scaler(device, precision):
     if precision != "fp16":
         return None
     return torch.amp.GradScaler(torch.device(device).type)
+
+
+# glibc's mallopt() parameter for the size from which an allocation gets its own mmap (malloc.h)
+_M_MMAP_THRESHOLD = -3
+RETURNED_BLOCK_BYTES = 1 << 20
+
+
+def return_freed_memory(device):
+    """On a CPU under glibc, give every allocation of RETURNED_BLOCK_BYTES or more its own mmap, so
+    that a freed activation goes back to the system at once; returns whether the setting was made
+    (False on CUDA, or where the C library has no ``mallopt``).
+
+    glibc otherwise raises that threshold up to 32 MiB as blocks are freed and keeps freed blocks
+    below it in its heap: the activations that checkpointing frees stay in the process's resident
+    set. The setting is process-wide and changes no result, only where memory comes from.
+    """
+    if torch.device(device).type != "cpu":
+        return False
+    mallopt = getattr(ctypes.CDLL(None), "mallopt", None)
+    return mallopt is not None and mallopt(_M_MMAP_THRESHOLD, RETURNED_BLOCK_BYTES) == 1

@@ -36,7 +36,8 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
 from sgan.config import git_revision
-from sgan.models.compute import apply_memory_format, autocast, check_precision, grad_scaler
+from sgan.models.compute import (RETURNED_BLOCK_BYTES, apply_memory_format, autocast, check_precision, grad_scaler,
+                                 return_freed_memory)
 from sgan.utils.record import changes, up_to_date
 from sgan.train.distributed import average_across_ranks, barrier, init_distributed
 from sgan.train.optim import backward_and_step, build_sgd, lr_factor, set_learning_rate
@@ -116,6 +117,9 @@ def train(cfg, section, *, name, model, dataset, loss_fn, checkpoint_path, model
     total = int(section.iterations)  # >= 1: the config's bounds (sgan.train.optim.OPTIM_BOUNDS)
     check_precision(section.precision, device, f"{section_name}.precision")
     apply_memory_format(model.to(device), section.memory_format)
+    if section.get("checkpointing") and return_freed_memory(device):
+        logger.info("%s: checkpointing on the CPU: blocks of %d MiB or more are returned to the system when freed",
+                    name, RETURNED_BLOCK_BYTES >> 20)
     scaler = grad_scaler(device, section.precision)
     optimizer = build_sgd(model, section.lr, section.momentum, section.weight_decay, section.lr_mult,
                           new_parameters)
