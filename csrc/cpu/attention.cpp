@@ -9,6 +9,7 @@
 #include <ATen/Parallel.h>
 #include <ATen/record_function.h>
 
+#include <cstring>
 #include <limits>
 
 #include "../attention_common.h"
@@ -22,10 +23,84 @@ int64_t grain(int64_t per_item) {
   return std::max<int64_t>(1, at::internal::GRAIN_SIZE / std::max<int64_t>(1, per_item));
 }
 
+// The row minimum's scan, compiled for AVX-512, AVX2 and the baseline, chosen at load time.
+#if defined(__GNUC__) && defined(__x86_64__)
+#define SGAN_VECTOR_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
+#else
+#define SGAN_VECTOR_CLONES
+#endif
+
+// (best, best_index) = the minimum of scale * row[p] over p < L and its column, under
+// min_candidate_wins: lanes of 64 bytes each keep their first strictly smaller value (so the lower
+// column on ties) and whether they saw a NaN; the lanes are then merged by the same rule, a row
+// holding a NaN takes its first NaN, and the columns past the last full lane block are added one
+// by one. Index lanes have the width of the values (the comparison masks'), int32 for float.
+template <typename scalar_t, typename index_t>
+__attribute__((always_inline)) inline void scaled_row_minimum_lanes(const scalar_t* row, int64_t L, scalar_t scale,
+                                                                    scalar_t& best, int64_t& best_index) {
+  constexpr int kLanes = 64 / sizeof(scalar_t);
+  typedef scalar_t values_t __attribute__((vector_size(64)));
+  typedef index_t indices_t __attribute__((vector_size(64)));
+  best = scalar_t(0);
+  best_index = -1;
+  int64_t p = 0;
+  if (L >= kLanes) {
+    values_t lane_best;
+    std::memcpy(&lane_best, row, sizeof(values_t));
+    lane_best *= scale;
+    indices_t column, lane_index;
+    for (int u = 0; u < kLanes; ++u) column[u] = u;
+    lane_index = column;
+    indices_t lane_nan = lane_best != lane_best;
+    for (p = kLanes; p + kLanes <= L; p += kLanes) {
+      values_t v;
+      std::memcpy(&v, row + p, sizeof(values_t));
+      v *= scale;
+      column += kLanes;
+      const indices_t smaller = v < lane_best;
+      lane_best = smaller ? v : lane_best;
+      lane_index = smaller ? column : lane_index;
+      lane_nan |= v != v;
+    }
+    bool any_nan = false;
+    for (int u = 0; u < kLanes; ++u) any_nan = any_nan || lane_nan[u] != 0;
+    if (any_nan) {
+      int64_t q = 0;
+      while (!at::_isnan(row[q] * scale)) ++q;
+      best = row[q] * scale;
+      best_index = q;
+      return;
+    }
+    for (int u = 0; u < kLanes; ++u) {
+      if (min_candidate_wins(lane_best[u], static_cast<int64_t>(lane_index[u]), best, best_index)) {
+        best = lane_best[u];
+        best_index = lane_index[u];
+      }
+    }
+  }
+  for (; p < L; ++p) {
+    const scalar_t v = row[p] * scale;
+    if (min_candidate_wins(v, p, best, best_index)) {
+      best = v;
+      best_index = p;
+    }
+  }
+}
+
+SGAN_VECTOR_CLONES void scaled_row_minimum(const float* row, int64_t L, float scale, float& best,
+                                           int64_t& best_index) {
+  scaled_row_minimum_lanes<float, int32_t>(row, L, scale, best, best_index);
+}
+
+SGAN_VECTOR_CLONES void scaled_row_minimum(const double* row, int64_t L, double scale, double& best,
+                                           int64_t& best_index) {
+  scaled_row_minimum_lanes<double, int64_t>(row, L, scale, best, best_index);
+}
+
 struct CpuKernels {
   static constexpr bool kOneImagePerChunk = true;
   static constexpr int64_t kChunkBudget = 0;          // unused: one image per chunk
-  static constexpr int64_t kTileBudget = 1 << 18;     // elements of a row-minimum tile (1 MiB float)
+  static constexpr int64_t kTileBudget = 1 << 23;     // elements of a row-minimum tile (32 MiB float)
   static constexpr int64_t kMinTileRows = 32;
   static constexpr int64_t kMaxTileRows = 256;
 
@@ -112,39 +187,30 @@ struct CpuKernels {
     return at::bmm(q_sum_g.unsqueeze(1), key_g).squeeze(1);
   }
 
-  // One image per chunk, so every tile column is a column of the group (no padding). The minimum
-  // of s P_ij over the row is ATen's vectorised amin (amax for a negative scale) of P_ij, which
-  // propagates NaN as the reference's torch.min does; its column is the first one holding that
-  // value (the first NaN when it is NaN), found by a scan of the row (ATen's min with indices is
-  // far slower than amin); then the masked 0 and the original indices.
+  // One image per chunk, so every tile column is a column of the group (no padding). Each row's
+  // minimum of s P_ij and its column come from one pass (scaled_row_minimum), then the masked 0 and
+  // the original indices.
   static void row_min_tile(const at::Tensor& tile, int64_t first, int g, const at::Tensor& counts,
                            const at::Tensor& src, double scale, at::Tensor& row_min, at::Tensor& argmin,
                            at::Tensor& min_packed) {
     RECORD_FUNCTION("sgan_attention_row_min_tile", std::vector<c10::IValue>());
     TORCH_INTERNAL_ASSERT(tile.size(0) == 1 && tile.size(2) == counts.data_ptr<int64_t>()[g] && tile.is_contiguous());
     const int64_t T = tile.size(1), L = tile.size(2);
-    const at::Tensor values = (scale >= 0 ? tile.amin(2) : tile.amax(2)).contiguous();
+    TORCH_CHECK(L <= std::numeric_limits<int32_t>::max(), "sgan_ext attention: a group of ", L,
+                " positions is beyond the row-minimum pass's 32-bit column indices");
     const bool other_group_nonempty = counts.data_ptr<int64_t>()[1 - g] > 0;
     const int64_t* s = src.data_ptr<int64_t>();
     int64_t* amin = argmin.data_ptr<int64_t>();
     AT_DISPATCH_FLOATING_TYPES(tile.scalar_type(), "sgan_attention_row_min_cpu", [&] {
-      const scalar_t* v = values.data_ptr<scalar_t>();
       const scalar_t* tp = tile.data_ptr<scalar_t>();
       scalar_t* rmin = row_min.data_ptr<scalar_t>();
       scalar_t* mp = min_packed.data_ptr<scalar_t>();
       const scalar_t sc = static_cast<scalar_t>(scale);
       at::parallel_for(0, T, grain(L), [&](int64_t begin, int64_t end) {
         for (int64_t r = begin; r < end; ++r) {
-          const scalar_t* row = tp + r * L;
-          const scalar_t extreme = v[r];
-          int64_t column = 0;
-          if (at::_isnan(extreme)) {
-            while (column < L && !at::_isnan(row[column])) ++column;
-          } else {
-            while (column < L && row[column] != extreme) ++column;
-          }
-          scalar_t best = sc * extreme;
-          int64_t best_index = column;
+          scalar_t best;
+          int64_t best_index;
+          scaled_row_minimum(tp + r * L, L, sc, best, best_index);
           apply_masked_zero(other_group_nonempty, best, best_index);
           const int64_t original = s[first + r];
           rmin[original] = best;
