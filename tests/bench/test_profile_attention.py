@@ -40,5 +40,8 @@ def test_profile_json_splits_gemm_row_minimum_and_the_rest(tmp_path):
         assert p["gemv_ms"] > 0 and p["gemv_ms"] < p["other_ms"], preset
         assert 0 < p["gemm_ms"] + p["gemv_ms"] <= products * (1 + 1e-9), preset
     assert profiles["paper"]["row_min_ms"] == 0  # no shift: no row-minimum pass
-    assert profiles["official"]["row_min_ms"] > 0
+    assert profiles["paper"]["row_min_gemm_ms"] == 0 and profiles["paper"]["row_min_over_gemm"] is None
+    official = profiles["official"]
+    assert 0 < official["row_min_gemm_ms"] < official["row_min_ms"]  # the pass's tile GEMMs, part of it
+    assert official["row_min_over_gemm"] == pytest.approx(official["row_min_ms"] / official["row_min_gemm_ms"])
     assert "row-minimum pass" in result.stdout
