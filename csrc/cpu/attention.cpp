@@ -182,11 +182,6 @@ struct CpuKernels {
     });
   }
 
-  // key_dot[b, p] = K_p . q_sum (Bc, L): a batched matrix-vector product.
-  static at::Tensor key_dot(const at::Tensor& key_g, const at::Tensor& q_sum_g) {
-    return at::bmm(q_sum_g.unsqueeze(1), key_g).squeeze(1);
-  }
-
   // One image per chunk, so every tile column is a column of the group (no padding). Each row's
   // minimum of s P_ij and its column come from one pass (scaled_row_minimum), then the masked 0 and
   // the original indices.
@@ -223,8 +218,8 @@ struct CpuKernels {
 
   // out = x + gamma ctx over the positions of group g, with x read from x_packed (Bc, C, L), the
   // group's packed columns. Attending rows: x_vec is xbar_g and ctx = mean_coef_i xbar +
-  // gemm_coef_i numerator_i (context_coefficients); mean rows (numerator undefined): x_vec is x_g
-  // and ctx = x_g / (n_g + eps).
+  // gemm_coef_i numerator_i (context_coefficients), numerator (Bc, C, L) contiguous within each
+  // image; mean rows (numerator undefined): x_vec is x_g and ctx = x_g / (n_g + eps).
   static void forward_epilogue(const at::Tensor& x_packed, const at::Tensor& numerator, const at::Tensor& key_dot_qsum,
                                const at::Tensor& min_packed, const at::Tensor& x_vec, const at::Tensor& counts,
                                int g, const at::Tensor& src, const at::Tensor& gamma, double scale, double eps,
@@ -256,6 +251,7 @@ struct CpuKernels {
         }
       }
       const acc_t* num = mean_rows ? nullptr : numerator.data_ptr<acc_t>();
+      const int64_t num_image_stride = mean_rows ? 0 : numerator.stride(0);
       at::parallel_for(0, Bc * C, grain(L), [&](int64_t begin, int64_t end) {
         std::vector<acc_t> update(L);
         for (int64_t bc = begin; bc < end; ++bc) {
@@ -266,7 +262,7 @@ struct CpuKernels {
           if (mean_rows) {
             for (int64_t p = 0; p < size; ++p) update[p] = mc[p] * x_channel;
           } else {
-            const acc_t* nrow = num + bc * L;
+            const acc_t* nrow = num + b * num_image_stride + (bc - b * C) * L;
             for (int64_t p = 0; p < size; ++p) update[p] = mc[p] * x_channel + gc[p] * nrow[p];
           }
           const int64_t* sb = s + b * L;
@@ -280,25 +276,24 @@ struct CpuKernels {
     });
   }
 
-  // Per packed row i: the scalars of backward_row, then, over the key channels,
-  // scaled_key_i = key_coef_i K_i and, in place in h, dK_i = key_coef_i H_i + s q_g dden_i.
-  static void backward_rows(const at::Tensor& key_g, at::Tensor& h, const at::Tensor& grad_g,
-                            const at::Tensor& q_sum_g, const at::Tensor& x_mean, const at::Tensor& min_packed,
-                            const at::Tensor& counts, int g, const at::Tensor& gamma, double scale, double eps,
-                            at::Tensor& dot, at::Tensor& dden, at::Tensor& dmin, at::Tensor& mean_coef,
+  // Per packed row i: the scalars of backward_row, then, over the key channels, scaled_key_i =
+  // key_coef_i K_i (rows < Ck of scaled_key (Bc, Ck + 1, L), mean_coef_i in its row Ck) and, in
+  // place in h, dK_i = key_coef_i H_i + s q_g dden_i; grad_g (Bc, C + 1, L) holds G in its rows
+  // < C and gets qsum_coef_i in its row C.
+  static void backward_rows(const at::Tensor& key_g, at::Tensor& h, at::Tensor& grad_g, const at::Tensor& q_sum_g,
+                            const at::Tensor& x_mean, const at::Tensor& min_packed, const at::Tensor& counts, int g,
+                            const at::Tensor& gamma, double scale, double eps, at::Tensor& dot, at::Tensor& dmin,
                             at::Tensor& scaled_key) {
     RECORD_FUNCTION("sgan_attention_backward_rows", std::vector<c10::IValue>());
-    const int64_t Bc = key_g.size(0), Ck = key_g.size(1), L = key_g.size(2), C = grad_g.size(1);
+    const int64_t Bc = key_g.size(0), Ck = key_g.size(1), L = key_g.size(2), C = grad_g.size(1) - 1;
     const int64_t* n = counts.data_ptr<int64_t>();
     constexpr int64_t kBlock = 64;  // rows per task: the channel loops run over contiguous row blocks
     const int64_t blocks_per_image = (L + kBlock - 1) / kBlock;
     AT_DISPATCH_FLOATING_TYPES(key_g.scalar_type(), "sgan_attention_backward_rows_cpu", [&] {
-      const scalar_t *kp = key_g.data_ptr<scalar_t>(), *gp = grad_g.data_ptr<scalar_t>(),
-                     *qs = q_sum_g.data_ptr<scalar_t>(), *xs = x_mean.data_ptr<scalar_t>(),
-                     *mp = min_packed.data_ptr<scalar_t>();
-      scalar_t *hp = h.data_ptr<scalar_t>(), *dot_p = dot.data_ptr<scalar_t>(), *dden_p = dden.data_ptr<scalar_t>(),
-               *dmin_p = dmin.data_ptr<scalar_t>(), *mc_p = mean_coef.data_ptr<scalar_t>(),
-               *sk = scaled_key.data_ptr<scalar_t>();
+      const scalar_t *kp = key_g.data_ptr<scalar_t>(), *qs = q_sum_g.data_ptr<scalar_t>(),
+                     *xs = x_mean.data_ptr<scalar_t>(), *mp = min_packed.data_ptr<scalar_t>();
+      scalar_t *hp = h.data_ptr<scalar_t>(), *gp = grad_g.data_ptr<scalar_t>(), *dot_p = dot.data_ptr<scalar_t>(),
+               *dmin_p = dmin.data_ptr<scalar_t>(), *sk = scaled_key.data_ptr<scalar_t>();
       const scalar_t gam = gamma.item<scalar_t>(), sc = static_cast<scalar_t>(scale), ep = static_cast<scalar_t>(eps);
       at::parallel_for(0, Bc * blocks_per_image, 1, [&](int64_t begin, int64_t end) {
         scalar_t key_h[kBlock], key_q[kBlock], grad_x[kBlock], key_coef[kBlock], row_dden[kBlock];
@@ -318,7 +313,7 @@ struct CpuKernels {
             }
           }
           for (int64_t c = 0; c < C; ++c) {
-            const scalar_t* grow = gp + (b * C + c) * L + p0;
+            const scalar_t* grow = gp + (b * (C + 1) + c) * L + p0;
             const scalar_t xc = xs[b * C + c];
             for (int64_t i = 0; i < width; ++i) grad_x[i] += grow[i] * xc;
           }
@@ -329,9 +324,9 @@ struct CpuKernels {
               r = backward_row(key_h[i], key_q[i], grad_x[i], mp[idx], static_cast<scalar_t>(size), gam, sc, ep);
             }
             dot_p[idx] = r.dot;
-            dden_p[idx] = r.dden;
             dmin_p[idx] = r.dmin;
-            mc_p[idx] = r.mean_coef;
+            gp[(b * (C + 1) + C) * L + p0 + i] = r.qsum_coef;
+            sk[(b * (Ck + 1) + Ck) * L + p0 + i] = r.mean_coef;
             key_coef[i] = r.key_coef;
             row_dden[i] = sc * r.dden;
           }
@@ -339,7 +334,7 @@ struct CpuKernels {
             const int64_t offset = (b * Ck + k) * L + p0;
             const scalar_t* krow = kp + offset;
             scalar_t* hrow = hp + offset;
-            scalar_t* srow = sk + offset;
+            scalar_t* srow = sk + (b * (Ck + 1) + k) * L + p0;
             const scalar_t qk = qs[b * Ck + k];
             for (int64_t i = 0; i < width; ++i) {
               srow[i] = key_coef[i] * krow[i];
