@@ -97,6 +97,54 @@ SGAN_VECTOR_CLONES void scaled_row_minimum(const double* row, int64_t L, double 
   scaled_row_minimum_lanes<double, int64_t>(row, L, scale, best, best_index);
 }
 
+// sum of v[0, n) accumulated in float64, over lanes of 8 doubles
+template <typename scalar_t>
+__attribute__((always_inline)) inline double sum_in_double_lanes(const scalar_t* v, int64_t n) {
+  typedef double lanes_t __attribute__((vector_size(64)));
+  typedef scalar_t values_t __attribute__((vector_size(8 * sizeof(scalar_t))));
+  lanes_t first = {}, second = {};  // two chains, so the adds pipeline
+  int64_t p = 0;
+  for (; p + 16 <= n; p += 16) {
+    values_t a, b;
+    std::memcpy(&a, v + p, sizeof(values_t));
+    std::memcpy(&b, v + p + 8, sizeof(values_t));
+    first += __builtin_convertvector(a, lanes_t);
+    second += __builtin_convertvector(b, lanes_t);
+  }
+  first += second;
+  double total = 0;
+  for (int u = 0; u < 8; ++u) total += first[u];
+  for (; p < n; ++p) total += static_cast<double>(v[p]);
+  return total;
+}
+
+SGAN_VECTOR_CLONES double sum_in_double(const float* v, int64_t n) { return sum_in_double_lanes(v, n); }
+
+SGAN_VECTOR_CLONES double sum_in_double(const double* v, int64_t n) { return sum_in_double_lanes(v, n); }
+
+// A group's packed columns as runs of consecutive original positions: packed columns
+// [packed, packed + length) are the positions [source, source + length). The packing loops copy
+// run by run, contiguous on both sides (a salient region is a few runs per image row).
+struct Run {
+  int64_t packed, source, length;
+};
+
+// The runs of src[0, L) (the original position of each packed column, -1 for none).
+std::vector<Run> runs_of(const int64_t* src, int64_t L) {
+  std::vector<Run> runs;
+  for (int64_t p = 0; p < L;) {
+    if (src[p] < 0) {
+      ++p;
+      continue;
+    }
+    int64_t q = p + 1;
+    while (q < L && src[q] == src[q - 1] + 1) ++q;
+    runs.push_back({p, src[p], q - p});
+    p = q;
+  }
+  return runs;
+}
+
 struct CpuKernels {
   static constexpr bool kOneImagePerChunk = true;
   static constexpr int64_t kChunkBudget = 0;          // unused: one image per chunk
@@ -130,14 +178,19 @@ struct CpuKernels {
   static constexpr bool kHostCounts = true;
 
   // out_g[b, r, p] = input[b, r, src_g[b, p]] (- centre[b, g, r]) for the defined outputs, each
-  // input row read once, with sums[b, g, r] = sum over p of out_g (see pack() in the driver). A CPU
-  // chunk holds one image, so src_g has no padding.
+  // input row read once, run by run, with sums[b, g, r] = sum over p of out_g (see pack() in the
+  // driver). A CPU chunk holds one image, so src_g has no padding.
   static void pack(const at::Tensor& input, const at::Tensor& src0, const at::Tensor& src1, const at::Tensor& centre,
                    at::Tensor& out0, at::Tensor& out1, const at::Tensor& sums) {
     RECORD_FUNCTION("sgan_attention_pack", std::vector<c10::IValue>());
     TORCH_INTERNAL_ASSERT(input.size(0) == 1, "CPU chunks hold one image");
     const int64_t R = input.size(1), N = input.size(2);
-    const int64_t* sources[2] = {src0.data_ptr<int64_t>(), src1.data_ptr<int64_t>()};
+    const at::Tensor* outs[2] = {&out0, &out1};
+    const at::Tensor* sources[2] = {&src0, &src1};
+    std::vector<Run> runs[2];
+    for (int g = 0; g < 2; ++g) {
+      if (outs[g]->defined()) runs[g] = runs_of(sources[g]->data_ptr<int64_t>(), sources[g]->size(1));
+    }
     const int64_t lengths[2] = {src0.size(1), src1.size(1)};
     AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "sgan_attention_pack_cpu", [&] {
       using acc_t = at::opmath_type<scalar_t>;
@@ -150,31 +203,18 @@ struct CpuKernels {
         for (int64_t r = begin; r < end; ++r) {
           const scalar_t* row = in + r * N;
           for (int g = 0; g < 2; ++g) {
-            scalar_t* o = outputs[g];
-            if (o == nullptr) continue;
-            const int64_t L = lengths[g];
-            const int64_t* s = sources[g];
-            o += r * L;
+            if (outputs[g] == nullptr) continue;
+            scalar_t* o = outputs[g] + r * lengths[g];
             if (centres != nullptr) {
               const acc_t c = centres[g * R + r];
-              for (int64_t p = 0; p < L; ++p) o[p] = static_cast<scalar_t>(static_cast<acc_t>(row[s[p]]) - c);
+              for (const Run& run : runs[g]) {
+                const scalar_t* from = row + run.source;
+                scalar_t* to = o + run.packed;
+                for (int64_t q = 0; q < run.length; ++q) to[q] = static_cast<scalar_t>(static_cast<acc_t>(from[q]) - c);
+              }
             } else {
-              double partial[4] = {0, 0, 0, 0};  // independent chains, so the adds pipeline
-              int64_t p = 0;
-              for (; p + 4 <= L; p += 4) {
-                for (int u = 0; u < 4; ++u) {
-                  const scalar_t v = row[s[p + u]];
-                  o[p + u] = v;
-                  partial[u] += static_cast<double>(v);
-                }
-              }
-              for (; p < L; ++p) {
-                o[p] = row[s[p]];
-                partial[0] += static_cast<double>(o[p]);
-              }
-              if (sum_out != nullptr) {
-                sum_out[g * R + r] = static_cast<acc_t>((partial[0] + partial[1]) + (partial[2] + partial[3]));
-              }
+              for (const Run& run : runs[g]) std::memcpy(o + run.packed, row + run.source, run.length * sizeof(scalar_t));
+              if (sum_out != nullptr) sum_out[g * R + r] = static_cast<acc_t>(sum_in_double(o, lengths[g]));
             }
           }
         }
@@ -216,18 +256,20 @@ struct CpuKernels {
     });
   }
 
-  // out = x + gamma ctx over the positions of group g, with x read from x_packed (Bc, C, L), the
-  // group's packed columns. Attending rows: x_vec is xbar_g and ctx = mean_coef_i xbar +
-  // gemm_coef_i numerator_i (context_coefficients), numerator (Bc, C, L) contiguous within each
-  // image; mean rows (numerator undefined): x_vec is x_g and ctx = x_g / (n_g + eps).
+  // out = x + gamma ctx over the positions of group g, with x read from x_packed (1, C, L), the
+  // group's packed columns, and written run by run. Attending rows: x_vec is xbar_g and
+  // ctx = mean_coef_i xbar + gemm_coef_i numerator_i (context_coefficients), numerator (1, C, L)
+  // with rows numerator.stride(1) apart; mean rows (numerator undefined): x_vec is x_g and
+  // ctx = x_g / (n_g + eps).
   static void forward_epilogue(const at::Tensor& x_packed, const at::Tensor& numerator, const at::Tensor& key_dot_qsum,
                                const at::Tensor& min_packed, const at::Tensor& x_vec, const at::Tensor& counts,
                                int g, const at::Tensor& src, const at::Tensor& gamma, double scale, double eps,
                                at::Tensor& out) {
     RECORD_FUNCTION("sgan_attention_forward_epilogue", std::vector<c10::IValue>());
-    const int64_t Bc = x_packed.size(0), C = x_packed.size(1), N = out.size(2), L = src.size(1);
-    const int64_t* n = counts.data_ptr<int64_t>();
-    const int64_t* s = src.data_ptr<int64_t>();
+    TORCH_INTERNAL_ASSERT(x_packed.size(0) == 1 && x_packed.size(2) == counts.data_ptr<int64_t>()[g],
+                          "CPU chunks hold one image, without padding");
+    const int64_t C = x_packed.size(1), N = out.size(2), L = x_packed.size(2);
+    const std::vector<Run> runs = runs_of(src.data_ptr<int64_t>(), L);
     const bool mean_rows = !numerator.defined();
     AT_DISPATCH_FLOATING_TYPES(x_packed.scalar_type(), "sgan_attention_forward_epilogue_cpu", [&] {
       using acc_t = at::opmath_type<scalar_t>;
@@ -235,41 +277,39 @@ struct CpuKernels {
       scalar_t* op = out.data_ptr<scalar_t>();
       const acc_t* xv = x_vec.data_ptr<acc_t>();
       const acc_t gam = gamma.item<acc_t>(), sc = static_cast<acc_t>(scale), ep = static_cast<acc_t>(eps);
+      const acc_t count = static_cast<acc_t>(L);
       // per row: gamma mean_coef_i and gamma gemm_coef_i
-      std::vector<acc_t> mean_coef(Bc * L, acc_t(0)), gemm_coef(Bc * L, acc_t(0));
-      for (int64_t b = 0; b < Bc; ++b) {
-        const acc_t count = static_cast<acc_t>(n[b * 2 + g]);
-        for (int64_t p = 0; p < n[b * 2 + g]; ++p) {
-          if (mean_rows) {
-            mean_coef[b * L + p] = gam / (count + ep);
-            continue;
-          }
-          const ContextCoefficients<acc_t> r = context_coefficients(
-              key_dot_qsum.data_ptr<acc_t>()[b * L + p], min_packed.data_ptr<acc_t>()[b * L + p], count, sc, ep);
-          mean_coef[b * L + p] = gam * r.mean_coef;
-          gemm_coef[b * L + p] = gam * r.gemm_coef;
+      std::vector<acc_t> mean_coef(L, gam / (count + ep)), gemm_coef(L, acc_t(0));
+      if (!mean_rows) {
+        const acc_t *kq = key_dot_qsum.data_ptr<acc_t>(), *mp = min_packed.data_ptr<acc_t>();
+        for (int64_t p = 0; p < L; ++p) {
+          const ContextCoefficients<acc_t> r = context_coefficients(kq[p], mp[p], count, sc, ep);
+          mean_coef[p] = gam * r.mean_coef;
+          gemm_coef[p] = gam * r.gemm_coef;
         }
       }
       const acc_t* num = mean_rows ? nullptr : numerator.data_ptr<acc_t>();
-      const int64_t num_image_stride = mean_rows ? 0 : numerator.stride(0);
-      at::parallel_for(0, Bc * C, grain(L), [&](int64_t begin, int64_t end) {
-        std::vector<acc_t> update(L);
-        for (int64_t bc = begin; bc < end; ++bc) {
-          const int64_t b = bc / C, size = n[b * 2 + g];
-          const acc_t x_channel = xv[bc];
-          const acc_t* mc = mean_coef.data() + b * L;
-          const acc_t* gc = gemm_coef.data() + b * L;
-          if (mean_rows) {
-            for (int64_t p = 0; p < size; ++p) update[p] = mc[p] * x_channel;
-          } else {
-            const acc_t* nrow = num + b * num_image_stride + (bc - b * C) * L;
-            for (int64_t p = 0; p < size; ++p) update[p] = mc[p] * x_channel + gc[p] * nrow[p];
-          }
-          const int64_t* sb = s + b * L;
-          const scalar_t* xrow = xp + bc * L;
-          scalar_t* orow = op + bc * N;
-          for (int64_t p = 0; p < size; ++p) {
-            orow[sb[p]] = static_cast<scalar_t>(static_cast<acc_t>(xrow[p]) + update[p]);
+      const int64_t num_row_stride = mean_rows ? 0 : numerator.stride(1);
+      const acc_t *mc = mean_coef.data(), *gc = gemm_coef.data();
+      at::parallel_for(0, C, grain(L), [&](int64_t begin, int64_t end) {
+        for (int64_t c = begin; c < end; ++c) {
+          const acc_t x_channel = xv[c];
+          const acc_t* nrow = num + c * num_row_stride;
+          const scalar_t* xrow = xp + c * L;
+          scalar_t* orow = op + c * N;
+          for (const Run& run : runs) {
+            const int64_t p0 = run.packed;
+            scalar_t* to = orow + run.source;
+            if (mean_rows) {
+              for (int64_t q = 0; q < run.length; ++q) {
+                to[q] = static_cast<scalar_t>(static_cast<acc_t>(xrow[p0 + q]) + mc[p0 + q] * x_channel);
+              }
+            } else {
+              for (int64_t q = 0; q < run.length; ++q) {
+                const int64_t p = p0 + q;
+                to[q] = static_cast<scalar_t>(static_cast<acc_t>(xrow[p]) + (mc[p] * x_channel + gc[p] * nrow[p]));
+              }
+            }
           }
         }
       });
@@ -387,33 +427,39 @@ struct CpuKernels {
     });
   }
 
-  // out[b, r, src[b, p]] = part[b, r, p] (+ bias[b, r]) (+ addend[b, r, src[b, p]]); part may be strided.
+  // out[b, r, src[b, p]] = part[b, r, p] (+ bias[b, r]) (+ addend[b, r, src[b, p]]), run by run;
+  // part may be strided.
   static void unpack(const at::Tensor& part, const at::Tensor& src, const at::Tensor& bias, const at::Tensor& addend,
                      at::Tensor& out) {
     RECORD_FUNCTION("sgan_attention_unpack", std::vector<c10::IValue>());
+    TORCH_INTERNAL_ASSERT(part.size(0) == 1, "CPU chunks hold one image");
     TORCH_INTERNAL_ASSERT(!bias.defined() || bias.is_contiguous());
-    const int64_t Bc = part.size(0), R = part.size(1), L = part.size(2), N = out.size(2);
-    const int64_t sb = part.stride(0), sr = part.stride(1), sp = part.stride(2);
-    const int64_t* s = src.data_ptr<int64_t>();
+    const int64_t R = part.size(1), L = part.size(2), N = out.size(2);
+    const int64_t sr = part.stride(1), sp = part.stride(2);
+    const std::vector<Run> runs = runs_of(src.data_ptr<int64_t>(), L);
     AT_DISPATCH_FLOATING_TYPES(out.scalar_type(), "sgan_attention_unpack_cpu", [&] {
       using acc_t = at::opmath_type<scalar_t>;
       const acc_t* pp = part.data_ptr<acc_t>();
       const acc_t* bp = bias.defined() ? bias.data_ptr<acc_t>() : nullptr;
       const scalar_t* ap = addend.defined() ? addend.data_ptr<scalar_t>() : nullptr;
       scalar_t* op = out.data_ptr<scalar_t>();
-      at::parallel_for(0, Bc * R, grain(L), [&](int64_t begin, int64_t end) {
-        for (int64_t br = begin; br < end; ++br) {
-          const int64_t b = br / R, r = br % R;
-          const int64_t* srow = s + b * L;
-          const acc_t* prow = pp + b * sb + r * sr;
-          const acc_t shift = bp ? bp[br] : acc_t(0);
-          scalar_t* orow = op + br * N;
-          const scalar_t* arow = ap ? ap + br * N : nullptr;
-          for (int64_t p = 0; p < L; ++p) {
-            const int64_t j = srow[p];
-            if (j < 0) continue;
-            const acc_t v = prow[p * sp] + shift + (arow ? static_cast<acc_t>(arow[j]) : acc_t(0));
-            orow[j] = static_cast<scalar_t>(v);
+      at::parallel_for(0, R, grain(L), [&](int64_t begin, int64_t end) {
+        for (int64_t r = begin; r < end; ++r) {
+          const acc_t* prow = pp + r * sr;
+          const acc_t shift = bp ? bp[r] : acc_t(0);
+          scalar_t* orow = op + r * N;
+          const scalar_t* arow = ap ? ap + r * N : nullptr;
+          for (const Run& run : runs) {
+            const acc_t* from = prow + run.packed * sp;
+            scalar_t* to = orow + run.source;
+            if (arow != nullptr) {
+              const scalar_t* add = arow + run.source;
+              for (int64_t q = 0; q < run.length; ++q) {
+                to[q] = static_cast<scalar_t>(from[q * sp] + shift + static_cast<acc_t>(add[q]));
+              }
+            } else {
+              for (int64_t q = 0; q < run.length; ++q) to[q] = static_cast<scalar_t>(from[q * sp] + shift);
+            }
           }
         }
       });
