@@ -475,6 +475,7 @@ BackwardResult backward(const at::Tensor& grad_out, const at::Tensor& x, const a
     const Chunk chunk = make_chunk<K>(layout, saliency_mask, begin, std::min(images, B - begin));
     const int64_t Bc = chunk.size;
     const at::Tensor grad_out_chunk = grad_out.narrow(0, begin, Bc);
+    const at::Tensor key_chunk = key.narrow(0, begin, Bc);  // the kernels read K_i where it is: no packed keys
     at::Tensor grad_x_chunk = grad_x.narrow(0, begin, Bc);
     at::Tensor grad_key_chunk = grad_key.narrow(0, begin, Bc);
     at::Tensor grad_query_chunk = grad_query.narrow(0, begin, Bc);
@@ -483,7 +484,6 @@ BackwardResult backward(const at::Tensor& grad_out, const at::Tensor& x, const a
     at::Tensor grad_sums = at::empty({Bc, 2, C}, acc_options);
     // G with a row for the kernel's qsum_coef (backward_rows), which the GEMM of dAtilde_g takes along
     std::array<at::Tensor, 2> grad_p = pack<K>(grad_out, chunk, {true, true}, at::Tensor(), grad_sums, 1);
-    std::array<at::Tensor, 2> key_p = pack<K>(key, chunk, attending);
     // X and Q packed around their group means: the GEMMs below take X_j - xbar_g and Q_j - q_g / n_g
     std::array<at::Tensor, 2> x_p = pack<K>(x, chunk, attending, x_mean_chunk);
     std::array<at::Tensor, 2> query_p = pack<K>(query, chunk, attending, q_mean_chunk);
@@ -510,15 +510,14 @@ BackwardResult backward(const at::Tensor& grad_out, const at::Tensor& x, const a
       const at::Tensor q_sum_g = q_sum.narrow(0, begin, Bc).select(1, g).contiguous();  // (Bc, Ck)
       const at::Tensor x_mean = x_mean_chunk.select(1, g).contiguous();                 // (Bc, C)
       const at::Tensor A_centred = centred_products(A.narrow(0, begin, Bc).select(1, g), q_sum_g, x_mean);
-      const at::Tensor key_g = std::move(key_p[g]);                                     // (Bc, Ck, L)
       const at::Tensor min_packed = shift ? min_p[g].squeeze(1) : at::zeros({Bc, L}, acc_options);  // (Bc, L)
       // H = Atilde_g G; backward_rows turns it, in place, into dK_i = key_coef_i H_i + s q_g dden_i
       at::Tensor grad_key_g = gemm(A_centred, grad_g, operand, acc);
       at::Tensor dot = at::empty({Bc, L}, acc_options), dmin = at::empty({Bc, L}, acc_options);
       // rows key_coef_i K_i and, as row Ck, mean_coef_i; backward_rows also writes qsum_coef_i into G's row C
-      at::Tensor scaled_key = at::empty({Bc, Ck + 1, L}, key_g.options());
-      K::backward_rows(key_g, grad_key_g, grad_rows, q_sum_g, x_mean, min_packed, chunk.counts, g, gamma, scale, eps,
-                       dot, dmin, scaled_key);
+      at::Tensor scaled_key = at::empty({Bc, Ck + 1, L}, key.options());
+      K::backward_rows(key_chunk, chunk.src[g], grad_key_g, grad_rows, q_sum_g, x_mean, min_packed, chunk.counts, g,
+                       gamma, scale, eps, dot, dmin, scaled_key);
       grad_gamma.add_(dot.sum(at::kDouble));
       // one GEMM, sum_i [key_coef_i K_i; mean_coef_i] [G_i; qsum_coef_i]^T (Bc, Ck + 1, C + 1), holds
       //   dAtilde_g = sum_i key_coef_i K_i G_i^T, dq_g = sum_i qsum_coef_i key_coef_i K_i (column C)
@@ -536,7 +535,7 @@ BackwardResult backward(const at::Tensor& grad_out, const at::Tensor& x, const a
       x_p[g].reset();
       const at::Tensor query_g = std::move(query_p[g]);  // Q_j - q_g / n_g
       if (shift) {  // dK_i += s Q_a(i) dm_i, dQ_a(i) += s K_i dm_i
-        K::argmin_scatter(key_g, query_g, q_mean_chunk.select(1, g).contiguous(), dmin, argmin.narrow(0, begin, Bc),
+        K::argmin_scatter(key_chunk, query_g, q_mean_chunk.select(1, g).contiguous(), dmin, argmin.narrow(0, begin, Bc),
                           chunk.pos, chunk.src[g], chunk.counts, g, scale, grad_key_g, grad_query_g);
       }
       // dX_j - dxbar_g / n_g: with operands in the accumulation dtype G_j enters the GEMM (in place in

@@ -9,6 +9,7 @@
 #include <ATen/Parallel.h>
 #include <ATen/record_function.h>
 
+#include <algorithm>
 #include <cstring>
 #include <limits>
 
@@ -143,6 +144,25 @@ std::vector<Run> runs_of(const int64_t* src, int64_t L) {
     p = q;
   }
   return runs;
+}
+
+// The run holding packed column p.
+std::vector<Run>::const_iterator run_at(const std::vector<Run>& runs, int64_t p) {
+  return std::upper_bound(runs.begin(), runs.end(), p, [](int64_t column, const Run& run) {
+           return column < run.packed;
+         }) - 1;
+}
+
+// out[0, width) = packed columns [p0, p0 + width) of an original row, run by run from `run`, the
+// run holding p0.
+template <typename scalar_t>
+void gather_columns(const scalar_t* row, std::vector<Run>::const_iterator run, int64_t p0, int64_t width,
+                    scalar_t* out) {
+  for (int64_t p = p0; p < p0 + width; ++run) {
+    const int64_t take = std::min(run->packed + run->length, p0 + width) - p;
+    std::memcpy(out + (p - p0), row + run->source + (p - run->packed), take * sizeof(scalar_t));
+    p += take;
+  }
 }
 
 struct CpuKernels {
@@ -316,66 +336,68 @@ struct CpuKernels {
     });
   }
 
-  // Per packed row i: the scalars of backward_row, then, over the key channels, scaled_key_i =
-  // key_coef_i K_i (rows < Ck of scaled_key (Bc, Ck + 1, L), mean_coef_i in its row Ck) and, in
-  // place in h, dK_i = key_coef_i H_i + s q_g dden_i; grad_g (Bc, C + 1, L) holds G in its rows
-  // < C and gets qsum_coef_i in its row C.
-  static void backward_rows(const at::Tensor& key_g, at::Tensor& h, at::Tensor& grad_g, const at::Tensor& q_sum_g,
-                            const at::Tensor& x_mean, const at::Tensor& min_packed, const at::Tensor& counts, int g,
-                            const at::Tensor& gamma, double scale, double eps, at::Tensor& dot, at::Tensor& dmin,
-                            at::Tensor& scaled_key) {
+  // Per packed row i of the group's src (1, L): the scalars of backward_row, then, over the key
+  // channels, scaled_key_i = key_coef_i K_i (rows < Ck of scaled_key (1, Ck + 1, L), mean_coef_i
+  // in its row Ck) and, in place in h, dK_i = key_coef_i H_i + s q_g dden_i; grad_g (1, C + 1, L)
+  // holds G in its rows < C and gets qsum_coef_i in its row C. K_i is read from key (1, Ck, N),
+  // a block of rows at a time, run by run, so the backward never packs the keys.
+  static void backward_rows(const at::Tensor& key, const at::Tensor& src, at::Tensor& h, at::Tensor& grad_g,
+                            const at::Tensor& q_sum_g, const at::Tensor& x_mean, const at::Tensor& min_packed,
+                            const at::Tensor& counts, int g, const at::Tensor& gamma, double scale, double eps,
+                            at::Tensor& dot, at::Tensor& dmin, at::Tensor& scaled_key) {
     RECORD_FUNCTION("sgan_attention_backward_rows", std::vector<c10::IValue>());
-    const int64_t Bc = key_g.size(0), Ck = key_g.size(1), L = key_g.size(2), C = grad_g.size(1) - 1;
-    const int64_t* n = counts.data_ptr<int64_t>();
+    TORCH_INTERNAL_ASSERT(key.size(0) == 1 && src.size(1) == counts.data_ptr<int64_t>()[g],
+                          "CPU chunks hold one image, without padding");
+    const int64_t Ck = key.size(1), N = key.size(2), L = src.size(1), C = grad_g.size(1) - 1;
+    const std::vector<Run> runs = runs_of(src.data_ptr<int64_t>(), L);
     constexpr int64_t kBlock = 64;  // rows per task: the channel loops run over contiguous row blocks
-    const int64_t blocks_per_image = (L + kBlock - 1) / kBlock;
-    AT_DISPATCH_FLOATING_TYPES(key_g.scalar_type(), "sgan_attention_backward_rows_cpu", [&] {
-      const scalar_t *kp = key_g.data_ptr<scalar_t>(), *qs = q_sum_g.data_ptr<scalar_t>(),
+    const int64_t blocks = (L + kBlock - 1) / kBlock;
+    AT_DISPATCH_FLOATING_TYPES(key.scalar_type(), "sgan_attention_backward_rows_cpu", [&] {
+      const scalar_t *kp = key.data_ptr<scalar_t>(), *qs = q_sum_g.data_ptr<scalar_t>(),
                      *xs = x_mean.data_ptr<scalar_t>(), *mp = min_packed.data_ptr<scalar_t>();
       scalar_t *hp = h.data_ptr<scalar_t>(), *gp = grad_g.data_ptr<scalar_t>(), *dot_p = dot.data_ptr<scalar_t>(),
                *dmin_p = dmin.data_ptr<scalar_t>(), *sk = scaled_key.data_ptr<scalar_t>();
       const scalar_t gam = gamma.item<scalar_t>(), sc = static_cast<scalar_t>(scale), ep = static_cast<scalar_t>(eps);
-      at::parallel_for(0, Bc * blocks_per_image, 1, [&](int64_t begin, int64_t end) {
+      at::parallel_for(0, blocks, 1, [&](int64_t begin, int64_t end) {
         scalar_t key_h[kBlock], key_q[kBlock], grad_x[kBlock], key_coef[kBlock], row_dden[kBlock];
+        std::vector<scalar_t> block_keys(Ck * kBlock);  // K of the block's rows, (Ck, width)
         for (int64_t task = begin; task < end; ++task) {
-          const int64_t b = task / blocks_per_image, p0 = (task % blocks_per_image) * kBlock;
-          const int64_t width = std::min(kBlock, L - p0), size = n[b * 2 + g];
+          const int64_t p0 = task * kBlock, width = std::min(kBlock, L - p0);
+          const auto first_run = run_at(runs, p0);
           std::fill(key_h, key_h + width, scalar_t(0));
           std::fill(key_q, key_q + width, scalar_t(0));
           std::fill(grad_x, grad_x + width, scalar_t(0));
           for (int64_t k = 0; k < Ck; ++k) {
-            const scalar_t* krow = kp + (b * Ck + k) * L + p0;
-            const scalar_t* hrow = hp + (b * Ck + k) * L + p0;
-            const scalar_t qk = qs[b * Ck + k];
+            scalar_t* krow = block_keys.data() + k * kBlock;
+            gather_columns(kp + k * N, first_run, p0, width, krow);
+            const scalar_t* hrow = hp + k * L + p0;
+            const scalar_t qk = qs[k];
             for (int64_t i = 0; i < width; ++i) {
               key_h[i] += krow[i] * hrow[i];
               key_q[i] += krow[i] * qk;
             }
           }
           for (int64_t c = 0; c < C; ++c) {
-            const scalar_t* grow = gp + (b * (C + 1) + c) * L + p0;
-            const scalar_t xc = xs[b * C + c];
+            const scalar_t* grow = gp + c * L + p0;
+            const scalar_t xc = xs[c];
             for (int64_t i = 0; i < width; ++i) grad_x[i] += grow[i] * xc;
           }
           for (int64_t i = 0; i < width; ++i) {
-            const int64_t idx = b * L + p0 + i;
-            BackwardRow<scalar_t> r{};
-            if (p0 + i < size) {  // else padding: all zero
-              r = backward_row(key_h[i], key_q[i], grad_x[i], mp[idx], static_cast<scalar_t>(size), gam, sc, ep);
-            }
-            dot_p[idx] = r.dot;
-            dmin_p[idx] = r.dmin;
-            gp[(b * (C + 1) + C) * L + p0 + i] = r.qsum_coef;
-            sk[(b * (Ck + 1) + Ck) * L + p0 + i] = r.mean_coef;
+            const int64_t p = p0 + i;
+            const BackwardRow<scalar_t> r =
+                backward_row(key_h[i], key_q[i], grad_x[i], mp[p], static_cast<scalar_t>(L), gam, sc, ep);
+            dot_p[p] = r.dot;
+            dmin_p[p] = r.dmin;
+            gp[C * L + p] = r.qsum_coef;
+            sk[Ck * L + p] = r.mean_coef;
             key_coef[i] = r.key_coef;
             row_dden[i] = sc * r.dden;
           }
           for (int64_t k = 0; k < Ck; ++k) {
-            const int64_t offset = (b * Ck + k) * L + p0;
-            const scalar_t* krow = kp + offset;
-            scalar_t* hrow = hp + offset;
-            scalar_t* srow = sk + (b * (Ck + 1) + k) * L + p0;
-            const scalar_t qk = qs[b * Ck + k];
+            const scalar_t* krow = block_keys.data() + k * kBlock;
+            scalar_t* hrow = hp + k * L + p0;
+            scalar_t* srow = sk + k * L + p0;
+            const scalar_t qk = qs[k];
             for (int64_t i = 0; i < width; ++i) {
               srow[i] = key_coef[i] * krow[i];
               hrow[i] = key_coef[i] * hrow[i] + qk * row_dden[i];
@@ -386,41 +408,46 @@ struct CpuKernels {
     });
   }
 
-  // dK_i += s Q_a(i) dm_i, dQ_a(i) += s K_i dm_i for the rows whose minimum is a real entry;
-  // query_g holds Q_j - q_mean (the driver packs Q centred), so q_mean is added back.
-  static void argmin_scatter(const at::Tensor& key_g, const at::Tensor& query_g, const at::Tensor& q_mean,
+  // dK_i += s Q_a(i) dm_i, dQ_a(i) += s K_i dm_i for the rows whose minimum is a real entry, K_i
+  // read from key (1, Ck, N) at the row's position; query_g holds Q_j - q_mean (the driver packs Q
+  // centred), so q_mean is added back.
+  static void argmin_scatter(const at::Tensor& key, const at::Tensor& query_g, const at::Tensor& q_mean,
                              const at::Tensor& dmin, const at::Tensor& argmin, const at::Tensor& pos,
                              const at::Tensor& src, const at::Tensor& counts, int g, double scale,
                              at::Tensor& grad_key_g, at::Tensor& grad_query_g) {
     RECORD_FUNCTION("sgan_attention_argmin_scatter", std::vector<c10::IValue>());
     TORCH_INTERNAL_ASSERT(grad_key_g.is_contiguous() && grad_query_g.is_contiguous());
-    const int64_t Bc = key_g.size(0), Ck = key_g.size(1), L = key_g.size(2), N = pos.size(1);
-    const int64_t* n = counts.data_ptr<int64_t>();
+    TORCH_INTERNAL_ASSERT(key.size(0) == 1 && src.size(1) == counts.data_ptr<int64_t>()[g],
+                          "CPU chunks hold one image, without padding");
+    const int64_t Ck = key.size(1), N = key.size(2), L = src.size(1);
     const int64_t *am = argmin.data_ptr<int64_t>(), *ps = pos.data_ptr<int64_t>(), *s = src.data_ptr<int64_t>();
-    // packed argmin column of every row, -1 when the row has none
-    std::vector<int64_t> target(Bc * L, -1);
-    for (int64_t b = 0; b < Bc; ++b) {
-      for (int64_t p = 0; p < n[b * 2 + g]; ++p) {
-        const int64_t a = am[b * N + s[b * L + p]];
-        if (a >= 0) target[b * L + p] = ps[b * N + a];
+    // the rows whose minimum is a real entry: their packed column and the packed argmin column
+    std::vector<int64_t> rows, targets;
+    for (int64_t p = 0; p < L; ++p) {
+      const int64_t a = am[s[p]];
+      if (a >= 0) {
+        rows.push_back(p);
+        targets.push_back(ps[a]);
       }
     }
-    AT_DISPATCH_FLOATING_TYPES(key_g.scalar_type(), "sgan_attention_argmin_scatter_cpu", [&] {
-      const scalar_t *kp = key_g.data_ptr<scalar_t>(), *qp = query_g.data_ptr<scalar_t>(),
+    const int64_t count = static_cast<int64_t>(rows.size());
+    AT_DISPATCH_FLOATING_TYPES(key.scalar_type(), "sgan_attention_argmin_scatter_cpu", [&] {
+      const scalar_t *kp = key.data_ptr<scalar_t>(), *qp = query_g.data_ptr<scalar_t>(),
                      *qm = q_mean.data_ptr<scalar_t>(), *dm = dmin.data_ptr<scalar_t>();
       scalar_t *dk = grad_key_g.data_ptr<scalar_t>(), *dq = grad_query_g.data_ptr<scalar_t>();
       const scalar_t sc = static_cast<scalar_t>(scale);
-      // one task per (image, channel): the columns it updates belong to it alone, so no races
-      at::parallel_for(0, Bc * Ck, grain(L), [&](int64_t begin, int64_t end) {
-        for (int64_t bk = begin; bk < end; ++bk) {
-          const int64_t b = bk / Ck;
-          const int64_t* tb = target.data() + b * L;
-          const scalar_t mean = qm[bk];
-          for (int64_t p = 0; p < L; ++p) {
-            if (tb[p] < 0) continue;
-            const scalar_t d = sc * dm[b * L + p];
-            dk[bk * L + p] += d * (qp[bk * L + tb[p]] + mean);
-            dq[bk * L + tb[p]] += d * kp[bk * L + p];
+      // one task per key channel: the columns it updates belong to it alone, so no races
+      at::parallel_for(0, Ck, grain(count), [&](int64_t begin, int64_t end) {
+        for (int64_t k = begin; k < end; ++k) {
+          const scalar_t mean = qm[k];
+          const scalar_t* krow = kp + k * N;
+          const scalar_t* qrow = qp + k * L;
+          scalar_t *dkrow = dk + k * L, *dqrow = dq + k * L;
+          for (int64_t e = 0; e < count; ++e) {
+            const int64_t p = rows[e], t = targets[e];
+            const scalar_t d = sc * dm[p];
+            dkrow[p] += d * (qrow[t] + mean);
+            dqrow[t] += d * krow[s[p]];
           }
         }
       });

@@ -137,21 +137,23 @@ __global__ void forward_epilogue_kernel(const scalar_t* x_packed, const acc_t* n
 // scalars of backward_row, then scaled_key_i = key_coef_i K_i (rows < Ck of scaled_key
 // (Bc, Ck + 1, L), mean_coef_i in its row Ck) and, in place in h, dK_i = key_coef_i H_i +
 // s q_g dden_i; grad (Bc, C + 1, L) holds G in its rows < C and gets qsum_coef_i in its row C (all
-// zero for padding).
+// zero for padding). K_i is read from key (Bc, Ck, N) at the row's position src[b, p].
 template <typename scalar_t, typename acc_t>
-__global__ void backward_rows_kernel(const scalar_t* key, acc_t* h, scalar_t* grad, const acc_t* q_sum,
-                                     const acc_t* x_mean, const acc_t* min_packed, const int64_t* counts, int g,
-                                     const acc_t* gamma, acc_t scale, acc_t eps, int64_t items, int64_t Ck,
-                                     int64_t C, int64_t L, acc_t* dot, acc_t* dmin, scalar_t* scaled_key) {
+__global__ void backward_rows_kernel(const scalar_t* key, const int64_t* src, acc_t* h, scalar_t* grad,
+                                     const acc_t* q_sum, const acc_t* x_mean, const acc_t* min_packed,
+                                     const int64_t* counts, int g, const acc_t* gamma, acc_t scale, acc_t eps,
+                                     int64_t items, int64_t Ck, int64_t C, int64_t N, int64_t L, acc_t* dot,
+                                     acc_t* dmin, scalar_t* scaled_key) {
   const int64_t idx = thread_index();
   if (idx >= items) return;
   const int64_t b = idx / L, p = idx % L;
   const int64_t size = counts[b * 2 + g];
+  const int64_t j = p < size ? src[b * L + p] : -1;
   BackwardRow<acc_t> r{};
   if (p < size) {
     acc_t key_h = 0, key_q = 0, grad_x = 0;
     for (int64_t k = 0; k < Ck; ++k) {
-      const acc_t kv = static_cast<acc_t>(key[(b * Ck + k) * L + p]);
+      const acc_t kv = static_cast<acc_t>(key[(b * Ck + k) * N + j]);
       key_h += kv * h[(b * Ck + k) * L + p];
       key_q += kv * q_sum[b * Ck + k];
     }
@@ -165,13 +167,15 @@ __global__ void backward_rows_kernel(const scalar_t* key, acc_t* h, scalar_t* gr
   const acc_t key_dden = scale * r.dden;
   for (int64_t k = 0; k < Ck; ++k) {
     const int64_t at = (b * Ck + k) * L + p;
-    scaled_key[(b * (Ck + 1) + k) * L + p] = static_cast<scalar_t>(r.key_coef * static_cast<acc_t>(key[at]));
+    const acc_t kv = j >= 0 ? static_cast<acc_t>(key[(b * Ck + k) * N + j]) : acc_t(0);
+    scaled_key[(b * (Ck + 1) + k) * L + p] = static_cast<scalar_t>(r.key_coef * kv);
     h[at] = r.key_coef * h[at] + q_sum[b * Ck + k] * key_dden;
   }
 }
 
 // dK_i += s Q_a(i) dm_i (each (k, i) owned by one thread), dQ_a(i) += s K_i dm_i (atomic: several
-// rows can share a minimum column). query holds Q_j - q_mean (packed centred): q_mean is added back.
+// rows can share a minimum column), K_i read from key (Bc, Ck, N) at the row's position. query
+// holds Q_j - q_mean (packed centred): q_mean is added back.
 template <typename scalar_t, typename acc_t>
 __global__ void argmin_scatter_kernel(const scalar_t* key, const scalar_t* query, const acc_t* q_mean,
                                       const acc_t* dmin, const int64_t* argmin, const int64_t* pos,
@@ -186,7 +190,7 @@ __global__ void argmin_scatter_kernel(const scalar_t* key, const scalar_t* query
   const int64_t target = pos[b * N + a];
   const acc_t d = scale * dmin[b * L + p];
   grad_key[idx] += d * (static_cast<acc_t>(query[bk * L + target]) + q_mean[bk]);
-  gpuAtomicAdd(grad_query + bk * L + target, d * static_cast<acc_t>(key[idx]));
+  gpuAtomicAdd(grad_query + bk * L + target, d * static_cast<acc_t>(key[bk * N + src[b * L + p]]));
 }
 
 // out[b, r, src[b, p]] = part[b, r, p] (+ bias[b, r]) (+ addend[b, r, src[b, p]]); part may be strided.
@@ -281,39 +285,40 @@ struct CudaKernels {
     });
   }
 
-  static void backward_rows(const at::Tensor& key_g, at::Tensor& h, at::Tensor& grad_g, const at::Tensor& q_sum_g,
-                            const at::Tensor& x_mean, const at::Tensor& min_packed, const at::Tensor& counts, int g,
-                            const at::Tensor& gamma, double scale, double eps, at::Tensor& dot, at::Tensor& dmin,
-                            at::Tensor& scaled_key) {
-    const int64_t Bc = key_g.size(0), Ck = key_g.size(1), L = key_g.size(2), C = grad_g.size(1) - 1;
+  static void backward_rows(const at::Tensor& key, const at::Tensor& src, at::Tensor& h, at::Tensor& grad_g,
+                            const at::Tensor& q_sum_g, const at::Tensor& x_mean, const at::Tensor& min_packed,
+                            const at::Tensor& counts, int g, const at::Tensor& gamma, double scale, double eps,
+                            at::Tensor& dot, at::Tensor& dmin, at::Tensor& scaled_key) {
+    const int64_t Bc = key.size(0), Ck = key.size(1), N = key.size(2), L = src.size(1), C = grad_g.size(1) - 1;
     const int64_t items = Bc * L;
     if (items == 0) return;
-    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, key_g.scalar_type(),
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, key.scalar_type(),
                                     "sgan_attention_backward_rows_cuda", [&] {
       using acc_t = at::opmath_type<scalar_t>;
       backward_rows_kernel<scalar_t, acc_t><<<blocks_for(items), kThreads, 0, stream()>>>(
-          key_g.data_ptr<scalar_t>(), h.data_ptr<acc_t>(), grad_g.data_ptr<scalar_t>(), q_sum_g.data_ptr<acc_t>(),
-          x_mean.data_ptr<acc_t>(), min_packed.data_ptr<acc_t>(), counts.data_ptr<int64_t>(), g,
-          gamma.data_ptr<acc_t>(), static_cast<acc_t>(scale), static_cast<acc_t>(eps), items, Ck, C, L,
-          dot.data_ptr<acc_t>(), dmin.data_ptr<acc_t>(), scaled_key.data_ptr<scalar_t>());
+          key.data_ptr<scalar_t>(), src.data_ptr<int64_t>(), h.data_ptr<acc_t>(), grad_g.data_ptr<scalar_t>(),
+          q_sum_g.data_ptr<acc_t>(), x_mean.data_ptr<acc_t>(), min_packed.data_ptr<acc_t>(),
+          counts.data_ptr<int64_t>(), g, gamma.data_ptr<acc_t>(), static_cast<acc_t>(scale),
+          static_cast<acc_t>(eps), items, Ck, C, N, L, dot.data_ptr<acc_t>(), dmin.data_ptr<acc_t>(),
+          scaled_key.data_ptr<scalar_t>());
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     });
   }
 
-  static void argmin_scatter(const at::Tensor& key_g, const at::Tensor& query_g, const at::Tensor& q_mean,
+  static void argmin_scatter(const at::Tensor& key, const at::Tensor& query_g, const at::Tensor& q_mean,
                              const at::Tensor& dmin, const at::Tensor& argmin, const at::Tensor& pos,
                              const at::Tensor& src, const at::Tensor& counts, int g, double scale,
                              at::Tensor& grad_key_g, at::Tensor& grad_query_g) {
     TORCH_INTERNAL_ASSERT(grad_key_g.is_contiguous() && grad_query_g.is_contiguous());
-    const int64_t items = key_g.numel();
+    const int64_t items = grad_key_g.numel();  // (Bc, Ck, L)
     if (items == 0) return;
-    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, key_g.scalar_type(),
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, key.scalar_type(),
                                     "sgan_attention_argmin_scatter_cuda", [&] {
       using acc_t = at::opmath_type<scalar_t>;
       argmin_scatter_kernel<scalar_t, acc_t><<<blocks_for(items), kThreads, 0, stream()>>>(
-          key_g.data_ptr<scalar_t>(), query_g.data_ptr<scalar_t>(), q_mean.data_ptr<acc_t>(), dmin.data_ptr<acc_t>(),
+          key.data_ptr<scalar_t>(), query_g.data_ptr<scalar_t>(), q_mean.data_ptr<acc_t>(), dmin.data_ptr<acc_t>(),
           argmin.data_ptr<int64_t>(), pos.data_ptr<int64_t>(), src.data_ptr<int64_t>(), counts.data_ptr<int64_t>(),
-          g, static_cast<acc_t>(scale), items, key_g.size(1), pos.size(1), key_g.size(2),
+          g, static_cast<acc_t>(scale), items, key.size(1), pos.size(1), src.size(1),
           grad_key_g.data_ptr<acc_t>(), grad_query_g.data_ptr<acc_t>());
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     });
