@@ -266,9 +266,9 @@ Chunk make_chunk(const Layout& layout, const at::Tensor& saliency_mask, int64_t 
 // left for the caller to fill.
 // Both groups come from one pass over the input, which also
 //   subtracts centre (Bc, 2, R) acc when defined: out_g[b, r, p] = input[b, r, j] - centre[b, g, r];
-//   writes sums (Bc, 2, R) acc when defined: sums[b, g, r] = sum of the group's packed values
-//   (0 for an empty or unwanted group), accumulated in float64 and rounded once, since these
-//   sums (x_g, q_g, sum of G) feed dgamma, itself a long sum.
+//   writes sums (Bc, 2, R) acc when defined (and centre is not): sums[b, g, r] = sum of the
+//   group's values, packed or not (0 for an empty group), accumulated in float64 and rounded
+//   once, since these sums (x_g, q_g, sum of G) feed dgamma, itself a long sum.
 template <class K>
 std::array<at::Tensor, 2> pack(const at::Tensor& input, const Chunk& chunk, std::array<bool, 2> wanted,
                                const at::Tensor& centre = at::Tensor(), const at::Tensor& sums = at::Tensor(),
@@ -286,7 +286,9 @@ std::array<at::Tensor, 2> pack(const at::Tensor& input, const Chunk& chunk, std:
   for (int g = 0; g < 2; ++g) {
     if (out[g].defined()) rows[g] = out[g].narrow(1, 0, R);
   }
-  if (out[0].defined() || out[1].defined()) K::pack(part, chunk.src[0], chunk.src[1], centre, rows[0], rows[1], sums);
+  if (out[0].defined() || out[1].defined() || sums.defined()) {
+    K::pack(part, chunk.src[0], chunk.src[1], centre, rows[0], rows[1], sums);
+  }
   return out;
 }
 
@@ -466,7 +468,6 @@ BackwardResult backward(const at::Tensor& grad_out, const at::Tensor& x, const a
   at::Tensor grad_query = at::empty_like(query);
   at::Tensor grad_gamma = at::zeros({}, acc_options.dtype(at::kDouble));  // a sum over B N C terms
   const Layout layout = make_layout<K>(saliency_mask);
-  const at::Tensor zero = at::zeros({1, 1, 1}, acc_options);
   const at::Tensor group_count = count.clamp_min(1).unsqueeze(2);  // (B, 2, 1)
   const at::Tensor x_means = x_sum / group_count, q_means = q_sum / group_count;  // (B, 2, C), (B, 2, Ck)
 
@@ -482,8 +483,9 @@ BackwardResult backward(const at::Tensor& grad_out, const at::Tensor& x, const a
     const at::Tensor x_mean_chunk = x_means.narrow(0, begin, Bc), q_mean_chunk = q_means.narrow(0, begin, Bc);
     const std::array<bool, 2> attending = {!bg_mean, true};
     at::Tensor grad_sums = at::empty({Bc, 2, C}, acc_options);
-    // G with a row for the kernel's qsum_coef (backward_rows), which the GEMM of dAtilde_g takes along
-    std::array<at::Tensor, 2> grad_p = pack<K>(grad_out, chunk, {true, true}, at::Tensor(), grad_sums, 1);
+    // G with a row for the kernel's qsum_coef (backward_rows), which the GEMM of dAtilde_g takes along;
+    // the sums of both groups (the background's for its mean rows)
+    std::array<at::Tensor, 2> grad_p = pack<K>(grad_out, chunk, attending, at::Tensor(), grad_sums, 1);
     // X and Q packed around their group means: the GEMMs below take X_j - xbar_g and Q_j - q_g / n_g
     std::array<at::Tensor, 2> x_p = pack<K>(x, chunk, attending, x_mean_chunk);
     std::array<at::Tensor, 2> query_p = pack<K>(query, chunk, attending, q_mean_chunk);
@@ -492,8 +494,6 @@ BackwardResult backward(const at::Tensor& grad_out, const at::Tensor& x, const a
       const int64_t L = chunk.length[g];
       if (L == 0) continue;
       const at::Tensor x_sum_g = x_sum.narrow(0, begin, Bc).select(1, g).contiguous();  // (Bc, C)
-      at::Tensor grad_rows = std::move(grad_p[g]);                                       // (Bc, C + 1, L)
-      const at::Tensor grad_g = grad_rows.narrow(1, 0, C);                               // (Bc, C, L)
       if (bg_mean && g == 0) {
         // ctx_i = x_bg / (n_bg + eps) for every background row i: dgamma += G_i . ctx_i and every
         // background column j gets dX_j += gamma G_i / (n_bg + eps), summed over those rows.
@@ -501,11 +501,13 @@ BackwardResult backward(const at::Tensor& grad_out, const at::Tensor& x, const a
         const at::Tensor inv_count = (count.narrow(0, begin, Bc).select(1, 0) + eps).reciprocal();  // (Bc)
         grad_gamma.add_(((grad_sum.to(at::kDouble) * x_sum_g).sum(1) * inv_count).sum());
         const at::Tensor grad_x_bias = (grad_sum * inv_count.unsqueeze(1) * gamma).contiguous();  // (Bc, C)
-        K::unpack(zero.expand({Bc, C, L}), chunk.src[g], grad_x_bias, grad_out_chunk, grad_x_chunk);
-        K::unpack(zero.expand({Bc, Ck, L}), chunk.src[g], at::Tensor(), at::Tensor(), grad_key_chunk);
-        K::unpack(zero.expand({Bc, Ck, L}), chunk.src[g], at::Tensor(), at::Tensor(), grad_query_chunk);
+        K::unpack(at::Tensor(), chunk.src[g], grad_x_bias, grad_out_chunk, grad_x_chunk);
+        K::unpack(at::Tensor(), chunk.src[g], at::Tensor(), at::Tensor(), grad_key_chunk);
+        K::unpack(at::Tensor(), chunk.src[g], at::Tensor(), at::Tensor(), grad_query_chunk);
         continue;
       }
+      at::Tensor grad_rows = std::move(grad_p[g]);                                      // (Bc, C + 1, L)
+      const at::Tensor grad_g = grad_rows.narrow(1, 0, C);                              // (Bc, C, L)
       const at::Tensor count_g = count.narrow(0, begin, Bc).select(1, g);              // (Bc)
       const at::Tensor q_sum_g = q_sum.narrow(0, begin, Bc).select(1, g).contiguous();  // (Bc, Ck)
       const at::Tensor x_mean = x_mean_chunk.select(1, g).contiguous();                 // (Bc, C)

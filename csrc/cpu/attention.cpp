@@ -198,8 +198,8 @@ struct CpuKernels {
   static constexpr bool kHostCounts = true;
 
   // out_g[b, r, p] = input[b, r, src_g[b, p]] (- centre[b, g, r]) for the defined outputs, each
-  // input row read once, run by run, with sums[b, g, r] = sum over p of out_g (see pack() in the
-  // driver). A CPU chunk holds one image, so src_g has no padding.
+  // input row read once, run by run, with sums[b, g, r] = sum of the group's values, packed or not
+  // (see pack() in the driver). A CPU chunk holds one image, so src_g has no padding.
   static void pack(const at::Tensor& input, const at::Tensor& src0, const at::Tensor& src1, const at::Tensor& centre,
                    at::Tensor& out0, at::Tensor& out1, const at::Tensor& sums) {
     RECORD_FUNCTION("sgan_attention_pack", std::vector<c10::IValue>());
@@ -209,7 +209,7 @@ struct CpuKernels {
     const at::Tensor* sources[2] = {&src0, &src1};
     std::vector<Run> runs[2];
     for (int g = 0; g < 2; ++g) {
-      if (outs[g]->defined()) runs[g] = runs_of(sources[g]->data_ptr<int64_t>(), sources[g]->size(1));
+      if (outs[g]->defined() || sums.defined()) runs[g] = runs_of(sources[g]->data_ptr<int64_t>(), sources[g]->size(1));
     }
     const int64_t lengths[2] = {src0.size(1), src1.size(1)};
     AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "sgan_attention_pack_cpu", [&] {
@@ -223,7 +223,14 @@ struct CpuKernels {
         for (int64_t r = begin; r < end; ++r) {
           const scalar_t* row = in + r * N;
           for (int g = 0; g < 2; ++g) {
-            if (outputs[g] == nullptr) continue;
+            if (outputs[g] == nullptr) {
+              if (sum_out != nullptr) {  // the sum alone
+                double total = 0;
+                for (const Run& run : runs[g]) total += sum_in_double(row + run.source, run.length);
+                sum_out[g * R + r] = static_cast<acc_t>(total);
+              }
+              continue;
+            }
             scalar_t* o = outputs[g] + r * lengths[g];
             if (centres != nullptr) {
               const acc_t c = centres[g * R + r];
@@ -455,32 +462,39 @@ struct CpuKernels {
   }
 
   // out[b, r, src[b, p]] = part[b, r, p] (+ bias[b, r]) (+ addend[b, r, src[b, p]]), run by run;
-  // part may be strided.
+  // part may be strided, or undefined for zeros.
   static void unpack(const at::Tensor& part, const at::Tensor& src, const at::Tensor& bias, const at::Tensor& addend,
                      at::Tensor& out) {
     RECORD_FUNCTION("sgan_attention_unpack", std::vector<c10::IValue>());
-    TORCH_INTERNAL_ASSERT(part.size(0) == 1, "CPU chunks hold one image");
+    TORCH_INTERNAL_ASSERT(out.size(0) == 1, "CPU chunks hold one image");
     TORCH_INTERNAL_ASSERT(!bias.defined() || bias.is_contiguous());
-    const int64_t R = part.size(1), L = part.size(2), N = out.size(2);
-    const int64_t sr = part.stride(1), sp = part.stride(2);
+    const int64_t R = out.size(1), L = src.size(1), N = out.size(2);
+    const int64_t sr = part.defined() ? part.stride(1) : 0, sp = part.defined() ? part.stride(2) : 0;
     const std::vector<Run> runs = runs_of(src.data_ptr<int64_t>(), L);
     AT_DISPATCH_FLOATING_TYPES(out.scalar_type(), "sgan_attention_unpack_cpu", [&] {
       using acc_t = at::opmath_type<scalar_t>;
-      const acc_t* pp = part.data_ptr<acc_t>();
+      const acc_t* pp = part.defined() ? part.data_ptr<acc_t>() : nullptr;
       const acc_t* bp = bias.defined() ? bias.data_ptr<acc_t>() : nullptr;
       const scalar_t* ap = addend.defined() ? addend.data_ptr<scalar_t>() : nullptr;
       scalar_t* op = out.data_ptr<scalar_t>();
       at::parallel_for(0, R, grain(L), [&](int64_t begin, int64_t end) {
         for (int64_t r = begin; r < end; ++r) {
-          const acc_t* prow = pp + r * sr;
           const acc_t shift = bp ? bp[r] : acc_t(0);
           scalar_t* orow = op + r * N;
           const scalar_t* arow = ap ? ap + r * N : nullptr;
           for (const Run& run : runs) {
-            const acc_t* from = prow + run.packed * sp;
             scalar_t* to = orow + run.source;
-            if (arow != nullptr) {
-              const scalar_t* add = arow + run.source;
+            const scalar_t* add = arow ? arow + run.source : nullptr;
+            if (pp == nullptr) {
+              if (add != nullptr) {
+                for (int64_t q = 0; q < run.length; ++q) to[q] = static_cast<scalar_t>(shift + static_cast<acc_t>(add[q]));
+              } else {
+                std::fill(to, to + run.length, static_cast<scalar_t>(shift));
+              }
+              continue;
+            }
+            const acc_t* from = pp + r * sr + run.packed * sp;
+            if (add != nullptr) {
               for (int64_t q = 0; q < run.length; ++q) {
                 to[q] = static_cast<scalar_t>(from[q * sp] + shift + static_cast<acc_t>(add[q]));
               }

@@ -193,7 +193,8 @@ __global__ void argmin_scatter_kernel(const scalar_t* key, const scalar_t* query
   gpuAtomicAdd(grad_query + bk * L + target, d * static_cast<acc_t>(key[bk * N + src[b * L + p]]));
 }
 
-// out[b, r, src[b, p]] = part[b, r, p] (+ bias[b, r]) (+ addend[b, r, src[b, p]]); part may be strided.
+// out[b, r, src[b, p]] = part[b, r, p] (+ bias[b, r]) (+ addend[b, r, src[b, p]]); part may be
+// strided, or null for zeros.
 template <typename scalar_t, typename acc_t>
 __global__ void unpack_kernel(const acc_t* part, int64_t stride_b, int64_t stride_r, int64_t stride_p,
                               const int64_t* src, const acc_t* bias, const scalar_t* addend, int64_t items, int64_t R,
@@ -203,7 +204,7 @@ __global__ void unpack_kernel(const acc_t* part, int64_t stride_b, int64_t strid
   const int64_t p = idx % L, br = idx / L, b = br / R, r = br % R;
   const int64_t j = src[b * L + p];
   if (j < 0) return;
-  acc_t v = part[b * stride_b + r * stride_r + p * stride_p];
+  acc_t v = part != nullptr ? part[b * stride_b + r * stride_r + p * stride_p] : acc_t(0);
   if (bias != nullptr) v += bias[br];
   if (addend != nullptr) v += static_cast<acc_t>(addend[br * N + j]);
   out[br * N + j] = static_cast<scalar_t>(v);
@@ -230,13 +231,17 @@ struct CudaKernels {
   }
 
   // out_g[b, r, p] = input[b, r, src_g[b, p]] (- centre[b, g, r]), 0 for padding, for the defined
-  // outputs; sums[b, g, r] = sum over p of out_g, accumulated in float64 (see pack() in the driver).
+  // outputs; sums[b, g, r] = sum over p of out_g, accumulated in float64 (see pack() in the driver),
+  // a group wanted for its sums alone packed into a temporary.
   static void pack(const at::Tensor& input, const at::Tensor& src0, const at::Tensor& src1, const at::Tensor& centre,
                    at::Tensor& out0, at::Tensor& out1, const at::Tensor& sums) {
     const at::Tensor* sources[2] = {&src0, &src1};
     at::Tensor* outputs[2] = {&out0, &out1};
     for (int g = 0; g < 2; ++g) {
-      at::Tensor& out = *outputs[g];
+      at::Tensor out = *outputs[g];
+      if (!out.defined() && sums.defined()) {
+        out = at::empty({input.size(0), input.size(1), sources[g]->size(1)}, input.options());
+      }
       const int64_t items = out.defined() ? out.numel() : 0;
       if (items == 0) continue;
       AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "sgan_attention_pack_cuda", [&] {
@@ -327,14 +332,16 @@ struct CudaKernels {
   static void unpack(const at::Tensor& part, const at::Tensor& src, const at::Tensor& bias, const at::Tensor& addend,
                      at::Tensor& out) {
     TORCH_INTERNAL_ASSERT(!bias.defined() || bias.is_contiguous());
-    const int64_t items = part.numel();
+    const int64_t R = out.size(1), L = src.size(1), items = out.size(0) * R * L;
     if (items == 0) return;
+    const bool zeros = !part.defined();
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, out.scalar_type(), "sgan_attention_unpack_cuda", [&] {
       using acc_t = at::opmath_type<scalar_t>;
       unpack_kernel<scalar_t, acc_t><<<blocks_for(items), kThreads, 0, stream()>>>(
-          part.data_ptr<acc_t>(), part.stride(0), part.stride(1), part.stride(2), src.data_ptr<int64_t>(),
-          bias.defined() ? bias.data_ptr<acc_t>() : nullptr, addend.defined() ? addend.data_ptr<scalar_t>() : nullptr, items, part.size(1), out.size(2),
-          part.size(2), out.data_ptr<scalar_t>());
+          zeros ? nullptr : part.data_ptr<acc_t>(), zeros ? 0 : part.stride(0), zeros ? 0 : part.stride(1),
+          zeros ? 0 : part.stride(2), src.data_ptr<int64_t>(), bias.defined() ? bias.data_ptr<acc_t>() : nullptr,
+          addend.defined() ? addend.data_ptr<scalar_t>() : nullptr, items, R, out.size(2), L,
+          out.data_ptr<scalar_t>());
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     });
   }
