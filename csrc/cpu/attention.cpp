@@ -181,15 +181,18 @@ struct CpuKernels {
     int64_t* p = pos.data_ptr<int64_t>();
     int64_t* s0 = src0.data_ptr<int64_t>();
     int64_t* s1 = src1.data_ptr<int64_t>();
-    at::parallel_for(0, Bc * N, grain(4), [&](int64_t begin, int64_t end) {
-      for (int64_t idx = begin; idx < end; ++idx) {
-        const int64_t b = idx / N, j = idx % N;
-        const int64_t in_group = m[idx] ? cum[idx] - 1 : j - cum[idx];
-        p[idx] = in_group;
-        if (m[idx]) {
-          s1[b * L1 + in_group] = j;
-        } else {
-          s0[b * L0 + in_group] = j;
+    // one task per image: a few operations per position, too little to share an image's positions
+    at::parallel_for(0, Bc, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t b = begin; b < end; ++b) {
+        for (int64_t j = 0; j < N; ++j) {
+          const int64_t idx = b * N + j;
+          const int64_t in_group = m[idx] ? cum[idx] - 1 : j - cum[idx];
+          p[idx] = in_group;
+          if (m[idx]) {
+            s1[b * L1 + in_group] = j;
+          } else {
+            s0[b * L0 + in_group] = j;
+          }
         }
       }
     });
@@ -462,14 +465,15 @@ struct CpuKernels {
   }
 
   // out[b, r, src[b, p]] = part[b, r, p] (+ bias[b, r]) (+ addend[b, r, src[b, p]]), run by run;
-  // part may be strided, or undefined for zeros.
+  // part's rows may be strided (its columns not), or part undefined for zeros.
   static void unpack(const at::Tensor& part, const at::Tensor& src, const at::Tensor& bias, const at::Tensor& addend,
                      at::Tensor& out) {
     RECORD_FUNCTION("sgan_attention_unpack", std::vector<c10::IValue>());
     TORCH_INTERNAL_ASSERT(out.size(0) == 1, "CPU chunks hold one image");
     TORCH_INTERNAL_ASSERT(!bias.defined() || bias.is_contiguous());
+    TORCH_INTERNAL_ASSERT(!part.defined() || part.stride(2) == 1);
     const int64_t R = out.size(1), L = src.size(1), N = out.size(2);
-    const int64_t sr = part.defined() ? part.stride(1) : 0, sp = part.defined() ? part.stride(2) : 0;
+    const int64_t sr = part.defined() ? part.stride(1) : 0;
     const std::vector<Run> runs = runs_of(src.data_ptr<int64_t>(), L);
     AT_DISPATCH_FLOATING_TYPES(out.scalar_type(), "sgan_attention_unpack_cpu", [&] {
       using acc_t = at::opmath_type<scalar_t>;
@@ -493,13 +497,13 @@ struct CpuKernels {
               }
               continue;
             }
-            const acc_t* from = pp + r * sr + run.packed * sp;
+            const acc_t* from = pp + r * sr + run.packed;
             if (add != nullptr) {
               for (int64_t q = 0; q < run.length; ++q) {
-                to[q] = static_cast<scalar_t>(from[q * sp] + shift + static_cast<acc_t>(add[q]));
+                to[q] = static_cast<scalar_t>(from[q] + shift + static_cast<acc_t>(add[q]));
               }
             } else {
-              for (int64_t q = 0; q < run.length; ++q) to[q] = static_cast<scalar_t>(from[q * sp] + shift);
+              for (int64_t q = 0; q < run.length; ++q) to[q] = static_cast<scalar_t>(from[q] + shift);
             }
           }
         }
