@@ -4,7 +4,7 @@
 // (CpuKernels in cpu/attention.cpp, CudaKernels in cuda/attention.cu) for everything that is not
 // a GEMM or a plain reduction: building the group layout, packing, the row-minimum reduction, the
 // epilogues and the argmin scatter-add. Nothing of size N x N is allocated: the only quadratic
-// work, the row minimum, runs over tiles of at most K::kMaxTileRows rows x N_g columns.
+// work, the row minimum, runs over tiles of at most K::kMaxTileRows rows x K::kTileColumns columns.
 //
 // Group layout. Per image, group g = 0 holds the non-salient positions and g = 1 the salient ones,
 // in their original order. Images are processed in chunks of Bc images; in a chunk group g is
@@ -352,14 +352,19 @@ void row_minimum(const at::Tensor& key_g, const at::Tensor& query_g, const Chunk
   RECORD_FUNCTION("sgan_attention_row_minimum", std::vector<c10::IValue>());
   const int64_t L = chunk.length[g];
   const at::ScalarType operand = key_g.scalar_type();
+  const int64_t columns = std::min(L, K::kTileColumns);
   const int64_t rows = std::min<int64_t>(
-      L, std::max<int64_t>(K::kMinTileRows,
-                           std::min<int64_t>(K::kMaxTileRows, K::kTileBudget / std::max<int64_t>(1, chunk.size * L))));
+      L, std::max<int64_t>(K::kMinTileRows, std::min<int64_t>(K::kMaxTileRows,
+                                                                K::kTileBudget / std::max<int64_t>(1, chunk.size * columns))));
   for (int64_t first = 0; first < L; first += rows) {
-    const int64_t count = std::min(rows, L - first);
-    // P tile (Bc, rows, L_g) = K_rows^T Q, unscaled; the kernel scales, as the reference does
-    const at::Tensor tile = gemm(key_g.narrow(2, first, count).transpose(1, 2), query_g, operand, acc);
-    K::row_min_tile(tile, first, g, chunk.counts, chunk.src[g], scale, row_min, argmin, min_packed);
+    const at::Tensor key_rows = key_g.narrow(2, first, std::min(rows, L - first)).transpose(1, 2);
+    // each row's columns in order, so that the kernel can carry the row's minimum from tile to tile
+    for (int64_t column = 0; column < L; column += columns) {
+      // P tile (Bc, rows, columns) = K_rows^T Q_columns, unscaled; the kernel scales, as the reference does
+      const at::Tensor tile =
+          gemm(key_rows, query_g.narrow(2, column, std::min(columns, L - column)), operand, acc);
+      K::row_min_tile(tile, first, column, g, chunk.counts, chunk.src[g], scale, row_min, argmin, min_packed);
+    }
   }
 }
 

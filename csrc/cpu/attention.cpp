@@ -168,9 +168,12 @@ void gather_columns(const scalar_t* row, std::vector<Run>::const_iterator run, i
 struct CpuKernels {
   static constexpr bool kOneImagePerChunk = true;
   static constexpr int64_t kChunkBudget = 0;          // unused: one image per chunk
-  static constexpr int64_t kTileBudget = 1 << 23;     // elements of a row-minimum tile (32 MiB float)
+  // Row-minimum tiles of 256 rows x 2048 columns (2 MiB float): still in cache when the pass reads
+  // them, and MKL computes them faster than tiles spanning a large group.
+  static constexpr int64_t kTileBudget = 1 << 19;
   static constexpr int64_t kMinTileRows = 32;
   static constexpr int64_t kMaxTileRows = 256;
+  static constexpr int64_t kTileColumns = 2048;
 
   static void build_layout(const at::Tensor& mask, const at::Tensor& cumulative, at::Tensor& pos, at::Tensor& src0,
                            at::Tensor& src1) {
@@ -252,17 +255,20 @@ struct CpuKernels {
     });
   }
 
-  // One image per chunk, so every tile column is a column of the group (no padding). Each row's
-  // minimum of s P_ij and its column come from one pass (scaled_row_minimum), then the masked 0 and
-  // the original indices.
-  static void row_min_tile(const at::Tensor& tile, int64_t first, int g, const at::Tensor& counts,
+  // The tile holds the group columns [column, column + P) of rows [first, first + T); one image per
+  // chunk, so every tile column is a column of the group (no padding). Each row's minimum of s P_ij
+  // over the tile and its column come from one pass (scaled_row_minimum) and are merged with what
+  // the row's earlier tiles found, kept in min_packed and (as a packed column) in argmin; the tile
+  // that ends the row adds the masked 0 and writes the original indices.
+  static void row_min_tile(const at::Tensor& tile, int64_t first, int64_t column, int g, const at::Tensor& counts,
                            const at::Tensor& src, double scale, at::Tensor& row_min, at::Tensor& argmin,
                            at::Tensor& min_packed) {
     RECORD_FUNCTION("sgan_attention_row_min_tile", std::vector<c10::IValue>());
-    TORCH_INTERNAL_ASSERT(tile.size(0) == 1 && tile.size(2) == counts.data_ptr<int64_t>()[g] && tile.is_contiguous());
-    const int64_t T = tile.size(1), L = tile.size(2);
-    TORCH_CHECK(L <= std::numeric_limits<int32_t>::max(), "sgan_ext attention: a group of ", L,
-                " positions is beyond the row-minimum pass's 32-bit column indices");
+    const int64_t T = tile.size(1), P = tile.size(2), L = counts.data_ptr<int64_t>()[g];
+    TORCH_INTERNAL_ASSERT(tile.size(0) == 1 && column + P <= L && tile.is_contiguous());
+    TORCH_CHECK(P <= std::numeric_limits<int32_t>::max(), "sgan_ext attention: a row-minimum tile of ", P,
+                " columns is beyond its 32-bit column indices");
+    const bool continues_a_row = column > 0, ends_the_row = column + P == L;
     const bool other_group_nonempty = counts.data_ptr<int64_t>()[1 - g] > 0;
     const int64_t* s = src.data_ptr<int64_t>();
     int64_t* amin = argmin.data_ptr<int64_t>();
@@ -271,15 +277,23 @@ struct CpuKernels {
       scalar_t* rmin = row_min.data_ptr<scalar_t>();
       scalar_t* mp = min_packed.data_ptr<scalar_t>();
       const scalar_t sc = static_cast<scalar_t>(scale);
-      at::parallel_for(0, T, grain(L), [&](int64_t begin, int64_t end) {
+      at::parallel_for(0, T, grain(P), [&](int64_t begin, int64_t end) {
         for (int64_t r = begin; r < end; ++r) {
+          const int64_t original = s[first + r];
           scalar_t best;
           int64_t best_index;
-          scaled_row_minimum(tp + r * L, L, sc, best, best_index);
-          apply_masked_zero(other_group_nonempty, best, best_index);
-          const int64_t original = s[first + r];
-          rmin[original] = best;
-          amin[original] = best_index >= 0 ? s[best_index] : -1;
+          scaled_row_minimum(tp + r * P, P, sc, best, best_index);
+          best_index += column;
+          if (continues_a_row && !min_candidate_wins(best, best_index, mp[first + r], amin[original])) {
+            best = mp[first + r];
+            best_index = amin[original];
+          }
+          if (ends_the_row) {
+            apply_masked_zero(other_group_nonempty, best, best_index);
+            rmin[original] = best;
+            best_index = best_index >= 0 ? s[best_index] : -1;
+          }
+          amin[original] = best_index;
           mp[first + r] = best;
         }
       });

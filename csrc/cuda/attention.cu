@@ -13,6 +13,8 @@
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
 
+#include <limits>
+
 #include "../attention_common.h"
 
 namespace sgan {
@@ -217,6 +219,7 @@ struct CudaKernels {
   static constexpr int64_t kTileBudget = int64_t(1) << 24;   // elements of a row-minimum tile
   static constexpr int64_t kMinTileRows = 32;
   static constexpr int64_t kMaxTileRows = 256;
+  static constexpr int64_t kTileColumns = std::numeric_limits<int64_t>::max();  // a tile spans its rows' group
 
   static cudaStream_t stream() { return c10::cuda::getCurrentCUDAStream(); }
 
@@ -256,9 +259,10 @@ struct CudaKernels {
     }
   }
 
-  static void row_min_tile(const at::Tensor& tile, int64_t first, int g, const at::Tensor& counts,
+  static void row_min_tile(const at::Tensor& tile, int64_t first, int64_t column, int g, const at::Tensor& counts,
                            const at::Tensor& src, double scale, at::Tensor& row_min, at::Tensor& argmin,
                            at::Tensor& min_packed) {
+    TORCH_INTERNAL_ASSERT(column == 0, "CUDA tiles span every column of the group (kTileColumns)");
     const int64_t Bc = tile.size(0), T = tile.size(1), L = tile.size(2);
     if (Bc * T == 0) return;
     AT_DISPATCH_FLOATING_TYPES(tile.scalar_type(), "sgan_attention_row_min_cuda", [&] {

@@ -372,3 +372,34 @@ def test_row_minimum_nan_takes_the_first_nan_column(backend):
     rows = mask[0]
     assert torch.isnan(row_min[0, rows]).all() and torch.isnan(want_min[0, rows]).all()
     assert (argmin[0, rows] == salient[20]).all() and torch.equal(argmin[0, rows], want_argmin[0, rows])
+
+
+# the driver's backends; Triton's row-minimum kernel leaves NaN out of the minimum (tl.min)
+@pytest.mark.parametrize("backend", [backend for backend in fused_backends() if backend != "triton"])
+def test_row_minimum_across_column_tiles(backend):
+    """Groups of over 2100 positions, so that the C++ backend's row-minimum tiles (2048 columns)
+    split each row: image 0 has, among its salient columns, a minimum at packed columns 2050 and 2100
+    (a tie in the second tile) below a value at column 10 of the first, and among its background
+    columns a tie between packed columns 7 and 2050 (the first tile's wins); image 1 has a NaN
+    salient column in the second tile only, which wins for every salient row. Row minimum and
+    column match the reference's (image 1: its salient rows, see the test above)."""
+    device = device_under_test()
+    generator = torch.Generator().manual_seed(23)
+    B, Ck, N = 2, 3, 4400
+    key = torch.randint(1, 4, (B, Ck, N), generator=generator).float()
+    query = torch.randint(1, 4, (B, Ck, N), generator=generator).float()
+    mask = torch.rand(B, N, generator=generator) > 0.5
+    mask[:, 0], mask[:, 1] = True, False
+    salient, background = (torch.nonzero(mask[0] == group)[:, 0] for group in (True, False))
+    assert min(len(salient), len(background)) > 2100
+    query[0][:, salient[10]] = -1.0
+    query[0][:, salient[[2050, 2100]]] = -2.0
+    query[0][:, background[[7, 2050]]] = -2.0
+    query[1][:, torch.nonzero(mask[1])[2100, 0]] = float("nan")
+    args = [t.to(device) for t in (key, query, mask)]
+    row_min, argmin = fused_row_minimum(backend, *args, 2.0)
+    want_min, want_argmin = reference_row_minimum(*args, 2.0)
+    assert torch.equal(row_min[0], want_min[0]) and torch.equal(argmin[0], want_argmin[0])
+    assert (argmin[0, mask[0]] == salient[2050]).all() and (argmin[0, ~mask[0]] == background[7]).all()
+    rows = mask[1]
+    assert torch.isnan(row_min[1, rows]).all() and torch.equal(argmin[1, rows], want_argmin[1, rows])
