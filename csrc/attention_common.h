@@ -353,9 +353,9 @@ void row_minimum(const at::Tensor& key_g, const at::Tensor& query_g, const Chunk
   const int64_t L = chunk.length[g];
   const at::ScalarType operand = key_g.scalar_type();
   const int64_t columns = std::min(L, K::kTileColumns);
-  const int64_t rows = std::min<int64_t>(
-      L, std::max<int64_t>(K::kMinTileRows, std::min<int64_t>(K::kMaxTileRows,
-                                                                K::kTileBudget / std::max<int64_t>(1, chunk.size * columns))));
+  const int64_t budget_rows = K::kTileBudget / std::max<int64_t>(1, chunk.size * columns);
+  const int64_t rows =
+      std::min<int64_t>(L, std::max<int64_t>(K::kMinTileRows, std::min<int64_t>(K::kMaxTileRows, budget_rows)));
   for (int64_t first = 0; first < L; first += rows) {
     const at::Tensor key_rows = key_g.narrow(2, first, std::min(rows, L - first)).transpose(1, 2);
     // each row's columns in order, so that the kernel can carry the row's minimum from tile to tile

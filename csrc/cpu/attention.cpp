@@ -246,7 +246,9 @@ struct CpuKernels {
                 for (int64_t q = 0; q < run.length; ++q) to[q] = static_cast<scalar_t>(static_cast<acc_t>(from[q]) - c);
               }
             } else {
-              for (const Run& run : runs[g]) std::memcpy(o + run.packed, row + run.source, run.length * sizeof(scalar_t));
+              for (const Run& run : runs[g]) {
+                std::memcpy(o + run.packed, row + run.source, run.length * sizeof(scalar_t));
+              }
               if (sum_out != nullptr) sum_out[g * R + r] = static_cast<acc_t>(sum_in_double(o, lengths[g]));
             }
           }
@@ -505,7 +507,9 @@ struct CpuKernels {
             const scalar_t* add = arow ? arow + run.source : nullptr;
             if (pp == nullptr) {
               if (add != nullptr) {
-                for (int64_t q = 0; q < run.length; ++q) to[q] = static_cast<scalar_t>(shift + static_cast<acc_t>(add[q]));
+                for (int64_t q = 0; q < run.length; ++q) {
+                  to[q] = static_cast<scalar_t>(shift + static_cast<acc_t>(add[q]));
+                }
               } else {
                 std::fill(to, to + run.length, static_cast<scalar_t>(shift));
               }

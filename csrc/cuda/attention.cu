@@ -287,9 +287,10 @@ struct CudaKernels {
       using acc_t = at::opmath_type<scalar_t>;
       forward_epilogue_kernel<scalar_t, acc_t><<<blocks_for(items), kThreads, 0, stream()>>>(
           x_packed.data_ptr<scalar_t>(), mean_rows ? nullptr : numerator.data_ptr<acc_t>(),
-          mean_rows ? 0 : numerator.stride(0), mean_rows ? nullptr : key_dot_qsum.data_ptr<acc_t>(), mean_rows ? nullptr : min_packed.data_ptr<acc_t>(),
-          x_vec.data_ptr<acc_t>(), counts.data_ptr<int64_t>(), g, src.data_ptr<int64_t>(), gamma.data_ptr<acc_t>(),
-          static_cast<acc_t>(scale), static_cast<acc_t>(eps), items, C, N, L, out.data_ptr<scalar_t>());
+          mean_rows ? 0 : numerator.stride(0), mean_rows ? nullptr : key_dot_qsum.data_ptr<acc_t>(),
+          mean_rows ? nullptr : min_packed.data_ptr<acc_t>(), x_vec.data_ptr<acc_t>(), counts.data_ptr<int64_t>(),
+          g, src.data_ptr<int64_t>(), gamma.data_ptr<acc_t>(), static_cast<acc_t>(scale), static_cast<acc_t>(eps),
+          items, C, N, L, out.data_ptr<scalar_t>());
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     });
   }
