@@ -123,6 +123,66 @@ SGAN_VECTOR_CLONES double sum_in_double(const float* v, int64_t n) { return sum_
 
 SGAN_VECTOR_CLONES double sum_in_double(const double* v, int64_t n) { return sum_in_double_lanes(v, n); }
 
+// The per-row loops of backward_rows over a block of `width` packed rows, each row of a channel
+// being `width` contiguous values (channel rows `stride` apart):
+//   weighted_rows: out[i] += sum_c rows[c][i] weight[c]   (G . xbar_g, K . q_g)
+//   row_dots:      out[i] += sum_k a[k][i] b[k][i]         (K . H)
+//   scale_rows:    s[k][i] = coef[i] keys[k][i], h[k][i] = coef[i] h[k][i] + q[k] shift[i]
+template <typename scalar_t>
+__attribute__((always_inline)) inline void weighted_rows_impl(const scalar_t* rows, int64_t stride,
+                                                              const scalar_t* weight, int64_t count, int64_t width,
+                                                              scalar_t* out) {
+  for (int64_t c = 0; c < count; ++c) {
+    const scalar_t* row = rows + c * stride;
+    const scalar_t w = weight[c];
+    for (int64_t i = 0; i < width; ++i) out[i] += row[i] * w;
+  }
+}
+
+template <typename scalar_t>
+__attribute__((always_inline)) inline void row_dots_impl(const scalar_t* a, int64_t stride_a, const scalar_t* b,
+                                                         int64_t stride_b, int64_t count, int64_t width,
+                                                         scalar_t* out) {
+  for (int64_t k = 0; k < count; ++k) {
+    const scalar_t *ra = a + k * stride_a, *rb = b + k * stride_b;
+    for (int64_t i = 0; i < width; ++i) out[i] += ra[i] * rb[i];
+  }
+}
+
+template <typename scalar_t>
+__attribute__((always_inline)) inline void scale_rows_impl(const scalar_t* keys, int64_t stride_keys,
+                                                           const scalar_t* coef, const scalar_t* q,
+                                                           const scalar_t* shift, int64_t count, int64_t width,
+                                                           scalar_t* scaled, scalar_t* h, int64_t stride) {
+  for (int64_t k = 0; k < count; ++k) {
+    const scalar_t* key = keys + k * stride_keys;
+    scalar_t *s = scaled + k * stride, *hk = h + k * stride;
+    const scalar_t qk = q[k];
+    for (int64_t i = 0; i < width; ++i) {
+      s[i] = coef[i] * key[i];
+      hk[i] = coef[i] * hk[i] + qk * shift[i];
+    }
+  }
+}
+
+#define SGAN_BACKWARD_ROW_LOOPS(scalar_t)                                                                           \
+  SGAN_VECTOR_CLONES void weighted_rows(const scalar_t* rows, int64_t stride, const scalar_t* weight, int64_t count, \
+                                        int64_t width, scalar_t* out) {                                             \
+    weighted_rows_impl(rows, stride, weight, count, width, out);                                                    \
+  }                                                                                                                 \
+  SGAN_VECTOR_CLONES void row_dots(const scalar_t* a, int64_t stride_a, const scalar_t* b, int64_t stride_b,        \
+                                   int64_t count, int64_t width, scalar_t* out) {                                   \
+    row_dots_impl(a, stride_a, b, stride_b, count, width, out);                                                     \
+  }                                                                                                                 \
+  SGAN_VECTOR_CLONES void scale_rows(const scalar_t* keys, int64_t stride_keys, const scalar_t* coef,               \
+                                     const scalar_t* q, const scalar_t* shift, int64_t count, int64_t width,        \
+                                     scalar_t* scaled, scalar_t* h, int64_t stride) {                               \
+    scale_rows_impl(keys, stride_keys, coef, q, shift, count, width, scaled, h, stride);                            \
+  }
+SGAN_BACKWARD_ROW_LOOPS(float)
+SGAN_BACKWARD_ROW_LOOPS(double)
+#undef SGAN_BACKWARD_ROW_LOOPS
+
 // A group's packed columns as runs of consecutive original positions: packed columns
 // [packed, packed + length) are the positions [source, source + length). The packing loops copy
 // run by run, contiguous on both sides (a salient region is a few runs per image row).
@@ -394,20 +454,11 @@ struct CpuKernels {
           std::fill(key_q, key_q + width, scalar_t(0));
           std::fill(grad_x, grad_x + width, scalar_t(0));
           for (int64_t k = 0; k < Ck; ++k) {
-            scalar_t* krow = block_keys.data() + k * kBlock;
-            gather_columns(kp + k * N, first_run, p0, width, krow);
-            const scalar_t* hrow = hp + k * L + p0;
-            const scalar_t qk = qs[k];
-            for (int64_t i = 0; i < width; ++i) {
-              key_h[i] += krow[i] * hrow[i];
-              key_q[i] += krow[i] * qk;
-            }
+            gather_columns(kp + k * N, first_run, p0, width, block_keys.data() + k * kBlock);
           }
-          for (int64_t c = 0; c < C; ++c) {
-            const scalar_t* grow = gp + c * L + p0;
-            const scalar_t xc = xs[c];
-            for (int64_t i = 0; i < width; ++i) grad_x[i] += grow[i] * xc;
-          }
+          row_dots(block_keys.data(), kBlock, hp + p0, L, Ck, width, key_h);
+          weighted_rows(block_keys.data(), kBlock, qs, Ck, width, key_q);
+          weighted_rows(gp + p0, L, xs, C, width, grad_x);
           for (int64_t i = 0; i < width; ++i) {
             const int64_t p = p0 + i;
             const BackwardRow<scalar_t> r =
@@ -419,16 +470,7 @@ struct CpuKernels {
             key_coef[i] = r.key_coef;
             row_dden[i] = sc * r.dden;
           }
-          for (int64_t k = 0; k < Ck; ++k) {
-            const scalar_t* krow = block_keys.data() + k * kBlock;
-            scalar_t* hrow = hp + k * L + p0;
-            scalar_t* srow = sk + k * L + p0;
-            const scalar_t qk = qs[k];
-            for (int64_t i = 0; i < width; ++i) {
-              srow[i] = key_coef[i] * krow[i];
-              hrow[i] = key_coef[i] * hrow[i] + qk * row_dden[i];
-            }
-          }
+          scale_rows(block_keys.data(), kBlock, key_coef, qs, row_dden, Ck, width, sk + p0, hp + p0, L);
         }
       });
     });
