@@ -12,11 +12,12 @@ It also splits the total into the GEMMs (the factorised algorithm's six batched 
 row-minimum pass (the quadratic part of the shift: its tile GEMMs and reductions, under the
 ``sgan_attention_row_minimum`` scope of the C++/CUDA driver) and the rest, and reports total / GEMM
 with and without the row-minimum pass. On the CPU the row-minimum's tile GEMMs are told apart from
-the other GEMMs by that enclosing scope, and matrix-vector products (a bmm with an operand of width
-1: K . q_g, the sums of K dden and G mean_coef) count as the rest (``gemv_ms``): they stream a
-tensor like the elementwise passes do. On CUDA device kernels carry neither scope nor shapes, so
-the tile GEMMs and the matrix-vector products count as GEMM time there and only the row-minimum
-reduction kernels as row-minimum time.
+the other GEMMs by that enclosing scope: their time is ``row_min_gemm_ms`` and ``row_min_over_gemm``
+is the whole pass over its own tile GEMMs. Matrix-vector products (a bmm with an operand of width
+1) count as the rest (``gemv_ms``): they stream a tensor like the elementwise passes do. On CUDA
+device kernels carry neither scope nor shapes, so the tile GEMMs and any matrix-vector products
+count as GEMM time there, only the row-minimum reduction kernels as row-minimum time, and
+``row_min_gemm_ms`` is not known (null).
 With ``--output`` the table and the split go to a JSON file with the usual header (bench/harness.py).
 """
 import argparse
@@ -58,10 +59,11 @@ def _is_matrix_vector(event):
 
 
 def split_time(prof, on_device, repeats):
-    """(gemm_us, row_min_us, gemv_us) per iteration: self times of the GEMMs outside the row-minimum
-    pass (matrix-vector products apart), of everything inside that pass (CPU) or of its reduction
-    kernels (CUDA), and of the matrix-vector products (CPU; part of neither of the others)."""
-    gemm = row_min = gemv = 0.0
+    """(gemm_us, row_min_us, row_min_gemm_us, gemv_us) per iteration: self times of the GEMMs outside
+    the row-minimum pass (matrix-vector products apart), of everything inside that pass (CPU) or of
+    its reduction kernels (CUDA), of the GEMMs inside that pass (CPU; None on CUDA), and of the
+    matrix-vector products (CPU; part of neither of the first two)."""
+    gemm = row_min = row_min_gemm = gemv = 0.0
     if on_device:
         for event in prof.key_averages():
             if is_gemm(event.key, True):
@@ -74,12 +76,14 @@ def split_time(prof, on_device, repeats):
                 continue
             if event.name == ROW_MIN_SCOPE or _under_row_minimum(event):
                 row_min += event.self_cpu_time_total
+                if is_gemm(event.name, False):
+                    row_min_gemm += event.self_cpu_time_total
             elif is_gemm(event.name, False):
                 if _is_matrix_vector(event):
                     gemv += event.self_cpu_time_total
                 else:
                     gemm += event.self_cpu_time_total
-    return gemm / repeats, row_min / repeats, gemv / repeats
+    return gemm / repeats, row_min / repeats, None if on_device else row_min_gemm / repeats, gemv / repeats
 
 
 def profile_backend(backend, preset, inputs, device, repeats, top):
@@ -101,19 +105,24 @@ def profile_backend(backend, preset, inputs, device, repeats, top):
             rows.append((total / repeats, event.count // repeats, event.key))
     rows.sort(reverse=True)
     grand = sum(row[0] for row in rows)
-    gemm, row_min, gemv = split_time(prof, on_device, repeats)
+    gemm, row_min, row_min_gemm, gemv = split_time(prof, on_device, repeats)
     print(f"\n{backend} ({preset}): {grand / 1e3:.3f} ms of {'device' if on_device else 'CPU'} time per fwd+bwd")
     print(f"{'us/iter':>10} {'calls':>6} {'share':>6}  kernel")
     for per_iter, calls, name in rows[:top]:
         print(f"{per_iter:10.1f} {calls:6d} {per_iter / grand:6.1%}  {name[:100]}")
     summary = {"total_ms": grand / 1e3, "gemm_ms": gemm / 1e3, "row_min_ms": row_min / 1e3,
+               "row_min_gemm_ms": None if row_min_gemm is None else row_min_gemm / 1e3,
+               "row_min_over_gemm": row_min / row_min_gemm if row_min_gemm else None,
                "other_ms": (grand - gemm - row_min) / 1e3, "gemv_ms": gemv / 1e3,
                "gemm_share": gemm / grand if grand else None,
                "row_min_share": row_min / grand if grand else None,
                "total_over_gemm": grand / gemm if gemm else None,
                "total_without_row_min_over_gemm": (grand - row_min) / gemm if gemm else None}
+    row_min_gemm_text = (f", {row_min / row_min_gemm:.2f}x its tile GEMMs' {row_min_gemm / 1e3:.3f} ms"
+                         if row_min_gemm else "")
     print(f"GEMM {gemm / 1e3:.3f} ms ({summary['gemm_share']:.1%}), row-minimum pass {row_min / 1e3:.3f} ms "
-          f"({summary['row_min_share']:.1%}), matrix-vector products {gemv / 1e3:.3f} ms (in the rest); "
+          f"({summary['row_min_share']:.1%}{row_min_gemm_text}), matrix-vector products {gemv / 1e3:.3f} ms "
+          f"(in the rest); "
           f"total / GEMM = {summary['total_over_gemm']:.2f}, "
           f"without the row-minimum pass {summary['total_without_row_min_over_gemm']:.2f}")
     kernels = [{"name": name, "us_per_iter": per_iter, "calls": calls, "share": per_iter / grand,

@@ -4,7 +4,7 @@
 // (CpuKernels in cpu/attention.cpp, CudaKernels in cuda/attention.cu) for everything that is not
 // a GEMM or a plain reduction: building the group layout, packing, the row-minimum reduction, the
 // epilogues and the argmin scatter-add. Nothing of size N x N is allocated: the only quadratic
-// work, the row minimum, runs over tiles of at most K::kMaxTileRows rows x N_g columns.
+// work, the row minimum, runs over tiles of at most K::kMaxTileRows rows x K::kTileColumns columns.
 //
 // Group layout. Per image, group g = 0 holds the non-salient positions and g = 1 the salient ones,
 // in their original order. Images are processed in chunks of Bc images; in a chunk group g is
@@ -112,10 +112,12 @@ C10_HOST_DEVICE inline void apply_masked_zero(bool other_group_nonempty, acc_t& 
 //   dden_i = -gamma t_i / den_i,  dm_i = -n_g dden_i
 //   key_coef_i = gamma s / den_i       dK_i = key_coef_i H_i + s q_g dden_i,
 //                                      dAtilde_g = sum_i key_coef_i K_i G_i^T
+//   qsum_coef_i = -t_i                 dq_g = s sum_i K_i dden_i = sum_i qsum_coef_i key_coef_i K_i
 //   mean_coef_i = gamma (1 - eps / den_i)   dxbar_g (direct) = sum_i mean_coef_i G_i
+// (qsum_coef turns dq_g into a sum over the scaled keys key_coef_i K_i, which dAtilde_g sums too.)
 template <typename acc_t>
 struct BackwardRow {
-  acc_t dot, dden, dmin, key_coef, mean_coef;
+  acc_t dot, dden, dmin, key_coef, qsum_coef, mean_coef;
 };
 
 template <typename acc_t>
@@ -124,7 +126,7 @@ C10_HOST_DEVICE inline BackwardRow<acc_t> backward_row(acc_t key_dot_h, acc_t ke
                                                        acc_t eps) {
   BackwardRow<acc_t> r;
   if (weights_vanish(count, row_min)) {
-    r.dot = r.dden = r.dmin = r.key_coef = r.mean_coef = acc_t(0);
+    r.dot = r.dden = r.dmin = r.key_coef = r.qsum_coef = r.mean_coef = acc_t(0);
     return r;
   }
   const acc_t den = attention_denominator(key_dot_qsum, row_min, count, scale, eps);
@@ -133,6 +135,7 @@ C10_HOST_DEVICE inline BackwardRow<acc_t> backward_row(acc_t key_dot_h, acc_t ke
   r.dden = -gamma * t / den;
   r.dmin = -count * r.dden;
   r.key_coef = gamma * scale / den;
+  r.qsum_coef = -t;
   r.mean_coef = gamma * (acc_t(1) - eps / den);
   return r;
 }
@@ -259,23 +262,33 @@ Chunk make_chunk(const Layout& layout, const at::Tensor& saliency_mask, int64_t 
 
 // The columns of each wanted, non-empty group of a (B, R, N) tensor, for the images of `chunk`:
 // {(Bc, R, L_0), (Bc, R, L_1)} in the input's dtype (the GEMM operand dtype), zero-padded;
-// undefined where not wanted. Both groups come from one pass over the input, which also
+// undefined where not wanted. With extra_rows the buffers have R + extra_rows rows, the last ones
+// left for the caller to fill.
+// Both groups come from one pass over the input, which also
 //   subtracts centre (Bc, 2, R) acc when defined: out_g[b, r, p] = input[b, r, j] - centre[b, g, r];
-//   writes sums (Bc, 2, R) acc when defined: sums[b, g, r] = sum of the group's packed values
-//   (0 for an empty or unwanted group), accumulated in float64 and rounded once, since these
-//   sums (x_g, q_g, sum of G) feed dgamma, itself a long sum.
+//   writes sums (Bc, 2, R) acc when defined (and centre is not): sums[b, g, r] = sum of the
+//   group's values, packed or not (0 for an empty group), accumulated in float64 and rounded
+//   once, since these sums (x_g, q_g, sum of G) feed dgamma, itself a long sum.
 template <class K>
 std::array<at::Tensor, 2> pack(const at::Tensor& input, const Chunk& chunk, std::array<bool, 2> wanted,
-                               const at::Tensor& centre = at::Tensor(), const at::Tensor& sums = at::Tensor()) {
+                               const at::Tensor& centre = at::Tensor(), const at::Tensor& sums = at::Tensor(),
+                               int64_t extra_rows = 0) {
   const at::Tensor part = input.narrow(0, chunk.begin, chunk.size);
+  const int64_t R = input.size(1);
   std::array<at::Tensor, 2> out;
   for (int g = 0; g < 2; ++g) {
     if (wanted[g] && chunk.length[g] > 0) {
-      out[g] = at::empty({chunk.size, input.size(1), chunk.length[g]}, input.options());
+      out[g] = at::empty({chunk.size, R + extra_rows, chunk.length[g]}, input.options());
     }
   }
   if (sums.defined()) sums.zero_();
-  if (out[0].defined() || out[1].defined()) K::pack(part, chunk.src[0], chunk.src[1], centre, out[0], out[1], sums);
+  std::array<at::Tensor, 2> rows;  // the packed rows, without the extra ones
+  for (int g = 0; g < 2; ++g) {
+    if (out[g].defined()) rows[g] = out[g].narrow(1, 0, R);
+  }
+  if (out[0].defined() || out[1].defined() || sums.defined()) {
+    K::pack(part, chunk.src[0], chunk.src[1], centre, rows[0], rows[1], sums);
+  }
   return out;
 }
 
@@ -309,6 +322,22 @@ inline at::Tensor centred_products(const at::Tensor& A_g, const at::Tensor& q_su
   return at::addcmul(A_g, q_sum_g.unsqueeze(2), x_mean.unsqueeze(1), -1);
 }
 
+// A vector v (Bc, R) in the accumulation dtype as extra rows (Bc, e, R) of a GEMM operand, so that
+// the GEMM yields its products with the other operand's columns (K_i . q_g) instead of a separate
+// matrix-vector pass: v itself (e = 1) when the operands are in the accumulation dtype, else v
+// split into its rounding to the operand dtype and the remainder (e = 2), so that the sum of the
+// two product rows keeps the precision of the accumulation dtype.
+inline at::Tensor vector_rows(const at::Tensor& v, at::ScalarType operand, at::ScalarType acc) {
+  if (operand == acc) return v.unsqueeze(1);
+  const at::Tensor high = v.to(operand).to(acc);
+  return at::stack({high, v - high}, 1);
+}
+
+// The product rows (Bc, e, L) of vector_rows' rows, summed into (Bc, L).
+inline at::Tensor vector_products(const at::Tensor& rows) {
+  return rows.size(1) == 1 ? rows.select(1, 0).contiguous() : rows.sum(1);
+}
+
 // ---------------------------------------------------------------------------------------------
 // Forward.
 //
@@ -323,14 +352,19 @@ void row_minimum(const at::Tensor& key_g, const at::Tensor& query_g, const Chunk
   RECORD_FUNCTION("sgan_attention_row_minimum", std::vector<c10::IValue>());
   const int64_t L = chunk.length[g];
   const at::ScalarType operand = key_g.scalar_type();
-  const int64_t rows = std::min<int64_t>(
-      L, std::max<int64_t>(K::kMinTileRows,
-                           std::min<int64_t>(K::kMaxTileRows, K::kTileBudget / std::max<int64_t>(1, chunk.size * L))));
+  const int64_t columns = std::min(L, K::kTileColumns);
+  const int64_t budget_rows = K::kTileBudget / std::max<int64_t>(1, chunk.size * columns);
+  const int64_t rows =
+      std::min<int64_t>(L, std::max<int64_t>(K::kMinTileRows, std::min<int64_t>(K::kMaxTileRows, budget_rows)));
   for (int64_t first = 0; first < L; first += rows) {
-    const int64_t count = std::min(rows, L - first);
-    // P tile (Bc, rows, L_g) = K_rows^T Q, unscaled; the kernel scales, as the reference does
-    const at::Tensor tile = gemm(key_g.narrow(2, first, count).transpose(1, 2), query_g, operand, acc);
-    K::row_min_tile(tile, first, g, chunk.counts, chunk.src[g], scale, row_min, argmin, min_packed);
+    const at::Tensor key_rows = key_g.narrow(2, first, std::min(rows, L - first)).transpose(1, 2);
+    // each row's columns in order, so that the kernel can carry the row's minimum from tile to tile
+    for (int64_t column = 0; column < L; column += columns) {
+      // P tile (Bc, rows, columns) = K_rows^T Q_columns, unscaled; the kernel scales, as the reference does
+      const at::Tensor tile =
+          gemm(key_rows, query_g.narrow(2, column, std::min(columns, L - column)), operand, acc);
+      K::row_min_tile(tile, first, column, g, chunk.counts, chunk.src[g], scale, row_min, argmin, min_packed);
+    }
   }
 }
 
@@ -384,8 +418,11 @@ ForwardResult forward(const at::Tensor& x, const at::Tensor& key, const at::Tens
       query_g.reset();
       const at::Tensor x_mean = group_mean(x_sum_g, count.narrow(0, begin, chunk.size).select(1, g));
       const at::Tensor A_centred = centred_products(A_g, q_sum_g, x_mean);
-      const at::Tensor numerator = gemm(A_centred.transpose(1, 2), key_g, operand, acc);  // (Bc, C, L_g)
-      const at::Tensor key_dot_qsum = K::key_dot(key_g, q_sum_g.contiguous());           // (Bc, L_g)
+      // one GEMM for the numerator Atilde_g^T K_i (Bc, C, L_g) and K_i . q_g (Bc, L_g)
+      const at::Tensor products =
+          gemm(at::cat({A_centred.transpose(1, 2), vector_rows(q_sum_g, operand, acc)}, 1), key_g, operand, acc);
+      const at::Tensor numerator = products.narrow(1, 0, C);
+      const at::Tensor key_dot_qsum = vector_products(products.narrow(1, C, products.size(1) - C));
       K::forward_epilogue(x_p[g], numerator, key_dot_qsum, min_packed, x_mean.contiguous(), chunk.counts, g,
                           chunk.src[g], gamma, scale, eps, out_chunk);
       x_p[g].reset();
@@ -436,7 +473,6 @@ BackwardResult backward(const at::Tensor& grad_out, const at::Tensor& x, const a
   at::Tensor grad_query = at::empty_like(query);
   at::Tensor grad_gamma = at::zeros({}, acc_options.dtype(at::kDouble));  // a sum over B N C terms
   const Layout layout = make_layout<K>(saliency_mask);
-  const at::Tensor zero = at::zeros({1, 1, 1}, acc_options);
   const at::Tensor group_count = count.clamp_min(1).unsqueeze(2);  // (B, 2, 1)
   const at::Tensor x_means = x_sum / group_count, q_means = q_sum / group_count;  // (B, 2, C), (B, 2, Ck)
 
@@ -445,14 +481,16 @@ BackwardResult backward(const at::Tensor& grad_out, const at::Tensor& x, const a
     const Chunk chunk = make_chunk<K>(layout, saliency_mask, begin, std::min(images, B - begin));
     const int64_t Bc = chunk.size;
     const at::Tensor grad_out_chunk = grad_out.narrow(0, begin, Bc);
+    const at::Tensor key_chunk = key.narrow(0, begin, Bc);  // the kernels read K_i where it is: no packed keys
     at::Tensor grad_x_chunk = grad_x.narrow(0, begin, Bc);
     at::Tensor grad_key_chunk = grad_key.narrow(0, begin, Bc);
     at::Tensor grad_query_chunk = grad_query.narrow(0, begin, Bc);
     const at::Tensor x_mean_chunk = x_means.narrow(0, begin, Bc), q_mean_chunk = q_means.narrow(0, begin, Bc);
     const std::array<bool, 2> attending = {!bg_mean, true};
     at::Tensor grad_sums = at::empty({Bc, 2, C}, acc_options);
-    std::array<at::Tensor, 2> grad_p = pack<K>(grad_out, chunk, {true, true}, at::Tensor(), grad_sums);
-    std::array<at::Tensor, 2> key_p = pack<K>(key, chunk, attending);
+    // G with a row for the kernel's qsum_coef (backward_rows), which the GEMM of dAtilde_g takes along;
+    // the sums of both groups (the background's for its mean rows)
+    std::array<at::Tensor, 2> grad_p = pack<K>(grad_out, chunk, attending, at::Tensor(), grad_sums, 1);
     // X and Q packed around their group means: the GEMMs below take X_j - xbar_g and Q_j - q_g / n_g
     std::array<at::Tensor, 2> x_p = pack<K>(x, chunk, attending, x_mean_chunk);
     std::array<at::Tensor, 2> query_p = pack<K>(query, chunk, attending, q_mean_chunk);
@@ -461,7 +499,6 @@ BackwardResult backward(const at::Tensor& grad_out, const at::Tensor& x, const a
       const int64_t L = chunk.length[g];
       if (L == 0) continue;
       const at::Tensor x_sum_g = x_sum.narrow(0, begin, Bc).select(1, g).contiguous();  // (Bc, C)
-      const at::Tensor grad_g = std::move(grad_p[g]);                                    // (Bc, C, L)
       if (bg_mean && g == 0) {
         // ctx_i = x_bg / (n_bg + eps) for every background row i: dgamma += G_i . ctx_i and every
         // background column j gets dX_j += gamma G_i / (n_bg + eps), summed over those rows.
@@ -469,32 +506,35 @@ BackwardResult backward(const at::Tensor& grad_out, const at::Tensor& x, const a
         const at::Tensor inv_count = (count.narrow(0, begin, Bc).select(1, 0) + eps).reciprocal();  // (Bc)
         grad_gamma.add_(((grad_sum.to(at::kDouble) * x_sum_g).sum(1) * inv_count).sum());
         const at::Tensor grad_x_bias = (grad_sum * inv_count.unsqueeze(1) * gamma).contiguous();  // (Bc, C)
-        K::unpack(zero.expand({Bc, C, L}), chunk.src[g], grad_x_bias, grad_out_chunk, grad_x_chunk);
-        K::unpack(zero.expand({Bc, Ck, L}), chunk.src[g], at::Tensor(), at::Tensor(), grad_key_chunk);
-        K::unpack(zero.expand({Bc, Ck, L}), chunk.src[g], at::Tensor(), at::Tensor(), grad_query_chunk);
+        K::unpack(at::Tensor(), chunk.src[g], grad_x_bias, grad_out_chunk, grad_x_chunk);
+        K::unpack(at::Tensor(), chunk.src[g], at::Tensor(), at::Tensor(), grad_key_chunk);
+        K::unpack(at::Tensor(), chunk.src[g], at::Tensor(), at::Tensor(), grad_query_chunk);
         continue;
       }
+      at::Tensor grad_rows = std::move(grad_p[g]);                                      // (Bc, C + 1, L)
+      const at::Tensor grad_g = grad_rows.narrow(1, 0, C);                              // (Bc, C, L)
       const at::Tensor count_g = count.narrow(0, begin, Bc).select(1, g);              // (Bc)
       const at::Tensor q_sum_g = q_sum.narrow(0, begin, Bc).select(1, g).contiguous();  // (Bc, Ck)
       const at::Tensor x_mean = x_mean_chunk.select(1, g).contiguous();                 // (Bc, C)
       const at::Tensor A_centred = centred_products(A.narrow(0, begin, Bc).select(1, g), q_sum_g, x_mean);
-      const at::Tensor key_g = std::move(key_p[g]);                                     // (Bc, Ck, L)
       const at::Tensor min_packed = shift ? min_p[g].squeeze(1) : at::zeros({Bc, L}, acc_options);  // (Bc, L)
       // H = Atilde_g G; backward_rows turns it, in place, into dK_i = key_coef_i H_i + s q_g dden_i
       at::Tensor grad_key_g = gemm(A_centred, grad_g, operand, acc);
-      at::Tensor dot = at::empty({Bc, L}, acc_options), dden = at::empty({Bc, L}, acc_options),
-                 dmin = at::empty({Bc, L}, acc_options), mean_coef = at::empty({Bc, L}, acc_options);
-      at::Tensor scaled_key = at::empty_like(key_g);  // key_coef_i K_i
-      K::backward_rows(key_g, grad_key_g, grad_g, q_sum_g, x_mean, min_packed, chunk.counts, g, gamma, scale, eps,
-                       dot, dden, dmin, mean_coef, scaled_key);
+      at::Tensor dot = at::empty({Bc, L}, acc_options), dmin = at::empty({Bc, L}, acc_options);
+      // rows key_coef_i K_i and, as row Ck, mean_coef_i; backward_rows also writes qsum_coef_i into G's row C
+      at::Tensor scaled_key = at::empty({Bc, Ck + 1, L}, key.options());
+      K::backward_rows(key_chunk, chunk.src[g], grad_key_g, grad_rows, q_sum_g, x_mean, min_packed, chunk.counts, g,
+                       gamma, scale, eps, dot, dmin, scaled_key);
       grad_gamma.add_(dot.sum(at::kDouble));
-      // dAtilde_g = sum_i key_coef_i K_i G_i^T; dq_g = s sum_i K_i dden_i; dxbar_g = sum_i mean_coef_i G_i
-      const at::Tensor grad_A = gemm(scaled_key, grad_g.transpose(1, 2), operand, acc);  // (Bc, Ck, C)
+      // one GEMM, sum_i [key_coef_i K_i; mean_coef_i] [G_i; qsum_coef_i]^T (Bc, Ck + 1, C + 1), holds
+      //   dAtilde_g = sum_i key_coef_i K_i G_i^T, dq_g = sum_i qsum_coef_i key_coef_i K_i (column C)
+      //   and dxbar_g = sum_i mean_coef_i G_i (row Ck)
+      const at::Tensor grad_stats = gemm(scaled_key, grad_rows.transpose(1, 2), operand, acc);
       scaled_key.reset();
-      const at::Tensor grad_qsum = gemm(key_g, dden.unsqueeze(2), operand, acc).squeeze(2).mul_(scale);  // (Bc, Ck)
-      const at::Tensor grad_xsum = gemm(grad_g, mean_coef.unsqueeze(2), operand, acc)
-                                       .squeeze(2)
-                                       .div_(count_g.clamp_min(1).unsqueeze(1));  // dxbar_g / n_g
+      const at::Tensor grad_A = grad_stats.narrow(1, 0, Ck).narrow(2, 0, C);                // (Bc, Ck, C)
+      const at::Tensor grad_qsum = grad_stats.narrow(1, 0, Ck).select(2, C).contiguous();  // (Bc, Ck)
+      const at::Tensor grad_xsum =
+          grad_stats.select(1, Ck).narrow(1, 0, C).div(count_g.clamp_min(1).unsqueeze(1));  // dxbar_g / n_g
       // Through Atilde_g = sum_j Q_j (X_j - xbar_g)^T and xbar_g = x_g / n_g:
       //   dQ_j = dAtilde_g (X_j - xbar_g) + dq_g,  dX_j = G_j + dAtilde_g^T (Q_j - q_g / n_g) + dxbar_g / n_g
       // (the per-channel terms dq_g, dxbar_g / n_g and G_j are added when unpacking)
@@ -502,7 +542,7 @@ BackwardResult backward(const at::Tensor& grad_out, const at::Tensor& x, const a
       x_p[g].reset();
       const at::Tensor query_g = std::move(query_p[g]);  // Q_j - q_g / n_g
       if (shift) {  // dK_i += s Q_a(i) dm_i, dQ_a(i) += s K_i dm_i
-        K::argmin_scatter(key_g, query_g, q_mean_chunk.select(1, g).contiguous(), dmin, argmin.narrow(0, begin, Bc),
+        K::argmin_scatter(key_chunk, query_g, q_mean_chunk.select(1, g).contiguous(), dmin, argmin.narrow(0, begin, Bc),
                           chunk.pos, chunk.src[g], chunk.counts, g, scale, grad_key_g, grad_query_g);
       }
       // dX_j - dxbar_g / n_g: with operands in the accumulation dtype G_j enters the GEMM (in place in

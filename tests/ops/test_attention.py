@@ -303,3 +303,103 @@ def test_attention_column_is_exactly_zero_at_each_rows_minimum(backend):
         definition = attention_column(*args64, index, preset="official", backend="reference")
         assert (got >= 0).all()
         assert_within_reference_error(f"column {index}", got, reference, definition, torch.float32)
+
+
+def fused_row_minimum(backend, key, query, mask, scale):
+    """(row_min, argmin) of ``backend``'s forward with the shift and attending background rows."""
+    B, Ck, N = key.shape
+    x = torch.zeros(B, 2, N, dtype=key.dtype, device=key.device)
+    gamma = torch.tensor(0.5, dtype=key.dtype, device=key.device)
+    outputs = torch.ops.sgan.fused_saliency_attention_forward(x, key, query, mask, gamma, scale, 1e-5, True, False,
+                                                              backend)
+    return outputs[5].cpu(), outputs[6].cpu()
+
+
+def reference_row_minimum(key, query, mask, scale):
+    """m_i and its column as the reference's torch.min over the N masked columns gives them, the
+    column -1 where it falls in the other group (a masked zero)."""
+    key, query, mask = key.cpu(), query.cpu(), mask.cpu()
+    same = mask[:, :, None] == mask[:, None, :]
+    values, columns = (scale * torch.bmm(key.transpose(1, 2), query) * same).min(dim=2)
+    in_group = same.gather(2, columns[:, :, None])[:, :, 0]
+    return values, torch.where(in_group, columns, -1)
+
+
+@pytest.mark.parametrize("backend", fused_backends())
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_row_minimum_ties_take_the_reference_column(backend, dtype):
+    """Exact ties (small integers, so every product is exact): image 0 has the minimum of every row
+    at three columns of its group with one value, spread over the row; image 1 has non-negative
+    products and columns whose products are exactly 0, so the minimum 0 ties between those columns
+    and the masked zeros of the other group. Positions 0 and 1 belong to different groups, so in
+    the reference a masked zero comes first and wins. Row minimum and column match the reference's."""
+    device = device_under_test()
+    generator = torch.Generator().manual_seed(21)
+    B, Ck, N = 2, 3, 150
+    key = torch.randint(1, 4, (B, Ck, N), generator=generator).to(dtype)
+    query = torch.randint(0, 4, (B, Ck, N), generator=generator).to(dtype)
+    mask = torch.rand(B, N, generator=generator) > 0.5
+    mask[:, 0], mask[:, 1] = True, False
+    for group in (False, True):
+        columns = torch.nonzero(mask[0] == group)[:, 0]
+        tied = columns[torch.tensor([3, len(columns) // 2, len(columns) - 1])]
+        query[0][:, tied] = -2.0                        # P_ij = -4 sum_k K_ik, the row's minimum, three times
+        zeros = torch.nonzero(mask[1] == group)[2::7, 0]
+        query[1][:, zeros] = 0.0                        # P_ij = 0 = the masked zeros
+    args = [t.to(device) for t in (key, query, mask)]
+    row_min, argmin = fused_row_minimum(backend, *args, 2.0)
+    want_min, want_argmin = reference_row_minimum(*args, 2.0)
+    assert torch.equal(row_min, want_min)
+    assert torch.equal(argmin, want_argmin)
+    assert (argmin[0] >= 2).all() and (argmin[1] == -1).all()  # the ties did decide
+
+
+# the driver's backends (cpp, cuda); Triton's row-minimum kernel leaves NaN out of the minimum (tl.min)
+@pytest.mark.parametrize("backend", [backend for backend in fused_backends() if backend != "triton"])
+def test_row_minimum_nan_takes_the_first_nan_column(backend):
+    """Two NaN query columns of the salient group: every salient row's minimum is NaN at the first
+    of them, as in the reference. (The reference's other rows see those columns too, as NaN * 0;
+    the factorised rows never read the other group's columns, so only the salient rows compare.)"""
+    device = device_under_test()
+    generator = torch.Generator().manual_seed(22)
+    key, query = torch.randn(2, 1, 4, 150, generator=generator).unbind(0)
+    mask = torch.rand(1, 150, generator=generator) > 0.5
+    salient = torch.nonzero(mask[0])[:, 0]
+    query[0][:, salient[[-5, 20]]] = float("nan")
+    args = [t.to(device) for t in (key, query, mask)]
+    row_min, argmin = fused_row_minimum(backend, *args, 0.5)
+    want_min, want_argmin = reference_row_minimum(*args, 0.5)
+    rows = mask[0]
+    assert torch.isnan(row_min[0, rows]).all() and torch.isnan(want_min[0, rows]).all()
+    assert (argmin[0, rows] == salient[20]).all() and torch.equal(argmin[0, rows], want_argmin[0, rows])
+
+
+# the driver's backends; Triton's row-minimum kernel leaves NaN out of the minimum (tl.min)
+@pytest.mark.parametrize("backend", [backend for backend in fused_backends() if backend != "triton"])
+def test_row_minimum_across_column_tiles(backend):
+    """Groups of over 2100 positions, so that the C++ backend's row-minimum tiles (2048 columns)
+    split each row: image 0 has, among its salient columns, a minimum at packed columns 2050 and 2100
+    (a tie in the second tile) below a value at column 10 of the first, and among its background
+    columns a tie between packed columns 7 and 2050 (the first tile's wins); image 1 has a NaN
+    salient column in the second tile only, which wins for every salient row. Row minimum and
+    column match the reference's (image 1: its salient rows, see the test above)."""
+    device = device_under_test()
+    generator = torch.Generator().manual_seed(23)
+    B, Ck, N = 2, 3, 4400
+    key = torch.randint(1, 4, (B, Ck, N), generator=generator).float()
+    query = torch.randint(1, 4, (B, Ck, N), generator=generator).float()
+    mask = torch.rand(B, N, generator=generator) > 0.5
+    mask[:, 0], mask[:, 1] = True, False
+    salient, background = (torch.nonzero(mask[0] == group)[:, 0] for group in (True, False))
+    assert min(len(salient), len(background)) > 2100
+    query[0][:, salient[10]] = -1.0
+    query[0][:, salient[[2050, 2100]]] = -2.0
+    query[0][:, background[[7, 2050]]] = -2.0
+    query[1][:, torch.nonzero(mask[1])[2100, 0]] = float("nan")
+    args = [t.to(device) for t in (key, query, mask)]
+    row_min, argmin = fused_row_minimum(backend, *args, 2.0)
+    want_min, want_argmin = reference_row_minimum(*args, 2.0)
+    assert torch.equal(row_min[0], want_min[0]) and torch.equal(argmin[0], want_argmin[0])
+    assert (argmin[0, mask[0]] == salient[2050]).all() and (argmin[0, ~mask[0]] == background[7]).all()
+    rows = mask[1]
+    assert torch.isnan(row_min[1, rows]).all() and torch.equal(argmin[1, rows], want_argmin[1, rows])
