@@ -1,4 +1,5 @@
-"""Plots of one attention benchmark result: ``python -m bench.plot [--input PATH] [--out-dir DIR]``.
+"""Plots of one attention benchmark result: ``python -m bench.plot [--input PATH] [--out-dir DIR]``,
+or of a held-out study's result: ``python -m bench.plot --study results/study/study.json``.
 
 Reads a JSON written by the ``attention`` benchmark (bench/attention.py through bench/harness.py:
 a header with ``device``, ``device_type``, ``git``, ``config``, ``memory_method`` and the rows under
@@ -14,6 +15,10 @@ any other); a comparison row (backend ``sdpa``, or a row whose ``comparison`` fi
 baseline from outside this project) is drawn dashed. Rows whose status is not ``ok`` have no point
 and are listed under the plot. The title names the source file, the device and the git revision.
 The images carry no timestamp or software version, so the same JSON gives the same bytes.
+
+With ``--study PATH`` it reads a ``study.json`` that ``sgan study`` wrote and draws its plot
+(sgan.experiments.study.plot: Table II, seed IoU per class, Table III) into ``<PATH's stem>.png``
+beside it, or in ``--out-dir`` when given.
 
 Without ``--input`` the newest CPU attention result in bench/results/ is used (by the header's
 ``started_at``, then by file modification time, then by name). A file that is not such a result
@@ -196,12 +201,34 @@ def plot(path, out_dir=DEFAULT_OUT_DIR):
             for metric in METRICS]
 
 
+def plot_study(path, out_dir=None):
+    """The study plot of the study.json at ``path``; 0, or 2 after one line for a file that is not one."""
+    from sgan.experiments.study import plot_results
+    out = os.path.join(out_dir or os.path.dirname(os.path.abspath(path)),
+                       os.path.splitext(os.path.basename(path))[0] + ".png")
+    try:
+        with open(path) as stream:
+            results = json.load(stream)
+        if not isinstance(results, dict) or not {"summary", "table3"} <= set(results):
+            raise ValueError("expected a study.json of `sgan study` (keys summary and table3)")
+        plot_results(results, out)
+    except (OSError, ValueError, KeyError, TypeError, StopIteration) as error:
+        print(f"bench.plot: error: {path}: {error}", file=sys.stderr)
+        return 2
+    print(f"wrote {out}")
+    return 0
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m bench.plot", description=__doc__.splitlines()[0])
     parser.add_argument("--input", help="an attention benchmark JSON (default: the newest CPU one in bench/results)")
-    parser.add_argument("--out-dir", default=DEFAULT_OUT_DIR, help="where the PNGs go (default: docs/img)")
+    parser.add_argument("--study", help="a study.json of `sgan study` to plot instead (the PNG goes beside it)")
+    parser.add_argument("--out-dir", default=None, help="where the PNGs go (default: docs/img; --study: beside it)")
     args = parser.parse_args(argv)
+    if args.study:
+        return plot_study(args.study, args.out_dir)
     path = args.input or newest_cpu_result()
+    args.out_dir = args.out_dir or DEFAULT_OUT_DIR
     try:
         if path is None:
             raise PlotInputError(f"{RESULTS_DIR}: expected a CPU attention result (cpu-*.json), found none")

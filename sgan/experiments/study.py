@@ -305,9 +305,24 @@ def plot(path, summary, lambda_summary, classes):
         axes[2].axis("off")
     figure.tight_layout()
     with atomic_writer(path, "wb") as stream:
-        figure.savefig(stream, format="png", dpi=90)
+        figure.savefig(stream, format="png", dpi=90, metadata={"Software": None})  # the same bytes for the same figures
     pyplot.close(figure)
     return path
+
+
+def plot_results(results, path):
+    """:func:`plot` from the dict a study saved (``metrics/study.json``): its summary, Table III rows
+    and classes, so that a committed result replots without the run's folders. Returns ``path``.
+
+    >>> import json
+    >>> results = json.load(open("results/study/study.json"))          # doctest: +SKIP
+    >>> plot_results(results, "results/study/study.png")                # doctest: +SKIP
+    'results/study/study.png'
+    """
+    summary = results["summary"]
+    columns = next(iter(summary.values()))["seed_iou"]
+    classes = [CLASS_NAMES.index(name) + 1 for name in columns if name != "background"]
+    return plot(path, summary, [(row["lambda"], row) for row in results["table3"]], classes)
 
 
 def _run_scores(variant_cfg, classes, with_segmentation):

@@ -94,3 +94,24 @@ def test_malformed_json_is_one_line_naming_the_file(tmp_path, text, expected):
     assert len(lines) == 1, done.stderr
     assert lines[0].startswith(f"bench.plot: error: {source}: ") and expected in lines[0], lines[0]
     assert not (tmp_path / "img").exists()
+
+
+def test_the_committed_study_replots_to_the_same_png_twice(tmp_path, capsys):
+    """``--study``: the README's study plot comes from the committed study.json alone; the same JSON
+    gives the same bytes (no timestamp or software version in the PNG)."""
+    study = os.path.join(plot.REPO_ROOT, "results", "study", "study.json")
+    assert plot.main(["--study", study, "--out-dir", str(tmp_path)]) == 0
+    first = (tmp_path / "study.png").read_bytes()
+    assert first.startswith(b"\x89PNG") and len(first) > 10_000
+    assert plot.main(["--study", study, "--out-dir", str(tmp_path)]) == 0
+    assert (tmp_path / "study.png").read_bytes() == first
+    assert f"wrote {tmp_path / 'study.png'}" in capsys.readouterr().out
+
+
+def test_a_file_that_is_not_a_study_is_one_line(tmp_path, capsys):
+    bad = tmp_path / "bench.json"
+    bad.write_text(json.dumps(synthetic_result()))
+    assert plot.main(["--study", str(bad)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and err.startswith(f"bench.plot: error: {bad}") and "summary and table3" in err
+    assert not (tmp_path / "bench.png").exists()
