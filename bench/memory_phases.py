@@ -140,8 +140,8 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if "fp16" in args.precision:
         parser.error("--precision: fp16 needs CUDA; this tool measures the CPU")
-    torch.set_num_threads(args.threads)
-    header = device_header(torch.device("cpu"))
+    # the children run with --threads; this process keeps its own (a caller's, e.g. pytest's)
+    header = dict(device_header(torch.device("cpu")), threads=args.threads)
     rows = []
     for size, precision, memory_format, checkpointing, allocator in itertools.product(
             args.sizes, args.precision, args.memory_format, args.checkpointing, args.allocator):

@@ -33,3 +33,12 @@ def test_fp16_is_refused_in_one_line(capsys):
     except SystemExit as stop:
         assert stop.code == 2
     assert "fp16 needs CUDA" in capsys.readouterr().err
+
+
+def test_the_calling_process_keeps_its_thread_count(tmp_path):
+    """Only the children run with --threads: a caller's own computations keep their thread count
+    (a changed count changes the rounding of its later convolutions)."""
+    import torch
+    before = torch.get_num_threads()
+    memory_phases.main(["--size", "17", "--threads", "1" if before != 1 else "2", "--output", str(tmp_path / "p.json")])
+    assert torch.get_num_threads() == before
