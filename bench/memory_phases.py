@@ -15,26 +15,24 @@ setting no pipeline step runs: it shows what checkpointing alone does).
 Memory is the process's resident set: ``peak_mib`` is the child's exact peak (VmHWM) over the whole
 iteration, ``start_mib`` the resident set before it (Python, torch, the network, the inputs), and
 ``phases`` the highest resident set seen while each phase ran (at its start and by a thread sampling
-every 0.5 ms), so a phase's figure can miss a peak shorter than that. A phase is named by the module whose hook opened
-it: ``forward conv1_2``, ``recompute conv1_2`` (a checkpointed block run again in the backward
+every 0.5 ms), so a phase's figure can miss a peak shorter than that. A phase is named by the module
+whose hook opened it: ``forward conv1_2``, ``recompute conv1_2`` (a checkpointed block run again in the backward
 pass), ``backward conv1_2``; ``after`` is the optimiser step and what follows.
 """
 import argparse
 import itertools
 import os
+import sys
 import threading
 import time
 import warnings
 
 import torch
 
-from bench.child import run_in_child
+from bench.child import ChildFailed, run_in_child
 from bench.harness import choice_list, device_header, int_list, positive_int
-from bench.sgan_train import CHECKPOINTING, make_batch, model_options, train_step
-from sgan.models.compute import (MEMORY_FORMATS, PRECISIONS, apply_memory_format, grad_scaler,
-                                 return_freed_memory)
-from sgan.models.sgan_net import SGANNet
-from sgan.train.optim import build_sgd
+from bench.sgan_train import CHECKPOINTING, train_step, training_setup
+from sgan.models.compute import MEMORY_FORMATS, PRECISIONS, grad_scaler, return_freed_memory
 from sgan.utils.io import save_json
 
 ALLOCATORS = ("glibc", "return-freed")
@@ -101,15 +99,8 @@ def one_iteration(case, threads):
     torch.set_num_threads(threads)
     warnings.filterwarnings("ignore", message="Full backward hook is firing")  # conv1_1's input needs no grad
     device = torch.device("cpu")
-    torch.manual_seed(0)
-    network = SGANNet(model_options(1.0), "sgan", backend=case["backend"], checkpointing=case["checkpointing"])
-    with torch.no_grad():
-        network.attention.gamma.fill_(0.1)
-    inputs = make_batch(case["batch"], case["size"], device)
-    apply_memory_format(network, case["memory_format"])
-    inputs[0] = inputs[0].contiguous(memory_format=MEMORY_FORMATS[case["memory_format"]])
+    network, inputs, optimizer = training_setup(case, case["backend"], device)
     returned = case["allocator"] == "return-freed" and return_freed_memory(device)
-    optimizer = build_sgd(network, 1e-3, 0.9, 5e-4, [1, 2, 10, 20])
     sampler = PhaseSampler(network)
     start = resident_bytes()
     began = time.perf_counter()
@@ -147,16 +138,25 @@ def main(argv=None):
             args.sizes, args.precision, args.memory_format, args.checkpointing, args.allocator):
         case = {"size": size, "batch": args.batch, "backend": args.backend, "precision": precision,
                 "memory_format": memory_format, "checkpointing": CHECKPOINTING[checkpointing], "allocator": allocator}
-        row = dict(case, **run_in_child(one_iteration, case, args.threads).value)
+        try:
+            row = dict(case, **run_in_child(one_iteration, case, args.threads).value)
+        except ChildFailed as error:  # out of memory, an unusable backend: one line, the rows so far kept
+            print(f"bench.memory_phases: {size}² {precision} {memory_format} checkpointing {checkpointing} "
+                  f"allocator {allocator}: {error}", file=sys.stderr)
+            return 2
         rows.append(row)
+        if args.output:  # after every row, so that a stopped or failed run keeps what it measured
+            save_json(args.output, dict(header, sample_s=SAMPLE_S, rows=rows, complete=False))
         top = ", ".join(f"{phase} {mib:.0f}" for phase, mib in list(row["phases"].items())[:args.top])
         print(f"{size}² {precision} {memory_format} checkpointing {checkpointing} allocator {allocator}: "
               f"peak {row['peak_mib']:.0f} MiB (start {row['start_mib']:.0f}), {row['iteration_s']:.1f} s | {top}",
               flush=True)
     if args.output:
-        save_json(args.output, dict(header, sample_s=SAMPLE_S, rows=rows, load_average_at_end=os.getloadavg()[0]))
+        save_json(args.output, dict(header, sample_s=SAMPLE_S, rows=rows, complete=True,
+                                    load_average_at_end=os.getloadavg()[0]))
         print(f"wrote {args.output}")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

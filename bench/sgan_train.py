@@ -183,22 +183,29 @@ def plan(args, device):
     return Plan(config=config, cases=cases, backends=backends, not_measured=unusable, notes=notes)
 
 
+def training_setup(case, backend, device, width=1.0):
+    """(network, [images, saliency, labels, seeds], optimizer) for one iteration of ``train_step`` in
+    ``case``'s mode (``batch``, ``input_size`` or ``size``, ``memory_format``, ``checkpointing``): the
+    full SGAN at ``width`` with ``backend``, seeded, γ = 0.1, on ``device``."""
+    torch.manual_seed(0)
+    network = SGANNet(model_options(width), "sgan", backend=backend, checkpointing=case["checkpointing"]).to(device)
+    with torch.no_grad():
+        network.attention.gamma.fill_(0.1)  # non-zero, as after a few iterations
+    size = case["input_size"][0] if "input_size" in case else case["size"]
+    inputs = make_batch(case["batch"], size, device)
+    apply_memory_format(network, case["memory_format"])
+    inputs[0] = inputs[0].contiguous(memory_format=MEMORY_FORMATS[case["memory_format"]])
+    return network, inputs, build_sgd(network, 1e-3, 0.9, 5e-4, [1, 2, 10, 20])
+
+
 def measure(case, backends, ctx):
     """Median / min time of one training iteration of one backend in the case's mode (precision,
     memory_format, checkpointing); CUDA: the allocator's peak."""
     (backend,) = backends
     device = ctx.device
-    torch.manual_seed(0)
-    network = SGANNet(model_options(ctx.args.width), "sgan", backend=backend,
-                      checkpointing=case["checkpointing"]).to(device)
-    with torch.no_grad():
-        network.attention.gamma.fill_(0.1)  # non-zero, as after a few iterations
-    inputs = make_batch(case["batch"], case["input_size"][0], device)
-    apply_memory_format(network, case["memory_format"])
-    inputs[0] = inputs[0].contiguous(memory_format=MEMORY_FORMATS[case["memory_format"]])
+    network, inputs, optimizer = training_setup(case, backend, device, ctx.args.width)
     if case["checkpointing"]:
         return_freed_memory(device)  # as the training loop does
-    optimizer = build_sgd(network, 1e-3, 0.9, 5e-4, [1, 2, 10, 20])
     precision, losses = case["precision"], []
     scaler = grad_scaler(device, precision)
     step = lambda: losses.append(  # noqa: E731

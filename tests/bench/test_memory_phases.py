@@ -42,3 +42,13 @@ def test_the_calling_process_keeps_its_thread_count(tmp_path):
     before = torch.get_num_threads()
     memory_phases.main(["--size", "17", "--threads", "1" if before != 1 else "2", "--output", str(tmp_path / "p.json")])
     assert torch.get_num_threads() == before
+
+
+def test_a_failing_setting_is_one_line_and_the_rows_before_it_are_kept(tmp_path, capsys):
+    output = tmp_path / "phases.json"
+    code = memory_phases.main(["--size", "17,17", "--backend", "no-such-backend", "--threads", "1",
+                               "--output", str(output)])
+    assert code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and err.startswith("bench.memory_phases: 17² fp32 contiguous") and "no-such-backend" in err
+    assert not output.exists()  # nothing was measured

@@ -211,13 +211,8 @@ def test_attention_accepts_channels_last_inputs(backend):
 def resident_drop_after_free(return_freed):
     """Child process: how far the resident set falls (bytes) when a 4 MiB tensor is freed below a
     live one, after glibc has raised its mmap threshold by freeing a 16 MiB block, as training does."""
-    import os
-
+    from bench.memory_phases import resident_bytes as resident
     from sgan.models.compute import return_freed_memory
-
-    def resident():
-        with open("/proc/self/statm") as statm:
-            return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
     if return_freed:
         assert return_freed_memory("cpu")
