@@ -23,8 +23,8 @@ cuDNN pick the layout of the weights). The attention operator takes either layou
 branches) keep only their inputs and run again in the backward pass (sgan.models.checkpoint): less
 activation memory for more time, the same gradients to the last bit, so the same checkpoint. On a
 CPU the training loop also calls :func:`return_freed_memory`: without it glibc keeps the freed
-activations of the recomputed blocks in its heap and checkpointing lowers no peak RSS at all
-(docs/larger-inputs.md has the measurement).
+activations of the recomputed blocks in its heap and checkpointing lowers the peak RSS little, or
+raises it (docs/larger-inputs.md has the measurements).
 
 Example::
 
@@ -100,5 +100,8 @@ def return_freed_memory(device):
     """
     if torch.device(device).type != "cpu":
         return False
-    mallopt = getattr(ctypes.CDLL(None), "mallopt", None)
+    try:
+        mallopt = getattr(ctypes.CDLL(None), "mallopt", None)
+    except (OSError, TypeError):  # no C library to load by that name (not a POSIX system)
+        return False
     return mallopt is not None and mallopt(_M_MMAP_THRESHOLD, RETURNED_BLOCK_BYTES) == 1
