@@ -14,6 +14,11 @@
 //   pos (Bc, N)      index of position j inside its group
 //   src_g (Bc, L_g)  original position of packed column p, -1 for padding
 // Padded columns are zero, so they add nothing to the sums and GEMMs; kernels skip p >= n_{b,g}.
+//
+// Operand dtype. The packed buffers hold the GEMM operand dtype (operand_type): the input dtype on
+// CUDA (bfloat16/float16 GEMMs with float32 accumulation), the accumulation dtype on the CPU, whose
+// kernels convert while they pack and round once while they unpack, so that a bfloat16/float16
+// input is never copied whole into float32.
 #pragma once
 
 #include <ATen/ATen.h>
@@ -167,6 +172,12 @@ inline at::ScalarType accumulate_type(at::ScalarType dtype) {
   return dtype == at::kDouble ? at::kDouble : at::kFloat;
 }
 
+// The dtype of the packed GEMM operands for inputs of `dtype` (see the layout notes above).
+template <class K>
+at::ScalarType operand_type(at::ScalarType dtype) {
+  return K::kOperandsInAccumulationType ? accumulate_type(dtype) : dtype;
+}
+
 // Checks x, key, query, saliency_mask, gamma; `allowed` lists the dtypes the device supports.
 inline void check_inputs(const at::Tensor& x, const at::Tensor& key, const at::Tensor& query,
                          const at::Tensor& saliency_mask, const at::Tensor& gamma,
@@ -261,7 +272,7 @@ Chunk make_chunk(const Layout& layout, const at::Tensor& saliency_mask, int64_t 
 }
 
 // The columns of each wanted, non-empty group of a (B, R, N) tensor, for the images of `chunk`:
-// {(Bc, R, L_0), (Bc, R, L_1)} in the input's dtype (the GEMM operand dtype), zero-padded;
+// {(Bc, R, L_0), (Bc, R, L_1)} in the GEMM operand dtype (operand_type), zero-padded;
 // undefined where not wanted. With extra_rows the buffers have R + extra_rows rows, the last ones
 // left for the caller to fill.
 // Both groups come from one pass over the input, which also
@@ -278,7 +289,8 @@ std::array<at::Tensor, 2> pack(const at::Tensor& input, const Chunk& chunk, std:
   std::array<at::Tensor, 2> out;
   for (int g = 0; g < 2; ++g) {
     if (wanted[g] && chunk.length[g] > 0) {
-      out[g] = at::empty({chunk.size, R + extra_rows, chunk.length[g]}, input.options());
+      out[g] = at::empty({chunk.size, R + extra_rows, chunk.length[g]},
+                         input.options().dtype(operand_type<K>(input.scalar_type())));
     }
   }
   if (sums.defined()) sums.zero_();
@@ -374,7 +386,7 @@ ForwardResult forward(const at::Tensor& x, const at::Tensor& key, const at::Tens
                       bool bg_mean) {
   const c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::autocast_dispatch_keyset);  // see above forward()
   const int64_t B = x.size(0), C = x.size(1), N = x.size(2), Ck = key.size(1);
-  const at::ScalarType operand = x.scalar_type(), acc = accumulate_type(operand);
+  const at::ScalarType acc = accumulate_type(x.scalar_type()), operand = operand_type<K>(x.scalar_type());
   const auto acc_options = x.options().dtype(acc);
   at::Tensor out = at::empty_like(x);
   at::Tensor A = at::empty({B, 2, Ck, C}, acc_options);
@@ -466,7 +478,7 @@ BackwardResult backward(const at::Tensor& grad_out, const at::Tensor& x, const a
                         double eps, bool shift, bool bg_mean) {
   const c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::autocast_dispatch_keyset);  // see above forward()
   const int64_t B = x.size(0), C = x.size(1), N = x.size(2), Ck = key.size(1);
-  const at::ScalarType operand = x.scalar_type(), acc = accumulate_type(operand);
+  const at::ScalarType acc = accumulate_type(x.scalar_type()), operand = operand_type<K>(x.scalar_type());
   const auto acc_options = x.options().dtype(acc);
   at::Tensor grad_x = at::empty_like(x);
   at::Tensor grad_key = at::empty_like(key);
@@ -522,7 +534,7 @@ BackwardResult backward(const at::Tensor& grad_out, const at::Tensor& x, const a
       at::Tensor grad_key_g = gemm(A_centred, grad_g, operand, acc);
       at::Tensor dot = at::empty({Bc, L}, acc_options), dmin = at::empty({Bc, L}, acc_options);
       // rows key_coef_i K_i and, as row Ck, mean_coef_i; backward_rows also writes qsum_coef_i into G's row C
-      at::Tensor scaled_key = at::empty({Bc, Ck + 1, L}, key.options());
+      at::Tensor scaled_key = at::empty({Bc, Ck + 1, L}, key.options().dtype(operand));
       K::backward_rows(key_chunk, chunk.src[g], grad_key_g, grad_rows, q_sum_g, x_mean, min_packed, chunk.counts, g,
                        gamma, scale, eps, dot, dmin, scaled_key);
       grad_gamma.add_(dot.sum(at::kDouble));

@@ -2,7 +2,8 @@
 // The algorithm (shared with CUDA) is in ../attention_common.h; the contract is the docstring of
 // sgan/ops/attention/function.py. CPU: one image per chunk (no padding), MKL GEMMs through ATen,
 // the loops below parallel over rows or channels with at::parallel_for; bfloat16/float16 inputs are
-// computed in float32.
+// computed in float32: packed into float32 buffers (converted while packing, the keys while they
+// are gathered) and rounded once where results are written, never copied whole.
 #include <torch/library.h>
 
 #include <ATen/Dispatch.h>
@@ -12,6 +13,7 @@
 #include <algorithm>
 #include <cstring>
 #include <limits>
+#include <type_traits>
 
 #include "../attention_common.h"
 
@@ -213,14 +215,43 @@ std::vector<Run>::const_iterator run_at(const std::vector<Run>& runs, int64_t p)
          }) - 1;
 }
 
-// out[0, width) = packed columns [p0, p0 + width) of an original row, run by run from `run`, the
-// run holding p0.
+// to[0, n) = from[0, n), converted from the input dtype to the accumulation dtype (a plain copy when
+// they are the same).
+template <typename scalar_t, typename acc_t>
+inline void convert_copy(const scalar_t* from, int64_t n, acc_t* to) {
+  if constexpr (std::is_same_v<scalar_t, acc_t>) {
+    std::memcpy(to, from, n * sizeof(acc_t));
+  } else {
+    for (int64_t q = 0; q < n; ++q) to[q] = static_cast<acc_t>(from[q]);
+  }
+}
+
+// sum of v[0, n) in float64: sum_in_double, through float32 blocks for bfloat16/float16 values
 template <typename scalar_t>
+double sum_values_in_double(const scalar_t* v, int64_t n) {
+  if constexpr (std::is_same_v<scalar_t, float> || std::is_same_v<scalar_t, double>) {
+    return sum_in_double(v, n);
+  } else {
+    constexpr int64_t kBlock = 1024;
+    float block[kBlock];
+    double total = 0;
+    for (int64_t p = 0; p < n; p += kBlock) {
+      const int64_t take = std::min(kBlock, n - p);
+      convert_copy(v + p, take, block);
+      total += sum_in_double(block, take);
+    }
+    return total;
+  }
+}
+
+// out[0, width) = packed columns [p0, p0 + width) of an original row, run by run from `run`, the
+// run holding p0, converted to the accumulation dtype.
+template <typename scalar_t, typename acc_t>
 void gather_columns(const scalar_t* row, std::vector<Run>::const_iterator run, int64_t p0, int64_t width,
-                    scalar_t* out) {
+                    acc_t* out) {
   for (int64_t p = p0; p < p0 + width; ++run) {
     const int64_t take = std::min(run->packed + run->length, p0 + width) - p;
-    std::memcpy(out + (p - p0), row + run->source + (p - run->packed), take * sizeof(scalar_t));
+    convert_copy(row + run->source + (p - run->packed), take, out + (p - p0));
     p += take;
   }
 }
@@ -262,10 +293,12 @@ struct CpuKernels {
   }
 
   static constexpr bool kHostCounts = true;
+  static constexpr bool kOperandsInAccumulationType = true;  // packed buffers and GEMMs in float32 / float64
 
-  // out_g[b, r, p] = input[b, r, src_g[b, p]] (- centre[b, g, r]) for the defined outputs, each
-  // input row read once, run by run, with sums[b, g, r] = sum of the group's values, packed or not
-  // (see pack() in the driver). A CPU chunk holds one image, so src_g has no padding.
+  // out_g[b, r, p] = input[b, r, src_g[b, p]] (- centre[b, g, r]) for the defined outputs (in the
+  // accumulation dtype, converted from the input's), each input row read once, run by run, with
+  // sums[b, g, r] = sum of the group's values, packed or not (see pack() in the driver). A CPU chunk
+  // holds one image, so src_g has no padding.
   static void pack(const at::Tensor& input, const at::Tensor& src0, const at::Tensor& src1, const at::Tensor& centre,
                    at::Tensor& out0, at::Tensor& out1, const at::Tensor& sums) {
     RECORD_FUNCTION("sgan_attention_pack", std::vector<c10::IValue>());
@@ -278,11 +311,11 @@ struct CpuKernels {
       if (outs[g]->defined() || sums.defined()) runs[g] = runs_of(sources[g]->data_ptr<int64_t>(), sources[g]->size(1));
     }
     const int64_t lengths[2] = {src0.size(1), src1.size(1)};
-    AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "sgan_attention_pack_cpu", [&] {
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, input.scalar_type(), "sgan_attention_pack_cpu", [&] {
       using acc_t = at::opmath_type<scalar_t>;
       const scalar_t* in = input.data_ptr<scalar_t>();
-      scalar_t* outputs[2] = {out0.defined() ? out0.data_ptr<scalar_t>() : nullptr,
-                              out1.defined() ? out1.data_ptr<scalar_t>() : nullptr};
+      acc_t* outputs[2] = {out0.defined() ? out0.data_ptr<acc_t>() : nullptr,
+                           out1.defined() ? out1.data_ptr<acc_t>() : nullptr};
       const acc_t* centres = centre.defined() ? centre.data_ptr<acc_t>() : nullptr;
       acc_t* sum_out = sums.defined() ? sums.data_ptr<acc_t>() : nullptr;
       at::parallel_for(0, R, grain(N), [&](int64_t begin, int64_t end) {
@@ -292,23 +325,21 @@ struct CpuKernels {
             if (outputs[g] == nullptr) {
               if (sum_out != nullptr) {  // the sum alone
                 double total = 0;
-                for (const Run& run : runs[g]) total += sum_in_double(row + run.source, run.length);
+                for (const Run& run : runs[g]) total += sum_values_in_double(row + run.source, run.length);
                 sum_out[g * R + r] = static_cast<acc_t>(total);
               }
               continue;
             }
-            scalar_t* o = outputs[g] + r * lengths[g];
+            acc_t* o = outputs[g] + r * lengths[g];
             if (centres != nullptr) {
               const acc_t c = centres[g * R + r];
               for (const Run& run : runs[g]) {
                 const scalar_t* from = row + run.source;
-                scalar_t* to = o + run.packed;
-                for (int64_t q = 0; q < run.length; ++q) to[q] = static_cast<scalar_t>(static_cast<acc_t>(from[q]) - c);
+                acc_t* to = o + run.packed;
+                for (int64_t q = 0; q < run.length; ++q) to[q] = static_cast<acc_t>(from[q]) - c;
               }
             } else {
-              for (const Run& run : runs[g]) {
-                std::memcpy(o + run.packed, row + run.source, run.length * sizeof(scalar_t));
-              }
+              for (const Run& run : runs[g]) convert_copy(row + run.source, run.length, o + run.packed);
               if (sum_out != nullptr) sum_out[g * R + r] = static_cast<acc_t>(sum_in_double(o, lengths[g]));
             }
           }
@@ -363,7 +394,7 @@ struct CpuKernels {
   }
 
   // out = x + gamma ctx over the positions of group g, with x read from x_packed (1, C, L), the
-  // group's packed columns, and written run by run. Attending rows: x_vec is xbar_g and
+  // group's packed columns in the accumulation dtype, and written run by run in out's dtype. Attending rows: x_vec is xbar_g and
   // ctx = mean_coef_i xbar + gemm_coef_i numerator_i (context_coefficients), numerator (1, C, L)
   // with rows numerator.stride(1) apart; mean rows (numerator undefined): x_vec is x_g and
   // ctx = x_g / (n_g + eps).
@@ -377,9 +408,9 @@ struct CpuKernels {
     const int64_t C = x_packed.size(1), N = out.size(2), L = x_packed.size(2);
     const std::vector<Run> runs = runs_of(src.data_ptr<int64_t>(), L);
     const bool mean_rows = !numerator.defined();
-    AT_DISPATCH_FLOATING_TYPES(x_packed.scalar_type(), "sgan_attention_forward_epilogue_cpu", [&] {
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, out.scalar_type(), "sgan_attention_forward_epilogue_cpu", [&] {
       using acc_t = at::opmath_type<scalar_t>;
-      const scalar_t* xp = x_packed.data_ptr<scalar_t>();
+      const acc_t* xp = x_packed.data_ptr<acc_t>();
       scalar_t* op = out.data_ptr<scalar_t>();
       const acc_t* xv = x_vec.data_ptr<acc_t>();
       const acc_t gam = gamma.item<acc_t>(), sc = static_cast<acc_t>(scale), ep = static_cast<acc_t>(eps);
@@ -401,19 +432,19 @@ struct CpuKernels {
         for (int64_t c = begin; c < end; ++c) {
           const acc_t x_channel = xv[c];
           const acc_t* nrow = num + c * num_row_stride;
-          const scalar_t* xrow = xp + c * L;
+          const acc_t* xrow = xp + c * L;
           scalar_t* orow = op + c * N;
           for (const Run& run : runs) {
             const int64_t p0 = run.packed;
             scalar_t* to = orow + run.source;
             if (mean_rows) {
               for (int64_t q = 0; q < run.length; ++q) {
-                to[q] = static_cast<scalar_t>(static_cast<acc_t>(xrow[p0 + q]) + mc[p0 + q] * x_channel);
+                to[q] = static_cast<scalar_t>(xrow[p0 + q] + mc[p0 + q] * x_channel);
               }
             } else {
               for (int64_t q = 0; q < run.length; ++q) {
                 const int64_t p = p0 + q;
-                to[q] = static_cast<scalar_t>(static_cast<acc_t>(xrow[p]) + (mc[p] * x_channel + gc[p] * nrow[p]));
+                to[q] = static_cast<scalar_t>(xrow[p] + (mc[p] * x_channel + gc[p] * nrow[p]));
               }
             }
           }
@@ -438,21 +469,23 @@ struct CpuKernels {
     const std::vector<Run> runs = runs_of(src.data_ptr<int64_t>(), L);
     constexpr int64_t kBlock = 64;  // rows per task: the channel loops run over contiguous row blocks
     const int64_t blocks = (L + kBlock - 1) / kBlock;
-    AT_DISPATCH_FLOATING_TYPES(key.scalar_type(), "sgan_attention_backward_rows_cpu", [&] {
-      const scalar_t *kp = key.data_ptr<scalar_t>(), *qs = q_sum_g.data_ptr<scalar_t>(),
-                     *xs = x_mean.data_ptr<scalar_t>(), *mp = min_packed.data_ptr<scalar_t>();
-      scalar_t *hp = h.data_ptr<scalar_t>(), *gp = grad_g.data_ptr<scalar_t>(), *dot_p = dot.data_ptr<scalar_t>(),
-               *dmin_p = dmin.data_ptr<scalar_t>(), *sk = scaled_key.data_ptr<scalar_t>();
-      const scalar_t gam = gamma.item<scalar_t>(), sc = static_cast<scalar_t>(scale), ep = static_cast<scalar_t>(eps);
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, key.scalar_type(), "sgan_attention_backward_rows_cpu", [&] {
+      using acc_t = at::opmath_type<scalar_t>;  // everything but the keys
+      const scalar_t* kp = key.data_ptr<scalar_t>();
+      const acc_t *qs = q_sum_g.data_ptr<acc_t>(),
+                     *xs = x_mean.data_ptr<acc_t>(), *mp = min_packed.data_ptr<acc_t>();
+      acc_t *hp = h.data_ptr<acc_t>(), *gp = grad_g.data_ptr<acc_t>(), *dot_p = dot.data_ptr<acc_t>(),
+               *dmin_p = dmin.data_ptr<acc_t>(), *sk = scaled_key.data_ptr<acc_t>();
+      const acc_t gam = gamma.item<acc_t>(), sc = static_cast<acc_t>(scale), ep = static_cast<acc_t>(eps);
       at::parallel_for(0, blocks, 1, [&](int64_t begin, int64_t end) {
-        scalar_t key_h[kBlock], key_q[kBlock], grad_x[kBlock], key_coef[kBlock], row_dden[kBlock];
-        std::vector<scalar_t> block_keys(Ck * kBlock);  // K of the block's rows, (Ck, width)
+        acc_t key_h[kBlock], key_q[kBlock], grad_x[kBlock], key_coef[kBlock], row_dden[kBlock];
+        std::vector<acc_t> block_keys(Ck * kBlock);  // K of the block's rows, (Ck, width)
         for (int64_t task = begin; task < end; ++task) {
           const int64_t p0 = task * kBlock, width = std::min(kBlock, L - p0);
           const auto first_run = run_at(runs, p0);
-          std::fill(key_h, key_h + width, scalar_t(0));
-          std::fill(key_q, key_q + width, scalar_t(0));
-          std::fill(grad_x, grad_x + width, scalar_t(0));
+          std::fill(key_h, key_h + width, acc_t(0));
+          std::fill(key_q, key_q + width, acc_t(0));
+          std::fill(grad_x, grad_x + width, acc_t(0));
           for (int64_t k = 0; k < Ck; ++k) {
             gather_columns(kp + k * N, first_run, p0, width, block_keys.data() + k * kBlock);
           }
@@ -461,8 +494,8 @@ struct CpuKernels {
           weighted_rows(gp + p0, L, xs, C, width, grad_x);
           for (int64_t i = 0; i < width; ++i) {
             const int64_t p = p0 + i;
-            const BackwardRow<scalar_t> r =
-                backward_row(key_h[i], key_q[i], grad_x[i], mp[p], static_cast<scalar_t>(L), gam, sc, ep);
+            const BackwardRow<acc_t> r =
+                backward_row(key_h[i], key_q[i], grad_x[i], mp[p], static_cast<acc_t>(L), gam, sc, ep);
             dot_p[p] = r.dot;
             dmin_p[p] = r.dmin;
             gp[C * L + p] = r.qsum_coef;
@@ -499,23 +532,24 @@ struct CpuKernels {
       }
     }
     const int64_t count = static_cast<int64_t>(rows.size());
-    AT_DISPATCH_FLOATING_TYPES(key.scalar_type(), "sgan_attention_argmin_scatter_cpu", [&] {
-      const scalar_t *kp = key.data_ptr<scalar_t>(), *qp = query_g.data_ptr<scalar_t>(),
-                     *qm = q_mean.data_ptr<scalar_t>(), *dm = dmin.data_ptr<scalar_t>();
-      scalar_t *dk = grad_key_g.data_ptr<scalar_t>(), *dq = grad_query_g.data_ptr<scalar_t>();
-      const scalar_t sc = static_cast<scalar_t>(scale);
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, key.scalar_type(), "sgan_attention_argmin_scatter_cpu", [&] {
+      using acc_t = at::opmath_type<scalar_t>;  // everything but the keys
+      const scalar_t* kp = key.data_ptr<scalar_t>();
+      const acc_t *qp = query_g.data_ptr<acc_t>(), *qm = q_mean.data_ptr<acc_t>(), *dm = dmin.data_ptr<acc_t>();
+      acc_t *dk = grad_key_g.data_ptr<acc_t>(), *dq = grad_query_g.data_ptr<acc_t>();
+      const acc_t sc = static_cast<acc_t>(scale);
       // one task per key channel: the columns it updates belong to it alone, so no races
       at::parallel_for(0, Ck, grain(count), [&](int64_t begin, int64_t end) {
         for (int64_t k = begin; k < end; ++k) {
-          const scalar_t mean = qm[k];
+          const acc_t mean = qm[k];
           const scalar_t* krow = kp + k * N;
-          const scalar_t* qrow = qp + k * L;
-          scalar_t *dkrow = dk + k * L, *dqrow = dq + k * L;
+          const acc_t* qrow = qp + k * L;
+          acc_t *dkrow = dk + k * L, *dqrow = dq + k * L;
           for (int64_t e = 0; e < count; ++e) {
             const int64_t p = rows[e], t = targets[e];
-            const scalar_t d = sc * dm[p];
+            const acc_t d = sc * dm[p];
             dkrow[p] += d * (qrow[t] + mean);
-            dqrow[t] += d * krow[s[p]];
+            dqrow[t] += d * static_cast<acc_t>(krow[s[p]]);
           }
         }
       });
@@ -533,7 +567,7 @@ struct CpuKernels {
     const int64_t R = out.size(1), L = src.size(1), N = out.size(2);
     const int64_t sr = part.defined() ? part.stride(1) : 0;
     const std::vector<Run> runs = runs_of(src.data_ptr<int64_t>(), L);
-    AT_DISPATCH_FLOATING_TYPES(out.scalar_type(), "sgan_attention_unpack_cpu", [&] {
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, out.scalar_type(), "sgan_attention_unpack_cpu", [&] {
       using acc_t = at::opmath_type<scalar_t>;
       const acc_t* pp = part.defined() ? part.data_ptr<acc_t>() : nullptr;
       const acc_t* bp = bias.defined() ? bias.data_ptr<acc_t>() : nullptr;
@@ -574,12 +608,6 @@ struct CpuKernels {
 
 const std::vector<at::ScalarType> kCpuDtypes = {at::kFloat, at::kDouble, at::kBFloat16, at::kHalf};
 
-// bfloat16/float16 inputs are computed in float32 (the accumulation dtype, in which the statistics
-// are kept anyway); results and gradients come back in the input dtype.
-bool reduced_precision(const at::Tensor& x) {
-  return x.scalar_type() == at::kBFloat16 || x.scalar_type() == at::kHalf;
-}
-
 void check_cpu(const at::Tensor& x) {
   TORCH_CHECK(x.defined() && x.device().is_cpu(), "sgan_ext attention (CPU kernel): x expected on the CPU, got ",
               x.defined() ? x.device() : at::Device(at::kCPU));
@@ -590,12 +618,6 @@ ForwardResult forward_cpu(const at::Tensor& x, const at::Tensor& key, const at::
                           bool shift, bool bg_mean) {
   check_cpu(x);
   check_inputs(x, key, query, saliency_mask, gamma, kCpuDtypes, "cpu");
-  if (reduced_precision(x)) {
-    ForwardResult result = forward<CpuKernels>(x.to(at::kFloat), key.to(at::kFloat), query.to(at::kFloat),
-                                               saliency_mask, gamma, scale, eps, shift, bg_mean);
-    std::get<0>(result) = std::get<0>(result).to(x.scalar_type());
-    return result;
-  }
   return forward<CpuKernels>(x, key, query, saliency_mask, gamma, scale, eps, shift, bg_mean);
 }
 
@@ -607,14 +629,6 @@ BackwardResult backward_cpu(const at::Tensor& grad_out, const at::Tensor& x, con
   check_cpu(x);
   check_inputs(x, key, query, saliency_mask, gamma, kCpuDtypes, "cpu");
   check_backward_inputs(grad_out, x, key, A, q_sum, x_sum, count, row_min, argmin);
-  if (reduced_precision(x)) {
-    const BackwardResult result =
-        backward<CpuKernels>(grad_out.to(at::kFloat), x.to(at::kFloat), key.to(at::kFloat), query.to(at::kFloat),
-                             saliency_mask, gamma, A, q_sum, x_sum, count, row_min, argmin, scale, eps, shift,
-                             bg_mean);
-    return BackwardResult(std::get<0>(result).to(x.scalar_type()), std::get<1>(result).to(x.scalar_type()),
-                          std::get<2>(result).to(x.scalar_type()), std::get<3>(result));
-  }
   return backward<CpuKernels>(grad_out, x, key, query, saliency_mask, gamma, A, q_sum, x_sum, count, row_min,
                               argmin, scale, eps, shift, bg_mean);
 }

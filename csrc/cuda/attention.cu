@@ -215,6 +215,7 @@ __global__ void unpack_kernel(const acc_t* part, int64_t stride_b, int64_t strid
 struct CudaKernels {
   static constexpr bool kOneImagePerChunk = false;
   static constexpr bool kHostCounts = false;
+  static constexpr bool kOperandsInAccumulationType = false;  // bfloat16/float16 GEMMs on tensor cores
   static constexpr int64_t kChunkBudget = int64_t(1) << 27;  // packed elements per chunk (512 MiB float)
   static constexpr int64_t kTileBudget = int64_t(1) << 24;   // elements of a row-minimum tile
   static constexpr int64_t kMinTileRows = 32;

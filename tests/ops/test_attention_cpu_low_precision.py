@@ -6,6 +6,7 @@ import torch
 
 from sgan import _ext
 from sgan.ops import saliency_attention
+from sgan.ops.attention import resolve_options
 from tests.helpers import assert_within_reference_error, relative_error
 from tests.ops.test_attention import (NAMES, OPTIONS, assert_backend_matches_definition, make_inputs,
                                      run_with_grads)
@@ -77,3 +78,22 @@ def test_float32_inputs_under_autocast_keep_float32_accuracy():
         for name, got, want in zip(NAMES, autocast, plain):
             assert got.dtype == torch.float32, name
             assert relative_error(got, want) < 1e-6, f"{preset} {name}: {relative_error(got, want):.2e}"
+
+
+@pytest.mark.parametrize("preset", ["official", "paper"])
+@pytest.mark.parametrize("dtype,B,mask_kind", [(torch.bfloat16, 2, "random"), (torch.float16, 3, "mixed"),
+                                               (torch.bfloat16, 2, "one")])
+def test_low_precision_is_the_float32_computation_rounded_once(preset, dtype, B, mask_kind):
+    """The CPU backend computes bfloat16/float16 in float32 (docs/design.md §2.2): its output and
+    gradients equal, bit for bit, those of float32 inputs holding the same values, rounded once to the
+    input dtype; gamma's gradient stays float32. Converting while packing must not change a bit."""
+    shift, background = resolve_options(preset)
+    x, key, query, mask = make_inputs(B, 48, 24, 13, 11, mask_kind, shift, seed=5, dtype=dtype)
+    grad_out = torch.randn(x.shape, generator=torch.Generator().manual_seed(6)).to(dtype)
+    low = run_with_grads("cpp", x, key, query, mask, 0.7, grad_out, shift, background)
+    wide = run_with_grads("cpp", x.float(), key.float(), query.float(), mask, 0.7, grad_out.float(), shift,
+                          background)
+    for name, got, want in zip(NAMES, low, wide):
+        want = want if name == "grad_gamma" else want.to(dtype)
+        assert got.dtype == want.dtype, name
+        assert torch.equal(got, want), f"{preset} {name}: {relative_error(got.float(), want.float()):.2e}"
