@@ -9,11 +9,12 @@ import torch
 
 from sgan import crf, losses, ops, pipeline
 from sgan.models import attention as attention_module
+from sgan.models.checkpoint import StripWeightGradConv2d
 
 ENTRY_POINTS = [
     losses.seed_loss, losses.balanced_seed_loss, losses.classification_loss, losses.boundary_loss,
     crf.dense_crf, attention_module.SaliencyGuidedAttention, ops.saliency_attention, ops.attention_column,
-    pipeline.load_config,
+    pipeline.load_config, StripWeightGradConv2d,
 ]
 REPOSITORY = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

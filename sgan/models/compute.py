@@ -21,7 +21,9 @@ cuDNN pick the layout of the weights). The attention operator takes either layou
 
 ``checkpointing`` (train_cam, train_sgan, train_seg): the networks' conv blocks (and DeepLab's ASPP
 branches) keep only their inputs and run again in the backward pass (sgan.models.checkpoint): less
-activation memory for more time, the same gradients to the last bit, so the same checkpoint. On a
+activation memory for more time, the same gradients to the last bit in float32 and float64, so the
+same checkpoint (in bf16/fp16 the backbone's weight gradients are float32 sums over strips of rows,
+within one unit in the last place of the float64 gradient: sgan.models.checkpoint). On a
 CPU the training loop also calls :func:`return_freed_memory`: without it glibc keeps the freed
 activations of the recomputed blocks in its heap and checkpointing lowers the peak RSS little, or
 raises it (docs/larger-inputs.md has the measurements).

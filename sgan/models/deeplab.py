@@ -10,8 +10,10 @@ backbone keys, unknown file keys and shape mismatches raise one ``ValueError`` l
 Larger inputs: ``checkpointing=True`` (constructor argument, off by default) recomputes in the
 backward pass each backbone block (VGG-16 conv block, ResNet bottleneck) and each VGG ASPP branch
 instead of keeping their activations (sgan.models.checkpoint; a branch's dropout draws the same
-mask again). It is how the network runs, not what it is: ``model_info`` leaves it out. Channels-last:
-``model.to(memory_format=torch.channels_last)`` with images in that layout; every layer keeps it.
+mask again), and the VGG-16 convolutions and pools run their bfloat16/float16 backward in strips
+(StripWeightGradConv2d, StripMaxPool2d). It is how the network runs, not what it is: ``model_info``
+leaves it out. Channels-last: ``model.to(memory_format=torch.channels_last)`` with images in that
+layout; every layer keeps it.
 """
 import math
 import os
@@ -21,7 +23,7 @@ import torch
 from torch import nn
 
 from sgan.data.voc_classes import NUM_CLASSES_WITH_BACKGROUND
-from sgan.models.checkpoint import run_block, run_blocks
+from sgan.models.checkpoint import StripMaxPool2d, StripWeightGradConv2d, run_block, run_blocks
 from sgan.models.resnet import RESNET101_BLOCKS, DilatedResNet, resnet_caffe_names
 from sgan.models.width import check_width, scaled_channels
 from sgan.utils.io import load_torch
@@ -55,7 +57,8 @@ class VGG16Trunk(nn.Module):
     """DeepLab-v2's VGG-16: 3x3 max pools, pool1-3 stride 2, pool4 and pool5 stride 1, conv5 dilation 2.
 
     Input (B, 3, H, W), output (B, 512·width, h, w), h = 41 for H = 321. checkpointing: recompute
-    each conv block (its convolutions, ReLUs and pool) in the backward pass.
+    each conv block (its convolutions, ReLUs and pool) in the backward pass, with
+    StripWeightGradConv2d convolutions and StripMaxPool2d pools.
     """
 
     def __init__(self, width=1.0, checkpointing=False):
@@ -66,11 +69,12 @@ class VGG16Trunk(nn.Module):
             dilation = 2 if block == 4 else 1
             for name, channels in convs:
                 out_channels = scaled_channels(channels, width)
-                self.add_module(name, nn.Conv2d(in_channels, out_channels, 3, padding=dilation,
-                                                dilation=dilation))
+                conv = StripWeightGradConv2d if checkpointing else nn.Conv2d
+                self.add_module(name, conv(in_channels, out_channels, 3, padding=dilation, dilation=dilation))
                 in_channels = out_channels
             stride = 2 if block < 3 else 1
-            self.add_module(f"pool{block + 1}", nn.MaxPool2d(3, stride=stride, padding=1, ceil_mode=True))
+            pool = StripMaxPool2d if checkpointing else nn.MaxPool2d
+            self.add_module(f"pool{block + 1}", pool(3, stride=stride, padding=1, ceil_mode=True))
         self.out_channels = in_channels
         for module in self.modules():
             if isinstance(module, nn.Conv2d):

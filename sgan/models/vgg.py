@@ -17,7 +17,7 @@ likewise; every layer here keeps that layout.
 import torch
 from torch import nn
 
-from sgan.models.checkpoint import run_blocks
+from sgan.models.checkpoint import StripMaxPool2d, StripWeightGradConv2d, run_blocks
 
 from sgan.models.deeplab import VGG16_CONVS, VGG16_TORCHVISION_INDICES
 from sgan.models.width import check_width, scaled_channels
@@ -29,7 +29,8 @@ class VGG16Stride8(nn.Module):
     """VGG-16 conv1_1..conv5_3 with pool1-3 only (stride 8, no dilation); see the module doc.
 
     checkpointing: recompute each conv block (pool + its convolutions + ReLUs) in the backward pass
-    instead of keeping its activations (off by default).
+    instead of keeping its activations, with convolutions and pools whose bfloat16/float16 backward
+    runs in strips (sgan.models.checkpoint); off by default.
     """
 
     def __init__(self, width=1.0, convs_per_block=VGG16_CONVS_PER_BLOCK, checkpointing=False):
@@ -47,11 +48,12 @@ class VGG16Stride8(nn.Module):
             names = [name for name, _ in VGG16_CONVS[block][:count]]
             for name, channels in VGG16_CONVS[block][:count]:
                 out_channels = scaled_channels(channels, width)
-                self.add_module(name, nn.Conv2d(in_channels, out_channels, 3, padding=1))
+                conv = StripWeightGradConv2d if checkpointing else nn.Conv2d
+                self.add_module(name, conv(in_channels, out_channels, 3, padding=1))
                 in_channels = out_channels
             self.conv_names += names
             self._blocks.append((block in (1, 2, 3), names))  # blocks 2-4 start with pool1, pool2, pool3
-        self.pool = nn.MaxPool2d(3, stride=2, padding=1)
+        self.pool = (StripMaxPool2d if checkpointing else nn.MaxPool2d)(3, stride=2, padding=1)
         self.out_channels = in_channels
         for module in self.modules():
             if isinstance(module, nn.Conv2d):

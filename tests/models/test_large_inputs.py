@@ -1,4 +1,5 @@
 """Options of the networks for larger inputs: activation checkpointing (same gradients to the last bit,
+in bf16/fp16 weight gradients in strips within one unit in the last place,
 same dropout masks, fewer activations kept) and channels-last (same outputs within float rounding; the
 attention operator takes channels-last tensors on every CPU backend)."""
 import platform
@@ -7,7 +8,9 @@ import pytest
 import torch
 
 from bench.child import run_in_child
+from sgan.models import checkpoint as checkpoint_module
 from sgan.models import compute
+from sgan.models.checkpoint import StripMaxPool2d, StripWeightGradConv2d
 from sgan.models.deeplab import DeepLabResNet101, DeepLabVGG16, ElementwiseDropout
 from sgan.models.sgan_net import CAMNet, SGANNet
 from sgan.ops.attention import fused_backends, saliency_attention
@@ -126,6 +129,133 @@ def saved_bytes(make, checkpointing):
 def test_checkpointing_keeps_fewer_activations(name):
     plain, checkpointed = saved_bytes(NETWORKS[name], False), saved_bytes(NETWORKS[name], True)
     assert checkpointed < 0.6 * plain, f"{name}: {checkpointed} bytes kept with checkpointing, {plain} without"
+
+
+def assert_within_one_ulp(name, got, expected):
+    """Elementwise |got - expected| <= one unit in the last place of the larger magnitude, in the
+    tensors' dtype (bfloat16: 8 significant bits, float16: 11)."""
+    bits = {torch.bfloat16: 8, torch.float16: 11}[expected.dtype]
+    got, expected = got.double(), expected.double()
+    largest = torch.maximum(got.abs(), expected.abs())
+    ulp = torch.where(largest > 0, 2.0 ** (torch.floor(torch.log2(largest)) - (bits - 1)), torch.zeros_like(largest))
+    worst = ((got - expected).abs() - ulp).max()
+    assert worst <= 0, f"{name}: {float(worst):.3g} beyond one unit in the last place"
+
+
+def strip_conv_gradients(conv_class, dtype, memory_format, dilation, autocast):
+    """(output, input gradient, weight gradient, bias gradient) of a 3x3 'same' convolution run in
+    ``dtype`` (inputs and weights in it, or float32 under autocast to it; ``dtype`` float64: the
+    definition, from the float32 values rounded to bfloat16 first), weight and bias gradients in
+    bfloat16 then."""
+    torch.manual_seed(0)
+    conv = conv_class(6, 5, 3, padding=dilation, dilation=dilation)
+    generator = torch.Generator().manual_seed(1)
+    x = torch.randn(2, 6, 23, 17, generator=generator)
+    grad = torch.randn(2, 5, 23, 17, generator=generator).to(dtype).contiguous(memory_format=memory_format)
+    if not autocast:
+        conv, x = conv.to(dtype), x.to(dtype)
+    conv = conv.to(memory_format=memory_format)
+    x = x.contiguous(memory_format=memory_format).requires_grad_(True)
+    with torch.autocast("cpu", dtype=dtype, enabled=autocast):
+        out = conv(x)
+    out.backward(grad)
+    return out, x.grad, conv.weight.grad.to(dtype), conv.bias.grad.to(dtype)
+
+
+def float64_weight_gradients(dtype, dilation):
+    """The weight and bias gradients of strip_conv_gradients' convolution computed in float64 from the
+    same ``dtype`` values, rounded once to ``dtype``."""
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(6, 5, 3, padding=dilation, dilation=dilation).to(dtype).double()
+    generator = torch.Generator().manual_seed(1)
+    x = torch.randn(2, 6, 23, 17, generator=generator).to(dtype).double()
+    grad = torch.randn(2, 5, 23, 17, generator=generator).to(dtype).double()
+    conv(x).backward(grad)
+    return conv.weight.grad.to(dtype), conv.bias.grad.to(dtype)
+
+
+@pytest.mark.parametrize("dilation", [1, 2])
+@pytest.mark.parametrize("memory_format", [torch.contiguous_format, torch.channels_last])
+@pytest.mark.parametrize("dtype,autocast", [(torch.bfloat16, True), (torch.bfloat16, False), (torch.float16, False)])
+def test_strip_weight_grad_conv_matches_conv2d(dtype, autocast, memory_format, dilation, monkeypatch):
+    """Over 5 strips of 5 rows (the first and last padded): the output and the input gradient equal
+    nn.Conv2d's bit for bit; the weight and bias gradients, float32 sums rounded once, are within one
+    unit in the last place of the float64 gradients of the same values rounded once (and, in bfloat16,
+    of nn.Conv2d's, which oneDNN also sums in float32); a 1% error fails that comparison."""
+    monkeypatch.setattr(checkpoint_module, "STRIP_BYTES", 4 * 2 * 6 * 17 * 5)
+    strips = strip_conv_gradients(StripWeightGradConv2d, dtype, memory_format, dilation, autocast)
+    plain = strip_conv_gradients(torch.nn.Conv2d, dtype, memory_format, dilation, autocast)
+    assert strips[0].dtype == dtype
+    for name, got, expected in zip(["output", "grad_input"], strips[:2], plain[:2]):
+        assert got.dtype == expected.dtype and torch.equal(got, expected), name
+    references = [float64_weight_gradients(dtype, dilation)] + ([plain[2:]] if dtype == torch.bfloat16 else [])
+    for reference in references:
+        for name, got, expected in zip(["grad_weight", "grad_bias"], strips[2:], reference):
+            assert_within_one_ulp(name, got, expected)
+            with pytest.raises(AssertionError, match=name):
+                assert_within_one_ulp(name, got * 1.01, expected)
+
+
+def test_strip_weight_grad_conv_is_conv2d_in_float32():
+    """float32 takes nn.Conv2d's own path: every result bit for bit."""
+    strips = strip_conv_gradients(StripWeightGradConv2d, torch.float32, torch.contiguous_format, 1, False)
+    plain = strip_conv_gradients(torch.nn.Conv2d, torch.float32, torch.contiguous_format, 1, False)
+    for name, got, expected in zip(["output", "grad_input", "grad_weight", "grad_bias"], strips, plain):
+        assert torch.equal(got, expected), name
+
+
+def pool_gradient(pool_class, x, grad, stride, ceil_mode):
+    pool = pool_class(3, stride=stride, padding=1, ceil_mode=ceil_mode)
+    x = x.detach().clone().requires_grad_(True)
+    out = pool(x)
+    out.backward(grad.to(out.dtype))
+    return out, x.grad
+
+
+@pytest.mark.parametrize("memory_format", [torch.contiguous_format, torch.channels_last])
+@pytest.mark.parametrize("stride,ceil_mode", [(2, False), (2, True), (1, True)])
+@pytest.mark.parametrize("dtype,values", [(torch.bfloat16, "normal"), (torch.float16, "normal"),
+                                          (torch.bfloat16, "ties")])
+def test_strip_max_pool_matches_max_pool(dtype, values, stride, ceil_mode, memory_format, monkeypatch):
+    """Over strips of 2 output rows (the first and last padded): the output equals nn.MaxPool2d's bit
+    for bit, and the input gradient equals the float64 gradient of the same values (the same maxima,
+    ties included) rounded once; a 1% error fails."""
+    monkeypatch.setattr(checkpoint_module, "STRIP_BYTES", 4 * 2 * 3 * 16 * stride * 2)
+    generator = torch.Generator().manual_seed(4)
+    x = torch.randn(2, 3, 15, 16, generator=generator)
+    if values == "ties":  # a few distinct values: many windows hold their maximum twice
+        x = x.mul(1.5).round()
+    x = x.to(dtype).contiguous(memory_format=memory_format)
+    rows = (15 + 2 - 3 + (stride - 1 if ceil_mode else 0)) // stride + 1
+    grad = torch.randn(2, 3, rows, (16 + 2 - 3 + (stride - 1 if ceil_mode else 0)) // stride + 1,
+                       generator=generator).to(dtype)
+    out, got = pool_gradient(StripMaxPool2d, x, grad, stride, ceil_mode)
+    plain_out, _ = pool_gradient(torch.nn.MaxPool2d, x, grad, stride, ceil_mode)
+    _, exact = pool_gradient(torch.nn.MaxPool2d, x.double(), grad.double(), stride, ceil_mode)
+    assert out.shape == plain_out.shape and torch.equal(out, plain_out)
+    assert got.dtype == dtype and torch.equal(got, exact.to(dtype))
+    assert not torch.equal((got.double() * 1.01).to(dtype), exact.to(dtype))
+
+
+@pytest.mark.parametrize("dtype,grad,strips", [(torch.bfloat16, True, True), (torch.float16, True, True),
+                                               (torch.float32, True, False), (torch.bfloat16, False, False)])
+def test_strip_layers_take_their_own_backward_only_in_low_precision_with_gradients(dtype, grad, strips):
+    x = torch.randn(1, 3, 11, 11, dtype=dtype, requires_grad=True)
+    pool, conv = StripMaxPool2d(3, stride=2, padding=1), StripWeightGradConv2d(3, 4, 3, padding=1).to(dtype)
+    with torch.set_grad_enabled(grad):
+        names = [None if out.grad_fn is None else out.grad_fn.name() for out in (pool(x), conv(x))]
+    if strips:
+        assert names == ["_StripMaxPoolBackward", "_StripWeightGradBackward"]
+    else:
+        assert names == (["MaxPool2DWithIndicesBackward0", "ConvolutionBackward0"] if grad else [None, None])
+
+
+@pytest.mark.parametrize("name", ["sgan", "deeplab-vgg16"])
+def test_checkpointed_vgg_layers_run_their_backward_in_strips(name):
+    def layer_types(network):
+        return {type(m) for m in network.modules()}
+    assert {StripWeightGradConv2d, StripMaxPool2d} <= layer_types(NETWORKS[name](True))
+    assert not {StripWeightGradConv2d, StripMaxPool2d} & layer_types(NETWORKS[name](False))
 
 
 def test_checkpointing_is_off_by_default_and_not_part_of_the_model_info():
