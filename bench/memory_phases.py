@@ -25,7 +25,6 @@ import os
 import sys
 import threading
 import time
-import warnings
 
 import torch
 
@@ -57,11 +56,21 @@ class PhaseSampler:
         names += [(name, getattr(network, name)) for name in ("attention", "classifier", "seed_branch")]
         for name, module in names:
             module.register_forward_pre_hook(lambda _m, _i, name=name: self._enter_forward(name))
-            module.register_full_backward_pre_hook(lambda _m, _g, name=name: self._enter_backward(name))
+            module.register_forward_hook(lambda _m, _i, output, name=name: self._watch_gradients(name, output))
         self._thread = threading.Thread(target=self._sample, daemon=True)
 
     def _enter_forward(self, name):
         self._enter(f"{'recompute' if self.backward_started else 'forward'} {name}")
+
+    def _watch_gradients(self, name, output):
+        """The module's backward phase opens when the gradient of one of its outputs arrives: a hook
+        on the output tensors of the forward pass (a recomputation's outputs get no gradient). Tensor
+        hooks, unlike full backward hooks, let the network modify the outputs in place (its ReLUs)."""
+        if self.backward_started:
+            return
+        for tensor in torch.utils._pytree.tree_leaves(output):
+            if isinstance(tensor, torch.Tensor) and tensor.requires_grad:
+                tensor.register_hook(lambda _grad, name=name: self._enter_backward(name))
 
     def _enter_backward(self, name):
         self.backward_started = True
@@ -97,7 +106,6 @@ def one_iteration(case, threads):
     """Child side: build the network in ``case``'s mode, run one iteration, return the figures (MiB)."""
     from bench.child import peak_rss_bytes
     torch.set_num_threads(threads)
-    warnings.filterwarnings("ignore", message="Full backward hook is firing")  # conv1_1's input needs no grad
     device = torch.device("cpu")
     network, inputs, optimizer = training_setup(case, case["backend"], device)
     returned = case["allocator"] == "return-freed" and return_freed_memory(device)

@@ -9,12 +9,12 @@ import torch
 
 from sgan import crf, losses, ops, pipeline
 from sgan.models import attention as attention_module
-from sgan.models.checkpoint import StripWeightGradConv2d
+from sgan.models.checkpoint import StripMaxPool2d, StripWeightGradConv2d, relu_keeping_mask_
 
 ENTRY_POINTS = [
     losses.seed_loss, losses.balanced_seed_loss, losses.classification_loss, losses.boundary_loss,
     crf.dense_crf, attention_module.SaliencyGuidedAttention, ops.saliency_attention, ops.attention_column,
-    pipeline.load_config, StripWeightGradConv2d,
+    pipeline.load_config, StripWeightGradConv2d, StripMaxPool2d, relu_keeping_mask_,
 ]
 REPOSITORY = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -21,6 +21,37 @@ STRIP_BYTES = 32 * 2 ** 20  # float32 bytes of the largest of a strip's input an
 REDUCED_PRECISION = (torch.bfloat16, torch.float16)
 
 
+def relu_keeping_mask_(x):
+    """torch.relu_(x) whose backward keeps the bool mask x > 0 (one byte an element) instead of the
+    output: for the last ReLU of a checkpointed block, whose output nothing else keeps during the
+    block's backward pass (the next block has given back its own input by then), so that the output
+    is freed after the recomputation. The gradient is bit for bit ReLU's (zero where the output is
+    not positive, NaN included).
+
+    Example::
+
+        >>> x = torch.tensor([-1.0, 0.0, 2.0], requires_grad=True)
+        >>> y = relu_keeping_mask_(x * 1)
+        >>> y.sum().backward()
+        >>> y.tolist(), x.grad.tolist()
+        ([0.0, 0.0, 2.0], [0.0, 0.0, 1.0])
+    """
+    return _ReLUKeepingMask.apply(x)
+
+
+class _ReLUKeepingMask(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x):
+        ctx.save_for_backward(x > 0)
+        ctx.mark_dirty(x)
+        return torch.relu_(x)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        (mask,) = ctx.saved_tensors
+        return torch.where(mask, grad_out, 0)
+
+
 def run_block(block, x, checkpointing):
     """block(x), checkpointed when ``checkpointing`` and gradients are being recorded."""
     if checkpointing and torch.is_grad_enabled():
@@ -147,7 +178,14 @@ class _StripMaxPool(torch.autograd.Function):
     def forward(ctx, x, kernel, stride, padding, ceil_mode):
         ctx.save_for_backward(x)
         ctx.kernel, ctx.stride, ctx.padding, ctx.ceil_mode = kernel, stride, padding, ceil_mode
-        return F.max_pool2d(x, kernel, stride, padding, ceil_mode=ceil_mode)
+        rows, columns = (_pooled_size(x.shape[2 + d], kernel[d], stride[d], padding[d], ceil_mode) for d in (0, 1))
+        channels_last = x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+        out = torch.empty((x.shape[0], x.shape[1], rows, columns), dtype=x.dtype, device=x.device,
+                          memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+        for first, last, top, bottom in _pool_strips(x, rows, kernel, stride, padding):
+            out[:, :, first:last] = F.max_pool2d(_pool_strip(x, top, bottom), kernel, stride, [0, padding[1]],
+                                                 ceil_mode=ceil_mode)
+        return out
 
     @staticmethod
     def backward(ctx, grad_out):
@@ -156,24 +194,46 @@ class _StripMaxPool(torch.autograd.Function):
             None, None, None, None
 
 
-def _strip_max_pool_grad(grad_out, x, kernel, stride, padding, ceil_mode):
-    """The max pool's input gradient, strip by strip of output rows: output row o reads input rows
-    [o·stride - padding, o·stride - padding + kernel), rows outside the input being -inf (never a
-    maximum, as nn.MaxPool2d's padding). A strip's float32 gradient is exact for the rows only it
-    reaches; the kernel - stride rows it shares with the next strip are carried over in float32 and
-    rounded once the next strip has added its part."""
-    height = x.shape[2]
-    out_rows = grad_out.shape[2]
-    row_bytes = 4 * x.shape[0] * x.shape[1] * x.shape[3] * max(1, stride[0])
-    rows = max(1, STRIP_BYTES // row_bytes)
-    grad_x = torch.empty_like(x)
-    carry = None  # float32 rows shared with the previous strip, (B, C, overlap, W)
+def _pooled_size(size, kernel, stride, padding, ceil_mode):
+    """nn.MaxPool2d's output size along one dimension (dilation 1): with ceil_mode, a last window
+    that would start in the padding is dropped."""
+    span = size + 2 * padding - kernel + (stride - 1 if ceil_mode else 0)
+    out = span // stride + 1
+    if ceil_mode and (out - 1) * stride >= size + padding:
+        out -= 1
+    return out
+
+
+def _pool_strips(x, out_rows, kernel, stride, padding):
+    """(first, last, top, bottom) per strip of output rows [first, last) of at most ``STRIP_BYTES`` of
+    float32 input: output row o reads input rows [o·stride - padding, o·stride - padding + kernel),
+    so the strip reads [top, bottom)."""
+    rows = max(1, STRIP_BYTES // (4 * x.shape[0] * x.shape[1] * x.shape[3] * max(1, stride[0])))
     for first in range(0, out_rows, rows):
         last = min(first + rows, out_rows)
-        top, bottom = first * stride[0] - padding[0], (last - 1) * stride[0] - padding[0] + kernel[0]
-        strip = x[:, :, max(top, 0):min(bottom, height)].float()
-        if top < 0 or bottom > height:
-            strip = F.pad(strip, (0, 0, max(-top, 0), max(bottom - height, 0)), value=float("-inf"))
+        yield first, last, first * stride[0] - padding[0], (last - 1) * stride[0] - padding[0] + kernel[0]
+
+
+def _pool_strip(x, top, bottom, dtype=None):
+    """Input rows [top, bottom) of x (in ``dtype``), rows outside x being -inf (never a maximum, as
+    nn.MaxPool2d's padding)."""
+    height = x.shape[2]
+    strip = x[:, :, max(top, 0):min(bottom, height)].to(dtype or x.dtype)
+    if top < 0 or bottom > height:
+        strip = F.pad(strip, (0, 0, max(-top, 0), max(bottom - height, 0)), value=float("-inf"))
+    return strip
+
+
+def _strip_max_pool_grad(grad_out, x, kernel, stride, padding, ceil_mode):
+    """The max pool's input gradient, strip by strip (_pool_strips). A strip's float32 gradient is exact
+    for the rows only it reaches; the kernel - stride rows it shares with the next strip are carried
+    over in float32 and rounded once the next strip has added its part."""
+    height = x.shape[2]
+    out_rows = grad_out.shape[2]
+    grad_x = torch.empty_like(x)
+    carry = None  # float32 rows shared with the previous strip, (B, C, overlap, W)
+    for first, last, top, bottom in _pool_strips(x, out_rows, kernel, stride, padding):
+        strip = _pool_strip(x, top, bottom, torch.float32)
         _, indices = torch.ops.aten.max_pool2d_with_indices(strip, list(kernel), list(stride), [0, padding[1]],
                                                            [1, 1], ceil_mode)
         strip_grad = torch.ops.aten.max_pool2d_with_indices_backward(

@@ -83,7 +83,7 @@ class VGG16Trunk(nn.Module):
 
     def _block(self, x, block):
         for name, _ in VGG16_CONVS[block]:
-            x = torch.relu(getattr(self, name)(x))
+            x = torch.relu_(getattr(self, name)(x))  # in place: no second full-size tensor
         return getattr(self, f"pool{block + 1}")(x)
 
     def forward(self, x):

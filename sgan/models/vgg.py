@@ -17,7 +17,7 @@ likewise; every layer here keeps that layout.
 import torch
 from torch import nn
 
-from sgan.models.checkpoint import StripMaxPool2d, StripWeightGradConv2d, run_blocks
+from sgan.models.checkpoint import StripMaxPool2d, StripWeightGradConv2d, relu_keeping_mask_, run_blocks
 
 from sgan.models.deeplab import VGG16_CONVS, VGG16_TORCHVISION_INDICES
 from sgan.models.width import check_width, scaled_channels
@@ -64,7 +64,9 @@ class VGG16Stride8(nn.Module):
         if pool_before:
             x = self.pool(x)
         for name in names:
-            x = torch.relu(getattr(self, name)(x))
+            x = getattr(self, name)(x)
+            # in place: no second full-size tensor; a checkpointed block's output keeps no reference
+            x = relu_keeping_mask_(x) if self.checkpointing and name == names[-1] else torch.relu_(x)
         return x
 
     def forward(self, images):

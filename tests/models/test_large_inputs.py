@@ -233,6 +233,7 @@ def test_strip_max_pool_matches_max_pool(dtype, values, stride, ceil_mode, memor
     plain_out, _ = pool_gradient(torch.nn.MaxPool2d, x, grad, stride, ceil_mode)
     _, exact = pool_gradient(torch.nn.MaxPool2d, x.double(), grad.double(), stride, ceil_mode)
     assert out.shape == plain_out.shape and torch.equal(out, plain_out)
+    assert out.is_contiguous(memory_format=memory_format)
     assert got.dtype == dtype and torch.equal(got, exact.to(dtype))
     assert not torch.equal((got.double() * 1.01).to(dtype), exact.to(dtype))
 
