@@ -22,11 +22,11 @@ REDUCED_PRECISION = (torch.bfloat16, torch.float16)
 
 
 def relu_keeping_mask_(x):
-    """torch.relu_(x) whose backward keeps the bool mask x > 0 (one byte an element) instead of the
+    """torch.relu_(x) whose backward keeps the mask not (x <= 0), packed eight to a byte, instead of the
     output: for the last ReLU of a checkpointed block, whose output nothing else keeps during the
     block's backward pass (the next block has given back its own input by then), so that the output
-    is freed after the recomputation. The gradient is bit for bit ReLU's (zero where the output is
-    not positive, NaN included).
+    is freed after the recomputation. The gradient is bit for bit ReLU's (zero where x <= 0; a NaN
+    passes its gradient). x: a contiguous or channels-last tensor (other layouts: torch.relu_).
 
     Example::
 
@@ -36,20 +36,53 @@ def relu_keeping_mask_(x):
         >>> y.tolist(), x.grad.tolist()
         ([0.0, 0.0, 2.0], [0.0, 0.0, 1.0])
     """
+    if _memory_order(x) is None:
+        return torch.relu_(x)
     return _ReLUKeepingMask.apply(x)
+
+
+MASK_CHUNK = 2 ** 23  # elements packed or unpacked at a time (a multiple of 8)
+_BIT_SHIFTS = torch.arange(8, dtype=torch.uint8)
+
+
+def _memory_order(t):
+    """t's elements as a 1-D view in memory order, or None when t is neither contiguous nor
+    channels-last."""
+    if t.is_contiguous():
+        return t.view(-1)
+    if t.dim() == 4 and t.is_contiguous(memory_format=torch.channels_last):
+        return t.permute(0, 2, 3, 1).reshape(-1)
+    return None
 
 
 class _ReLUKeepingMask(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x):
-        ctx.save_for_backward(x > 0)
+        flat = _memory_order(x)
+        bits = torch.empty((flat.numel() + 7) // 8, dtype=torch.uint8, device=x.device)
+        for first in range(0, flat.numel(), MASK_CHUNK):
+            chunk = ~(flat[first:first + MASK_CHUNK] <= 0)  # as ReLU's backward: NaN passes its gradient
+            chunk = F.pad(chunk.to(torch.uint8), (0, (-chunk.numel()) % 8))
+            bits[first // 8:first // 8 + chunk.numel() // 8] = (
+                chunk.view(-1, 8) << _BIT_SHIFTS.to(x.device)).sum(1, dtype=torch.uint8)
+        ctx.save_for_backward(bits)
+        ctx.channels_last = not x.is_contiguous()
         ctx.mark_dirty(x)
         return torch.relu_(x)
 
     @staticmethod
     def backward(ctx, grad_out):
-        (mask,) = ctx.saved_tensors
-        return torch.where(mask, grad_out, 0)
+        (bits,) = ctx.saved_tensors
+        grad_out = grad_out.contiguous(memory_format=torch.channels_last if ctx.channels_last
+                                       else torch.contiguous_format)
+        grad_in = torch.empty_like(grad_out)
+        flat_out, flat_in = _memory_order(grad_out), _memory_order(grad_in)
+        for first in range(0, flat_out.numel(), MASK_CHUNK):
+            grad = flat_out[first:first + MASK_CHUNK]
+            chunk_bits = bits[first // 8:(first + grad.numel() + 7) // 8]
+            mask = ((chunk_bits.unsqueeze(1) >> _BIT_SHIFTS.to(bits.device)) & 1).bool().view(-1)[:grad.numel()]
+            flat_in[first:first + grad.numel()] = torch.where(mask, grad, 0)
+        return grad_in
 
 
 def run_block(block, x, checkpointing):

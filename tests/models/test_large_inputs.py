@@ -10,7 +10,7 @@ import torch
 from bench.child import run_in_child
 from sgan.models import checkpoint as checkpoint_module
 from sgan.models import compute
-from sgan.models.checkpoint import StripMaxPool2d, StripWeightGradConv2d
+from sgan.models.checkpoint import StripMaxPool2d, StripWeightGradConv2d, relu_keeping_mask_
 from sgan.models.deeplab import DeepLabResNet101, DeepLabVGG16, ElementwiseDropout
 from sgan.models.sgan_net import CAMNet, SGANNet
 from sgan.ops.attention import fused_backends, saliency_attention
@@ -236,6 +236,34 @@ def test_strip_max_pool_matches_max_pool(dtype, values, stride, ceil_mode, memor
     assert out.is_contiguous(memory_format=memory_format)
     assert got.dtype == dtype and torch.equal(got, exact.to(dtype))
     assert not torch.equal((got.double() * 1.01).to(dtype), exact.to(dtype))
+
+
+@pytest.mark.parametrize("memory_format", [torch.contiguous_format, torch.channels_last])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_relu_keeping_mask_is_relu_and_keeps_one_bit_an_element(dtype, memory_format, monkeypatch):
+    """Over chunks of 24 elements (sizes not a multiple of 8): the output and the gradient equal
+    torch.relu's bit for bit (zeros, negative zeros and NaN included), the layout is kept, and what
+    autograd keeps for the backward pass is the packed mask, one bit an element."""
+    monkeypatch.setattr(checkpoint_module, "MASK_CHUNK", 24)
+    generator = torch.Generator().manual_seed(8)
+    x = torch.randn(2, 5, 7, 3, generator=generator)
+    x.view(-1)[:4] = torch.tensor([0.0, -0.0, float("nan"), float("-inf")])
+    x = x.to(dtype).contiguous(memory_format=memory_format)
+    grad = torch.randn(x.shape, generator=generator).to(dtype)
+    saved = []
+    results = []
+    for relu in (relu_keeping_mask_, torch.relu):
+        leaf = x.clone().requires_grad_(True)
+        with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+            out = relu(leaf * 1)
+        out.backward(grad)
+        results.append((out.detach(), leaf.grad))
+    (out, got), (plain_out, expected) = results
+    bits = {torch.bfloat16: torch.int16, torch.float32: torch.int32}[dtype]  # NaN and -0.0 compared as bits
+    assert torch.equal(out.view(bits), plain_out.view(bits)) and out.is_contiguous(memory_format=memory_format)
+    assert torch.equal(got.view(bits), expected.view(bits))
+    mask_bytes = [t.numel() * t.element_size() for t in saved if t.dtype == torch.uint8]
+    assert mask_bytes == [(x.numel() + 7) // 8]
 
 
 @pytest.mark.parametrize("dtype,grad,strips", [(torch.bfloat16, True, True), (torch.float16, True, True),
