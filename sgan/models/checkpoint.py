@@ -7,8 +7,9 @@ a block draws the same mask twice and the gradients equal those without checkpoi
 
 The backbones' convolutions and max pools are :class:`StripWeightGradConv2d` and
 :class:`StripMaxPool2d` when checkpointing. In bfloat16 or float16 their backward passes run over
-strips of rows in float32: oneDNN computes a convolution's weight gradient from a float32 copy of the
-whole input or output gradient (64 channels at 1281² in bfloat16: 200 MiB each, 400 MiB more), and
+strips of rows in float32 (convolutions larger than ``WHOLE_LAYER_BYTES``): oneDNN computes a convolution's
+weight gradient from a float32 copy of the whole input (64 channels at 1281² in bfloat16: 200 MiB,
+400 MiB in float32), and
 a max pool keeps int64 indices, four times its bfloat16 output (docs/larger-inputs.md). float32
 and float64 keep PyTorch's layers, so their gradients stay bit for bit those without checkpointing.
 """
@@ -17,7 +18,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-STRIP_BYTES = 32 * 2 ** 20  # float32 bytes of the largest of a strip's input and output gradient
+STRIP_BYTES = 16 * 2 ** 20  # float32 bytes of a strip: a convolution's input or output gradient, a pool's input
+WHOLE_LAYER_BYTES = 64 * 2 ** 20  # a convolution no larger than this in float32 runs PyTorch's own backward
 REDUCED_PRECISION = (torch.bfloat16, torch.float16)
 
 
@@ -106,8 +108,9 @@ class StripWeightGradConv2d(nn.Conv2d):
     converted from the computation's values, rounded once to the computation's dtype at the end:
     within one unit in the last place of the float64 gradients of the same values (in bfloat16 also
     of nn.Conv2d's, whose oneDNN kernel sums in float32 too, in another order), the output and the
-    input gradient bit for bit nn.Conv2d's, and no float32 copy of a whole activation is made. Other
-    dtypes and settings run nn.Conv2d.
+    input gradient bit for bit nn.Conv2d's, and no float32 copy of a whole activation is made. A
+    layer of at most ``WHOLE_LAYER_BYTES`` in float32 takes PyTorch's own backward kernel (in the
+    computation's dtype, faster than float32 strips). Other dtypes and settings run nn.Conv2d.
 
     Example::
 
@@ -141,24 +144,40 @@ class _StripWeightGrad(torch.autograd.Function):
     def backward(ctx, grad_out):
         x, weight = ctx.saved_tensors
         padding, dilation = list(ctx.padding), list(ctx.dilation)
+        wanted = [ctx.needs_input_grad[0], ctx.needs_input_grad[1], ctx.needs_input_grad[2] and ctx.has_bias]
+        bias_sizes = [weight.shape[0]] if ctx.has_bias else None
+        if _float32_bytes(grad_out, x) <= WHOLE_LAYER_BYTES:  # PyTorch's own kernel, in the computation's dtype
+            grad_x, grad_weight, grad_bias = torch.ops.aten.convolution_backward(
+                grad_out, x, weight, bias_sizes, [1, 1], padding, dilation, False, [0, 0], 1, wanted)
+            return grad_x, grad_weight, grad_bias, None, None
         grad_x = grad_weight = grad_bias = None
-        if ctx.needs_input_grad[0]:
+        if wanted[0]:
             grad_x = torch.ops.aten.convolution_backward(grad_out, x, weight, None, [1, 1], padding, dilation, False,
                                                          [0, 0], 1, [True, False, False])[0]
-        if ctx.needs_input_grad[1] or ctx.needs_input_grad[2]:
+        if wanted[1] or wanted[2]:
             grad_weight, grad_bias = _strip_weight_grad(grad_out, x, weight, padding, dilation)
             grad_weight = grad_weight.to(weight.dtype)
             grad_bias = grad_bias.to(weight.dtype) if ctx.has_bias else None
         return grad_x, grad_weight, grad_bias, None, None
 
 
+def _float32_bytes(grad_out, x):
+    """Bytes of the larger of the input and the output gradient in float32."""
+    return 4 * max(x.numel(), grad_out.numel())
+
+
+def _strip_rows(grad_out, x):
+    """Output rows per strip of the weight gradient: at most ``STRIP_BYTES`` of float32 input or
+    output gradient."""
+    return max(1, STRIP_BYTES * x.shape[2] // _float32_bytes(grad_out, x))
+
+
 def _strip_weight_grad(grad_out, x, weight, padding, dilation):
     """float32 (weight gradient, bias gradient) summed over strips of output rows. Output row o reads
     input rows o - padding + dilation·i (i < kernel height); rows outside the input are zeros."""
-    height, width = x.shape[2], x.shape[3]
+    height = x.shape[2]
     reach = dilation[0] * (weight.shape[2] - 1)
-    row_bytes = 4 * x.shape[0] * max(x.shape[1], grad_out.shape[1]) * width
-    rows = max(1, STRIP_BYTES // row_bytes)
+    rows = _strip_rows(grad_out, x)
     weight32 = weight.float()
     grad_weight = torch.zeros(weight.shape, dtype=torch.float32, device=x.device)
     grad_bias = torch.zeros(weight.shape[0], dtype=torch.float32, device=x.device)

@@ -183,6 +183,7 @@ def test_strip_weight_grad_conv_matches_conv2d(dtype, autocast, memory_format, d
     unit in the last place of the float64 gradients of the same values rounded once (and, in bfloat16,
     of nn.Conv2d's, which oneDNN also sums in float32); a 1% error fails that comparison."""
     monkeypatch.setattr(checkpoint_module, "STRIP_BYTES", 4 * 2 * 6 * 17 * 5)
+    monkeypatch.setattr(checkpoint_module, "WHOLE_LAYER_BYTES", 0)
     strips = strip_conv_gradients(StripWeightGradConv2d, dtype, memory_format, dilation, autocast)
     plain = strip_conv_gradients(torch.nn.Conv2d, dtype, memory_format, dilation, autocast)
     assert strips[0].dtype == dtype
@@ -194,6 +195,16 @@ def test_strip_weight_grad_conv_matches_conv2d(dtype, autocast, memory_format, d
             assert_within_one_ulp(name, got, expected)
             with pytest.raises(AssertionError, match=name):
                 assert_within_one_ulp(name, got * 1.01, expected)
+
+
+@pytest.mark.parametrize("memory_format", [torch.contiguous_format, torch.channels_last])
+def test_strip_weight_grad_conv_in_one_strip_is_conv2d(memory_format):
+    """A layer of at most WHOLE_LAYER_BYTES in float32 takes PyTorch's own bfloat16 backward kernel:
+    every result bit for bit nn.Conv2d's."""
+    strips = strip_conv_gradients(StripWeightGradConv2d, torch.bfloat16, memory_format, 1, True)
+    plain = strip_conv_gradients(torch.nn.Conv2d, torch.bfloat16, memory_format, 1, True)
+    for name, got, expected in zip(["output", "grad_input", "grad_weight", "grad_bias"], strips, plain):
+        assert torch.equal(got, expected), name
 
 
 def test_strip_weight_grad_conv_is_conv2d_in_float32():
