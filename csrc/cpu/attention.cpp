@@ -394,10 +394,10 @@ struct CpuKernels {
   }
 
   // out = x + gamma ctx over the positions of group g, with x read from x_packed (1, C, L), the
-  // group's packed columns in the accumulation dtype, and written run by run in out's dtype. Attending rows: x_vec is xbar_g and
-  // ctx = mean_coef_i xbar + gemm_coef_i numerator_i (context_coefficients), numerator (1, C, L)
-  // with rows numerator.stride(1) apart; mean rows (numerator undefined): x_vec is x_g and
-  // ctx = x_g / (n_g + eps).
+  // group's packed columns in the accumulation dtype, and written run by run in out's dtype.
+  // Attending rows: x_vec is xbar_g and ctx = mean_coef_i xbar + gemm_coef_i numerator_i
+  // (context_coefficients), numerator (1, C, L) with rows numerator.stride(1) apart; mean rows
+  // (numerator undefined): x_vec is x_g and ctx = x_g / (n_g + eps).
   static void forward_epilogue(const at::Tensor& x_packed, const at::Tensor& numerator, const at::Tensor& key_dot_qsum,
                                const at::Tensor& min_packed, const at::Tensor& x_vec, const at::Tensor& counts,
                                int g, const at::Tensor& src, const at::Tensor& gamma, double scale, double eps,
@@ -408,7 +408,8 @@ struct CpuKernels {
     const int64_t C = x_packed.size(1), N = out.size(2), L = x_packed.size(2);
     const std::vector<Run> runs = runs_of(src.data_ptr<int64_t>(), L);
     const bool mean_rows = !numerator.defined();
-    AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, out.scalar_type(), "sgan_attention_forward_epilogue_cpu", [&] {
+    AT_DISPATCH_FLOATING_TYPES_AND2(
+        at::kBFloat16, at::kHalf, out.scalar_type(), "sgan_attention_forward_epilogue_cpu", [&] {
       using acc_t = at::opmath_type<scalar_t>;
       const acc_t* xp = x_packed.data_ptr<acc_t>();
       scalar_t* op = out.data_ptr<scalar_t>();
@@ -469,7 +470,8 @@ struct CpuKernels {
     const std::vector<Run> runs = runs_of(src.data_ptr<int64_t>(), L);
     constexpr int64_t kBlock = 64;  // rows per task: the channel loops run over contiguous row blocks
     const int64_t blocks = (L + kBlock - 1) / kBlock;
-    AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, key.scalar_type(), "sgan_attention_backward_rows_cpu", [&] {
+    AT_DISPATCH_FLOATING_TYPES_AND2(
+        at::kBFloat16, at::kHalf, key.scalar_type(), "sgan_attention_backward_rows_cpu", [&] {
       using acc_t = at::opmath_type<scalar_t>;  // everything but the keys
       const scalar_t* kp = key.data_ptr<scalar_t>();
       const acc_t *qs = q_sum_g.data_ptr<acc_t>(),
@@ -532,7 +534,8 @@ struct CpuKernels {
       }
     }
     const int64_t count = static_cast<int64_t>(rows.size());
-    AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, key.scalar_type(), "sgan_attention_argmin_scatter_cpu", [&] {
+    AT_DISPATCH_FLOATING_TYPES_AND2(
+        at::kBFloat16, at::kHalf, key.scalar_type(), "sgan_attention_argmin_scatter_cpu", [&] {
       using acc_t = at::opmath_type<scalar_t>;  // everything but the keys
       const scalar_t* kp = key.data_ptr<scalar_t>();
       const acc_t *qp = query_g.data_ptr<acc_t>(), *qm = q_mean.data_ptr<acc_t>(), *dm = dmin.data_ptr<acc_t>();

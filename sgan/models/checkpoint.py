@@ -6,12 +6,13 @@ recomputation replays the random state of the forward pass (torch's default), so
 a block draws the same mask twice and the gradients equal those without checkpointing.
 
 The backbones' convolutions and max pools are :class:`StripWeightGradConv2d` and
-:class:`StripMaxPool2d` when checkpointing. In bfloat16 or float16 their backward passes run over
-strips of rows in float32 (convolutions larger than ``WHOLE_LAYER_BYTES``): oneDNN computes a convolution's
-weight gradient from a float32 copy of the whole input (64 channels at 1281² in bfloat16: 200 MiB,
-400 MiB in float32), and
-a max pool keeps int64 indices, four times its bfloat16 output (docs/larger-inputs.md). float32
-and float64 keep PyTorch's layers, so their gradients stay bit for bit those without checkpointing.
+:class:`StripMaxPool2d` when checkpointing, and a VGG block's last ReLU is
+:func:`relu_keeping_mask_`. In bfloat16 or float16 the backward passes of the pools and of the
+convolutions larger than ``WHOLE_LAYER_BYTES`` run over strips of rows in float32: oneDNN computes a
+convolution's weight gradient from a float32 copy of the whole input (64 channels at 1281² in
+bfloat16: 200 MiB, 400 MiB in float32), and a max pool keeps int64 indices, four times its bfloat16
+output (docs/larger-inputs.md). float32 and float64 keep PyTorch's layers, so their gradients stay
+bit for bit those without checkpointing.
 """
 import torch
 import torch.nn.functional as F
@@ -196,13 +197,13 @@ def _strip_weight_grad(grad_out, x, weight, padding, dilation):
 
 
 class StripMaxPool2d(nn.MaxPool2d):
-    """nn.MaxPool2d (dilation 1, windows at least as tall as their stride, no indices returned) that, for bfloat16/float16 inputs with gradients,
-    keeps only its input for the backward pass and finds each window's maximum again there, over
-    strips of output rows of at most ``STRIP_BYTES``: no int64 indices live from the forward to the
-    backward pass. Each window's maximum is the one nn.MaxPool2d takes (the same kernel on the same
-    values); an input element's gradient, the sum over the windows whose maximum it is, is added in
-    float32 and rounded once (within half a unit in the last place of the exact sum). Other dtypes
-    run nn.MaxPool2d.
+    """nn.MaxPool2d (dilation 1, windows at least as tall as their stride, no indices returned) that,
+    for bfloat16/float16 inputs with gradients, keeps only its input for the backward pass and finds
+    each window's maximum again there, over strips of output rows of at most ``STRIP_BYTES``: no
+    int64 indices live from the forward to the backward pass. Each window's maximum is the one
+    nn.MaxPool2d takes (the same kernel on the same values); an input element's gradient, the sum
+    over the windows whose maximum it is, is added in float32 and rounded once (within half a unit in
+    the last place of the exact sum). Other dtypes run nn.MaxPool2d.
 
     Example::
 
