@@ -288,8 +288,9 @@ def find_max_size(backend, batch, ctx, mode, start=MAX_SIZE_START, step=MAX_SIZE
                   budget=None, known=None):
     """Largest 8k + 1 side that fits (:func:`fits`) and the number of sides tried: grow by ``step`` from
     ``start`` until a side does not fit, then narrow the bracket on multiples of 8, each time at the
-    side that :func:`predicted_size` gives (with a budget) and otherwise at the middle; a predicted
-    side that fits is followed by the one 8 above it, so that a good prediction ends the search.
+    side that :func:`predicted_size` gives (with a budget; while growing, at most ``limit``) and
+    otherwise at the middle; a predicted side that fits is followed by the one 8 above it, so that a
+    good prediction ends the search.
     known: {side: peak bytes} already measured in this mode (the benchmark's own rows); with a
     budget the search starts from them, at the largest known side that fits."""
     probes, tried = dict(known or {}), 0
@@ -320,7 +321,9 @@ def find_max_size(backend, batch, ctx, mode, start=MAX_SIZE_START, step=MAX_SIZE
     else:
         low, high = start, None
         while high is None and low + step <= limit:
-            guess = predicted_size(probes, budget, low, limit + 1) if budget is not None else None
+            # a side predicted beyond the limit is tried at the limit: if that fits, the search ends there
+            guess = predicted_size(probes, budget, low, float("inf")) if budget is not None else None
+            guess = None if guess is None else min(guess, limit)
             low, high = try_side(guess or low + step, guess is not None, low, high)
         if high is None:
             return {"max_size": low, "capped_at_limit": True, "sides_tried": tried, "probes_mib": probed(probes)}

@@ -486,6 +486,24 @@ def test_memory_budget_search_keeps_the_largest_size_under_the_budget(monkeypatc
     assert "961²: does not fit (killed)" in capsys.readouterr().out
 
 
+def test_memory_budget_search_tries_the_limit_when_the_fit_predicts_beyond_it(monkeypatch):
+    """A mode whose fitted side lies beyond the search limit is probed at the limit next, not grown
+    step by step up to it: 321, 481, then 4001, which fits, so the result is capped there."""
+    probes = []
+
+    def fake_child(name, case, backend, args, device_type, warmup, repeats):
+        probes.append(case["input_size"][0])
+        return {"status": "ok", "peak_memory_mb": 100 + case["input_size"][0] ** 2 / 4096}
+
+    monkeypatch.setattr(harness, "measure_in_child", fake_child)
+    args = sgan_train_args("--memory-budget", "8GiB", "--precision", "bf16")
+    found = sgan_train.summarize([], Plan(config={"batch": 1}, cases=[], backends=["reference"]),
+                                 harness.Context(torch.device("cpu"), 0, 1, args))
+    assert probes == [321, 481, sgan_train.MAX_SIZE_LIMIT]
+    assert found["max_size"]["reference bf16 contiguous"]["max_size"] == sgan_train.MAX_SIZE_LIMIT
+    assert found["max_size"]["reference bf16 contiguous"]["capped_at_limit"]
+
+
 def test_memory_budget_probe_runs_one_iteration_in_a_child_and_compares_its_peak_rss():
     args = sgan_train_args("--memory-budget", "8GiB")
     ctx = harness.Context(torch.device("cpu"), 0, 1, args)
