@@ -146,6 +146,10 @@ def add_arguments(parser):
                         help="with --find-max-size / --memory-budget: measure no table, only search")
     parser.add_argument("--memory-budget", type=byte_size, default=None,
                         help="CPU only: the largest input whose iteration peaks under this RSS, e.g. 8GiB")
+    parser.add_argument("--max-size-limit", type=int, default=MAX_SIZE_LIMIT,
+                        help=f"with --find-max-size / --memory-budget: the largest side tried, 8k + 1 and at "
+                             f"least {MAX_SIZE_START} (default {MAX_SIZE_LIMIT}); a mode that fits there is "
+                             f"reported as capped at it")
 
 
 def plan(args, device):
@@ -153,6 +157,9 @@ def plan(args, device):
         raise ValueError("--find-max-size needs --device cuda")
     if args.memory_budget is not None and device.type != "cpu":
         raise ValueError("--memory-budget needs --device cpu (on CUDA, --find-max-size searches the GPU's memory)")
+    if args.max_size_limit < MAX_SIZE_START or (args.max_size_limit - 1) % 8:
+        raise ValueError(f"--max-size-limit: expected a side of the form 8k + 1 of at least {MAX_SIZE_START}, "
+                         f"got {args.max_size_limit}")
     if not args.width > 0:
         raise ValueError(f"--width: expected a positive number, got {args.width}")
     if "fp16" in args.precision and device.type != "cuda":
@@ -369,7 +376,8 @@ def summarize(rows, plan, ctx):
             known = {row["input_size"][0]: row["peak_memory_mb"] * MIB for row in rows
                      if budget is not None and row["backend"] == backend and row.get("status") == "ok"
                      and row["batch"] == batch and all(row[k] == v for k, v in mode.items())}
-            found[key] = find_max_size(backend, batch, ctx, mode, budget=budget, known=known)
+            found[key] = find_max_size(backend, batch, ctx, mode, limit=ctx.args.max_size_limit, budget=budget,
+                                       known=known)
             print(f"{key:30s} largest input for B={batch}: {found[key]['max_size']}² "
                   f"({found[key]['sides_tried']} sides tried)", flush=True)
     return {"max_size": found}

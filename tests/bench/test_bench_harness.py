@@ -427,6 +427,8 @@ def test_memory_budget_on_cuda_is_refused_before_anything_runs():
     (["--memory-budget", "8GiB", "--known-rows", "/nowhere.json"], "--known-rows: /nowhere.json is not a file"),
     (["--max-size-modes", "fp32 nhwc"],
      "--max-size-modes: expected modes among ['fp32 contiguous'], got ['fp32 nhwc']"),
+    (["--max-size-limit", "2890"], "--max-size-limit: expected a side of the form 8k + 1 of at least 321, got 2890"),
+    (["--max-size-limit", "313"], "--max-size-limit: expected a side of the form 8k + 1 of at least 321, got 313"),
 ])
 def test_sgan_train_plan_refuses_what_cannot_run_here(options, words):
     with pytest.raises(ValueError) as error:
@@ -486,9 +488,11 @@ def test_memory_budget_search_keeps_the_largest_size_under_the_budget(monkeypatc
     assert "961²: does not fit (killed)" in capsys.readouterr().out
 
 
-def test_memory_budget_search_tries_the_limit_when_the_fit_predicts_beyond_it(monkeypatch):
-    """A mode whose fitted side lies beyond the search limit is probed at the limit next, not grown
-    step by step up to it: 321, 481, then 4001, which fits, so the result is capped there."""
+@pytest.mark.parametrize("limit_options, limit", [([], sgan_train.MAX_SIZE_LIMIT), (["--max-size-limit", "2889"], 2889)])
+def test_memory_budget_search_tries_the_limit_when_the_fit_predicts_beyond_it(monkeypatch, limit_options, limit):
+    """A mode whose fitted side lies beyond the search limit (4001, or --max-size-limit) is probed at
+    the limit next, not grown step by step up to it: 321, 481, then the limit, which fits, so the
+    result is capped there."""
     probes = []
 
     def fake_child(name, case, backend, args, device_type, warmup, repeats):
@@ -496,11 +500,11 @@ def test_memory_budget_search_tries_the_limit_when_the_fit_predicts_beyond_it(mo
         return {"status": "ok", "peak_memory_mb": 100 + case["input_size"][0] ** 2 / 4096}
 
     monkeypatch.setattr(harness, "measure_in_child", fake_child)
-    args = sgan_train_args("--memory-budget", "8GiB", "--precision", "bf16")
+    args = sgan_train_args("--memory-budget", "8GiB", "--precision", "bf16", *limit_options)
     found = sgan_train.summarize([], Plan(config={"batch": 1}, cases=[], backends=["reference"]),
                                  harness.Context(torch.device("cpu"), 0, 1, args))
-    assert probes == [321, 481, sgan_train.MAX_SIZE_LIMIT]
-    assert found["max_size"]["reference bf16 contiguous"]["max_size"] == sgan_train.MAX_SIZE_LIMIT
+    assert probes == [321, 481, limit]
+    assert found["max_size"]["reference bf16 contiguous"]["max_size"] == limit
     assert found["max_size"]["reference bf16 contiguous"]["capped_at_limit"]
 
 
