@@ -294,7 +294,7 @@ def test_find_max_size_counts_library_allocation_failures_as_not_fitting(tmp_pat
     path = tmp_path / "sgan_train.json"
     args = argparse.Namespace(output=str(path), find_max_size=True, memory_budget=None, precision=["fp32"],
                               memory_format=["contiguous"], checkpointing=["off"], max_size_backends=None,
-                              max_size_modes=None, known_rows=None)
+                              max_size_modes=None, known_rows=None, max_size_limit=sgan_train.MAX_SIZE_LIMIT)
     harness.run_benchmark(benchmark, args, torch.device("cpu"), warmup=0, repeats=1)
     written = json.loads(path.read_text())
     assert written["complete"] is True and [row["status"] for row in written["results"]] == ["ok"]
