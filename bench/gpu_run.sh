@@ -66,9 +66,9 @@ else
   budget=${budget:-540}
   PLAN=(0 150 100 50 90 110)
   device=cuda require=cpp,cuda,triton fused=cuda,triton small=()
-  tests=(tests/ops/test_attention.py tests/ops/test_attention_compile.py tests/ops/test_attention_errors.py
-    tests/ops/test_attention_memory.py tests/ops/test_attention_triton.py tests/ops/test_loss_ops.py
-    tests/models/test_losses.py tests/ops/test_backends.py)
+  tests=(tests/ops/test_attention.py tests/ops/test_attention_compile.py tests/ops/test_attention_cuda.py
+    tests/ops/test_attention_errors.py tests/ops/test_attention_memory.py tests/ops/test_attention_triton.py
+    tests/ops/test_loss_ops.py tests/models/test_losses.py tests/ops/test_backends.py)
   attention=(--device cuda --batch 15)
   sizes_41=41 sizes_161=161 sizes_large=65,81 train_size=321 train_options=(--batch 15) large_train_size=1281
   crf=()

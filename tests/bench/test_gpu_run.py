@@ -50,3 +50,21 @@ def test_collect_of_a_missing_file_is_a_one_line_error(tmp_path):
     assert done.returncode == 2 and done.stderr.count("\n") == 1
     assert "missing.json: no such file" in done.stderr
     assert not (tmp_path / "r.json").exists()
+
+
+def test_gpu_part_2_runs_every_operator_test_file_that_has_cuda_cases():
+    """Part 2 on a GPU names its test files; a file of tests/ops that has CUDA cases (it mentions cuda)
+    and is missing from that list would never run on a GPU (as happened to test_attention_cuda.py)."""
+    with open(SCRIPT) as f:
+        script = f.read()
+    gpu_branch = script[script.index("else\n  budget="):]
+    listed = set(gpu_branch[gpu_branch.index("tests=(") + 7:gpu_branch.index(")", gpu_branch.index("tests=("))].split())
+    ops = os.path.join(REPOSITORY, "tests", "ops")
+    with_cuda = set()
+    for name in sorted(os.listdir(ops)):
+        if name.startswith("test_") and name.endswith(".py"):
+            with open(os.path.join(ops, name)) as f:
+                if "cuda" in f.read():
+                    with_cuda.add(f"tests/ops/{name}")
+    assert "tests/ops/test_attention_cuda.py" in with_cuda
+    assert with_cuda <= listed, sorted(with_cuda - listed)
