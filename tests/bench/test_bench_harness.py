@@ -488,7 +488,8 @@ def test_memory_budget_search_keeps_the_largest_size_under_the_budget(monkeypatc
     assert "961²: does not fit (killed)" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("limit_options, limit", [([], sgan_train.MAX_SIZE_LIMIT), (["--max-size-limit", "2889"], 2889)])
+@pytest.mark.parametrize("limit_options, limit",
+                         [([], sgan_train.MAX_SIZE_LIMIT), (["--max-size-limit", "2889"], 2889)])
 def test_memory_budget_search_tries_the_limit_when_the_fit_predicts_beyond_it(monkeypatch, limit_options, limit):
     """A mode whose fitted side lies beyond the search limit (4001, or --max-size-limit) is probed at
     the limit next, not grown step by step up to it: 321, 481, then the limit, which fits, so the

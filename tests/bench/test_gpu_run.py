@@ -53,8 +53,8 @@ def test_collect_of_a_missing_file_is_a_one_line_error(tmp_path):
 
 
 def test_gpu_part_2_runs_every_operator_test_file_that_has_cuda_cases():
-    """Part 2 on a GPU names its test files; a file of tests/ops that has CUDA cases (it mentions cuda)
-    and is missing from that list would never run on a GPU (as happened to test_attention_cuda.py)."""
+    """Part 2 on a GPU names its test files: every file of tests/ops that has CUDA cases (it mentions
+    cuda) is among them, or it would never run on a GPU."""
     with open(SCRIPT) as f:
         script = f.read()
     gpu_branch = script[script.index("else\n  budget="):]
