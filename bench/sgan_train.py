@@ -182,6 +182,8 @@ def plan(args, device):
         raise ValueError("--known-rows: only with --memory-budget")
     if args.known_rows is not None and not os.path.isfile(args.known_rows):
         raise ValueError(f"--known-rows: {args.known_rows} is not a file")
+    if args.known_rows is not None:
+        known_rows(args.known_rows)  # read once before any measurement, so that a bad file stops the run here
     cases = [] if args.skip_table else [
         {"batch": batch, "input_size": [size, size], "feature_size": [(size - 1) // 8 + 1] * 2, **mode}
         for size in args.sizes for mode in modes(args)]
@@ -347,15 +349,19 @@ def probed(probes):
 
 def known_rows(path):
     """The ok rows of an earlier sgan_train result, plus one row per side its searches probed."""
-    with open(path) as f:
-        earlier = json.load(f)
-    rows = [row for row in earlier.get("results", []) if row.get("status") == "ok" and "peak_memory_mb" in row]
-    batch = earlier.get("config", {}).get("batch")
-    for key, found in earlier.get("max_size", {}).items():
-        backend, *words = key.split(" ")
-        mode = {"precision": words[0], "memory_format": words[1], "checkpointing": words[2:] == ["ckpt"]}
-        rows += [{"backend": backend, "status": "ok", "batch": batch, "input_size": [int(side), int(side)],
-                  "peak_memory_mb": peak, **mode} for side, peak in found.get("probes_mib", {}).items()]
+    try:
+        with open(path) as f:
+            earlier = json.load(f)
+        rows = [row for row in earlier.get("results", []) if row.get("status") == "ok" and "peak_memory_mb" in row]
+        batch = earlier.get("config", {}).get("batch")
+        for key, found in earlier.get("max_size", {}).items():
+            backend, *words = key.split(" ")
+            mode = {"precision": words[0], "memory_format": words[1], "checkpointing": words[2:] == ["ckpt"]}
+            rows += [{"backend": backend, "status": "ok", "batch": batch, "input_size": [int(side), int(side)],
+                      "peak_memory_mb": peak, **mode} for side, peak in found.get("probes_mib", {}).items()]
+    except (OSError, ValueError, AttributeError, IndexError, TypeError) as error:
+        raise ValueError(f"--known-rows: {path}: expected an sgan_train result (JSON with 'results' and "
+                         f"'max_size'), got {type(error).__name__}: {error}") from None
     return rows
 
 

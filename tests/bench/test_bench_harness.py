@@ -436,6 +436,20 @@ def test_sgan_train_plan_refuses_what_cannot_run_here(options, words):
     assert str(error.value).startswith(words)
 
 
+@pytest.mark.parametrize("text, error", [("{bad", "JSONDecodeError"), ("[1]", "AttributeError"),
+                                         ('{"max_size": {"cpp": {"probes_mib": {}}}}', "IndexError")])
+def test_sgan_train_plan_refuses_a_known_rows_file_that_is_no_result(tmp_path, text, error):
+    """A --known-rows file that is not an sgan_train result stops the plan with one line, before any
+    measurement, instead of a traceback after the table."""
+    path = tmp_path / "earlier.json"
+    path.write_text(text)
+    with pytest.raises(ValueError) as raised:
+        registry.get("sgan_train").plan(sgan_train_args("--memory-budget", "8GiB", "--known-rows", str(path)),
+                                        torch.device("cpu"))
+    assert str(raised.value).startswith(f"--known-rows: {path}: expected an sgan_train result")
+    assert error in str(raised.value) and "\n" not in str(raised.value)
+
+
 def test_memory_budget_search_keeps_the_largest_size_under_the_budget(monkeypatch, capsys, tmp_path):
     """The search of --find-max-size with the child's peak RSS against the budget (children faked:
     peak = 100 MiB + size² · 1 KiB, the model the prediction fits); a child killed by the kernel
