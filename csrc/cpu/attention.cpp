@@ -100,31 +100,6 @@ SGAN_VECTOR_CLONES void scaled_row_minimum(const double* row, int64_t L, double 
   scaled_row_minimum_lanes<double, int64_t>(row, L, scale, best, best_index);
 }
 
-// sum of v[0, n) accumulated in float64, over lanes of 8 doubles
-template <typename scalar_t>
-__attribute__((always_inline)) inline double sum_in_double_lanes(const scalar_t* v, int64_t n) {
-  typedef double lanes_t __attribute__((vector_size(64)));
-  typedef scalar_t values_t __attribute__((vector_size(8 * sizeof(scalar_t))));
-  lanes_t first = {}, second = {};  // two chains, so the adds pipeline
-  int64_t p = 0;
-  for (; p + 16 <= n; p += 16) {
-    values_t a, b;
-    std::memcpy(&a, v + p, sizeof(values_t));
-    std::memcpy(&b, v + p + 8, sizeof(values_t));
-    first += __builtin_convertvector(a, lanes_t);
-    second += __builtin_convertvector(b, lanes_t);
-  }
-  first += second;
-  double total = 0;
-  for (int u = 0; u < 8; ++u) total += first[u];
-  for (; p < n; ++p) total += static_cast<double>(v[p]);
-  return total;
-}
-
-SGAN_VECTOR_CLONES double sum_in_double(const float* v, int64_t n) { return sum_in_double_lanes(v, n); }
-
-SGAN_VECTOR_CLONES double sum_in_double(const double* v, int64_t n) { return sum_in_double_lanes(v, n); }
-
 // The per-row loops of backward_rows over a block of `width` packed rows, each row of a channel
 // being `width` contiguous values (channel rows `stride` apart):
 //   weighted_rows: out[i] += sum_c rows[c][i] weight[c]   (G . xbar_g, K . q_g)
@@ -190,10 +165,11 @@ SGAN_BACKWARD_ROW_LOOPS(double)
 // run by run, contiguous on both sides (a salient region is a few runs per image row).
 struct Run {
   int64_t packed, source, length;
+  int group;
 };
 
-// The runs of src[0, L) (the original position of each packed column, -1 for none).
-std::vector<Run> runs_of(const int64_t* src, int64_t L) {
+// The runs of src[0, L) (the original position of each packed column, -1 for none) of group `group`.
+std::vector<Run> runs_of(const int64_t* src, int64_t L, int group = 0) {
   std::vector<Run> runs;
   for (int64_t p = 0; p < L;) {
     if (src[p] < 0) {
@@ -202,9 +178,19 @@ std::vector<Run> runs_of(const int64_t* src, int64_t L) {
     }
     int64_t q = p + 1;
     while (q < L && src[q] == src[q - 1] + 1) ++q;
-    runs.push_back({p, src[p], q - p});
+    runs.push_back({p, src[p], q - p, group});
     p = q;
   }
+  return runs;
+}
+
+// The runs of both groups, in the order of their original positions: a loop over them walks an
+// original row once, from its start to its end.
+std::vector<Run> runs_in_row_order(const at::Tensor& src0, const at::Tensor& src1) {
+  std::vector<Run> runs = runs_of(src0.data_ptr<int64_t>(), src0.size(1), 0);
+  const std::vector<Run> second = runs_of(src1.data_ptr<int64_t>(), src1.size(1), 1);
+  runs.insert(runs.end(), second.begin(), second.end());
+  std::sort(runs.begin(), runs.end(), [](const Run& a, const Run& b) { return a.source < b.source; });
   return runs;
 }
 
@@ -226,23 +212,68 @@ inline void convert_copy(const scalar_t* from, int64_t n, acc_t* to) {
   }
 }
 
-// sum of v[0, n) in float64: sum_in_double, through float32 blocks for bfloat16/float16 values
-template <typename scalar_t>
-double sum_values_in_double(const scalar_t* v, int64_t n) {
-  if constexpr (std::is_same_v<scalar_t, float> || std::is_same_v<scalar_t, double>) {
-    return sum_in_double(v, n);
-  } else {
-    constexpr int64_t kBlock = 1024;
-    float block[kBlock];
-    double total = 0;
-    for (int64_t p = 0; p < n; p += kBlock) {
-      const int64_t take = std::min(kBlock, n - p);
-      convert_copy(v + p, take, block);
-      total += sum_in_double(block, take);
+// One original row into the packed rows of its groups, walking the row once (runs in row order):
+// to[g][packed + q] = row[source + q] - centre[g] converted to the accumulation dtype, for each run
+// of group g (to[g] null: the group is not wanted), and with kSums sums[g] = the sum of the group's
+// values in float64, kept in kSumLanes lanes per group, so that the additions vectorise.
+constexpr int kSumLanes = 16;
+
+template <bool kSums, typename scalar_t, typename acc_t>
+__attribute__((always_inline)) inline void pack_row_impl(const scalar_t* row, const Run* runs, int64_t count,
+                                                         acc_t* const* to, const acc_t* centre, double* sums) {
+  double lanes[2][kSumLanes] = {};
+  for (int64_t k = 0; k < count; ++k) {
+    const Run& run = runs[k];
+    const scalar_t* from = row + run.source;
+    acc_t* out = to[run.group] == nullptr ? nullptr : to[run.group] + run.packed;
+    if (out == nullptr && !kSums) continue;
+    const acc_t c = centre[run.group];
+    double* lane = lanes[run.group];
+    const int64_t n = run.length;
+    int64_t q = 0;
+    if (out != nullptr) {
+      for (; q + kSumLanes <= n; q += kSumLanes) {
+        for (int u = 0; u < kSumLanes; ++u) {
+          const acc_t v = static_cast<acc_t>(from[q + u]) - c;
+          out[q + u] = v;
+          if constexpr (kSums) lane[u] += static_cast<double>(v);
+        }
+      }
+      for (; q < n; ++q) {
+        const acc_t v = static_cast<acc_t>(from[q]) - c;
+        out[q] = v;
+        if constexpr (kSums) lane[q % kSumLanes] += static_cast<double>(v);
+      }
+    } else {
+      for (; q + kSumLanes <= n; q += kSumLanes) {
+        for (int u = 0; u < kSumLanes; ++u) lane[u] += static_cast<double>(static_cast<acc_t>(from[q + u]) - c);
+      }
+      for (; q < n; ++q) lane[q % kSumLanes] += static_cast<double>(static_cast<acc_t>(from[q]) - c);
     }
-    return total;
+  }
+  if constexpr (kSums) {
+    for (int g = 0; g < 2; ++g) {
+      double total = 0;
+      for (int u = 0; u < kSumLanes; ++u) total += lanes[g][u];
+      sums[g] = total;
+    }
   }
 }
+
+#define SGAN_PACK_ROW(scalar_t, acc_t)                                                                           \
+  SGAN_VECTOR_CLONES void pack_row(const scalar_t* row, const Run* runs, int64_t count, acc_t* const* to,       \
+                                   const acc_t* centre, double* sums) {                                        \
+    if (sums != nullptr) {                                                                                     \
+      pack_row_impl<true>(row, runs, count, to, centre, sums);                                                 \
+    } else {                                                                                                   \
+      pack_row_impl<false>(row, runs, count, to, centre, sums);                                                \
+    }                                                                                                          \
+  }
+SGAN_PACK_ROW(float, float)
+SGAN_PACK_ROW(double, double)
+SGAN_PACK_ROW(at::BFloat16, float)
+SGAN_PACK_ROW(at::Half, float)
+#undef SGAN_PACK_ROW
 
 // out[0, width) = packed columns [p0, p0 + width) of an original row, run by run from `run`, the
 // run holding p0, converted to the accumulation dtype.
@@ -296,20 +327,16 @@ struct CpuKernels {
   static constexpr bool kOperandsInAccumulationType = true;  // packed buffers and GEMMs in float32 / float64
 
   // out_g[b, r, p] = input[b, r, src_g[b, p]] (- centre[b, g, r]) for the defined outputs (in the
-  // accumulation dtype, converted from the input's), each input row read once, run by run, with
-  // sums[b, g, r] = sum of the group's values, packed or not (see pack() in the driver). A CPU chunk
-  // holds one image, so src_g has no padding.
+  // accumulation dtype, converted from the input's), each input row read once, the runs of both
+  // groups in the row's order (pack_row), with sums[b, g, r] = sum of the group's values, packed or
+  // not (see pack() in the driver), added while copying. A CPU chunk holds one image, so src_g has
+  // no padding.
   static void pack(const at::Tensor& input, const at::Tensor& src0, const at::Tensor& src1, const at::Tensor& centre,
                    at::Tensor& out0, at::Tensor& out1, const at::Tensor& sums) {
     RECORD_FUNCTION("sgan_attention_pack", std::vector<c10::IValue>());
     TORCH_INTERNAL_ASSERT(input.size(0) == 1, "CPU chunks hold one image");
     const int64_t R = input.size(1), N = input.size(2);
-    const at::Tensor* outs[2] = {&out0, &out1};
-    const at::Tensor* sources[2] = {&src0, &src1};
-    std::vector<Run> runs[2];
-    for (int g = 0; g < 2; ++g) {
-      if (outs[g]->defined() || sums.defined()) runs[g] = runs_of(sources[g]->data_ptr<int64_t>(), sources[g]->size(1));
-    }
+    const std::vector<Run> runs = runs_in_row_order(src0, src1);
     const int64_t lengths[2] = {src0.size(1), src1.size(1)};
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, input.scalar_type(), "sgan_attention_pack_cpu", [&] {
       using acc_t = at::opmath_type<scalar_t>;
@@ -320,28 +347,17 @@ struct CpuKernels {
       acc_t* sum_out = sums.defined() ? sums.data_ptr<acc_t>() : nullptr;
       at::parallel_for(0, R, grain(N), [&](int64_t begin, int64_t end) {
         for (int64_t r = begin; r < end; ++r) {
-          const scalar_t* row = in + r * N;
+          acc_t* to[2];
+          acc_t row_centre[2];
           for (int g = 0; g < 2; ++g) {
-            if (outputs[g] == nullptr) {
-              if (sum_out != nullptr) {  // the sum alone
-                double total = 0;
-                for (const Run& run : runs[g]) total += sum_values_in_double(row + run.source, run.length);
-                sum_out[g * R + r] = static_cast<acc_t>(total);
-              }
-              continue;
-            }
-            acc_t* o = outputs[g] + r * lengths[g];
-            if (centres != nullptr) {
-              const acc_t c = centres[g * R + r];
-              for (const Run& run : runs[g]) {
-                const scalar_t* from = row + run.source;
-                acc_t* to = o + run.packed;
-                for (int64_t q = 0; q < run.length; ++q) to[q] = static_cast<acc_t>(from[q]) - c;
-              }
-            } else {
-              for (const Run& run : runs[g]) convert_copy(row + run.source, run.length, o + run.packed);
-              if (sum_out != nullptr) sum_out[g * R + r] = static_cast<acc_t>(sum_in_double(o, lengths[g]));
-            }
+            to[g] = outputs[g] == nullptr ? nullptr : outputs[g] + r * lengths[g];
+            row_centre[g] = centres == nullptr ? acc_t(0) : centres[g * R + r];
+          }
+          double row_sums[2];
+          pack_row(in + r * N, runs.data(), static_cast<int64_t>(runs.size()), to, row_centre,
+                   sum_out == nullptr ? nullptr : row_sums);
+          if (sum_out != nullptr) {
+            for (int g = 0; g < 2; ++g) sum_out[g * R + r] = static_cast<acc_t>(row_sums[g]);
           }
         }
       });
