@@ -485,6 +485,7 @@ struct CpuKernels {
     const int64_t Ck = key.size(1), N = key.size(2), L = src.size(1), C = grad_g.size(1) - 1;
     const std::vector<Run> runs = runs_of(src.data_ptr<int64_t>(), L);
     constexpr int64_t kBlock = 64;  // rows per task: the channel loops run over contiguous row blocks
+    constexpr int64_t kGradDotColumns = 1024;  // the fewest columns of a task of the G . xbar pass
     const int64_t blocks = (L + kBlock - 1) / kBlock;
     AT_DISPATCH_FLOATING_TYPES_AND2(
         at::kBFloat16, at::kHalf, key.scalar_type(), "sgan_attention_backward_rows_cpu", [&] {
@@ -495,25 +496,29 @@ struct CpuKernels {
       acc_t *hp = h.data_ptr<acc_t>(), *gp = grad_g.data_ptr<acc_t>(), *dot_p = dot.data_ptr<acc_t>(),
                *dmin_p = dmin.data_ptr<acc_t>(), *sk = scaled_key.data_ptr<acc_t>();
       const acc_t gam = gamma.item<acc_t>(), sc = static_cast<acc_t>(scale), ep = static_cast<acc_t>(eps);
+      // G_i . xbar_g first, in one pass over G's rows, each task a wide range of columns, so that
+      // every row is read as one long contiguous segment (the same sums, channel after channel)
+      std::vector<acc_t> grad_dot_xmean(L, acc_t(0));
+      at::parallel_for(0, L, kGradDotColumns, [&](int64_t begin, int64_t end) {
+        weighted_rows(gp + begin, L, xs, C, end - begin, grad_dot_xmean.data() + begin);
+      });
       at::parallel_for(0, blocks, 1, [&](int64_t begin, int64_t end) {
-        acc_t key_h[kBlock], key_q[kBlock], grad_x[kBlock], key_coef[kBlock], row_dden[kBlock];
+        acc_t key_h[kBlock], key_q[kBlock], key_coef[kBlock], row_dden[kBlock];
         std::vector<acc_t> block_keys(Ck * kBlock);  // K of the block's rows, (Ck, width)
         for (int64_t task = begin; task < end; ++task) {
           const int64_t p0 = task * kBlock, width = std::min(kBlock, L - p0);
           const auto first_run = run_at(runs, p0);
           std::fill(key_h, key_h + width, acc_t(0));
           std::fill(key_q, key_q + width, acc_t(0));
-          std::fill(grad_x, grad_x + width, acc_t(0));
           for (int64_t k = 0; k < Ck; ++k) {
             gather_columns(kp + k * N, first_run, p0, width, block_keys.data() + k * kBlock);
           }
           row_dots(block_keys.data(), kBlock, hp + p0, L, Ck, width, key_h);
           weighted_rows(block_keys.data(), kBlock, qs, Ck, width, key_q);
-          weighted_rows(gp + p0, L, xs, C, width, grad_x);
           for (int64_t i = 0; i < width; ++i) {
             const int64_t p = p0 + i;
             const BackwardRow<acc_t> r =
-                backward_row(key_h[i], key_q[i], grad_x[i], mp[p], static_cast<acc_t>(L), gam, sc, ep);
+                backward_row(key_h[i], key_q[i], grad_dot_xmean[p], mp[p], static_cast<acc_t>(L), gam, sc, ep);
             dot_p[p] = r.dot;
             dmin_p[p] = r.dmin;
             gp[C * L + p] = r.qsum_coef;
