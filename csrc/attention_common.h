@@ -480,9 +480,7 @@ BackwardResult backward(const at::Tensor& grad_out, const at::Tensor& x, const a
   const int64_t B = x.size(0), C = x.size(1), N = x.size(2), Ck = key.size(1);
   const at::ScalarType acc = accumulate_type(x.scalar_type()), operand = operand_type<K>(x.scalar_type());
   const auto acc_options = x.options().dtype(acc);
-  at::Tensor grad_x = at::empty_like(x);
-  at::Tensor grad_key = at::empty_like(key);
-  at::Tensor grad_query = at::empty_like(query);
+  at::Tensor grad_x, grad_key, grad_query;
   at::Tensor grad_gamma = at::zeros({}, acc_options.dtype(at::kDouble));  // a sum over B N C terms
   const Layout layout = make_layout<K>(saliency_mask);
   const at::Tensor group_count = count.clamp_min(1).unsqueeze(2);  // (B, 2, 1)
@@ -494,9 +492,6 @@ BackwardResult backward(const at::Tensor& grad_out, const at::Tensor& x, const a
     const int64_t Bc = chunk.size;
     const at::Tensor grad_out_chunk = grad_out.narrow(0, begin, Bc);
     const at::Tensor key_chunk = key.narrow(0, begin, Bc);  // the kernels read K_i where it is: no packed keys
-    at::Tensor grad_x_chunk = grad_x.narrow(0, begin, Bc);
-    at::Tensor grad_key_chunk = grad_key.narrow(0, begin, Bc);
-    at::Tensor grad_query_chunk = grad_query.narrow(0, begin, Bc);
     const at::Tensor x_mean_chunk = x_means.narrow(0, begin, Bc), q_mean_chunk = q_means.narrow(0, begin, Bc);
     const std::array<bool, 2> attending = {!bg_mean, true};
     at::Tensor grad_sums = at::empty({Bc, 2, C}, acc_options);
@@ -507,6 +502,14 @@ BackwardResult backward(const at::Tensor& grad_out, const at::Tensor& x, const a
     std::array<at::Tensor, 2> x_p = pack<K>(x, chunk, attending, x_mean_chunk);
     std::array<at::Tensor, 2> query_p = pack<K>(query, chunk, attending, q_mean_chunk);
     std::array<at::Tensor, 2> min_p = pack<K>(row_min.unsqueeze(1), chunk, {shift && !bg_mean, shift});
+    if (!grad_x.defined()) {  // after the first packs: the packed buffers reuse what the forward freed
+      grad_x = at::empty_like(x);
+      grad_key = at::empty_like(key);
+      grad_query = at::empty_like(query);
+    }
+    at::Tensor grad_x_chunk = grad_x.narrow(0, begin, Bc);
+    at::Tensor grad_key_chunk = grad_key.narrow(0, begin, Bc);
+    at::Tensor grad_query_chunk = grad_query.narrow(0, begin, Bc);
     for (int g = 0; g < 2; ++g) {
       const int64_t L = chunk.length[g];
       if (L == 0) continue;
