@@ -19,9 +19,15 @@ device kernels carry neither scope nor shapes, so the tile GEMMs and any matrix-
 count as GEMM time there, only the row-minimum reduction kernels as row-minimum time, and
 ``row_min_gemm_ms`` is not known (null).
 With ``--output`` the table and the split go to a JSON file with the usual header (bench/harness.py).
+
+With ``--rounds R`` the whole measurement (every size, preset and backend) is repeated R times in
+turn, so that a slow spell of a shared machine falls on one round rather than on one case; each
+profile records its round, and ``medians`` holds, per case, the median over the rounds of the
+times and of both ratios with their smallest and largest values.
 """
 import argparse
 import os
+import statistics
 
 import torch
 from torch.profiler import ProfilerActivity, profile
@@ -130,6 +136,31 @@ def profile_backend(backend, preset, inputs, device, repeats, top):
     return dict(summary, kernels=kernels)
 
 
+def round_medians(profiles):
+    """Per case (backend, preset, size, batch, dtype) the median over its rounds of total, GEMM and
+    row-minimum times and of total / GEMM with and without the row-minimum pass, with the ratios'
+    smallest and largest values.
+
+    >>> round_medians([dict(backend="cpp", preset="paper", size=81, batch=1, dtype="float32", total_ms=t,
+    ...                     gemm_ms=10.0, row_min_ms=0.0, total_over_gemm=t / 10,
+    ...                     total_without_row_min_over_gemm=t / 10) for t in (13.0, 14.0, 12.0)])[0]["total_over_gemm"]
+    1.3
+    """
+    cases = {}
+    for p in profiles:
+        cases.setdefault((p["backend"], p["preset"], p["size"], p["batch"], p["dtype"]), []).append(p)
+    medians = []
+    for (backend, preset, size, batch, dtype), rounds in cases.items():
+        entry = dict(backend=backend, preset=preset, size=size, batch=batch, dtype=dtype, rounds=len(rounds))
+        for key in ("total_ms", "gemm_ms", "row_min_ms", "total_over_gemm", "total_without_row_min_over_gemm"):
+            values = [p[key] for p in rounds if p[key] is not None]
+            entry[key] = statistics.median(values) if values else None
+            if key.endswith("over_gemm") and values:
+                entry[key + "_range"] = [min(values), max(values)]
+        medians.append(entry)
+    return medians
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cuda" if torch.cuda.is_available() else "cpu")
@@ -141,6 +172,7 @@ def main():
     parser.add_argument("--channels", type=int, default=512)
     parser.add_argument("--key-channels", type=int, default=256)
     parser.add_argument("--repeats", type=positive_int, default=5)
+    parser.add_argument("--rounds", type=positive_int, default=1, help="times to repeat the whole measurement, in turn")
     parser.add_argument("--top", type=int, default=15)
     parser.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads (default: torch's)")
     parser.add_argument("--output", default=None, help="write the tables and the GEMM split to this JSON file")
@@ -152,19 +184,31 @@ def main():
     default = "reference,cuda,triton" if device.type == "cuda" else "reference,cpp"
     header = device_header(device)
     profiles = []
-    for size in args.size:
-        for preset in args.preset:
-            inputs = make_inputs(batch, args.channels, args.key_channels, size, getattr(torch, args.dtype), device,
-                                 preset)
-            print(f"\ndevice {header['device']}, B={batch}, S={size}, C={args.channels}, Ck={args.key_channels}, "
-                  f"{args.dtype}, {preset}, {torch.get_num_threads()} threads")
-            for backend in (args.backends or default).split(","):
-                result = profile_backend(backend, preset, inputs, device, args.repeats, args.top)
-                profiles.append(dict(backend=backend, preset=preset, size=size, batch=batch, dtype=args.dtype,
-                                     channels=args.channels, key_channels=args.key_channels, **result))
+    for round_index in range(args.rounds):
+        for size in args.size:
+            for preset in args.preset:
+                inputs = make_inputs(batch, args.channels, args.key_channels, size, getattr(torch, args.dtype),
+                                     device, preset)
+                print(f"\nround {round_index + 1} of {args.rounds}: device {header['device']}, B={batch}, S={size}, "
+                      f"C={args.channels}, Ck={args.key_channels}, {args.dtype}, {preset}, "
+                      f"{torch.get_num_threads()} threads")
+                for backend in (args.backends or default).split(","):
+                    result = profile_backend(backend, preset, inputs, device, args.repeats, args.top)
+                    profiles.append(dict(round=round_index, backend=backend, preset=preset, size=size, batch=batch,
+                                         dtype=args.dtype, channels=args.channels, key_channels=args.key_channels,
+                                         **result))
+    medians = round_medians(profiles)
+    print(f"\nmedians over {args.rounds} round(s): total / GEMM (smallest-largest), without the row-minimum pass")
+    for m in medians:
+        ratio, without = m["total_over_gemm"], m["total_without_row_min_over_gemm"]
+        if ratio is None:
+            continue
+        low, high = m["total_over_gemm_range"]
+        print(f"  {m['backend']:8s} {m['preset']:9s} S={m['size']:4d}: {m['total_ms']:9.1f} ms, "
+              f"{ratio:.2f} ({low:.2f}-{high:.2f}), {without:.2f}")
     if args.output:
-        payload = dict(header, benchmark="profile_attention", repeats=args.repeats, warmup=2,
-                       load_average_at_end=os.getloadavg()[0], profiles=profiles)
+        payload = dict(header, benchmark="profile_attention", repeats=args.repeats, warmup=2, rounds=args.rounds,
+                       load_average_at_end=os.getloadavg()[0], profiles=profiles, medians=medians)
         save_json(args.output, payload)
         print(f"wrote {args.output}")
 

@@ -17,14 +17,25 @@ def test_profile_json_splits_gemm_row_minimum_and_the_rest(tmp_path):
     output = tmp_path / "profile.json"
     command = [sys.executable, "-m", "bench.profile_attention", "--device", "cpu", "--threads", "1", "--batch", "1",
                "--size", "9", "--preset", "official,paper", "--backends", "cpp", "--channels", "16",
-               "--key-channels", "8", "--repeats", "2", "--output", str(output)]
+               "--key-channels", "8", "--repeats", "2", "--rounds", "2", "--output", str(output)]
     result = subprocess.run(command, cwd=REPOSITORY, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             timeout=300)
     assert result.returncode == 0, result.stdout
     data = json.loads(output.read_text())
     assert data["benchmark"] == "profile_attention" and data["threads"] == 1
     assert data["command"].startswith("python -m bench.profile_attention") and "git" in data
-    profiles = {p["preset"]: p for p in data["profiles"]}
+    assert data["rounds"] == 2 and sorted(p["round"] for p in data["profiles"]) == [0, 0, 1, 1]
+    # per case the median over the rounds (of two: their mean) and the ratios' range
+    for m in data["medians"]:
+        rounds = [p for p in data["profiles"] if (p["preset"], p["size"]) == (m["preset"], m["size"])]
+        assert m["rounds"] == 2 and len(rounds) == 2
+        ratios = [p["total_over_gemm"] for p in rounds]
+        assert m["total_over_gemm"] == pytest.approx(sum(ratios) / 2)
+        assert m["total_over_gemm_range"] == [min(ratios), max(ratios)]
+        assert m["total_ms"] == pytest.approx(sum(p["total_ms"] for p in rounds) / 2)
+    assert sorted(m["preset"] for m in data["medians"]) == ["official", "paper"]
+    assert "medians over 2 round(s)" in result.stdout
+    profiles = {p["preset"]: p for p in data["profiles"] if p["round"] == 0}
     assert sorted(profiles) == ["official", "paper"]
     for preset, p in profiles.items():
         assert (p["backend"], p["size"], p["batch"], p["channels"], p["key_channels"]) == ("cpp", 9, 1, 16, 8)
