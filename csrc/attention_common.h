@@ -494,9 +494,9 @@ BackwardResult backward(const at::Tensor& grad_out, const at::Tensor& x, const a
     const at::Tensor key_chunk = key.narrow(0, begin, Bc);  // the kernels read K_i where it is: no packed keys
     const at::Tensor x_mean_chunk = x_means.narrow(0, begin, Bc), q_mean_chunk = q_means.narrow(0, begin, Bc);
     const std::array<bool, 2> attending = {!bg_mean, true};
-    at::Tensor grad_sums = at::empty({Bc, 2, C}, acc_options);
-    // G with a row for the kernel's qsum_coef (backward_rows), which the GEMM of dAtilde_g takes along;
-    // the sums of both groups (the background's for its mean rows)
+    // the sums of G's groups, for the background's mean rows only
+    const at::Tensor grad_sums = bg_mean ? at::empty({Bc, 2, C}, acc_options) : at::Tensor();
+    // G with a row for the kernel's qsum_coef (backward_rows), which the GEMM of dAtilde_g takes along
     std::array<at::Tensor, 2> grad_p = pack<K>(grad_out, chunk, attending, at::Tensor(), grad_sums, 1);
     // X and Q packed around their group means: the GEMMs below take X_j - xbar_g and Q_j - q_g / n_g
     std::array<at::Tensor, 2> x_p = pack<K>(x, chunk, attending, x_mean_chunk);
