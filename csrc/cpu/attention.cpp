@@ -161,7 +161,7 @@ SGAN_BACKWARD_ROW_LOOPS(double)
 #undef SGAN_BACKWARD_ROW_LOOPS
 
 // A group's packed columns as runs of consecutive original positions: packed columns
-// [packed, packed + length) are the positions [source, source + length). The packing loops copy
+// [packed, packed + length) of group `group` are the positions [source, source + length). The loops copy
 // run by run, contiguous on both sides (a salient region is a few runs per image row).
 struct Run {
   int64_t packed, source, length;
