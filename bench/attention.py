@@ -123,8 +123,9 @@ def reference_fits_on_cpu(batch, size, dtype, cap_bytes):
 def gemm_flops(mask, channels, key_channels, shift, bg_mean):
     """FLOPs of the GEMM-like work of the factorised forward + backward (docs/design.md §2.1).
 
-    Forward: A_g for both groups (2 N Ck C) and the numerators of the attending rows; backward:
-    H, dA, dQ, dX over the attending rows; the row minimum's n_g^2 Ck products when shifting.
+    Forward: A_g and the numerators of the attending groups (the background's mean rows under bg_mean
+    need neither); backward: H, dA, dQ, dX over the attending rows; the row minimum's n_g^2 Ck
+    products when shifting.
     """
     total = 0
     for image in mask.reshape(mask.shape[0], -1).cpu():
@@ -132,7 +133,7 @@ def gemm_flops(mask, channels, key_channels, shift, bg_mean):
         sizes = (image.numel() - n_salient, n_salient)
         attending = [n for g, n in enumerate(sizes) if not (bg_mean and g == 0)]
         per_row = 2 * key_channels * channels
-        total += per_row * sum(sizes) + 5 * per_row * sum(attending)
+        total += 6 * per_row * sum(attending)
         if shift:
             total += 2 * key_channels * sum(n * n for n in attending)
     return total

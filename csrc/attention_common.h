@@ -44,6 +44,13 @@ using BackwardResult = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor
 // Per-element math of the kernels (CPU loops and CUDA kernels).
 
 // The context is computed around the group mean xbar_g = x_g / n_g, with the centred
+// gamma ctx (Bc, C) of the background's mean rows (bg_mean), ctx = x_g / (n_g + eps), the same for
+// each row of the group: out_j = x_j + gamma ctx.
+inline at::Tensor gamma_mean_context(const at::Tensor& x_sum_g, const at::Tensor& count_g, const at::Tensor& gamma,
+                                    double eps) {
+  return (x_sum_g * (gamma / (count_g + eps)).unsqueeze(1)).contiguous();
+}
+
 // Atilde_g = A_g - q_g xbar_g^T = sum_{j in g} Q_j (X_j - xbar_g)^T. Since x_g = n_g xbar_g,
 //   num_i = s A_g^T K_i - m_i x_g = s Atilde_g^T K_i + (den_i - eps) xbar_g,  so
 //   ctx_i = xbar_g + (s Atilde_g^T K_i - eps xbar_g) / den_i.
@@ -405,25 +412,26 @@ ForwardResult forward(const at::Tensor& x, const at::Tensor& key, const at::Tens
     at::Tensor argmin_chunk = argmin.narrow(0, begin, chunk.size);
     // the group sums q_g, x_g come out of the packing pass, straight into the statistics
     at::Tensor q_sums = q_sum.narrow(0, begin, chunk.size), x_sums = x_sum.narrow(0, begin, chunk.size);
-    std::array<at::Tensor, 2> query_p = pack<K>(query, chunk, {true, true}, at::Tensor(), q_sums);
-    std::array<at::Tensor, 2> x_p = pack<K>(x, chunk, {true, true}, at::Tensor(), x_sums);
-    std::array<at::Tensor, 2> key_p = pack<K>(key, chunk, {!bg_mean, true});  // the attending groups
+    // only the attending groups are packed; the sums cover both
+    const std::array<bool, 2> attending = {!bg_mean, true};
+    std::array<at::Tensor, 2> query_p = pack<K>(query, chunk, attending, at::Tensor(), q_sums);
+    std::array<at::Tensor, 2> x_p = pack<K>(x, chunk, attending, at::Tensor(), x_sums);
+    std::array<at::Tensor, 2> key_p = pack<K>(key, chunk, attending);
     for (int g = 0; g < 2; ++g) {
       at::Tensor A_g = A.narrow(0, begin, chunk.size).select(1, g);
-      if (chunk.length[g] == 0) {  // the group is empty in every image of the chunk
-        A_g.zero_();
-        continue;
-      }
       const at::Tensor q_sum_g = q_sums.select(1, g);  // (Bc, Ck)
       const at::Tensor x_sum_g = x_sums.select(1, g);  // (Bc, C)
-      at::Tensor& query_g = query_p[g];
-      gemm_into(A_g, query_g, x_p[g].transpose(1, 2), operand, acc);  // A_g = sum_j Q_j X_j^T
-      if (bg_mean && g == 0) {  // background rows: ctx = x_bg / (n_bg + eps)
-        K::forward_epilogue(x_p[g], at::Tensor(), at::Tensor(), at::Tensor(), x_sum_g.contiguous(), chunk.counts, g,
-                            chunk.src[g], gamma, scale, eps, out_chunk);
-        x_p[g].reset();
+      if (!attending[g] || chunk.length[g] == 0) {  // nothing reads A_g (or the group is empty)
+        A_g.zero_();
+        if (!attending[g] && chunk.length[g] > 0) {  // the background's mean rows
+          const at::Tensor bias = gamma_mean_context(x_sum_g, count.narrow(0, begin, chunk.size).select(1, g),
+                                                    gamma, eps);
+          K::unpack(at::Tensor(), chunk.src[g], bias, x.narrow(0, begin, chunk.size), out_chunk);
+        }
         continue;
       }
+      at::Tensor& query_g = query_p[g];
+      gemm_into(A_g, query_g, x_p[g].transpose(1, 2), operand, acc);  // A_g = sum_j Q_j X_j^T
       const at::Tensor key_g = std::move(key_p[g]);
       at::Tensor min_packed = at::zeros({chunk.size, chunk.length[g]}, acc_options);
       if (shift) row_minimum<K>(key_g, query_g, chunk, g, scale, acc, row_min_chunk, argmin_chunk, min_packed);

@@ -63,7 +63,7 @@ def saliency_attention_forward(x, key, query, saliency_mask, gamma, scale, eps, 
         q_sum = x.new_empty((B, 2, Ck), dtype=acc)
         x_sum = x.new_empty((B, 2, C), dtype=acc)
         group_sums_kernel[lambda meta: (triton.cdiv(Ck, meta["BLOCK_CK"]), triton.cdiv(C, meta["BLOCK_C"]), 2 * B)](
-            x, query, order, background_size, A, q_sum, x_sum, C, Ck, N, ACC=acc_tl)
+            x, query, order, background_size, A, q_sum, x_sum, C, Ck, N, BG_MEAN=bg_mean, ACC=acc_tl)
         count = torch.stack([background_size, N - background_size], dim=1).to(acc)  # n_g
 
         row_min = x.new_zeros((B, N), dtype=acc)

@@ -49,17 +49,20 @@ def group_sums_autotune():
 def group_sums_kernel(x_ptr, query_ptr, order_ptr, background_size_ptr,
                       A_ptr, q_sum_ptr, x_sum_ptr,
                       C, Ck, N,
-                      ACC: tl.constexpr, BLOCK_CK: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_N: tl.constexpr):
+                      BG_MEAN: tl.constexpr, ACC: tl.constexpr,
+                      BLOCK_CK: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_N: tl.constexpr):
     """A (B, 2, Ck, C), q_sum (B, 2, Ck), x_sum (B, 2, C) from x (B, C, N), query (B, Ck, N).
 
     Grid (cdiv(Ck, BLOCK_CK), cdiv(C, BLOCK_C), 2 B): program (., ., 2 b + g) owns one tile of A[b, g] and
     walks all of group g, so the sum over positions is deterministic and needs no atomics. q_sum is
     written by the programs of the first C tile, x_sum by those of the first Ck tile. (n_g is known
-    from the layout: the launch code forms count.)
+    from the layout: the launch code forms count.) A group whose rows do not attend (the background
+    under BG_MEAN) gets A = 0: nothing reads it.
     """
     tile_ck, tile_c, image, g, start, end, ck, c, ck_valid, c_valid = group_channel_tile(
         background_size_ptr, Ck, C, N, BLOCK_CK, BLOCK_C)
     x_image, query_image, order_image = x_ptr + image * C * N, query_ptr + image * Ck * N, order_ptr + image * N
+    attend = group_attends(g, BG_MEAN)
 
     A_tile = tl.zeros((BLOCK_CK, BLOCK_C), ACC)
     q_total = tl.zeros((BLOCK_CK,), ACC)
@@ -70,7 +73,8 @@ def group_sums_kernel(x_ptr, query_ptr, order_ptr, background_size_ptr,
         positions = tl.load(order_image + ranks, mask=in_group, other=0)
         queries = load_tile(query_image, ck, positions, ck_valid, in_group, N)  # (BLOCK_CK, BLOCK_N)
         values = load_tile(x_image, c, positions, c_valid, in_group, N)  # (BLOCK_C, BLOCK_N)
-        A_tile += tl.dot(queries, tl.trans(values), input_precision="ieee")
+        if attend:
+            A_tile += tl.dot(queries, tl.trans(values), input_precision="ieee")
         q_total += tl.sum(queries.to(ACC), axis=1)
         x_total += tl.sum(values.to(ACC), axis=1)
 

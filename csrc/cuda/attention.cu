@@ -109,12 +109,11 @@ __global__ void row_min_kernel(const acc_t* tile, int64_t T, int64_t L, int64_t 
 }
 
 // out = x + gamma ctx over the positions of group g, with x read from x_packed (the group's packed
-// columns (Bc, C, L)). Attending rows: x_vec is xbar_g and ctx = mean_coef_i xbar + gemm_coef_i
-// numerator_i (context_coefficients), numerator (Bc, C, L) with images num_stride_b apart; mean
-// rows (numerator null): x_vec is x_g and ctx = x_g / (n_g + eps).
+// columns (Bc, C, L)): ctx = mean_coef_i xbar_g + gemm_coef_i numerator_i (context_coefficients),
+// numerator (Bc, C, L) with images num_stride_b apart, x_mean (Bc, C) = xbar_g.
 template <typename scalar_t, typename acc_t>
 __global__ void forward_epilogue_kernel(const scalar_t* x_packed, const acc_t* numerator, int64_t num_stride_b,
-                                        const acc_t* key_dot_qsum, const acc_t* min_packed, const acc_t* x_vec,
+                                        const acc_t* key_dot_qsum, const acc_t* min_packed, const acc_t* x_mean,
                                         const int64_t* counts, int g, const int64_t* src, const acc_t* gamma,
                                         acc_t scale, acc_t eps, int64_t items, int64_t C, int64_t N, int64_t L,
                                         scalar_t* out) {
@@ -123,15 +122,10 @@ __global__ void forward_epilogue_kernel(const scalar_t* x_packed, const acc_t* n
   const int64_t p = idx % L, bc = idx / L, b = bc / C;
   const int64_t j = src[b * L + p];
   if (j < 0) return;
-  const acc_t count = static_cast<acc_t>(counts[b * 2 + g]), x_channel = x_vec[bc];
-  acc_t ctx;
-  if (numerator == nullptr) {
-    ctx = x_channel / (count + eps);
-  } else {
-    const ContextCoefficients<acc_t> r =
-        context_coefficients(key_dot_qsum[b * L + p], min_packed[b * L + p], count, scale, eps);
-    ctx = r.mean_coef * x_channel + r.gemm_coef * numerator[b * num_stride_b + (bc - b * C) * L + p];
-  }
+  const acc_t count = static_cast<acc_t>(counts[b * 2 + g]);
+  const ContextCoefficients<acc_t> r =
+      context_coefficients(key_dot_qsum[b * L + p], min_packed[b * L + p], count, scale, eps);
+  const acc_t ctx = r.mean_coef * x_mean[bc] + r.gemm_coef * numerator[b * num_stride_b + (bc - b * C) * L + p];
   out[bc * N + j] = static_cast<scalar_t>(static_cast<acc_t>(x_packed[idx]) + gamma[0] * ctx);
 }
 
@@ -276,21 +270,19 @@ struct CudaKernels {
   }
 
   static void forward_epilogue(const at::Tensor& x_packed, const at::Tensor& numerator,
-                               const at::Tensor& key_dot_qsum, const at::Tensor& min_packed, const at::Tensor& x_vec,
+                               const at::Tensor& key_dot_qsum, const at::Tensor& min_packed, const at::Tensor& x_mean,
                                const at::Tensor& counts, int g, const at::Tensor& src, const at::Tensor& gamma,
                                double scale, double eps, at::Tensor& out) {
     const int64_t Bc = x_packed.size(0), C = x_packed.size(1), N = out.size(2), L = src.size(1);
     const int64_t items = Bc * C * L;
     if (items == 0) return;
-    const bool mean_rows = !numerator.defined();
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x_packed.scalar_type(), "sgan_attention_forward_cuda",
                                     [&] {
       using acc_t = at::opmath_type<scalar_t>;
       forward_epilogue_kernel<scalar_t, acc_t><<<blocks_for(items), kThreads, 0, stream()>>>(
-          x_packed.data_ptr<scalar_t>(), mean_rows ? nullptr : numerator.data_ptr<acc_t>(),
-          mean_rows ? 0 : numerator.stride(0), mean_rows ? nullptr : key_dot_qsum.data_ptr<acc_t>(),
-          mean_rows ? nullptr : min_packed.data_ptr<acc_t>(), x_vec.data_ptr<acc_t>(), counts.data_ptr<int64_t>(),
-          g, src.data_ptr<int64_t>(), gamma.data_ptr<acc_t>(), static_cast<acc_t>(scale), static_cast<acc_t>(eps),
+          x_packed.data_ptr<scalar_t>(), numerator.data_ptr<acc_t>(), numerator.stride(0),
+          key_dot_qsum.data_ptr<acc_t>(), min_packed.data_ptr<acc_t>(), x_mean.data_ptr<acc_t>(),
+          counts.data_ptr<int64_t>(), g, src.data_ptr<int64_t>(), gamma.data_ptr<acc_t>(), static_cast<acc_t>(scale), static_cast<acc_t>(eps),
           items, C, N, L, out.data_ptr<scalar_t>());
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     });

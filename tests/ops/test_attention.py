@@ -326,6 +326,33 @@ def reference_row_minimum(key, query, mask, scale):
 
 
 @pytest.mark.parametrize("backend", fused_backends())
+@pytest.mark.parametrize("bg_mean", [True, False])
+def test_forward_statistics_match_their_definition(backend, bg_mean):
+    """A, q_sum, x_sum and count of the forward against their sums written out in float64: A[b, g] =
+    sum_{j in g} Q_j X_j^T for the attending groups, and A[b, 0] exactly 0 under bg_mean, whose
+    background rows do not attend (the backward never reads it, so no backend computes it)."""
+    device = device_under_test()
+    generator = torch.Generator().manual_seed(3)
+    B, C, Ck, N = 2, 6, 4, 37
+    x, key, query = (torch.randn(B, rows, N, generator=generator, dtype=torch.float64) for rows in (C, Ck, Ck))
+    mask = torch.rand(B, N, generator=generator) > 0.6
+    gamma = torch.tensor(0.5, dtype=torch.float64)
+    A, q_sum, x_sum, count = torch.ops.sgan.fused_saliency_attention_forward(
+        *(t.to(device) for t in (x, key, query, mask, gamma)), Ck ** -0.5, 1e-5, True, bg_mean, backend)[1:5]
+    for b in range(B):
+        for g, in_group in enumerate((~mask[b], mask[b])):
+            members = in_group.nonzero()[:, 0]
+            attends = g == 1 or not bg_mean
+            expected_A = query[b][:, members] @ x[b][:, members].T if attends else torch.zeros(Ck, C).double()
+            torch.testing.assert_close(A[b, g].cpu(), expected_A, rtol=1e-12, atol=1e-12)
+            if not attends:
+                assert (A[b, g] == 0).all()
+            torch.testing.assert_close(q_sum[b, g].cpu(), query[b][:, members].sum(1), rtol=1e-12, atol=1e-12)
+            torch.testing.assert_close(x_sum[b, g].cpu(), x[b][:, members].sum(1), rtol=1e-12, atol=1e-12)
+            assert count[b, g].item() == len(members)
+
+
+@pytest.mark.parametrize("backend", fused_backends())
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_row_minimum_ties_take_the_reference_column(backend, dtype):
     """Exact ties (small integers, so every product is exact): image 0 has the minimum of every row

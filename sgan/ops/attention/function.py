@@ -9,7 +9,8 @@ tensors are contiguous and on one device; ``acc`` is float64 for float64 inputs,
     x (B, C, N); key, query (B, Ck, N), x's dtype; saliency_mask (B, N) bool; gamma 0-dim, acc.
     Returns (out, A, q_sum, x_sum, count, row_min, argmin):
       out (B, C, N) x's dtype                   E = gamma * ctx + x
-      A (B, 2, Ck, C) acc                       A[b, g] = sum_{j in g} Q_j X_j^T
+      A (B, 2, Ck, C) acc                       A[b, g] = sum_{j in g} Q_j X_j^T for the attending
+                                                groups; A[b, 0] = 0 when bg_mean (nothing reads it)
       q_sum (B, 2, Ck), x_sum (B, 2, C), count (B, 2), all acc
       row_min (B, N) acc                        m_i (0 where there is no shift, or for background
                                                 rows when bg_mean)
