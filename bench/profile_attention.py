@@ -17,7 +17,9 @@ is the whole pass over its own tile GEMMs. Matrix-vector products (a bmm with an
 1) count as the rest (``gemv_ms``): they stream a tensor like the elementwise passes do. On CUDA
 device kernels carry neither scope nor shapes, so the tile GEMMs and any matrix-vector products
 count as GEMM time there, only the row-minimum reduction kernels as row-minimum time, and
-``row_min_gemm_ms`` is not known (null).
+``row_min_gemm_ms`` is not known (null). ``total_over_all_gemms`` divides the total by every GEMM
+the preset runs, the row-minimum pass's tile GEMMs included (on CUDA, where they already count as
+GEMM time, it equals ``total_over_gemm``).
 With ``--output`` the table and the split go to a JSON file with the usual header (bench/harness.py).
 
 With ``--rounds R`` the whole measurement (every size, preset and backend) is repeated R times in
@@ -123,14 +125,16 @@ def profile_backend(backend, preset, inputs, device, repeats, top):
                "gemm_share": gemm / grand if grand else None,
                "row_min_share": row_min / grand if grand else None,
                "total_over_gemm": grand / gemm if gemm else None,
-               "total_without_row_min_over_gemm": (grand - row_min) / gemm if gemm else None}
+               "total_without_row_min_over_gemm": (grand - row_min) / gemm if gemm else None,
+               "total_over_all_gemms": grand / (gemm + (row_min_gemm or 0.0)) if gemm else None}
     row_min_gemm_text = (f", {row_min / row_min_gemm:.2f}x its tile GEMMs' {row_min_gemm / 1e3:.3f} ms"
                          if row_min_gemm else "")
     print(f"GEMM {gemm / 1e3:.3f} ms ({summary['gemm_share']:.1%}), row-minimum pass {row_min / 1e3:.3f} ms "
           f"({summary['row_min_share']:.1%}{row_min_gemm_text}), matrix-vector products {gemv / 1e3:.3f} ms "
           f"(in the rest); "
           f"total / GEMM = {summary['total_over_gemm']:.2f}, "
-          f"without the row-minimum pass {summary['total_without_row_min_over_gemm']:.2f}")
+          f"without the row-minimum pass {summary['total_without_row_min_over_gemm']:.2f}, "
+          f"over every GEMM (the pass's tile GEMMs too) {summary['total_over_all_gemms']:.2f}")
     kernels = [{"name": name, "us_per_iter": per_iter, "calls": calls, "share": per_iter / grand,
                 "gemm": is_gemm(name, on_device)} for per_iter, calls, name in rows]
     return dict(summary, kernels=kernels)
@@ -138,8 +142,8 @@ def profile_backend(backend, preset, inputs, device, repeats, top):
 
 def round_medians(profiles):
     """Per case (backend, preset, size, batch, dtype) the median over its rounds of total, GEMM and
-    row-minimum times and of total / GEMM with and without the row-minimum pass, with the ratios'
-    smallest and largest values.
+    row-minimum times and of the three ratios (total / GEMM with and without the row-minimum pass,
+    total / every GEMM), with the ratios' smallest and largest values.
 
     >>> round_medians([dict(backend="cpp", preset="paper", size=81, batch=1, dtype="float32", total_ms=t,
     ...                     gemm_ms=10.0, row_min_ms=0.0, total_over_gemm=t / 10,
@@ -152,10 +156,11 @@ def round_medians(profiles):
     medians = []
     for (backend, preset, size, batch, dtype), rounds in cases.items():
         entry = dict(backend=backend, preset=preset, size=size, batch=batch, dtype=dtype, rounds=len(rounds))
-        for key in ("total_ms", "gemm_ms", "row_min_ms", "total_over_gemm", "total_without_row_min_over_gemm"):
-            values = [p[key] for p in rounds if p[key] is not None]
+        for key in ("total_ms", "gemm_ms", "row_min_ms", "total_over_gemm", "total_without_row_min_over_gemm",
+                    "total_over_all_gemms"):
+            values = [p[key] for p in rounds if p.get(key) is not None]
             entry[key] = statistics.median(values) if values else None
-            if key.endswith("over_gemm") and values:
+            if "_over_" in key and values:
                 entry[key + "_range"] = [min(values), max(values)]
         medians.append(entry)
     return medians
@@ -198,14 +203,16 @@ def main():
                                          dtype=args.dtype, channels=args.channels, key_channels=args.key_channels,
                                          **result))
     medians = round_medians(profiles)
-    print(f"\nmedians over {args.rounds} round(s): total / GEMM (smallest-largest), without the row-minimum pass")
+    print(f"\nmedians over {args.rounds} round(s): total / GEMM (smallest-largest), without the row-minimum pass, "
+          f"total / every GEMM (smallest-largest)")
     for m in medians:
-        ratio, without = m["total_over_gemm"], m["total_without_row_min_over_gemm"]
+        ratio, without, every = m["total_over_gemm"], m["total_without_row_min_over_gemm"], m["total_over_all_gemms"]
         if ratio is None:
             continue
         low, high = m["total_over_gemm_range"]
+        every_low, every_high = m["total_over_all_gemms_range"]
         print(f"  {m['backend']:8s} {m['preset']:9s} S={m['size']:4d}: {m['total_ms']:9.1f} ms, "
-              f"{ratio:.2f} ({low:.2f}-{high:.2f}), {without:.2f}")
+              f"{ratio:.2f} ({low:.2f}-{high:.2f}), {without:.2f}, {every:.2f} ({every_low:.2f}-{every_high:.2f})")
     if args.output:
         payload = dict(header, benchmark="profile_attention", repeats=args.repeats, warmup=2, rounds=args.rounds,
                        load_average_at_end=os.getloadavg()[0], profiles=profiles, medians=medians)
