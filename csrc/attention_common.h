@@ -44,13 +44,6 @@ using BackwardResult = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor
 // Per-element math of the kernels (CPU loops and CUDA kernels).
 
 // The context is computed around the group mean xbar_g = x_g / n_g, with the centred
-// gamma ctx (Bc, C) of the background's mean rows (bg_mean), ctx = x_g / (n_g + eps), the same for
-// each row of the group: out_j = x_j + gamma ctx.
-inline at::Tensor gamma_mean_context(const at::Tensor& x_sum_g, const at::Tensor& count_g, const at::Tensor& gamma,
-                                    double eps) {
-  return (x_sum_g * (gamma / (count_g + eps)).unsqueeze(1)).contiguous();
-}
-
 // Atilde_g = A_g - q_g xbar_g^T = sum_{j in g} Q_j (X_j - xbar_g)^T. Since x_g = n_g xbar_g,
 //   num_i = s A_g^T K_i - m_i x_g = s Atilde_g^T K_i + (den_i - eps) xbar_g,  so
 //   ctx_i = xbar_g + (s Atilde_g^T K_i - eps xbar_g) / den_i.
@@ -336,6 +329,13 @@ inline at::Tensor group_mean(const at::Tensor& group_sum, const at::Tensor& grou
   return group_sum / group_count.clamp_min(1).unsqueeze(1);
 }
 
+// gamma ctx (Bc, C) of the background's mean rows (bg_mean), ctx = x_g / (n_g + eps), the same for
+// each row of the group: out_j = x_j + gamma ctx.
+inline at::Tensor gamma_mean_context(const at::Tensor& x_sum_g, const at::Tensor& count_g, const at::Tensor& gamma,
+                                     double eps) {
+  return (x_sum_g * (gamma / (count_g + eps)).unsqueeze(1)).contiguous();
+}
+
 // Atilde_g = A_g - q_g xbar_g^T, (Bc, Ck, C), in one elementwise pass.
 inline at::Tensor centred_products(const at::Tensor& A_g, const at::Tensor& q_sum_g, const at::Tensor& x_mean) {
   return at::addcmul(A_g, q_sum_g.unsqueeze(2), x_mean.unsqueeze(1), -1);
@@ -425,7 +425,7 @@ ForwardResult forward(const at::Tensor& x, const at::Tensor& key, const at::Tens
         A_g.zero_();
         if (!attending[g] && chunk.length[g] > 0) {  // the background's mean rows
           const at::Tensor bias = gamma_mean_context(x_sum_g, count.narrow(0, begin, chunk.size).select(1, g),
-                                                    gamma, eps);
+                                                     gamma, eps);
           K::unpack(at::Tensor(), chunk.src[g], bias, x.narrow(0, begin, chunk.size), out_chunk);
         }
         continue;
