@@ -290,12 +290,12 @@ void gather_columns(const scalar_t* row, std::vector<Run>::const_iterator run, i
 struct CpuKernels {
   static constexpr bool kOneImagePerChunk = true;
   static constexpr int64_t kChunkBudget = 0;          // unused: one image per chunk
-  // Row-minimum tiles of 256 rows x 2048 columns (2 MiB float): still in cache when the pass reads
-  // them, and MKL computes them faster than tiles spanning a large group.
+  // Row-minimum tiles of at most 512 rows x 1024 columns (2 MiB float): still in cache when the pass
+  // reads them, and a shape MKL computes faster than wider or larger tiles (bench/README.md).
   static constexpr int64_t kTileBudget = 1 << 19;
   static constexpr int64_t kMinTileRows = 32;
-  static constexpr int64_t kMaxTileRows = 256;
-  static constexpr int64_t kTileColumns = 2048;
+  static constexpr int64_t kMaxTileRows = 512;
+  static constexpr int64_t kTileColumns = 1024;
 
   static void build_layout(const at::Tensor& mask, const at::Tensor& cumulative, at::Tensor& pos, at::Tensor& src0,
                            at::Tensor& src1) {

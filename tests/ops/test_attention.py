@@ -404,11 +404,11 @@ def test_row_minimum_nan_takes_the_first_nan_column(backend):
 # the driver's backends; Triton's row-minimum kernel leaves NaN out of the minimum (tl.min)
 @pytest.mark.parametrize("backend", [backend for backend in fused_backends() if backend != "triton"])
 def test_row_minimum_across_column_tiles(backend):
-    """Groups of over 2100 positions, so that the C++ backend's row-minimum tiles (2048 columns)
+    """Groups of over 2100 positions, so that the C++ backend's row-minimum tiles (1024 columns)
     split each row: image 0 has, among its salient columns, a minimum at packed columns 2050 and 2100
-    (a tie in the second tile) below a value at column 10 of the first, and among its background
+    (a tie within the third tile) below a value at column 10 of the first, and among its background
     columns a tie between packed columns 7 and 2050 (the first tile's wins); image 1 has a NaN
-    salient column in the second tile only, which wins for every salient row. Row minimum and
+    salient column in the third tile only, which wins for every salient row. Row minimum and
     column match the reference's (image 1: its salient rows, see the test above)."""
     device = device_under_test()
     generator = torch.Generator().manual_seed(23)
