@@ -329,13 +329,11 @@ inline at::Tensor group_mean(const at::Tensor& group_sum, const at::Tensor& grou
   return group_sum / group_count.clamp_min(1).unsqueeze(1);
 }
 
-// gamma sum_g / (n_g + eps) (Bc, C), from a group's sum (Bc, C) and size (Bc): for the background's
-// mean rows (bg_mean), gamma ctx = gamma x_g / (n_g + eps) in the forward, the same for each of
-// them (out_j = x_j + gamma ctx), and in the backward, from the sum of G over those rows, what each
-// background column adds to dX_j.
-inline at::Tensor mean_rows_term(const at::Tensor& sum_g, const at::Tensor& count_g, const at::Tensor& gamma,
-                                 double eps) {
-  return (sum_g * (gamma / (count_g + eps)).unsqueeze(1)).contiguous();
+// gamma ctx (Bc, C) of the background's mean rows (bg_mean), ctx = x_g / (n_g + eps), the same for
+// each row of the group: out_j = x_j + gamma ctx.
+inline at::Tensor gamma_mean_context(const at::Tensor& x_sum_g, const at::Tensor& count_g, const at::Tensor& gamma,
+                                     double eps) {
+  return (x_sum_g * (gamma / (count_g + eps)).unsqueeze(1)).contiguous();
 }
 
 // Atilde_g = A_g - q_g xbar_g^T, (Bc, Ck, C), in one elementwise pass.
@@ -426,7 +424,8 @@ ForwardResult forward(const at::Tensor& x, const at::Tensor& key, const at::Tens
       if (!attending[g] || chunk.length[g] == 0) {  // nothing reads A_g (or the group is empty)
         A_g.zero_();
         if (!attending[g] && chunk.length[g] > 0) {  // the background's mean rows
-          const at::Tensor bias = mean_rows_term(x_sum_g, count.narrow(0, begin, chunk.size).select(1, g), gamma, eps);
+          const at::Tensor bias = gamma_mean_context(x_sum_g, count.narrow(0, begin, chunk.size).select(1, g),
+                                                     gamma, eps);
           K::unpack(at::Tensor(), chunk.src[g], bias, x.narrow(0, begin, chunk.size), out_chunk);
         }
         continue;
@@ -527,10 +526,12 @@ BackwardResult backward(const at::Tensor& grad_out, const at::Tensor& x, const a
         // ctx_i = x_bg / (n_bg + eps) for every background row i: dgamma += G_i . ctx_i and every
         // background column j gets dX_j += gamma G_i / (n_bg + eps), summed over those rows.
         const at::Tensor grad_sum = grad_sums.select(1, 0);                                  // (Bc, C)
-        const at::Tensor count_g = count.narrow(0, begin, Bc).select(1, 0);                 // (Bc)
-        grad_gamma.add_(((grad_sum.to(at::kDouble) * x_sum_g).sum(1) / (count_g + eps)).sum());
-        K::unpack(at::Tensor(), chunk.src[g], mean_rows_term(grad_sum, count_g, gamma, eps), grad_out_chunk,
-                  grad_x_chunk);
+        const at::Tensor inv_count = (count.narrow(0, begin, Bc).select(1, 0) + eps).reciprocal();  // (Bc)
+        grad_gamma.add_(((grad_sum.to(at::kDouble) * x_sum_g).sum(1) * inv_count).sum());
+        // gamma_mean_context's quantity for G, in the rounding order training runs have used so far:
+        // changing it moves a float32 training run's last bits, and with them the committed results/demo
+        const at::Tensor grad_x_bias = (grad_sum * inv_count.unsqueeze(1) * gamma).contiguous();  // (Bc, C)
+        K::unpack(at::Tensor(), chunk.src[g], grad_x_bias, grad_out_chunk, grad_x_chunk);
         K::unpack(at::Tensor(), chunk.src[g], at::Tensor(), at::Tensor(), grad_key_chunk);
         K::unpack(at::Tensor(), chunk.src[g], at::Tensor(), at::Tensor(), grad_query_chunk);
         continue;
